@@ -1,0 +1,185 @@
+"""Turn any `Catalogue` into a prepared dataset folder: ids, leave-one-out split, tail flags,
+sampled-evaluation negatives and the data card, written atomically.
+
+Every later stage reads only this folder, so every model is trained on the same split and ranked
+on the same stored candidates.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from ..io import write_json
+from .card import data_card
+from .catalogue import Catalogue, DataError
+
+MIN_INTERACTIONS = 3  # one train, one validation and one test item at least
+PLACEHOLDER_NAME = "placeholder.png"
+
+
+@dataclass(frozen=True)
+class PrepareParams:
+    tail_threshold: int = 4  # tail: fewer than this many interactions
+    tail_count_on: str = "train"  # "train" or "all"; 5-core data has >= 5 per item overall
+    n_negatives: int = 100
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.tail_count_on not in ("train", "all"):
+            raise ValueError(f"tail_count_on must be 'train' or 'all', got {self.tail_count_on!r}")
+        if self.tail_threshold < 1 or self.n_negatives < 1:
+            raise ValueError("tail_threshold and n_negatives must be positive integers")
+
+
+def prepare_catalogue(catalogue: Catalogue, folder: Path, params: PrepareParams = PrepareParams()) -> dict:
+    """Write the prepared dataset into `folder` (a fresh temporary folder that the caller renames
+    into place once this returns) and return the data card."""
+    counts = dict(catalogue.counts)
+    items, inter = _validate(catalogue)
+
+    n_before = len(inter)
+    inter = inter.drop_duplicates(["user_id", "item_id"], keep="first")
+    counts["duplicate_interactions_dropped"] = n_before - len(inter)
+    inter = inter.sort_values(["user_id", "timestamp"], kind="stable")
+
+    seq_len = inter.groupby("user_id", sort=False)["item_id"].transform("size")
+    short_users = inter.loc[seq_len < MIN_INTERACTIONS, "user_id"].nunique()
+    inter = inter[seq_len >= MIN_INTERACTIONS]
+    counts["users_dropped_short"] = int(short_users)
+    if inter.empty:
+        raise DataError(
+            f"{catalogue.name}: no user has {MIN_INTERACTIONS} or more interactions after removing "
+            "duplicates; check the interactions file"
+        )
+
+    used = items["item_id"].isin(inter["item_id"])
+    counts["items_without_interactions"] = int((~used).sum())
+    items = items[used].reset_index(drop=True)
+    items.insert(0, "item", np.arange(len(items), dtype=np.int64))
+
+    users = pd.DataFrame({"user_id": inter["user_id"].unique()})
+    users.insert(0, "user", np.arange(len(users), dtype=np.int64))
+    inter = pd.DataFrame(
+        {
+            "user": inter["user_id"].map(pd.Series(users["user"].values, index=users["user_id"])).values,
+            "item": inter["item_id"].map(pd.Series(items["item"].values, index=items["item_id"])).values,
+            "timestamp": inter["timestamp"].values,
+        }
+    )
+    # Users appear in first-seen order and are grouped, so a stable sort by user keeps time order.
+    inter = inter.sort_values("user", kind="stable").reset_index(drop=True)
+    inter["split"] = leave_one_out(inter["user"].to_numpy())
+
+    _flag_tail(items, inter, params)
+    negatives = sample_negatives(inter["user"].to_numpy(), inter["item"].to_numpy(), len(users), len(items), params)
+
+    items = _relative_images(items, folder, counts)
+    card = data_card(catalogue.name, items, inter, catalogue.text_fields, counts, params, negatives.shape[1])
+    card["source"] = catalogue.source
+    items.to_parquet(folder / "items.parquet", index=False)
+    inter.to_parquet(folder / "interactions.parquet", index=False)
+    users.to_parquet(folder / "users.parquet", index=False)
+    np.save(folder / "negatives.npy", negatives)
+    write_json(folder / "card.json", card)
+    return card
+
+
+def leave_one_out(users: np.ndarray) -> pd.Categorical:
+    """Split labels for interactions grouped by user in time order: last test, second-to-last valid."""
+    n = len(users)
+    is_last = np.ones(n, dtype=bool)
+    is_last[:-1] = users[1:] != users[:-1]
+    is_second = np.zeros(n, dtype=bool)
+    is_second[:-1] = is_last[1:] & (users[:-1] == users[1:])
+    labels = np.full(n, "train", dtype=object)
+    labels[is_second] = "valid"
+    labels[is_last] = "test"
+    return pd.Categorical(labels, categories=["train", "valid", "test"])
+
+
+def sample_negatives(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int,
+                     params: PrepareParams) -> np.ndarray:
+    """For each user, `n_negatives` distinct items drawn uniformly from those never interacted with.
+
+    Draws k distinct ranks in the complement of the user's history and maps rank -> item id with one
+    searchsorted, so no rejection loop is needed.
+    """
+    order = np.lexsort((items, users))
+    users, items = users[order], items[order]
+    bounds = np.searchsorted(users, np.arange(n_users + 1))
+    longest = int(np.diff(bounds).max())
+    k = params.n_negatives
+    if n_items - longest < k:
+        k = n_items - longest
+        if k < 1:
+            raise DataError(f"a user interacted with every item ({n_items}); no negatives can be drawn")
+        warnings.warn(
+            f"only {k} items lie outside the longest history ({longest} of {n_items} items); "
+            f"n_negatives reduced from {params.n_negatives} to {k}",
+            stacklevel=2,
+        )
+    rng = np.random.default_rng(params.seed)
+    out = np.empty((n_users, k), dtype=np.int32)
+    for u in range(n_users):
+        hist = items[bounds[u] : bounds[u + 1]]
+        ranks = rng.choice(n_items - len(hist), size=k, replace=False)
+        out[u] = ranks + np.searchsorted(hist - np.arange(len(hist)), ranks, side="right")
+    return out
+
+
+def _validate(catalogue: Catalogue) -> tuple[pd.DataFrame, pd.DataFrame]:
+    items, inter = catalogue.items, catalogue.interactions
+    where = f"dataset {catalogue.name!r}" + (f" ({catalogue.source})" if catalogue.source else "")
+    for frame, name, cols in (
+        (items, "items", ["item_id", "image_path", *catalogue.text_fields]),
+        (inter, "interactions", ["user_id", "item_id", "timestamp"]),
+    ):
+        missing = [c for c in cols if c not in frame.columns]
+        if missing:
+            raise DataError(f"{where}: {name} table lacks column(s) {missing}; found {list(frame.columns)}")
+        if frame.empty:
+            raise DataError(f"{where}: the {name} table is empty")
+    if items["item_id"].duplicated().any():
+        dup = items.loc[items["item_id"].duplicated(), "item_id"].iloc[0]
+        raise DataError(f"{where}: item {dup!r} appears more than once in the items table")
+    unknown = ~inter["item_id"].isin(items["item_id"])
+    if unknown.any():
+        first = inter.loc[unknown, "item_id"].iloc[0]
+        raise DataError(
+            f"{where}: {int(unknown.sum())} interaction(s) name items missing from the items table, "
+            f"first {first!r}; the interactions and items files do not belong together"
+        )
+    return items.copy(), inter[["user_id", "item_id", "timestamp"]].copy()
+
+
+def _flag_tail(items: pd.DataFrame, inter: pd.DataFrame, params: PrepareParams) -> None:
+    n = len(items)
+    items["popularity"] = np.bincount(inter.loc[inter["split"] == "train", "item"], minlength=n)
+    items["popularity_all"] = np.bincount(inter["item"], minlength=n)
+    counted = items["popularity"] if params.tail_count_on == "train" else items["popularity_all"]
+    items["is_tail"] = counted < params.tail_threshold
+
+
+def _relative_images(items: pd.DataFrame, folder: Path, counts: dict) -> pd.DataFrame:
+    """Image paths inside the folder become relative (the folder can move); items without an image
+    keep their text and point at one grey placeholder."""
+    items = items.copy()
+    items["has_image"] = items["image_path"].notna()
+    counts["missing_images"] = int((~items["has_image"]).sum())
+    Image.new("RGB", (64, 64), (128, 128, 128)).save(folder / PLACEHOLDER_NAME)
+    root = folder.resolve()
+
+    def relative(path):
+        if path is None or pd.isna(path):
+            return PLACEHOLDER_NAME
+        p = Path(path).resolve()
+        return str(p.relative_to(root)) if p.is_relative_to(root) else str(p)
+
+    items["image_path"] = items["image_path"].map(relative).astype(str)
+    return items
