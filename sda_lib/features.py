@@ -1,0 +1,79 @@
+"""Item feature tables: the hand-over from an extractor (LVLM zero-shot, SDA, CLIP, ...) to the
+recommenders.
+
+A table is a folder holding `text.npy` and `image.npy` (raw per-modality embeddings, item order),
+`features.npy` (the recommender-ready table, text part then image part) and `manifest.json`. The
+manifest pins the dataset and its item order, so a table can never be joined to the wrong items.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .io import atomic_dir, write_json
+
+
+class FeatureError(ValueError):
+    """A feature table that does not fit the dataset it is used with."""
+
+
+def item_order_checksum(item_ids) -> str:
+    """Short hash of the item id order, stored in manifests and checked on load."""
+    return hashlib.sha256("\n".join(map(str, item_ids)).encode()).hexdigest()[:16]
+
+
+@dataclass
+class FeatureTable:
+    text: np.ndarray  # [items, d_t] raw text-modality embeddings
+    image: np.ndarray  # [items, d_v] raw image-modality embeddings
+    features: np.ndarray  # [items, d_t' + d_v'] recommender-ready (e.g. per-modality PCA, concatenated)
+    manifest: dict = field(default_factory=dict)  # dataset, item_order, extractor, dims, parameters
+
+    @property
+    def split_dims(self) -> tuple[int, int]:
+        """Widths of the text and image parts of `features` (VBPR and SLMRec use them as channels)."""
+        d = self.manifest["dims"]
+        return d["features_text"], d["features_image"]
+
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        with atomic_dir(folder) as tmp:
+            for name in ("text", "image", "features"):
+                np.save(tmp / f"{name}.npy", getattr(self, name).astype(np.float32))
+            write_json(tmp / "manifest.json", self.manifest)
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, dataset=None) -> FeatureTable:
+        """Load and, given a PreparedDataset, check rows, item order and finiteness against it."""
+        folder = Path(folder)
+        if not (folder / "manifest.json").exists():
+            raise FeatureError(f"{folder} holds no feature table (manifest.json missing); export one first")
+        manifest = json.loads((folder / "manifest.json").read_text())
+        arrays = {n: np.load(folder / f"{n}.npy") for n in ("text", "image", "features")}
+        table = cls(**arrays, manifest=manifest)
+        if dataset is not None:
+            table.check(dataset, where=str(folder))
+        return table
+
+    def check(self, dataset, where: str = "feature table") -> None:
+        n = dataset.n_items
+        if self.manifest.get("dataset") != dataset.name:
+            raise FeatureError(f"{where} was exported for dataset {self.manifest.get('dataset')!r}, "
+                               f"not {dataset.name!r}; export features for {dataset.name!r}")
+        if self.manifest.get("item_order") != item_order_checksum(dataset.items["item_id"]):
+            raise FeatureError(f"{where}: item order differs from the prepared {dataset.name!r} items "
+                               "(the dataset was prepared again); export the features again")
+        for name in ("text", "image", "features"):
+            arr = getattr(self, name)
+            if arr.shape[0] != n:
+                raise FeatureError(f"{where}: {name}.npy has {arr.shape[0]} rows, the dataset has {n} items")
+            bad = ~np.isfinite(arr).all(axis=1)
+            if bad.any():
+                raise FeatureError(f"{where}: {name}.npy has non-finite values in {int(bad.sum())} rows, "
+                                   f"first item {int(np.flatnonzero(bad)[0])}")
