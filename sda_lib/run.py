@@ -24,6 +24,9 @@ from .paths import REPO_ROOT, run_dir
 NOTEBOOKS = REPO_ROOT / "notebooks"
 STAGES: dict[str, str] = {
     "data": "01_data.ipynb",
+    "zero_shot": "02_zero_shot.ipynb",
+    "adapt": "03_adapt.ipynb",
+    "export": "04_export.ipynb",
 }
 
 

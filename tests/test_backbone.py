@@ -1,0 +1,194 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sda_lib.backbone import (
+    IMAGE_INSTRUCTION,
+    TEXT_INSTRUCTION,
+    describe,
+    load_backbone,
+    mean_pool,
+    text_prompt,
+)
+
+IMAGE_PAD, VISION_START = 151655, 151652
+ITEMS = [
+    {"title": "Red running shoe", "brand": "Acme"},
+    {"title": "Trail shoe with a long name " * 3, "brand": "", "category": "Shoes > Running > Trail"},
+]
+
+
+def noise_image(height, width, seed=0):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_backbone("tiny", device="cpu")
+
+
+def pad(batch, extra, side):
+    """The same batch with `extra` more padding positions on `side`."""
+    out = dict(batch)
+    rows = batch["input_ids"].shape[0]
+    fills = {"input_ids": 151643, "attention_mask": 0, "mm_token_type_ids": 0}
+    for key, fill in fills.items():
+        block = torch.full((rows, extra), fill, dtype=batch[key].dtype)
+        out[key] = torch.cat([batch[key], block] if side == "right" else [block, batch[key]], dim=1)
+    return out
+
+
+@pytest.mark.parametrize("preset, hidden, layers", [("tiny", 64, 2), ("small", 256, 4)])
+def test_presets_build_offline_and_are_seeded(preset, hidden, layers):
+    rng_before = torch.random.get_rng_state()
+    a = load_backbone(preset, device="cpu", seed=0)
+    assert torch.equal(torch.random.get_rng_state(), rng_before)  # the caller's RNG is untouched
+    b = load_backbone(preset, device="cpu", seed=0)
+    assert (a.hidden_size, a.model.config.text_config.num_hidden_layers) == (hidden, layers)
+    assert a.id == f"{preset}-random-seed0" and a.dtype == torch.float32
+    for (name, x), (_, y) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.equal(x, y), name
+    if preset == "tiny":
+        c = load_backbone(preset, device="cpu", seed=1)
+        assert not torch.equal(a.model.model.language_model.layers[0].self_attn.q_proj.weight,
+                               c.model.model.language_model.layers[0].self_attn.q_proj.weight)
+
+
+def test_processor_gives_one_image_token_per_merged_patch(tiny):
+    # 112x112 -> 8x8 patches of 14 px -> 4x4 merged tokens; 56x112 -> 4x8 patches -> 2x4 tokens.
+    batch = tiny.inputs(images=[noise_image(112, 112), noise_image(56, 112)])
+    assert {"input_ids", "attention_mask", "pixel_values", "image_grid_thw"} <= set(batch)
+    assert batch["image_grid_thw"].tolist() == [[1, 8, 8], [1, 4, 8]]
+    assert (batch["input_ids"] == IMAGE_PAD).sum(dim=1).tolist() == [16, 8]
+    assert (batch["input_ids"] == VISION_START).sum(dim=1).tolist() == [1, 1]
+    # One row per 14x14 patch, each holding 3 channels x 2 frames x 14 x 14 values.
+    assert tuple(batch["pixel_values"].shape) == (64 + 32, 3 * 2 * 14 * 14)
+
+
+def test_describe_caps_values_and_skips_empty_fields():
+    assert describe({"title": "X", "brand": "Y"}) == "title is X; brand is Y; "
+    assert describe({"title": " X ", "brand": "", "category": "   "}) == "title is X; "
+    assert describe({"title": "a" * 150, "brand": "b" * 100}) == f"title is {'a' * 100}; brand is {'b' * 100}; "
+    assert describe({"title": "abcdef"}, cap=3) == "title is abc; "
+    assert text_prompt({"title": "X"})[0]["content"][0]["text"] == "title is X; " + TEXT_INSTRUCTION
+    with pytest.raises(TypeError, match="'brand' is float"):
+        describe({"title": "X", "brand": float("nan")})
+
+
+def test_prompts_go_through_the_qwen_chat_template(tiny):
+    text = tiny.inputs(texts=[{"title": "X", "brand": "Y"}])
+    image = tiny.inputs(images=[noise_image(56, 56)])
+    decode = tiny.processor.tokenizer.decode
+    head = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+    tail = "<|im_end|>\n<|im_start|>assistant\n"
+    assert decode(text["input_ids"][0]) == f"{head}title is X; brand is Y; {TEXT_INSTRUCTION}{tail}"
+    pads = "<|image_pad|>" * 4
+    assert decode(image["input_ids"][0]) == f"{head}<|vision_start|>{pads}<|vision_end|>{IMAGE_INSTRUCTION}{tail}"
+
+
+def test_pixel_bounds_set_the_number_of_image_tokens():
+    small_images = load_backbone("tiny", device="cpu", max_pixels=60 * 60)
+    batch = small_images.inputs(images=[noise_image(112, 112), noise_image(300, 300)])
+    assert batch["image_grid_thw"].tolist() == [[1, 4, 4], [1, 4, 4]]
+    big = load_backbone("tiny", device="cpu", min_pixels=224 * 224).inputs(images=[noise_image(56, 56)])
+    assert big["image_grid_thw"].tolist() == [[1, 16, 16]]
+
+
+def test_mean_pool_is_the_mean_over_kept_positions():
+    hidden = torch.randn(2, 5, 3)
+    hidden[1, 0] = float("nan")  # whatever a padded position holds must not leak
+    mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1]])
+    pooled = mean_pool(hidden, mask)
+    torch.testing.assert_close(pooled[0], hidden[0, :3].mean(dim=0))
+    torch.testing.assert_close(pooled[1], hidden[1, 2:].mean(dim=0))
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_text_embeddings_do_not_depend_on_padding(tiny, side):
+    with torch.inference_mode():
+        alone = torch.cat([tiny.embed_batch(tiny.inputs(texts=[item])) for item in ITEMS])
+        together = tiny.inputs(texts=ITEMS)
+        assert together["attention_mask"][0].sum() < together["input_ids"].shape[1]  # row 0 is padded
+        torch.testing.assert_close(tiny.embed_batch(together), alone, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(tiny.embed_batch(pad(together, 7, side)), alone, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_image_embeddings_do_not_depend_on_padding(tiny, side):
+    images = [noise_image(112, 112, seed=1), noise_image(56, 168, seed=2)]
+    with torch.inference_mode():
+        alone = torch.cat([tiny.embed_batch(tiny.inputs(images=[im])) for im in images])
+        together = pad(tiny.inputs(images=images), 5, side)
+        torch.testing.assert_close(tiny.embed_batch(together), alone, atol=1e-5, rtol=1e-5)
+
+
+def test_embed_batch_keeps_the_graph(tiny):
+    weight = tiny.model.model.language_model.layers[0].self_attn.q_proj.weight
+    weight.grad = None
+    tiny.embed_batch(tiny.inputs(texts=ITEMS)).square().sum().backward()
+    assert weight.grad is not None and weight.grad.abs().sum() > 0
+    weight.grad = None
+
+
+def test_embed_returns_float32_rows_in_item_order(tiny):
+    images = [noise_image(56, 56, seed=s) for s in range(3)]
+    items = ITEMS + [{"title": "Blue sock"}]
+    tiny.model.train()
+    text = tiny.embed(items, modality="text", batch_size=2, progress=False)
+    image = tiny.embed(items, images, modality="image", batch_size=2, progress=False)
+    assert tiny.model.training  # mode restored
+    tiny.model.eval()
+    assert text.shape == image.shape == (3, 64) and text.dtype == image.dtype == np.float32
+    with torch.inference_mode():
+        np.testing.assert_allclose(text, tiny.embed_batch(tiny.inputs(texts=items)).numpy(), atol=1e-5)
+        np.testing.assert_allclose(image[1], tiny.embed_batch(tiny.inputs(images=images[1:2]))[0].numpy(), atol=1e-5)
+    assert tiny.embed([], modality="text", progress=False).shape == (0, 64)
+    with pytest.raises(ValueError, match="one image per item: 3 items, 2 images"):
+        tiny.embed(items, images[:2], modality="image")
+
+
+@pytest.mark.parametrize("layout", ["save_pretrained", "hub"])
+def test_a_saved_model_folder_loads_back_identically(tiny, tmp_path, layout):
+    tiny.model.save_pretrained(tmp_path)
+    tiny.processor.save_pretrained(tmp_path)
+    if layout == "hub":
+        # The layout of the Qwen2.5-VL hub checkpoints: preprocessor_config.json naming the
+        # torchvision image processor, chat_template.json, no processor_config.json.
+        # Its pixel bounds are the 7B's, which load_backbone's min_pixels/max_pixels override.
+        image_processor = json.loads((tmp_path / "processor_config.json").read_text())["image_processor"]
+        image_processor["size"] = {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280}
+        (tmp_path / "processor_config.json").unlink()
+        (tmp_path / "preprocessor_config.json").write_text(json.dumps(image_processor))
+        template = (tmp_path / "chat_template.jinja").read_text()
+        (tmp_path / "chat_template.jinja").unlink()
+        (tmp_path / "chat_template.json").write_text(json.dumps({"chat_template": template}))
+    loaded = load_backbone(tmp_path, device="cpu")
+    assert loaded.id == str(tmp_path.resolve()) and loaded.hidden_size == 64
+    images = [noise_image(300, 300)]  # above max_pixels: resized to 252x252, 81 image tokens
+    with torch.inference_mode():
+        for kwargs in (dict(texts=ITEMS), dict(images=images)):
+            want = tiny.embed_batch(tiny.inputs(**kwargs))
+            assert torch.equal(loaded.inputs(**kwargs)["input_ids"], tiny.inputs(**kwargs)["input_ids"])
+            if "images" in kwargs:
+                assert loaded.inputs(**kwargs)["image_grid_thw"].tolist() == [[1, 18, 18]]
+            torch.testing.assert_close(loaded.embed_batch(loaded.inputs(**kwargs)), want, atol=0, rtol=0)
+
+
+def test_loading_errors_name_the_problem(tmp_path):
+    from transformers import GPT2Config
+
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(FileNotFoundError, match=f"{missing}.*does not exist.*config.json"):
+        load_backbone(str(missing))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="has no config.json"):
+        load_backbone(str(tmp_path / "empty"))
+    GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(tmp_path / "gpt2")
+    with pytest.raises(ValueError, match="model_type 'gpt2'.*qwen2_5_vl"):
+        load_backbone(str(tmp_path / "gpt2"))
+    with pytest.raises(ValueError, match="unknown backbone 'huge'.*tiny, small, 7b"):
+        load_backbone("huge")
