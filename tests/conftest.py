@@ -22,3 +22,19 @@ def shared_data():
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def toy_tiny(tmp_path_factory):
+    """toy-tiny prepared once per test session."""
+    from sda_lib.data import load_prepared, prepare_dataset
+
+    return load_prepared(prepare_dataset("toy-tiny", out=tmp_path_factory.mktemp("toy-tiny") / "data"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread, and a shared machine does not thrash."""
+    import torch
+
+    torch.set_num_threads(1)

@@ -1,0 +1,109 @@
+"""The adaptation loop: deterministic batches, resume == uninterrupted, clear errors."""
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sda_lib import adapt
+from sda_lib.adapt import AdaptConfig, batch_items, text_view, train_adapter
+from sda_lib.backbone import load_backbone
+from sda_lib.data import DataError, load_prepared
+
+FAST = dict(steps=4, batch_size=8, checkpoint_every=2, lr=1e-3)
+
+
+def test_batches_cover_each_item_once_per_epoch():
+    batches = [batch_items(s, 50, 10, seed=3) for s in range(5)]
+    assert sorted(np.concatenate(batches).tolist()) == list(range(50))
+    assert np.array_equal(batch_items(7, 50, 10, seed=3), batch_items(7, 50, 10, seed=3))
+    assert not np.array_equal(batch_items(5, 50, 10, seed=3), batch_items(0, 50, 10, seed=3))
+
+
+def test_text_view_drops_and_shuffles():
+    fields = {"title": "a", "brand": "b", "categories": "c", "description": "d", "price": "", "colour": "e"}
+    rng = np.random.default_rng(0)
+    views = [text_view(fields, rng, 0.4) for _ in range(20)]
+    assert all(len(v) == 3 for v in views)  # 5 non-empty attributes, 40% dropped
+    assert all(set(v) <= set(fields) - {"price"} for v in views)
+    assert len({tuple(v) for v in views}) > 5  # order and choice vary
+    assert text_view({"title": "x"}, rng, 0.9) == {"title": "x"}  # keeps at least one
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="unknown loss 'mse'"):
+        AdaptConfig(loss="mse")
+    with pytest.raises(ValueError, match="not divisible"):
+        train_adapter(load_backbone("tiny"), None, AdaptConfig(r=6, experts=4), "/nonexistent")
+
+
+def test_resume_reaches_the_same_adapter(toy_tiny, tmp_path, monkeypatch):
+    full = train_adapter(load_backbone("tiny"), toy_tiny, AdaptConfig(**FAST), tmp_path / "full", progress=False)
+
+    calls = {"n": 0}
+    real = adapt.batch_loss
+
+    def interrupted(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 4:  # during step 4, after the checkpoint at step 2
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(adapt, "batch_loss", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_adapter(load_backbone("tiny"), toy_tiny, AdaptConfig(**FAST), tmp_path / "cut", progress=False)
+    assert not (tmp_path / "cut" / "adapter").exists()
+    monkeypatch.setattr(adapt, "batch_loss", real)
+    resumed = train_adapter(load_backbone("tiny"), toy_tiny, AdaptConfig(**FAST), tmp_path / "cut", progress=False)
+
+    assert resumed["resumed_from_step"] == 2
+    a = load_file(str(tmp_path / "full" / "adapter" / "adapter.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "adapter" / "adapter.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    assert resumed["final_tau"] == pytest.approx(full["final_tau"], abs=1e-7)
+    assert any(not torch.all(a[k] == 0) for k in a if "B" in k.split(".")[-1]), "B never moved"
+
+
+def test_resume_with_other_settings_is_refused(toy_tiny, tmp_path, monkeypatch):
+    real = adapt.batch_loss
+    calls = {"n": 0}
+
+    def interrupted(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(adapt, "batch_loss", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_adapter(load_backbone("tiny"), toy_tiny, AdaptConfig(**FAST), tmp_path, progress=False)
+    monkeypatch.setattr(adapt, "batch_loss", real)
+    with pytest.raises(ValueError, match="other settings.*'lr'"):
+        train_adapter(load_backbone("tiny"), toy_tiny, AdaptConfig(**{**FAST, "lr": 5e-4}), tmp_path, progress=False)
+
+
+def test_nan_loss_names_the_step(toy_tiny, tmp_path, monkeypatch):
+    real = adapt.batch_loss
+    calls = {"n": 0}
+
+    def poisoned(backbone, tau, *args, **kw):
+        calls["n"] += 1
+        return real(backbone, tau * float("nan") if calls["n"] == 2 else tau, *args, **kw)
+
+    monkeypatch.setattr(adapt, "batch_loss", poisoned)
+    with pytest.raises(FloatingPointError, match="step 1: CMSA loss is nan"):
+        train_adapter(load_backbone("tiny"), toy_tiny, AdaptConfig(**FAST), tmp_path, progress=False)
+
+
+def test_dataset_not_prepared(outputs):
+    with pytest.raises(DataError, match="prepare it with `python -m sda_lib.data prepare beauty`"):
+        load_prepared("beauty")
+
+
+@pytest.mark.parametrize("kind,loss", [("lora", "infonce"), ("independent", "text-views")])
+def test_variants_train(toy_tiny, tmp_path, kind, loss):
+    record = train_adapter(load_backbone("tiny"), toy_tiny, AdaptConfig(**{**FAST, "adapter": kind, "loss": loss}),
+                           tmp_path, progress=False)
+    assert np.isfinite(record["final_loss"]) and (tmp_path / "adapter").is_dir()

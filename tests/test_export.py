@@ -1,0 +1,105 @@
+"""Export: merged adapter == routed adapter, resumable chunks, manifests that refuse the wrong data."""
+
+import numpy as np
+import pytest
+import torch
+
+from sda_lib import adapters, export
+from sda_lib.adapt import embed_rows, load_image
+from sda_lib.backbone import load_backbone
+from sda_lib.features import FeatureError, FeatureTable
+from sda_lib.moda import IMAGE, TEXT
+
+
+def _trained(kind, folder):
+    """A backbone whose adapter has non-zero B (as after training), saved to `folder`."""
+    lvlm = load_backbone("tiny")
+    adapters.attach(lvlm.model, kind)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in lvlm.model.named_parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    adapters.save(lvlm.model, folder, lvlm.id)
+    return lvlm
+
+
+@pytest.mark.parametrize("kind", ["moda", "lora", "independent"])
+def test_merged_export_equals_routed_forward(toy_tiny, tmp_path, kind):
+    lvlm = _trained(kind, tmp_path / "a")
+    items = np.arange(6)
+    text, image = export.embed_items(lvlm, toy_tiny, items, progress=False)
+    fields, paths = toy_tiny.item_fields(), toy_tiny.image_paths()
+    lvlm.model.eval()
+    with torch.no_grad():
+        ref_t = embed_rows(lvlm, TEXT, texts=[fields[i] for i in items]).numpy()
+        ref_v = embed_rows(lvlm, IMAGE, images=[load_image(paths[i]) for i in items]).numpy()
+    np.testing.assert_allclose(text, ref_t, atol=1e-4)
+    np.testing.assert_allclose(image, ref_v, atol=1e-4)
+    bare = load_backbone("tiny")
+    assert not np.allclose(text, bare.embed(toy_tiny.item_fields()[:6], progress=False), atol=1e-3)
+
+    fresh = load_backbone("tiny")
+    assert adapters.load(fresh.model, tmp_path / "a", fresh.id) == kind
+    np.testing.assert_allclose(export.embed_items(fresh, toy_tiny, items, progress=False)[0], text, atol=1e-6)
+
+
+def test_adapter_for_another_backbone(tmp_path):
+    _trained("moda", tmp_path / "a")
+    other = load_backbone("tiny", seed=1)
+    with pytest.raises(ValueError, match="trained on backbone 'tiny-random-seed0', not on 'tiny-random-seed1'"):
+        adapters.load(other.model, tmp_path / "a", other.id)
+    with pytest.raises(FileNotFoundError, match="no adapter in"):
+        adapters.load(other.model, tmp_path / "missing", other.id)
+
+
+def test_interrupted_export_resumes_without_recomputing(toy_tiny, tmp_path, monkeypatch):
+    lvlm = _trained("moda", tmp_path / "a")
+    out = tmp_path / "emb"
+    full = export.export_embeddings(load_backbone("tiny"), toy_tiny, tmp_path / "full", adapter=tmp_path / "a",
+                                    chunk=32, progress=False)
+    real, calls, fail_at = export.embed_items, [], {"start": 32}
+
+    def flaky(backbone, dataset, items, *a, **kw):
+        calls.append(int(items[0]))
+        if calls[-1] == fail_at["start"]:
+            raise KeyboardInterrupt
+        return real(backbone, dataset, items, *a, **kw)
+
+    monkeypatch.setattr(export, "embed_items", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        export.export_embeddings(load_backbone("tiny"), toy_tiny, out, adapter=tmp_path / "a", chunk=32, progress=False)
+    assert not out.exists() and len(list(out.with_name("emb.parts").glob("*.npz"))) == 1
+    calls.clear()
+    fail_at["start"] = None
+    table = export.export_embeddings(load_backbone("tiny"), toy_tiny, out, adapter=tmp_path / "a", chunk=32,
+                                     progress=False)
+    assert calls == [32, 64], "finished chunks were recomputed"
+    assert not out.with_name("emb.parts").exists()
+    np.testing.assert_allclose(table.text, full.text, atol=1e-6)
+    np.testing.assert_allclose(table.features, full.features, atol=1e-4)
+    m = FeatureTable.load(out, toy_tiny).manifest
+    assert m["adapter"]["kind"] == "moda" and m["backbone"] == lvlm.id and m["n_items"] == toy_tiny.n_items
+    assert m["dims"] == {"text": 64, "image": 64, "features_text": 64, "features_image": 64}
+
+
+def test_feature_table_refuses_wrong_data(toy_tiny, tmp_path):
+    rng = np.random.default_rng(0)
+    n = toy_tiny.n_items
+    table = export.feature_table(rng.normal(size=(n, 12)), rng.normal(size=(n, 20)), toy_tiny, d=8)
+    assert table.features.shape == (n, 16) and table.split_dims == (8, 8)
+    table.save(tmp_path / "ok")
+    FeatureTable.load(tmp_path / "ok", toy_tiny)
+
+    short = FeatureTable(table.text[:-1], table.image[:-1], table.features[:-1], table.manifest)
+    with pytest.raises(FeatureError, match=f"text.npy has {n - 1} rows, the dataset has {n} items"):
+        short.check(toy_tiny)
+    other = FeatureTable(table.text, table.image, table.features, {**table.manifest, "dataset": "beauty"})
+    with pytest.raises(FeatureError, match="exported for dataset 'beauty', not 'toy-tiny'"):
+        other.check(toy_tiny)
+    nan = table.features.copy()
+    nan[5, 3] = np.nan
+    with pytest.raises(FeatureError, match="features.npy has non-finite values in 1 rows, first item 5"):
+        FeatureTable(table.text, table.image, nan, table.manifest).check(toy_tiny)
+    with pytest.raises(FeatureError, match="manifest.json missing"):
+        FeatureTable.load(tmp_path / "nothing", toy_tiny)
