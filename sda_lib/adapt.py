@@ -8,7 +8,9 @@ the same adapter as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import functools
 import json
 import shutil
 import time
@@ -17,10 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.distributed.nn as dist_nn
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from PIL import Image
 from safetensors.torch import load_file, save_file
+from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
@@ -99,26 +104,67 @@ def embed_rows(backbone, m: int, texts=None, images=None) -> torch.Tensor:
         return backbone.embed_batch(backbone.inputs(texts=texts, images=images))
 
 
-def batch_loss(backbone, tau: torch.Tensor, fields, paths, items, config: AdaptConfig, step: int):
+def pair_batch(backbone, fields, paths, items, config: AdaptConfig, step: int):
+    """One mixed batch for `items`: N text rows then N image rows (or, for text-views, two
+    augmented text views), with each row's modality id."""
     texts = [fields[i] for i in items]
     if config.loss == "text-views":
         rng = np.random.default_rng([config.seed, step, 1])
-        e_a = embed_rows(backbone, TEXT, texts=[text_view(f, rng, config.view_drop) for f in texts])
-        e_b = embed_rows(backbone, TEXT, texts=[text_view(f, rng, config.view_drop) for f in texts])
-        return cmsa_loss(e_a, e_b, tau, config.normalize, config.detach_teacher)
-    e_t = embed_rows(backbone, TEXT, texts=texts)
-    e_v = embed_rows(backbone, IMAGE, images=[load_image(paths[i]) for i in items])
-    if config.loss == "infonce":
-        return infonce_loss(e_t, e_v, tau, config.normalize)
-    return cmsa_loss(e_t, e_v, tau, config.normalize, config.detach_teacher)
+        views = [text_view(f, rng, config.view_drop) for f in texts] + [text_view(f, rng, config.view_drop) for f in texts]
+        return backbone.inputs(texts=views), [TEXT] * len(views)
+    images = [load_image(paths[i]) for i in items]
+    return backbone.inputs(texts=texts, images=images), [TEXT] * len(texts) + [IMAGE] * len(images)
+
+
+def gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """Rows from every process, in rank order, keeping the gradient path to each process's share."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    return torch.cat(dist_nn.all_gather(x.contiguous()))
+
+
+class AlignmentObjective(nn.Module):
+    """A training step's forward as one module (pooled encoder, temperature, loss), so that
+    Accelerate's DDP or DeepSpeed wrapper sees every trainable parameter used in its forward.
+
+    With `gather`, each process embeds its share of the step's items and the loss is computed on
+    the rows of all processes: the structural teacher then spans every item of the step.
+    """
+
+    def __init__(self, backbone, config: AdaptConfig, gather: bool = True):
+        super().__init__()
+        self.encoder = backbone.encoder
+        self.temperature = Temperature(config.tau, config.learn_tau)
+        self.config, self.gather = config, gather
+        self._route = functools.partial(adapters.modality, backbone.model)  # not a submodule
+
+    def forward(self, modality_ids, **inputs) -> torch.Tensor:
+        with self._route(modality_ids):
+            e = self.encoder(**inputs)
+        n = e.shape[0] // 2
+        a, b = e[:n], e[n:]
+        if self.gather:
+            a, b = gather_rows(a), gather_rows(b)
+        tau, c = self.temperature(), self.config
+        if c.loss == "infonce":
+            return infonce_loss(a, b, tau, c.normalize)
+        return cmsa_loss(a, b, tau, c.normalize, c.detach_teacher)
+
+
+def local_share(items: np.ndarray, accelerator) -> np.ndarray:
+    """This process's contiguous share of the step's items (all of them with one process)."""
+    return np.array_split(items, accelerator.num_processes)[accelerator.process_index]
 
 
 def train_adapter(backbone, dataset, config: AdaptConfig, out: str | Path, resume: bool = True,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, gather: bool = True, on_step=None) -> dict:
     """Attach a fresh adapter to `backbone`, train it on `dataset`'s items and save it in `out`.
 
-    Writes `out/adapter*` (weights + config), `out/loss.csv`, `out/adapt.json`; checkpoints under
-    `out/checkpoints/` every `checkpoint_every` steps. Returns the training record.
+    Writes `out/adapter/` (weights + config), `out/loss.csv`, `out/adapt.json`; checkpoints under
+    `out/checkpoints/` every `checkpoint_every` steps. Under `accelerate launch` every process takes
+    a share of each step's `batch_size` items; `gather=False` keeps the loss per process.
+    `on_step(step, objective)` runs after each optimiser step (analyses hook in there).
+    Returns the training record.
     """
     out = Path(out)
     set_seed(config.seed)
@@ -127,65 +173,74 @@ def train_adapter(backbone, dataset, config: AdaptConfig, out: str | Path, resum
                              config.adapt_vision)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    temperature = Temperature(config.tau, config.learn_tau)
-    params = [p for p in model.parameters() if p.requires_grad] + list(temperature.parameters())
+    objective = AlignmentObjective(backbone, config, gather)
+    params = [p for p in objective.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
     accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
-    model, temperature, optimizer, scheduler = accelerator.prepare(model, temperature, optimizer, scheduler)
+    objective, optimizer, scheduler = accelerator.prepare(objective, optimizer, scheduler)
+    plain = accelerator.unwrap_model(objective)
 
     fields, paths = dataset.item_fields(), dataset.image_paths()
     ckpt_dir = out / "checkpoints"
     start, history = 0, []
     if resume and (latest := _latest_checkpoint(ckpt_dir)) is not None:
-        start, history = _load_checkpoint(latest, config, model, temperature, optimizer, scheduler)
-        print(f"resuming from {latest} (step {start} of {config.steps})")
+        start, history = _load_checkpoint(latest, config, plain, optimizer, scheduler)
+        accelerator.print(f"resuming from {latest} (step {start} of {config.steps})")
 
     model.train()
     begin = time.perf_counter()
-    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="adapt", disable=not progress)
+    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="adapt",
+               disable=not (progress and accelerator.is_main_process))
     for step in bar:
         total = 0.0
         for micro in range(config.grad_accum):
             items = batch_items(step * config.grad_accum + micro, dataset.n_items, config.batch_size, config.seed)
-            with accelerator.autocast():
+            inputs, ids = pair_batch(backbone, fields, paths, local_share(items, accelerator), config, step)
+            sync = contextlib.nullcontext() if micro == config.grad_accum - 1 else accelerator.no_sync(objective)
+            with sync, accelerator.autocast():
                 try:
-                    loss = batch_loss(backbone, temperature(), fields, paths, items, config, step)
+                    loss = objective(torch.tensor(ids, device=accelerator.device), **inputs)
                 except FloatingPointError as err:
                     raise FloatingPointError(f"step {step}: {err}. Lower lr (now {config.lr}) or fix tau "
                                              "(learn_tau=False)") from None
-            accelerator.backward(loss / config.grad_accum)
+                accelerator.backward(loss / config.grad_accum)
             total += loss.item() / config.grad_accum
         accelerator.clip_grad_norm_(params, config.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        history.append({"step": step + 1, "loss": total, "tau": float(temperature().item()),
+        history.append({"step": step + 1, "loss": total, "tau": float(plain.temperature().item()),
                         "lr": scheduler.get_last_lr()[0]})
         bar.set_postfix(loss=f"{total:.4f}", tau=f"{history[-1]['tau']:.3f}")
-        if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
-            _save_checkpoint(ckpt_dir / f"step-{step + 1:06d}", config, model, temperature, optimizer,
-                             scheduler, step + 1, history)
+        if on_step is not None:
+            on_step(step + 1, plain)
+        if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps and accelerator.is_main_process:
+            _save_checkpoint(ckpt_dir / f"step-{step + 1:06d}", config, plain, optimizer, scheduler, step + 1,
+                             history)
     seconds = time.perf_counter() - begin
 
-    adapters.save(model, out / "adapter", backbone.id)
-    with atomic_path(out / "loss.csv") as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["step", "loss", "tau", "lr"])
-        writer.writeheader()
-        writer.writerows(history)
     record = {
         "config": asdict(config),
         "backbone": backbone.id,
         "dataset": dataset.name,
+        "processes": accelerator.num_processes,
         "trainable_parameters": report.trainable,
         "total_parameters": report.total,
         "final_loss": history[-1]["loss"] if history else None,
-        "final_tau": float(temperature().item()),
+        "final_tau": float(plain.temperature().item()),
         "seconds": round(seconds, 2),
         "resumed_from_step": start,
-        "adapter_sha256": adapters.checksum(out / "adapter"),
     }
-    write_json(out / "adapt.json", record)
+    if accelerator.is_main_process:
+        adapters.save(model, out / "adapter", backbone.id)
+        record["adapter_sha256"] = adapters.checksum(out / "adapter")
+        with atomic_path(out / "loss.csv") as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["step", "loss", "tau", "lr"])
+            writer.writeheader()
+            writer.writerows(history)
+        write_json(out / "adapt.json", record)
+    accelerator.wait_for_everyone()
     return record
 
 
@@ -194,10 +249,10 @@ def _latest_checkpoint(folder: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def _save_checkpoint(folder: Path, config, model, temperature, optimizer, scheduler, step: int, history) -> None:
+def _save_checkpoint(folder: Path, config, objective, optimizer, scheduler, step: int, history) -> None:
     with atomic_dir(folder) as tmp:
-        trainable = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-        trainable |= {f"temperature.{n}": t.detach().cpu().reshape(1) for n, t in temperature.state_dict().items()}
+        trainable = {n: p.detach().cpu().reshape(p.shape or (1,)).contiguous()
+                     for n, p in objective.named_parameters() if p.requires_grad}
         save_file(trainable, str(tmp / "trainable.safetensors"))
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "torch_rng": torch.get_rng_state()}, tmp / "optim.pt")
@@ -206,21 +261,20 @@ def _save_checkpoint(folder: Path, config, model, temperature, optimizer, schedu
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _load_checkpoint(folder: Path, config, model, temperature, optimizer, scheduler):
+def _load_checkpoint(folder: Path, config, objective, optimizer, scheduler):
     meta = json.loads((folder / "state.json").read_text())
     changed = {k: (v, meta["config"].get(k)) for k, v in asdict(config).items() if meta["config"].get(k) != v}
     if changed:
         raise ValueError(f"checkpoint {folder} was written with other settings ({changed}, now vs then); "
                          "delete its checkpoints folder or pass resume=False to start afresh")
-    trainable = load_file(str(folder / "trainable.safetensors"))
-    temp_state = {k.removeprefix("temperature."): v.reshape(()) for k, v in trainable.items()
-                  if k.startswith("temperature.")}
-    temperature.load_state_dict(temp_state)
-    missing, unexpected = model.load_state_dict({k: v for k, v in trainable.items()
-                                                 if not k.startswith("temperature.")}, strict=False)
-    if unexpected:
-        raise ValueError(f"checkpoint {folder} does not fit this adapter (unexpected {unexpected[:3]}); "
-                         "delete the checkpoints folder to start afresh")
+    params = {n: p for n, p in objective.named_parameters() if p.requires_grad}
+    saved = load_file(str(folder / "trainable.safetensors"))
+    if saved.keys() != params.keys():
+        raise ValueError(f"checkpoint {folder} does not fit this adapter ({len(saved)} tensors saved, "
+                         f"{len(params)} trainable); delete its checkpoints folder to start afresh")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(saved[name].reshape(p.shape))
     state = torch.load(folder / "optim.pt", weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

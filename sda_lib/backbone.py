@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 from transformers import (
     AutoTokenizer,
@@ -141,6 +142,25 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     return summed / keep.sum(dim=1).clamp(min=1)
 
 
+class PooledEncoder(nn.Module):
+    """The base model (`model.model`, no vocabulary head, which on a small model costs more than
+    everything else) followed by masked mean pooling, as one module, so that Accelerate (DDP,
+    DeepSpeed) can wrap exactly the forward that training differentiates.
+
+    A row's embedding does not depend on how much padding it got or on which side: padded keys are
+    masked, pooling skips them, and rotary attention only sees position differences (image rows
+    get mask-aware 3-D positions from the model).
+    """
+
+    def __init__(self, base: nn.Module):
+        super().__init__()
+        self.base = base
+
+    def forward(self, **inputs) -> torch.Tensor:
+        hidden = self.base(**inputs, use_cache=False).last_hidden_state
+        return mean_pool(hidden, inputs["attention_mask"])
+
+
 @dataclass
 class Backbone:
     """A loaded LVLM with its processor. `id` names the weights (checked when adapters are reloaded)."""
@@ -152,29 +172,27 @@ class Backbone:
     dtype: torch.dtype
     device: torch.device
 
+    def __post_init__(self):
+        self.encoder = PooledEncoder(self.model.model)
+
     def inputs(self, texts: list[dict] | None = None, images: list | None = None) -> BatchFeature:
-        """A padded batch for one modality: item text-field dicts, or PIL images (one per item)."""
-        if (texts is None) == (images is None):
-            raise ValueError("pass exactly one of texts= (list of text-field dicts) or images= (list of PIL images)")
-        rows = texts if texts is not None else images
-        if len(rows) == 0:
-            raise ValueError("cannot build a batch of 0 items")
-        conversations = [text_prompt(f) for f in texts] if texts is not None else [image_prompt()] * len(images)
+        """A padded batch: one row per item text-field dict, then one row per PIL image.
+
+        Text and image rows may share a batch (one forward for both modalities); the caller routes
+        each row to its modality (see sda_lib.adapters.modality)."""
+        texts, images = texts or [], images or []
+        if not texts and not images:
+            raise ValueError("cannot build a batch of 0 items: pass texts= (text-field dicts) and/or images= (PIL images)")
+        conversations = [text_prompt(f) for f in texts] + [image_prompt()] * len(images)
         prompts = self.processor.apply_chat_template(conversations, add_generation_prompt=True, tokenize=False)
-        batch = self.processor(text=prompts, images=images, padding=True, return_tensors="pt")
+        batch = self.processor(text=prompts, images=images or None, padding=True, return_tensors="pt")
         return batch.to(self.device)
 
     def embed_batch(self, inputs: BatchFeature) -> torch.Tensor:
-        """[B, hidden] mean of the base model's final hidden states under the attention mask.
-
-        Runs `model.model` (no vocabulary head, which costs more than the rest on a small model) and
-        keeps the graph, so training backpropagates through it; wrap inference in
-        torch.inference_mode. A row's embedding does not depend on how much padding it got or on
-        which side: padded keys are masked, pooling skips them, and rotary attention only sees
-        position differences (image rows get mask-aware 3-D positions from the model).
-        """
-        hidden = self.model.model(**inputs, use_cache=False).last_hidden_state
-        return mean_pool(hidden, inputs["attention_mask"])
+        """[B, hidden] mean of the base model's final hidden states under the attention mask (see
+        PooledEncoder). Keeps the graph, so training backpropagates through it; wrap inference in
+        torch.inference_mode."""
+        return self.encoder(**inputs)
 
     def embed(
         self,

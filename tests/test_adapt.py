@@ -41,7 +41,7 @@ def test_resume_reaches_the_same_adapter(toy_tiny, tmp_path, monkeypatch):
     full = train_adapter(load_backbone("tiny"), toy_tiny, AdaptConfig(**FAST), tmp_path / "full", progress=False)
 
     calls = {"n": 0}
-    real = adapt.batch_loss
+    real = adapt.pair_batch
 
     def interrupted(*args, **kw):
         calls["n"] += 1
@@ -49,11 +49,11 @@ def test_resume_reaches_the_same_adapter(toy_tiny, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kw)
 
-    monkeypatch.setattr(adapt, "batch_loss", interrupted)
+    monkeypatch.setattr(adapt, "pair_batch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train_adapter(load_backbone("tiny"), toy_tiny, AdaptConfig(**FAST), tmp_path / "cut", progress=False)
     assert not (tmp_path / "cut" / "adapter").exists()
-    monkeypatch.setattr(adapt, "batch_loss", real)
+    monkeypatch.setattr(adapt, "pair_batch", real)
     resumed = train_adapter(load_backbone("tiny"), toy_tiny, AdaptConfig(**FAST), tmp_path / "cut", progress=False)
 
     assert resumed["resumed_from_step"] == 2
@@ -67,7 +67,7 @@ def test_resume_reaches_the_same_adapter(toy_tiny, tmp_path, monkeypatch):
 
 
 def test_resume_with_other_settings_is_refused(toy_tiny, tmp_path, monkeypatch):
-    real = adapt.batch_loss
+    real = adapt.pair_batch
     calls = {"n": 0}
 
     def interrupted(*args, **kw):
@@ -76,23 +76,23 @@ def test_resume_with_other_settings_is_refused(toy_tiny, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kw)
 
-    monkeypatch.setattr(adapt, "batch_loss", interrupted)
+    monkeypatch.setattr(adapt, "pair_batch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train_adapter(load_backbone("tiny"), toy_tiny, AdaptConfig(**FAST), tmp_path, progress=False)
-    monkeypatch.setattr(adapt, "batch_loss", real)
+    monkeypatch.setattr(adapt, "pair_batch", real)
     with pytest.raises(ValueError, match="other settings.*'lr'"):
         train_adapter(load_backbone("tiny"), toy_tiny, AdaptConfig(**{**FAST, "lr": 5e-4}), tmp_path, progress=False)
 
 
 def test_nan_loss_names_the_step(toy_tiny, tmp_path, monkeypatch):
-    real = adapt.batch_loss
+    real = adapt.cmsa_loss
     calls = {"n": 0}
 
-    def poisoned(backbone, tau, *args, **kw):
+    def poisoned(e_t, e_v, tau, *args, **kw):
         calls["n"] += 1
-        return real(backbone, tau * float("nan") if calls["n"] == 2 else tau, *args, **kw)
+        return real(e_t, e_v, tau * float("nan") if calls["n"] == 2 else tau, *args, **kw)
 
-    monkeypatch.setattr(adapt, "batch_loss", poisoned)
+    monkeypatch.setattr(adapt, "cmsa_loss", poisoned)
     with pytest.raises(FloatingPointError, match="step 1: CMSA loss is nan"):
         train_adapter(load_backbone("tiny"), toy_tiny, AdaptConfig(**FAST), tmp_path, progress=False)
 
