@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+from accelerate import PartialState
 from sklearn.decomposition import PCA
 from tqdm.auto import tqdm
 
@@ -44,9 +45,11 @@ def export_embeddings(backbone, dataset, out: str | Path, adapter: str | Path | 
 
     Finished chunks live in `<out>.parts/` until the table is complete, so an interrupted export
     resumes without recomputing them; parts made with another backbone, adapter or item order are
-    discarded.
+    discarded. Under `accelerate launch` the chunks are shared out across processes and the main
+    process assembles the same files, in the same item order, as a single-process export.
     """
     out = Path(out)
+    state = PartialState()
     adapter_info = None
     if adapter is not None:
         kind = adapters.load(backbone.model, adapter, backbone.id)
@@ -54,31 +57,38 @@ def export_embeddings(backbone, dataset, out: str | Path, adapter: str | Path | 
     plan = {"backbone": backbone.id, "adapter": adapter_info and adapter_info["sha256"], "chunk": chunk,
             "item_order": item_order_checksum(dataset.items["item_id"]), "dataset": dataset.name}
     parts = out.with_name(out.name + ".parts")
-    if parts.exists() and _read_json(parts / "plan.json") != plan:
-        print(f"discarding {parts}: made with another backbone, adapter or dataset")
-        shutil.rmtree(parts)
-    parts.mkdir(parents=True, exist_ok=True)
-    write_json(parts / "plan.json", plan)
+    if state.is_main_process:
+        if parts.exists() and _read_json(parts / "plan.json") != plan:
+            print(f"discarding {parts}: made with another backbone, adapter or dataset")
+            shutil.rmtree(parts)
+        parts.mkdir(parents=True, exist_ok=True)
+        write_json(parts / "plan.json", plan)
+    state.wait_for_everyone()
 
-    starts = range(0, dataset.n_items, chunk)
-    todo = [s for s in starts if not (parts / f"{s:08d}.npz").exists()]
-    if len(todo) < len(starts):
-        print(f"resuming: {len(starts) - len(todo)} of {len(starts)} chunks already exported")
-    for s in tqdm(todo, desc=f"export {name or out.name}", disable=not progress or len(starts) == 1):
+    starts = list(range(0, dataset.n_items, chunk))
+    mine = starts[state.process_index :: state.num_processes]
+    todo = [s for s in mine if not (parts / f"{s:08d}.npz").exists()]
+    if len(todo) < len(mine):
+        print(f"resuming: {len(mine) - len(todo)} of {len(mine)} chunks already exported")
+    show = progress and state.is_main_process
+    for s in tqdm(todo, desc=f"export {name or out.name}", disable=not show or len(starts) == 1):
         text, image = embed_items(backbone, dataset, np.arange(s, min(s + chunk, dataset.n_items)),
-                                  batch_size, progress=progress and len(starts) == 1)
+                                  batch_size, progress=show and len(starts) == 1)
         with atomic_path(parts / f"{s:08d}.npz") as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, text=text, image=image)
-    chunks = [np.load(parts / f"{s:08d}.npz") for s in starts]
-    text = np.concatenate([c["text"] for c in chunks])
-    image = np.concatenate([c["image"] for c in chunks])
+    state.wait_for_everyone()
 
-    table = feature_table(text, image, dataset, d, extractor="lvlm", backbone=backbone.id, adapter=adapter_info,
-                          params={"batch_size": batch_size, "chunk": chunk}, name=name or out.name)
-    table.save(out)
-    shutil.rmtree(parts)
-    return table
+    if state.is_main_process:
+        chunks = [np.load(parts / f"{s:08d}.npz") for s in starts]
+        text = np.concatenate([c["text"] for c in chunks])
+        image = np.concatenate([c["image"] for c in chunks])
+        table = feature_table(text, image, dataset, d, extractor="lvlm", backbone=backbone.id, adapter=adapter_info,
+                              params={"batch_size": batch_size, "chunk": chunk}, name=name or out.name)
+        table.save(out)
+        shutil.rmtree(parts)
+    state.wait_for_everyone()
+    return FeatureTable.load(out)
 
 
 def feature_table(text: np.ndarray, image: np.ndarray, dataset, d: int = 768, **manifest) -> FeatureTable:

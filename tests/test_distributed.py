@@ -1,0 +1,99 @@
+"""Two CPU processes (gloo, via accelerate's debug launcher) give the same step and the same export
+as one process: the loss sees the global batch, and export shards merge in item order."""
+
+import numpy as np
+import pytest
+import torch
+from accelerate import Accelerator, debug_launcher
+from accelerate.state import AcceleratorState, PartialState
+
+from sda_lib import adapters
+from sda_lib.adapt import AdaptConfig, AlignmentObjective, batch_items, local_share, pair_batch
+from sda_lib.backbone import load_backbone
+from sda_lib.data import load_prepared
+from sda_lib.export import export_embeddings
+from sda_lib.features import FeatureTable
+
+pytestmark = pytest.mark.slow
+N_ITEMS = 8
+
+
+def _fresh_accelerate_state():
+    """Forked workers inherit the parent's (single-process) Accelerate singletons: drop them."""
+    AcceleratorState._reset_state(True)
+    PartialState._reset_state()
+
+
+def _adapted_backbone(kind="moda"):
+    lvlm = load_backbone("tiny")
+    torch.manual_seed(3)
+    adapters.attach(lvlm.model, kind, dropout=0.0)
+    with torch.no_grad():
+        for p in lvlm.model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    return lvlm
+
+
+def one_step(data_folder, out_file, gather=True, loss="cmsa"):
+    """The loss and the adapter gradients of the first training step, saved by the main process."""
+    _fresh_accelerate_state()
+    torch.set_num_threads(1)
+    data = load_prepared(data_folder)
+    lvlm = _adapted_backbone()
+    config = AdaptConfig(batch_size=N_ITEMS, dropout=0.0, loss=loss)
+    accelerator = Accelerator(cpu=True)
+    objective = accelerator.prepare(AlignmentObjective(lvlm, config, gather=gather))
+    items = local_share(batch_items(0, data.n_items, N_ITEMS, config.seed), accelerator)
+    inputs, ids = pair_batch(lvlm, data.item_fields(), data.image_paths(), items, config, 0)
+    loss = objective(torch.tensor(ids), **inputs)
+    accelerator.backward(loss)
+    plain = accelerator.unwrap_model(objective)
+    grads = {n: p.grad.clone() for n, p in plain.named_parameters() if p.requires_grad}
+    losses = accelerator.gather(loss.detach().reshape(1))
+    if accelerator.is_main_process:
+        torch.save({"loss": losses, "grads": grads, "processes": accelerator.num_processes}, out_file)
+
+
+def export_adapted(data_folder, adapter_folder, out):
+    _fresh_accelerate_state()
+    torch.set_num_threads(1)
+    export_embeddings(load_backbone("tiny"), load_prepared(data_folder), out, adapter=adapter_folder, chunk=16,
+                      progress=False)
+
+
+@pytest.mark.parametrize("loss", ["cmsa", "infonce"])
+def test_two_processes_give_the_one_process_step(toy_tiny, tmp_path, loss):
+    one_step(toy_tiny.folder, tmp_path / "one.pt", loss=loss)
+    debug_launcher(one_step, args=(toy_tiny.folder, tmp_path / "two.pt", True, loss), num_processes=2)
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    assert one["processes"] == 1 and two["processes"] == 2
+    # every process computed the loss of the whole global batch
+    torch.testing.assert_close(two["loss"], one["loss"].expand(2), rtol=1e-5, atol=1e-6)
+    assert one["grads"].keys() == two["grads"].keys()
+    moved = 0
+    for name, g in one["grads"].items():
+        torch.testing.assert_close(two["grads"][name], g, rtol=1e-4, atol=1e-7, msg=name)
+        moved += bool(g.abs().sum() > 0)
+    assert moved > len(one["grads"]) // 2, "most adapter tensors should receive gradient"
+
+
+def test_per_process_loss_differs(toy_tiny, tmp_path):
+    """With gather=False each process's loss sees only its own half of the items."""
+    one_step(toy_tiny.folder, tmp_path / "one.pt")
+    debug_launcher(one_step, args=(toy_tiny.folder, tmp_path / "two.pt", False), num_processes=2)
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    assert not torch.allclose(two["loss"], one["loss"].expand(2), rtol=1e-3)
+
+
+def test_two_process_export_equals_one_process(toy_tiny, tmp_path):
+    lvlm = _adapted_backbone()
+    adapters.save(lvlm.model, tmp_path / "adapter", lvlm.id)
+    export_adapted(toy_tiny.folder, tmp_path / "adapter", tmp_path / "one")
+    debug_launcher(export_adapted, args=(toy_tiny.folder, tmp_path / "adapter", tmp_path / "two"), num_processes=2)
+    one, two = FeatureTable.load(tmp_path / "one", toy_tiny), FeatureTable.load(tmp_path / "two", toy_tiny)
+    np.testing.assert_allclose(two.text, one.text, atol=1e-6)
+    np.testing.assert_allclose(two.image, one.image, atol=1e-6)
+    np.testing.assert_allclose(two.features, one.features, atol=1e-4)
+    assert two.manifest["item_order"] == one.manifest["item_order"]
+    assert not (tmp_path / "two.parts").exists()
