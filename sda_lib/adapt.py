@@ -280,3 +280,35 @@ def _load_checkpoint(folder: Path, config, objective, optimizer, scheduler):
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
     return meta["step"], meta["history"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`[accelerate launch] python -m sda_lib.adapt --dataset D [--backbone B] [-p key=value ...]`:
+    the adaptation notebook's job as a script, so it can run on several processes and hosts."""
+    import argparse
+    from dataclasses import fields
+
+    from .backbone import load_backbone
+    from .data import load_prepared
+    from .paths import run_dir
+    from .run import parse_param
+
+    parser = argparse.ArgumentParser(prog="python -m sda_lib.adapt", description=main.__doc__)
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--backbone", default="tiny")
+    parser.add_argument("--name", default="sda", help="adapters/<name>/ in the run folder")
+    parser.add_argument("--out-dir", type=Path, help="run folder (default outputs/<dataset>/default)")
+    parser.add_argument("--per-process-loss", action="store_true", help="do not gather the batch across processes")
+    parser.add_argument("-p", dest="params", action="append", type=parse_param, default=[], metavar="KEY=VALUE",
+                        help=f"AdaptConfig field: {', '.join(f.name for f in fields(AdaptConfig))}")
+    args = parser.parse_args(argv)
+    config = AdaptConfig(**dict(args.params))
+    out = (args.out_dir or run_dir(args.dataset)) / "adapters" / args.name
+    record = train_adapter(load_backbone(args.backbone, seed=config.seed), load_prepared(args.dataset), config, out,
+                           gather=not args.per_process_loss)
+    print(json.dumps({k: record[k] for k in ("final_loss", "final_tau", "seconds", "processes")}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -149,3 +149,36 @@ def export_baseline(kind: str, dataset, out: str | Path, d: int = 768, model: st
                           params={"batch_size": batch_size})
     table.save(out)
     return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`[accelerate launch] python -m sda_lib.export --dataset D [--backbone B] [--adapter-name sda]`:
+    the export notebook's LVLM export as a script, sharded across processes when launched so."""
+    import argparse
+
+    from .backbone import load_backbone
+    from .data import load_prepared
+    from .paths import run_dir
+
+    parser = argparse.ArgumentParser(prog="python -m sda_lib.export", description=main.__doc__)
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--backbone", default="tiny")
+    parser.add_argument("--adapter-name", default="sda", help="adapters/<name>/ -> embeddings/<name>/; "
+                        "'zero-shot' exports the bare backbone")
+    parser.add_argument("--out-dir", type=Path, help="run folder (default outputs/<dataset>/default)")
+    parser.add_argument("--d", type=int, default=768)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--chunk", type=int, default=512)
+    args = parser.parse_args(argv)
+    out = args.out_dir or run_dir(args.dataset)
+    adapter = None if args.adapter_name == "zero-shot" else out / "adapters" / args.adapter_name / "adapter"
+    table = export_embeddings(load_backbone(args.backbone), load_prepared(args.dataset),
+                              out / "embeddings" / args.adapter_name, adapter=adapter, d=args.d,
+                              batch_size=args.batch_size, chunk=args.chunk)
+    if PartialState().is_main_process:
+        print(json.dumps(table.manifest["dims"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
