@@ -2,7 +2,8 @@
 
     python -m sda_lib.run --dataset toy [--stages data,adapt] [--run NAME | --out DIR] [-p key=value ...]
 
-Executed copies land in `outputs/<dataset>/<run>/`. A stage that already completed with the same
+Executed copies land in `outputs/<dataset>/<run>/`, with `report.html` built from what the
+stages saved (see sda_lib.report). A stage that already completed with the same
 parameters and the same notebook is skipped; once a stage runs, every later stage runs too, since
 its inputs may have changed. The first failing stage stops the run, naming the notebook and cell.
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from .io import write_json
 from .paths import REPO_ROOT, run_dir
+from .report import build_report
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 STAGES: dict[str, str] = {
@@ -81,6 +83,8 @@ def run_stages(dataset: str, stages: list[str] | None = None, out: Path | None =
                          "completed": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
         write_json(record_path, record)
         print(f"[{i}/{len(stages)}] {stage}: done in {seconds:.1f} s", flush=True)
+    report = build_report(out)
+    print(f"report: {report}")
     return out
 
 

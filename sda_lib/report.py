@@ -1,0 +1,158 @@
+"""The run report: one self-contained HTML page per run folder.
+
+Notebooks hand their results over as files: tables as CSV under `<run>/tables/` and plotly figures
+as JSON under `<run>/figures/` (`save_table`, `save_figure`), named `<order>-<title>` so the page
+keeps the stage order. The report adds the data card, every stage's parameters, the software
+versions and links to the executed notebooks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import json
+import platform
+import re
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .io import atomic_path
+
+PACKAGES = ("torch", "transformers", "peft", "accelerate", "numpy", "pandas", "scikit-learn", "umap-learn",
+            "plotly", "papermill")
+
+
+def _slug(title: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+
+
+def save_table(df: pd.DataFrame, run_dir: str | Path, order: str, title: str) -> Path:
+    """Hand a table to the report (and keep it as CSV beside the run)."""
+    path = Path(run_dir) / "tables" / f"{order}-{_slug(title)}.csv"
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp)
+    return path
+
+
+def save_figure(fig, run_dir: str | Path, order: str, title: str) -> Path:
+    """Hand a plotly figure to the report."""
+    path = Path(run_dir) / "figures" / f"{order}-{_slug(title)}.json"
+    with atomic_path(path) as tmp:
+        tmp.write_text(fig.to_json())
+    return path
+
+
+def build_report(run_dir: str | Path, data_dir: str | Path | None = None) -> Path:
+    """Write `<run>/report.html` from what the stages left in the run folder."""
+    import plotly.io as pio
+
+    run_dir = Path(run_dir)
+    stages = _read_json(run_dir / "stages.json") or {}
+    dataset = next((s["params"]["dataset"] for s in stages.values()), run_dir.parent.name)
+    data_dir = Path(data_dir) if data_dir else run_dir.parent / "data"
+    card = _read_json(data_dir / "card.json")
+
+    sections = []
+    if card:
+        sections.append(("Data card", _card_table(card)))
+    tables = sorted((run_dir / "tables").glob("*.csv")) if (run_dir / "tables").exists() else []
+    figures = sorted((run_dir / "figures").glob("*.json")) if (run_dir / "figures").exists() else []
+    items = sorted([(p.stem, "table", p) for p in tables] + [(p.stem, "figure", p) for p in figures])
+    first_figure = True
+    for stem, kind, path in items:
+        title = stem.split("-", 1)[1].replace("-", " ").capitalize() if "-" in stem else stem
+        if kind == "table":
+            df = pd.read_csv(path, index_col=0)
+            body = df.to_html(float_format=lambda x: f"{x:.4f}", border=0, classes="t", na_rep="")
+        else:
+            fig = pio.from_json(path.read_text())
+            body = fig.to_html(full_html=False, include_plotlyjs="inline" if first_figure else False,
+                               default_width="100%", default_height="420px")
+            first_figure = False
+        sections.append((title, body))
+    sections.append(("Parameters", _params_table(stages)))
+    sections.append(("Software", _versions_table()))
+    notebooks = sorted(run_dir.glob("*.ipynb"))
+    links = "".join(f'<li><a href="{html.escape(p.name)}">{html.escape(p.name)}</a></li>' for p in notebooks)
+    sections.append(("Executed notebooks", f"<ul>{links}</ul>"))
+
+    nav = "".join(f'<a href="#s{i}">{html.escape(t)}</a>' for i, (t, _) in enumerate(sections))
+    body = "".join(f'<section id="s{i}"><h2>{html.escape(t)}</h2>{b}</section>' for i, (t, b) in enumerate(sections))
+    created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    page = _TEMPLATE.format(title=html.escape(f"SDA workbench: {dataset} / {run_dir.name}"), nav=nav, body=body,
+                            created=created)
+    out = run_dir / "report.html"
+    with atomic_path(out) as tmp:
+        tmp.write_text(page)
+    return out
+
+
+def report_numbers(path: str | Path) -> dict[str, int]:
+    """Counts a reader (or a test) checks: tables, figures, numeric cells and non-finite ones."""
+    text = Path(path).read_text()
+    cells = [html.unescape(c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", text, flags=re.S)]
+    numbers = []
+    for c in cells:
+        try:
+            numbers.append(float(c.rstrip("%")))
+        except ValueError:
+            if c.lower() in ("nan", "inf", "-inf"):
+                numbers.append(float(c))
+    return {"tables": text.count("<table"), "figures": text.count('class="plotly-graph-div"'),
+            "numbers": len(numbers), "non_finite": int(sum(not np.isfinite(x) for x in numbers))}
+
+
+def _card_table(card: dict) -> str:
+    rows = {
+        "users": card["users"], "items": card["items"], "interactions": card["interactions"],
+        "density": round(card["density"], 6), "mean sequence length": round(card["sequence_length"]["mean"], 2),
+        "tail items": card["tail_items"], "tail item share": round(card["tail_item_share"], 4),
+        "tail share of test targets": round(card["tail_test_share"], 4),
+        "items without image": card["missing_images"], "items without title": card["missing_titles"],
+        "negatives per user": card["params"]["n_negatives_used"],
+    }
+    shown = {k: f"{v:,}" if isinstance(v, int) else f"{v:.4f}" for k, v in rows.items()}
+    return pd.Series(shown, name="value").to_frame().to_html(border=0, classes="t")
+
+
+def _params_table(stages: dict) -> str:
+    rows = [{"stage": s, "seconds": v.get("seconds"), **{k: str(x) for k, x in v["params"].items() if k != "out_dir"}}
+            for s, v in stages.items()]
+    if not rows:
+        return "<p>no stage record</p>"
+    return pd.DataFrame(rows).set_index("stage").fillna("").to_html(border=0, classes="t")
+
+
+def _versions_table() -> str:
+    rows = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in PACKAGES:
+        try:
+            rows[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            rows[name] = "not installed"
+    return pd.Series(rows, name="version").to_frame().to_html(border=0, classes="t")
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+_TEMPLATE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body{{font:14px/1.45 system-ui,sans-serif;margin:0;color:#222}}
+header{{background:#1f3b57;color:#fff;padding:14px 24px}} header h1{{margin:0;font-size:20px}}
+nav{{padding:8px 24px;background:#eef2f6;position:sticky;top:0}} nav a{{margin-right:14px;color:#1f3b57}}
+section{{padding:6px 24px 18px}} h2{{font-size:17px;border-bottom:1px solid #ccd;padding-bottom:4px}}
+table.t{{border-collapse:collapse;font-size:13px}} table.t td,table.t th{{padding:3px 9px;border-bottom:1px solid #e3e6ea;text-align:right}}
+table.t th{{background:#f6f8fa}} footer{{color:#777;padding:12px 24px;font-size:12px}}
+</style></head><body>
+<header><h1>{title}</h1></header><nav>{nav}</nav>{body}
+<footer>generated {created} by sda_lib.report</footer></body></html>
+"""
