@@ -1,80 +1,192 @@
-"""The synthetic toy catalogue: deterministic, well-formed, heavy-tailed, and content predicts behaviour."""
+import math
+import re
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
-from sda_lib.data import DataError, load_prepared, prepare_dataset
-from sda_lib.data.toy import COLOURS, SHAPES, generate_toy
+from sda_lib.data.catalogue import DataError
+from sda_lib.data.toy import CATEGORIES, COLOURS, PATTERN_INK, PATTERNS, SHAPES, SIZES, generate_toy
+
+ATTRIBUTES = ("category", "colour", "shape", "pattern", "brand")
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    return generate_toy("toy-tiny", tmp_path_factory.mktemp("img"), seed=0)
+    return generate_toy("toy-tiny", tmp_path_factory.mktemp("tiny"), seed=0)
 
 
-def test_same_seed_same_catalogue(tiny, tmp_path):
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return generate_toy("toy", tmp_path_factory.mktemp("toy"), seed=0)
+
+
+def pixels(path):
+    return np.asarray(Image.open(path))
+
+
+def training_counts(catalogue):
+    """Interactions per item once each user's last two (validation, test) are held out."""
+    inter = catalogue.interactions
+    train = inter[inter.groupby("user_id").cumcount(ascending=False) >= 2]
+    return train["item_id"].value_counts().reindex(catalogue.items["item_id"], fill_value=0)
+
+
+def test_same_size_and_seed_repeat_exactly(tiny, tmp_path):
     again = generate_toy("toy-tiny", tmp_path, seed=0)
-    assert tiny.items.drop(columns="image_path").equals(again.items.drop(columns="image_path"))
-    assert tiny.interactions.equals(again.interactions)
-    for a, b in zip(tiny.items["image_path"], again.items["image_path"]):
-        assert (a is None) == (b is None)
-        if a is not None:
-            assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
-    other = generate_toy("toy-tiny", tmp_path / "other", seed=1)
-    assert not tiny.interactions.equals(other.interactions)
+    pd.testing.assert_frame_equal(again.interactions, tiny.interactions)
+    pd.testing.assert_frame_equal(again.items.drop(columns="image_path"), tiny.items.drop(columns="image_path"))
+    assert again.counts == tiny.counts
+    for first, second in zip(tiny.items["image_path"], again.items["image_path"]):
+        assert (first is None) == (second is None)
+        if first is not None:
+            assert np.array_equal(pixels(first), pixels(second))
 
 
-def test_unknown_size():
-    with pytest.raises(DataError, match="unknown toy size 'toy-huge'"):
-        generate_toy("toy-huge", "/tmp/unused")
+def test_another_seed_gives_another_catalogue(tiny, tmp_path):
+    other = generate_toy("toy-tiny", tmp_path, seed=1)
+    assert not other.interactions.equals(tiny.interactions)
+    assert (other.items["latent_shape"] != tiny.items["latent_shape"]).mean() > 0.5
+    assert (other.items["title"] != tiny.items["title"]).mean() > 0.5
 
 
-def test_contract(tiny):
-    items, inter = tiny.items, tiny.interactions
-    assert items["item_id"].is_unique and set(tiny.text_fields) <= set(items.columns)
+def test_unknown_size_names_the_valid_ones(tmp_path):
+    with pytest.raises(DataError, match=r"'toy-huge'.*'toy'.*'toy-tiny'"):
+        generate_toy("toy-huge", tmp_path / "images")
+    assert not (tmp_path / "images").exists()
+
+
+@pytest.mark.parametrize("size", ["toy-tiny", "toy"])
+def test_catalogue_contract(size, request):
+    catalogue = request.getfixturevalue({"toy-tiny": "tiny", "toy": "toy"}[size])
+    items, inter, spec = catalogue.items, catalogue.interactions, SIZES[size]
+    assert catalogue.name == size
+    assert catalogue.text_fields == ["title", "categories", "brand", "description"]
+    assert len(items) == spec.n_items and inter["user_id"].nunique() == spec.n_users
+    assert items["item_id"].is_unique
+    for column in ["item_id", *catalogue.text_fields]:
+        assert items[column].map(type).eq(str).all(), column
+    assert {c for c in items.columns if c.startswith("latent_")} >= {f"latent_{a}" for a in ATTRIBUTES}
+    assert not any(c.startswith("latent_") for c in catalogue.text_fields)
+
+    for path in items["image_path"].dropna():
+        image = Image.open(path)
+        assert (image.format, image.mode, image.size) == ("PNG", "RGB", (spec.image_px, spec.image_px))
+
+    assert list(inter.columns) == ["user_id", "item_id", "timestamp"]
+    assert inter["timestamp"].dtype == np.int64
+    assert inter["user_id"].map(type).eq(str).all() and inter["item_id"].map(type).eq(str).all()
     assert inter["item_id"].isin(items["item_id"]).all()
-    assert set(items["item_id"]) == set(inter["item_id"]), "every item is interacted with"
-    per_user = inter.groupby("user_id")
-    assert per_user.size().min() >= 3
-    assert per_user["timestamp"].apply(lambda t: bool(np.all(np.diff(t.to_numpy()) > 0))).all()
-    assert items["image_path"].isna().sum() > 0 and (items["title"] == "").sum() > 0  # noise exists
+    assert items["item_id"].isin(inter["item_id"]).all()  # every item is used at least once
+    assert not inter.duplicated(["user_id", "item_id"]).any()
+    assert (inter.groupby("user_id").size() >= 3).all()
+    gaps = inter.groupby("user_id")["timestamp"].diff().dropna()
+    assert (gaps > 0).all()
 
 
-def test_heavy_tail_and_tail_items(tmp_path):
-    data = load_prepared(prepare_dataset("toy", out=tmp_path / "toy"))
-    pop = np.sort(data.items["popularity_all"].to_numpy())[::-1]
-    assert pop[: len(pop) // 10].sum() / pop.sum() > 0.4, "top 10% of items should hold a large share"
-    assert 0.2 <= data.items["is_tail"].mean() <= 0.5
-    assert data.n_items == 700 and data.n_users == 1500
+def test_sequence_lengths_vary_with_a_few_long(toy):
+    lengths = toy.interactions.groupby("user_id").size()
+    assert 8 <= lengths.mean() <= 10
+    assert lengths.min() == 3
+    assert lengths.max() >= 3 * lengths.mean()
 
 
-def test_content_predicts_behaviour(tiny):
-    """A user's last item shares its category and its colour with their earlier items far more
-    often than a random item does."""
-    items = tiny.items.set_index("item_id")
-    rng = np.random.default_rng(0)
-    agreement = {"next": [], "random": []}
-    for _, seq in tiny.interactions.groupby("user_id")["item_id"]:
-        history = items.loc[list(seq)[:-1]]
-        for kind, target in (("next", list(seq)[-1]), ("random", items.index[rng.integers(len(items))])):
-            row = items.loc[target]
-            agreement[kind].append(((history["latent_category"] == row["latent_category"]).mean()
-                                    + (history["latent_colour"] == row["latent_colour"]).mean()) / 2)
-    assert np.mean(agreement["next"]) > 1.5 * np.mean(agreement["random"])
+@pytest.mark.parametrize("size", ["toy-tiny", "toy"])
+def test_popularity_has_a_long_tail(size, request):
+    catalogue = request.getfixturevalue({"toy-tiny": "tiny", "toy": "toy"}[size])
+    tail_share = (training_counts(catalogue) < 4).mean()
+    assert 0.2 <= tail_share <= 0.5
+    per_item = np.sort(catalogue.interactions["item_id"].value_counts().to_numpy())[::-1]
+    assert per_item[-1] <= 2
 
 
-def test_image_only_attributes_are_in_pixels_not_text(tiny):
-    items = tiny.items[tiny.items["image_path"].notna()]
-    text = (items["title"] + " " + items["description"]).str.lower()
-    assert not any(text.str.contains(shape).any() for shape in SHAPES if shape != "square")
-    palette = np.array(list(COLOURS.values()), dtype=float)
-    names = list(COLOURS)
-    right = 0
-    for _, row in items.iterrows():
-        pixels = np.asarray(Image.open(row["image_path"]).convert("RGB"), dtype=float).reshape(-1, 3)
-        # the most common palette colour among saturated pixels is the item's colour
-        saturated = pixels[pixels.max(1) - pixels.min(1) > 60]
-        nearest = np.argmin(((saturated[:, None, :] - palette[None]) ** 2).sum(-1), axis=1)
-        right += names[np.bincount(nearest, minlength=len(names)).argmax()] == row["latent_colour"]
-    assert right / len(items) > 0.8
+def test_top_tenth_of_items_takes_a_large_share(toy):
+    per_item = np.sort(toy.interactions["item_id"].value_counts().to_numpy())[::-1]
+    top = per_item[: len(per_item) // 10].sum() / per_item.sum()
+    assert top >= 0.4  # a flat catalogue would give 0.1
+
+
+def test_content_predicts_the_next_item(toy):
+    """A user's last item has their most frequent earlier value of each attribute far more often
+    than an item drawn by popularity alone would (the rate that value holds among all interactions)."""
+    inter = toy.interactions.merge(toy.items, on="item_id")
+    is_last = inter.groupby("user_id").cumcount(ascending=False) == 0
+    history, last = inter[~is_last], inter[is_last].set_index("user_id")
+    for attribute in ATTRIBUTES:
+        column = f"latent_{attribute}"
+        favourite = history.groupby("user_id")[column].agg(lambda values: values.value_counts().index[0])
+        hit_rate = (last[column] == favourite.reindex(last.index)).mean()
+        share = inter[column].value_counts(normalize=True)
+        by_popularity = favourite.map(share).mean()
+        assert hit_rate >= 1.4 * by_popularity, (attribute, hit_rate, by_popularity)
+
+
+def test_image_only_attributes_are_never_written(tiny, toy):
+    words = {*SHAPES, *PATTERNS, "round", "circular", "triangular", "hexagonal", "striped", "dotted",
+             "spotted", "checked", "checkered", "polka"}
+    pattern = re.compile(rf"\b({'|'.join(words)})\b", re.IGNORECASE)
+    for catalogue in (tiny, toy):
+        texts = catalogue.items[catalogue.text_fields].to_numpy().ravel()
+        assert not [t for t in texts if pattern.search(t)]
+
+
+def test_images_show_colour_category_shape_and_pattern(tiny):
+    """Each pixel is labelled by its nearest reference colour (fills, backdrops, pattern inks)."""
+    references = {**{("fill", k): v for k, v in COLOURS.items()},
+                  **{("backdrop", c.path): c.backdrop for c in CATEGORIES},
+                  **{("ink", k): v for k, v in PATTERN_INK.items()}}
+    keys, palette = list(references), np.array(list(references.values()), dtype=float)
+    kind = np.array([k[0] for k in keys])
+    drawn = tiny.items[tiny.items["image_path"].notna()]
+    dominant_matches = 0
+    fill_ratio = {}
+    for item in drawn.itertuples():
+        image = pixels(item.image_path).astype(float)
+        label = np.argmin(((image[:, :, None, :] - palette) ** 2).sum(-1), axis=-1)
+        counts = np.bincount(label.ravel(), minlength=len(keys))
+        dominant = keys[int(np.argmax(np.where(kind == "fill", counts, -1)))][1]
+        dominant_matches += dominant == item.latent_colour
+        assert keys[label[0, 0]] == ("backdrop", item.latent_category)  # the corner is backdrop
+
+        shape_mask = kind[label] != "backdrop"
+        ink_share = counts[kind == "ink"].sum() / shape_mask.sum()
+        assert (ink_share < 0.01) == (item.latent_pattern == "plain"), (item.item_id, ink_share)
+        rows, cols = np.nonzero(shape_mask)
+        fill_ratio[item.item_id] = shape_mask.sum() / ((np.ptp(rows) + 1) * (np.ptp(cols) + 1))
+    assert dominant_matches >= 0.9 * len(drawn)
+
+    # How much of its bounding box a shape fills separates stars (about 0.38), triangles and
+    # diamonds (about 0.5) and the full shapes (circle pi/4, hexagon about 0.72, square 0.8-1).
+    ratios = drawn.assign(ratio=drawn["item_id"].map(fill_ratio)).groupby("latent_shape")["ratio"]
+    assert ratios.max()["star"] < 0.45 < ratios.min()[["triangle", "diamond"]].min()
+    assert ratios.max()[["triangle", "diamond"]].max() < 0.6 < ratios.min()[["circle", "hexagon", "square"]].min()
+    assert ratios.mean()["circle"] == pytest.approx(math.pi / 4, abs=0.01)
+
+
+def test_text_carries_brand_material_colour_and_category(tiny):
+    items = tiny.items
+    assert (items["categories"] == items["latent_category"]).all()
+    assert items["brand"].isin(["", *items["latent_brand"]]).all()
+    assert (items["brand"] == items["latent_brand"]).mean() >= 0.9
+    described = items[items["description"] != ""]
+    assert all(m in d for m, d in zip(described["latent_material"], described["description"]))
+    assert all(b in d for b, d in zip(described["latent_brand"], described["description"]))
+
+    titled = items[items["title"] != ""]
+    named = titled["title"].str.lower().str.findall("|".join(COLOURS))
+    right = [words == [c] for words, c in zip(named, titled["latent_colour"])]
+    wrong = [bool(words) and words != [c] for words, c in zip(named, titled["latent_colour"])]
+    assert np.mean(right) >= 0.8
+    assert tiny.counts["title_colour_dropped"] == sum(not words for words in named)
+    assert tiny.counts["title_colour_swapped"] == sum(wrong)
+
+
+def test_some_items_lack_an_image_or_a_title(tiny):
+    items = tiny.items
+    missing = items[items["image_path"].isna()]
+    assert len(missing) >= 1 and all(v is None for v in missing["image_path"])
+    folder = Path(items["image_path"].dropna().iloc[0]).parent
+    assert not any((folder / f"{i}.png").exists() for i in missing["item_id"])
+    assert (items["title"] == "").sum() >= 1

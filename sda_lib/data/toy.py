@@ -7,9 +7,9 @@ show what each modality carries and what adaptation gains:
     text only    brand, material                     (never drawn)
     both         colour (title word + painted fill), category (category path + backdrop tint)
 
-Both sides are noisy: colours, positions, sizes and rotations are jittered and pixels carry
-noise; a share of titles drop or swap their colour word, drop the material or the brand; a few
-items have no image and a few an empty title. Item popularity is Zipf-like, so a real long tail
+Both sides are noisy: colours, positions, sizes and rotations are jittered; a share of titles
+drop or swap their colour word, drop the material or the brand; a few items have no image and a
+few an empty title. Item popularity is Zipf-like, so a real long tail
 exists. Each user prefers one value of each attribute; their sequence is drawn without
 replacement from popularity x preference, so content predicts behaviour and tail items are
 reached mainly through content.
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageChops, ImageDraw
+from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
 from sda_lib.data.catalogue import Catalogue, DataError
 from sda_lib.io import atomic_path
@@ -31,6 +31,8 @@ from sda_lib.io import atomic_path
 
 @dataclass(frozen=True)
 class ToySize:
+    """How big one toy size is. 112 px images give Qwen2.5-VL 16 image tokens each."""
+
     n_items: int
     n_users: int
     image_px: int
@@ -77,7 +79,8 @@ SHAPES = ("circle", "square", "triangle", "star", "diamond", "hexagon")
 PATTERNS = ("plain", "stripes", "dots", "grid")
 BRANDS = ("Northwind", "Acme", "Lumen", "Kestrel", "Marlow",
           "Tidewell", "Pinecraft", "Velora", "Harbor & Co", "Fenwick")
-ADJECTIVES = ("handmade", "modern", "rustic", "minimalist", "vintage", "sturdy", "lightweight", "elegant")
+ADJECTIVES = ("a handmade", "a modern", "a rustic", "a minimalist",
+              "a vintage", "a sturdy", "a lightweight", "an elegant")
 SELLING_POINTS = (
     "Made for everyday use.", "A thoughtful gift for friends and family.", "Easy to clean.",
     "Built to last for years.", "Ships in recycled packaging.", "Designed in a small studio.",
@@ -100,12 +103,15 @@ P_EMPTY_DESCRIPTION = 0.03
 # too (the k-th most liked value of an attribute is preferred by a share ~ k ** -TASTE_SKEW of users),
 # so the tail holds unpopular items of unfashionable looks, reached by the few users who like them.
 ZIPF_EXPONENT = 1.5
-PREFERENCE_WEIGHTS = {"category": 4.8, "colour": 3.6, "shape": 3.0, "brand": 2.4, "pattern": 1.8}
+PREFERENCE_WEIGHTS = {"category": 4.8, "colour": 3.6, "shape": 3.0, "brand": 3.0, "pattern": 2.4}
 TASTE_SKEW = 1.0
 MIN_SEQUENCE_LENGTH = 3
 LENGTH_SIGMA = 0.8  # of the lognormal extra length: a long right tail
 START_TIME = 1_600_000_000  # seconds; only the order within a user matters
 MEAN_GAP_SECONDS = 2 * 86_400
+
+
+Latent = dict[str, np.ndarray]  # attribute name -> one value per item
 
 
 def generate_toy(size: str, image_dir: Path, seed: int = 0) -> Catalogue:
@@ -137,7 +143,7 @@ def generate_toy(size: str, image_dir: Path, seed: int = 0) -> Catalogue:
     )
 
 
-def _draw_latent_attributes(n_items: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def _draw_latent_attributes(n_items: int, rng: np.random.Generator) -> Latent:
     category = rng.integers(len(CATEGORIES), size=n_items)
     material = [CATEGORIES[c].materials[rng.integers(len(CATEGORIES[c].materials))] for c in category]
     rank = rng.permutation(n_items) + 1  # popularity rank, unrelated to the item id
@@ -152,8 +158,12 @@ def _draw_latent_attributes(n_items: int, rng: np.random.Generator) -> dict[str,
     }
 
 
-def _write_texts(latent: dict[str, np.ndarray], rng: np.random.Generator) -> tuple[dict[str, list[str]], dict[str, int]]:
-    """Readable text fields that carry brand, material, colour and category, with noise."""
+def _write_texts(latent: Latent, rng: np.random.Generator) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """Readable text fields that carry brand, material, colour and category, with noise.
+
+    Also returns how many of the (non-empty) titles name no colour or the wrong one: the card
+    cannot see that from the table.
+    """
     n = len(latent["category"])
     nouns = {c.path: c.noun for c in CATEGORIES}
     colour_names = list(COLOURS)
@@ -166,20 +176,26 @@ def _write_texts(latent: dict[str, np.ndarray], rng: np.random.Generator) -> tup
         u = rng.random(6)
         title_colour = colour
         if u[0] < P_TITLE_COLOUR_DROPPED:
-            title_colour, counts["title_colour_dropped"] = "", counts["title_colour_dropped"] + 1
+            title_colour, noise = "", "title_colour_dropped"
         elif u[0] < P_TITLE_COLOUR_DROPPED + P_TITLE_COLOUR_SWAPPED:
-            title_colour = colour_names[(colour_names.index(colour) + rng.integers(1, len(colour_names))) % len(colour_names)]
-            counts["title_colour_swapped"] += 1
+            shift = rng.integers(1, len(colour_names))
+            title_colour = colour_names[(colour_names.index(colour) + shift) % len(colour_names)]
+            noise = "title_colour_swapped"
         words = [
             "" if u[1] < P_TITLE_BRAND_DROPPED else brand,
             title_colour.capitalize(),
             "" if u[2] < P_TITLE_MATERIAL_DROPPED else material.capitalize(),
             noun,
         ]
-        titles.append("" if empty_title[i] else " ".join(w for w in words if w))
+        if empty_title[i]:
+            titles.append("")
+        else:
+            titles.append(" ".join(w for w in words if w))
+            if title_colour != colour:
+                counts[noise] += 1
         brands.append("" if u[3] < P_NO_BRAND else brand)
         adjective = ADJECTIVES[rng.integers(len(ADJECTIVES))]
-        sentences = [f"A {adjective} {material} {noun.lower()} by {brand}."]
+        sentences = [f"{adjective.capitalize()} {material} {noun.lower()} by {brand}."]
         if u[4] < P_DESCRIPTION_NAMES_COLOUR:
             sentences.append(f"Finished in {colour}.")
         sentences += [SELLING_POINTS[k] for k in rng.choice(len(SELLING_POINTS), size=2, replace=False)]
@@ -188,7 +204,7 @@ def _write_texts(latent: dict[str, np.ndarray], rng: np.random.Generator) -> tup
     return texts, counts
 
 
-def _render_images(latent: dict[str, np.ndarray], px: int, image_dir: Path, rng: np.random.Generator) -> list[str | None]:
+def _render_images(latent: Latent, px: int, image_dir: Path, rng: np.random.Generator) -> list[str | None]:
     """Draw every item that has an image; return its PNG path, or None for items left without one."""
     backdrops = {c.path: c.backdrop for c in CATEGORIES}
     no_image = _exact_share(len(latent["category"]), P_NO_IMAGE, rng)
@@ -208,7 +224,7 @@ def _render_images(latent: dict[str, np.ndarray], px: int, image_dir: Path, rng:
 
 def _draw_item(shape: str, pattern: str, colour: tuple[int, int, int], backdrop: tuple[int, int, int],
                px: int, rng: np.random.Generator) -> Image.Image:
-    """One product shot: a jittered coloured shape, its pattern, on the category's backdrop, with pixel noise."""
+    """One product shot: a jittered coloured shape with its pattern, on the category's backdrop."""
     centre = px / 2 + rng.uniform(-0.08, 0.08, size=2) * px
     radius = px * rng.uniform(0.30, 0.40)
     rotation = rng.uniform(-12, 12)
@@ -222,10 +238,9 @@ def _draw_item(shape: str, pattern: str, colour: tuple[int, int, int], backdrop:
         marks = Image.new("L", (px, px), 0)
         _draw_pattern(ImageDraw.Draw(marks), pattern, px, rng)
         ink = PATTERN_INK["dark" if sum(colour) > 350 else "light"]
-        image.paste(ink, mask=ImageChops.multiply(silhouette, marks))
-
-    noisy = np.asarray(image, dtype=np.float32) + rng.normal(0, 4, size=(px, px, 3))
-    return Image.fromarray(np.clip(noisy, 0, 255).round().astype(np.uint8))
+        inside = silhouette.filter(ImageFilter.MinFilter(3))  # keep the outline whole, so the shape reads
+        image.paste(ink, mask=ImageChops.multiply(inside, marks))
+    return image
 
 
 def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, centre: np.ndarray, radius: float, rotation: float) -> None:
@@ -270,7 +285,7 @@ def _draw_pattern(draw: ImageDraw.ImageDraw, pattern: str, px: int, rng: np.rand
                 draw.ellipse((x - r, y - r, x + r, y + r), fill=255)
 
 
-def _draw_sequences(latent: dict[str, np.ndarray], spec: ToySize, rng: np.random.Generator) -> tuple[list[list[int]], int]:
+def _draw_sequences(latent: Latent, spec: ToySize, rng: np.random.Generator) -> tuple[list[list[int]], int]:
     """Per user, item indices in time order; returns them and how many were added so every item is used.
 
     A user's sequence is a draw without replacement from softmax(logit) (Gumbel top-k: the k largest
@@ -285,7 +300,7 @@ def _draw_sequences(latent: dict[str, np.ndarray], spec: ToySize, rng: np.random
     logits = affinity + np.log(latent["popularity"])[None, :]
     order = np.argsort(-(logits + rng.gumbel(size=logits.shape)), axis=1, kind="stable")
 
-    extra = np.floor(rng.lognormal(math.log(spec.median_extra_length), LENGTH_SIGMA, size=spec.n_users)).astype(int)
+    extra = rng.lognormal(math.log(spec.median_extra_length), LENGTH_SIGMA, size=spec.n_users).astype(int)
     lengths = np.minimum(MIN_SEQUENCE_LENGTH + extra, spec.max_sequence_length)
     sequences = [order[u, :length].tolist() for u, length in enumerate(lengths)]
 
@@ -308,7 +323,8 @@ def _timed_interactions(sequences: list[list[int]], item_ids: list[str], rng: np
         user_ids += [f"u{u:04d}"] * len(sequence)
         items += [item_ids[i] for i in sequence]
         times.append(start + np.cumsum(gaps))
-    return pd.DataFrame({"user_id": user_ids, "item_id": items, "timestamp": np.concatenate(times).astype(np.int64)})
+    timestamps = np.concatenate(times).astype(np.int64)
+    return pd.DataFrame({"user_id": user_ids, "item_id": items, "timestamp": timestamps})
 
 
 def _exact_share(n: int, share: float, rng: np.random.Generator) -> np.ndarray:
