@@ -29,6 +29,7 @@ STAGES: dict[str, str] = {
     "zero_shot": "02_zero_shot.ipynb",
     "adapt": "03_adapt.ipynb",
     "export": "04_export.ipynb",
+    "ablations": "06_ablations.ipynb",
 }
 
 
