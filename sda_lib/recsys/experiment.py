@@ -1,0 +1,211 @@
+"""One call per run and per grid: build a model on a dataset and a feature setting, train it with
+early stopping, evaluate it on the test split under both protocols and return tidy results.
+
+Tidy results have one row per (dataset, model, features, item_repr, seed, protocol, subset, metric)
+with its value; per-user frames (one per run and protocol) keep every user's rank and metrics for
+paired t-tests and popularity breakdowns.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..data import load_prepared
+from ..io import atomic_path, write_json
+from .base import InteractionData, Recommender, content_channels, resolve_features, resolve_item_repr
+from .bert4rec import BERT4Rec
+from .evaluate import PROTOCOLS, evaluate, rank_targets, sampled_candidates, summarize
+from .sasrec import SASRec
+from .slmrec import SLMRec
+from .train import FitResult, TrainConfig, fit, seed_everything, train_epoch
+from .vbpr import VBPR
+
+MODELS = {"sasrec": SASRec, "bert4rec": BERT4Rec, "vbpr": VBPR, "slmrec": SLMRec}
+SEQUENTIAL = ("sasrec", "bert4rec")
+
+
+@dataclass
+class RunResult:
+    config: dict
+    fit: FitResult
+    metrics: pd.DataFrame  # tidy: one row per protocol x subset x metric
+    per_user: dict[str, pd.DataFrame]  # protocol -> one row per user (see evaluate.evaluate)
+
+    @property
+    def key(self) -> tuple:
+        c = self.config
+        return c["dataset"], c["model"], c["features"], c["item_repr"], c["seed"]
+
+
+def build_model(model: str, data: InteractionData, features=None, item_repr: str = "id",
+                **params) -> Recommender:
+    """A fresh model; `features` is a checked FeatureTable or None. Sequential models consume the
+    whole recommender-ready table, VBPR and SLMRec its text and image parts as separate channels."""
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
+    if model in SEQUENTIAL:
+        table = features.features if features is not None and item_repr != "id" else None
+        return MODELS[model](data, item_repr=item_repr, features=table, **params)
+    channels = content_channels(features) if item_repr != "id" else []
+    if item_repr != "id" and not channels:
+        raise ValueError(f"{model} with item_repr={item_repr!r}: the feature table has neither a text "
+                         "nor an image part (both widths are 0)")
+    return MODELS[model](data, item_repr=item_repr, channels=channels, **params)
+
+
+def features_label(features) -> str:
+    """How a feature setting is named in result tables: "id" without features, else the
+    extractor named in the table's manifest (or its folder)."""
+    if features is None:
+        return "id"
+    if isinstance(features, (str, Path)):
+        return Path(features).name
+    return str(features.manifest.get("extractor") or features.manifest.get("name") or "features")
+
+
+def run_experiment(dataset, model: str = "sasrec", features=None, item_repr: str | None = None,
+                   seed: int = 0, model_params: dict | None = None, train: TrainConfig | None = None,
+                   n_negatives: int | None = None, out: str | Path | None = None,
+                   label: str | None = None) -> RunResult:
+    """Train and test one model.
+
+    dataset:     a PreparedDataset, a dataset name or a prepared folder.
+    features:    None (ID embeddings), a FeatureTable or a feature folder; checked against the items.
+    item_repr:   "id", "features" or "id+features" (default: "id" without features, else
+                 "id+features"; sequential models sum the two, VBPR and SLMRec concatenate).
+    train:       TrainConfig (default TrainConfig()); its seed is replaced by `seed`.
+    n_negatives: sampled protocol: use the first n stored negatives per user (default all).
+    out:         folder for checkpoints (resumable) and the results (config.json, metrics.csv,
+                 history.csv, per_user_<protocol>.parquet), written atomically.
+    """
+    dataset = load_prepared(dataset) if isinstance(dataset, (str, Path)) else dataset
+    table = resolve_features(dataset, features)
+    item_repr = resolve_item_repr(item_repr, table)
+    data = InteractionData.from_prepared(dataset)
+    sampled_candidates(data, n_negatives)  # a bad count fails now, not after training
+    config = replace(train or TrainConfig(), seed=seed)
+    seed_everything(seed)
+    recommender = build_model(model, data, table, item_repr, **(model_params or {}))
+    out = Path(out) if out is not None else None
+    result = fit(recommender, data, config, checkpoint_dir=out / "checkpoint" if out else None)
+    per_user = {p: evaluate(recommender, data, "test", p, n_negatives if p == "sampled" else None)
+                for p in PROTOCOLS}
+    run = {"dataset": dataset.name, "model": model, "features": label or features_label(features),
+           "item_repr": item_repr, "seed": seed, "params": model_params or {}, "train": asdict(config),
+           "n_negatives": n_negatives or int(data.negatives.shape[1]), "best_epoch": result.best_epoch,
+           "epochs_run": len(result.history), "valid_score": result.best_score}
+    metrics = tidy_metrics(run, per_user)
+    if out is not None:
+        _write_run(out, run, result, metrics, per_user)
+    return RunResult(run, result, metrics, per_user)
+
+
+def tidy_metrics(run: dict, per_user: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    keys = {k: run[k] for k in ("dataset", "model", "features", "item_repr", "seed")}
+    rows = []
+    for protocol, frame in per_user.items():
+        for subset, values in summarize(frame).items():
+            users = values.pop("users")
+            rows += [{**keys, "protocol": protocol, "subset": subset, "metric": m, "value": v, "users": users}
+                     for m, v in values.items()]
+    return pd.DataFrame(rows)
+
+
+def train_grid(dataset, models=("sasrec",), features: dict | None = None, seeds=(0,),
+               item_repr: str | None = None, model_params: dict | None = None,
+               train: TrainConfig | None = None, n_negatives: int | None = None,
+               out: str | Path | None = None) -> tuple[pd.DataFrame, dict]:
+    """Every model x feature setting x seed.
+
+    features:     {label: None | FeatureTable | folder}; default {"id": None}.
+    item_repr:    for the settings with a table: "features" or "id+features" (default).
+    model_params: {model: {param: value}}.
+    out:          if given, each run goes to out/<model>/<label>/seed<k>/ (finished runs are read
+                  back instead of retrained) and the grid's tidy results to out/results.parquet
+                  and out/results.csv.
+    Returns (tidy results, {run key: {protocol: per-user frame}}).
+    """
+    features = features or {"id": None}
+    dataset = load_prepared(dataset) if isinstance(dataset, (str, Path)) else dataset
+    frames, per_user = [], {}
+    for model in models:
+        for label, table in features.items():
+            for seed in seeds:
+                run_out = Path(out) / model / label / f"seed{seed}" if out is not None else None
+                if run_out is not None and (run_out / "metrics.csv").exists():
+                    metrics, users = read_run(run_out)
+                else:
+                    run = run_experiment(dataset, model, table, item_repr if table is not None else None,
+                                         seed=seed, train=train, n_negatives=n_negatives,
+                                         model_params=(model_params or {}).get(model), out=run_out, label=label)
+                    metrics, users = run.metrics, run.per_user
+                frames.append(metrics)
+                per_user[tuple(metrics.iloc[0][["dataset", "model", "features", "item_repr", "seed"]])] = users
+    results = pd.concat(frames, ignore_index=True)
+    if out is not None:
+        for name, write in (("results.parquet", results.to_parquet), ("results.csv", results.to_csv)):
+            with atomic_path(Path(out) / name) as tmp:
+                write(tmp, index=False)
+    return results, per_user
+
+
+def read_run(folder: str | Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """The tidy metrics and per-user frames a finished `run_experiment(out=folder)` wrote."""
+    folder = Path(folder)
+    per_user = {p: pd.read_parquet(folder / f"per_user_{p}.parquet") for p in PROTOCOLS}
+    return pd.read_csv(folder / "metrics.csv"), per_user
+
+
+def _write_run(out: Path, run: dict, result: FitResult, metrics: pd.DataFrame, per_user: dict) -> None:
+    """Each file is written atomically; metrics.csv comes last, so its presence marks a finished run."""
+    write_json(out / "config.json", run)
+    files = [("history.csv", result.history.to_csv)]
+    files += [(f"per_user_{p}.parquet", frame.to_parquet) for p, frame in per_user.items()]
+    files += [("metrics.csv", metrics.to_csv)]
+    for name, write in files:
+        with atomic_path(out / name) as tmp:
+            write(tmp, index=False)
+
+
+def time_epoch(dataset="beauty", model: str = "sasrec", features=None, epochs: int = 1,
+               batch_size: int | None = None, threads: int | None = None, seed: int = 0,
+               **model_params) -> float:
+    """Seconds per training epoch (mean over `epochs`, after one untimed warm-up batch)."""
+    data, recommender = _timed_setup(dataset, model, features, threads, seed, model_params)
+    config = TrainConfig(batch_size=batch_size or recommender.batch_size, progress=False, seed=seed)
+    optimizer = torch.optim.Adam(recommender.parameters(), lr=config.lr)
+    rng = np.random.default_rng(seed)
+    recommender.loss(*next(iter(recommender.train_batches(config.batch_size, rng)))).backward()
+    optimizer.zero_grad()
+    start = time.perf_counter()
+    for _ in range(epochs):
+        train_epoch(recommender, optimizer, config, rng)
+    return (time.perf_counter() - start) / epochs
+
+
+def time_full_eval(dataset="beauty", model: str = "sasrec", features=None, split: str = "test",
+                   repeats: int = 1, threads: int | None = None, seed: int = 0, **model_params) -> float:
+    """Seconds for one full-ranking pass over all users (untrained weights: the cost does not depend
+    on them), mean over `repeats` after a warm-up pass over the first 256 users."""
+    data, recommender = _timed_setup(dataset, model, features, threads, seed, model_params)
+    rank_targets(recommender, data.first_users(256), split, "full")
+    start = time.perf_counter()
+    for _ in range(repeats):
+        rank_targets(recommender, data, split, "full")
+    return (time.perf_counter() - start) / repeats
+
+
+def _timed_setup(dataset, model, features, threads, seed, model_params) -> tuple[InteractionData, Recommender]:
+    dataset = load_prepared(dataset) if isinstance(dataset, (str, Path)) else dataset
+    if threads:
+        torch.set_num_threads(threads)
+    table = resolve_features(dataset, features)
+    data = InteractionData.from_prepared(dataset)
+    seed_everything(seed)
+    return data, build_model(model, data, table, resolve_item_repr(None, table), **model_params)

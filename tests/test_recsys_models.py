@@ -1,0 +1,253 @@
+"""The four recommenders, their item representations, training and bad input, on toy-tiny."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from sda_lib.data import DataError, PreparedDataset, prepare_dataset
+from sda_lib.features import FeatureError, FeatureTable, item_order_checksum
+from sda_lib.recsys import MODELS, InteractionData, TrainConfig, build_model, fit, run_experiment, table1, train_grid
+from sda_lib.recsys.base import PAD, FeatureAdapter, ItemEncoder, resolve_features
+from sda_lib.recsys.peers import write_atomic_file
+from sda_lib.recsys.slmrec import _SymmetricProduct, _normalised_graph
+from sda_lib.recsys.train import seed_everything
+
+FAST = TrainConfig(epochs=2, batch_size=64, progress=False)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    with pytest.warns(UserWarning, match="n_negatives reduced"):
+        folder = prepare_dataset("toy-tiny", out=tmp_path_factory.mktemp("toy") / "data")
+    return PreparedDataset.load(folder)
+
+
+@pytest.fixture(scope="module")
+def data(dataset):
+    return InteractionData.from_prepared(dataset)
+
+
+def make_table(dataset, rows=None, name=None, d_text=6, d_image=4, seed=0) -> FeatureTable:
+    n = dataset.n_items if rows is None else rows
+    rng = np.random.default_rng(seed)
+    text, image = (rng.normal(size=(n, d)).astype(np.float32) for d in (d_text, d_image))
+    text, image = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (text, image))  # unit rows, as extractors
+    manifest = {"dataset": name or dataset.name, "item_order": item_order_checksum(dataset.items["item_id"]),
+                "extractor": "random", "dims": {"text": d_text, "image": d_image,
+                                                "features_text": d_text, "features_image": d_image}}
+    return FeatureTable(text=text, image=image, features=np.concatenate([text, image], 1), manifest=manifest)
+
+
+def test_sasrec_attention_is_causal(data):
+    seed_everything(0)
+    model = build_model("sasrec", data).eval()
+    items = model.tables().items
+    tokens = torch.tensor([[0, 0, 3, 7, 9, 2], [0, 5, 1, 4, 6, 8]])
+    changed = tokens.clone()
+    changed[:, -1] = torch.tensor([11, 12])
+    before, after = model.encode(tokens, items), model.encode(changed, items)
+    lengths = (tokens != PAD).sum(1).tolist()
+    ends = np.cumsum(lengths)
+    for row, end in enumerate(ends):
+        earlier = slice(end - lengths[row], end - 1)
+        torch.testing.assert_close(before[earlier], after[earlier])  # earlier positions unchanged
+        assert not torch.allclose(before[end - 1], after[end - 1])  # the changed position moved
+
+
+def test_bert4rec_attention_is_bidirectional(data):
+    seed_everything(0)
+    model = build_model("bert4rec", data).eval()
+    items = model.tables().items
+    tokens = torch.tensor([[0, 3, 7, 9, 2]])
+    changed = tokens.clone()
+    changed[0, -1] = 11
+    assert not torch.allclose(model.encode(tokens, items)[0], model.encode(changed, items)[0])
+
+
+def test_packed_encoding_equals_encoding_each_window_alone(data):
+    """Batches mix window lengths; grouping them for attention must not change any output."""
+    seed_everything(0)
+    model = build_model("sasrec", data, max_len=20).eval()
+    items = model.tables().items
+    rng = np.random.default_rng(0)
+    lengths = [1, 20, 3, 9, 17, 5, 2]
+    tokens = torch.zeros(len(lengths), 20, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        tokens[row, 20 - n:] = torch.from_numpy(rng.integers(1, data.n_items + 1, n))
+    packed = model.encode(tokens, items)
+    # each window alone and unpadded: no grouping, no padding, same positions (right-aligned)
+    alone = torch.cat([model.encode(tokens[row:row + 1, 20 - n:], items) for row, n in enumerate(lengths)])
+    assert packed.shape == (sum(lengths), 64)
+    torch.testing.assert_close(packed, alone)
+
+
+def test_bert4rec_masking(data):
+    seed_everything(0)
+    model = build_model("bert4rec", data, mask_prob=0.3)
+    inputs, labels = map(torch.cat, zip(*model.train_batches(1000, np.random.default_rng(0))))
+    windows = torch.from_numpy(model.train_windows)
+    masked = inputs == model.mask_token
+    assert masked.any(1).all()  # at least one masked position per window
+    assert (labels[masked] != PAD).all() and (labels[~masked] == PAD).all()
+    assert (inputs[~masked] != model.mask_token).all()
+    # putting the labels back restores the training windows (rows come shuffled: compare as sets)
+    restored = torch.where(masked, labels, inputs)
+    assert sorted(map(tuple, restored.tolist())) == sorted(map(tuple, windows.tolist()))
+    rate = masked.sum() / (windows != PAD).sum()
+    assert 0.2 < rate < 0.45  # 0.3 plus the forced masks on windows the draw left unmasked
+
+
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_each_model_trains_and_its_loss_decreases(data, dataset, model_name):
+    table = make_table(dataset)
+    seed_everything(0)
+    params = {"dropout": 0.0} if model_name in ("sasrec", "bert4rec") else {}
+    model = build_model(model_name, data, table, "id+features", **params)
+    optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
+    batch = next(iter(model.train_batches(128, np.random.default_rng(0))))
+    losses = []
+    for _ in range(15):
+        loss = model.loss(*batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_feature_adapter_is_the_two_layer_linear_map():
+    features = np.random.default_rng(0).normal(size=(7, 5)).astype(np.float32) * 100
+    adapter = FeatureAdapter(features, dim=3, hidden=11)
+    out = adapter()
+    assert out.shape == (7, 3)
+    scaled = features / np.linalg.norm(features, axis=1).mean()  # rescaled to mean row norm 1
+    torch.testing.assert_close(out, adapter.outer(adapter.inner(torch.from_numpy(scaled))))
+    assert adapter.inner.weight.shape == (11, 5) and adapter.outer.weight.shape == (3, 11)
+    assert "features" not in adapter.state_dict()  # frozen table stays out of checkpoints
+    assert all(p.requires_grad for p in adapter.parameters())
+
+
+def test_item_encoder_sums_ids_and_adapted_features():
+    features = np.ones((4, 6), dtype=np.float32)
+    both = ItemEncoder(4, 8, "id+features", features)
+    torch.testing.assert_close(both(), both.ids.weight + both.adapter())
+    assert ItemEncoder(4, 8, "features", features).ids is None
+    assert ItemEncoder(4, 8, "id").adapter is None
+
+
+def test_vbpr_and_slmrec_take_text_and_image_as_channels(data, dataset):
+    table = make_table(dataset, d_text=6, d_image=4)
+    vbpr = build_model("vbpr", data, table, "id+features", dim=8)
+    assert [a.features.shape[1] for a in vbpr.adapters] == [6, 4]
+    tables = vbpr.tables()
+    assert tables.items.shape == (data.n_items, 24) and tables.users.shape == (data.n_users, 24)
+    slmrec = build_model("slmrec", data, table, "features", dim=8)
+    assert slmrec.ids is None and [a.features.shape[1] for a in slmrec.adapters] == [6, 4]
+    assert slmrec.fuse_items.in_features == 16
+    assert slmrec.tables().items.shape == (data.n_items, 8)
+
+
+def test_same_seed_same_result(dataset):
+    runs = [run_experiment(dataset, "sasrec", seed=3, train=FAST) for _ in range(2)]
+    pd.testing.assert_frame_equal(runs[0].metrics, runs[1].metrics)
+    assert runs[0].per_user["full"]["rank"].tolist() == runs[1].per_user["full"]["rank"].tolist()
+    other = run_experiment(dataset, "sasrec", seed=4, train=FAST)
+    assert other.fit.history["loss"].tolist() != runs[0].fit.history["loss"].tolist()
+
+
+def test_resumed_training_matches_uninterrupted(data, tmp_path):
+    config = TrainConfig(epochs=3, batch_size=64, progress=False, patience=5)
+
+    def model():
+        seed_everything(config.seed)
+        return build_model("sasrec", data)
+
+    straight = fit(model(), data, config)
+    fit(model(), data, TrainConfig(**{**config.__dict__, "epochs": 2}), checkpoint_dir=tmp_path)
+    resumed = fit(model(), data, config, checkpoint_dir=tmp_path)
+    pd.testing.assert_frame_equal(straight.history.drop(columns="seconds"), resumed.history.drop(columns="seconds"))
+    assert (tmp_path / "best.pt").exists() and not list(tmp_path.glob("*.tmp"))
+    with pytest.raises(ValueError, match="different configuration"):
+        fit(model(), data, TrainConfig(**{**config.__dict__, "lr": 0.5}), checkpoint_dir=tmp_path)
+
+
+def test_run_writes_results(dataset, tmp_path):
+    run = run_experiment(dataset, "vbpr", train=FAST, out=tmp_path / "run")
+    for name in ("config.json", "history.csv", "metrics.csv", "per_user_full.parquet", "per_user_sampled.parquet"):
+        assert (tmp_path / "run" / name).exists()
+    assert set(run.metrics["subset"]) == {"overall", "tail"}
+    assert set(run.metrics["protocol"]) == {"full", "sampled"}
+    assert len(run.per_user["full"]) == dataset.n_users
+
+
+def test_feature_rows_must_match_items(dataset):
+    with pytest.raises(FeatureError, match=f"has {dataset.n_items - 1} rows, the dataset has {dataset.n_items}"):
+        run_experiment(dataset, "sasrec", make_table(dataset, rows=dataset.n_items - 1), train=FAST)
+
+
+def test_feature_table_from_another_dataset(dataset, tmp_path):
+    folder = make_table(dataset, name="beauty").save(tmp_path / "beauty-features")
+    with pytest.raises(FeatureError, match="exported for dataset 'beauty', not 'toy-tiny'"):
+        run_experiment(dataset, "sasrec", folder, train=FAST)
+
+
+def test_nan_features(dataset):
+    table = make_table(dataset)
+    table.features[5, 2] = np.nan
+    with pytest.raises(FeatureError, match="non-finite values in 1 rows, first item 5"):
+        resolve_features(dataset, table)
+
+
+def test_features_needed_for_feature_representation(dataset):
+    with pytest.raises(ValueError, match="needs a feature table"):
+        run_experiment(dataset, "sasrec", None, item_repr="features", train=FAST)
+
+
+def test_empty_split(dataset):
+    inter = dataset.interactions.copy()
+    inter["split"] = inter["split"].astype(str).replace("valid", "train")
+    broken = PreparedDataset(dataset.folder, dataset.card, dataset.items, inter, dataset.negatives)
+    with pytest.raises(DataError, match="the 'valid' split is empty"):
+        InteractionData.from_prepared(broken)
+
+
+def test_train_grid_table_and_rerun(dataset, tmp_path):
+    features = {"id": None, "random": make_table(dataset)}
+    results, per_user = train_grid(dataset, ["sasrec"], features, seeds=[0], train=FAST, out=tmp_path)
+    assert (tmp_path / "results.parquet").exists() and (tmp_path / "results.csv").exists()
+    assert set(results["features"]) == {"id", "random"}
+    assert set(results["item_repr"]) == {"id", "id+features"}
+    table = table1(results, per_user=per_user)
+    assert list(table.index.get_level_values("features")) == ["id", "random"]
+    gain = table[("overall", "NDCG@10 gain")]
+    assert gain.loc[("toy-tiny", "sasrec", "id")] == 0.0
+    p = table.loc[("toy-tiny", "sasrec", "random"), ("tail", "HR@10 p")]
+    assert 0 <= p <= 1 or np.isnan(p)
+    # a second call reads the finished runs back instead of training again
+    again, _ = train_grid(dataset, ["sasrec"], features, seeds=[0], train=FAST, out=tmp_path)
+    pd.testing.assert_frame_equal(results, again, check_dtype=False)
+
+
+def test_recbole_atomic_file(dataset, tmp_path):
+    write_atomic_file(dataset, tmp_path / "x.inter")
+    frame = pd.read_csv(tmp_path / "x.inter", sep="\t")
+    assert list(frame.columns) == ["user_id:token", "item_id:token", "timestamp:float"]
+    assert len(frame) == len(dataset.interactions)
+    first = frame[frame["user_id:token"] == 0]
+    assert first["timestamp:float"].tolist() == list(range(len(first)))
+    assert first["item_id:token"].tolist() == dataset.sequences("test")[0].tolist()
+
+
+def test_slmrec_graph_is_normalised_and_its_product_differentiates_like_dense():
+    users, items = np.array([0, 0, 1, 2]), np.array([0, 1, 1, 2])
+    graph = _normalised_graph(users, items, 3, 3)
+    dense = graph.to_dense()
+    degree = np.array([2, 1, 1, 1, 2, 1], dtype=np.float32)  # users 0..2, then items 0..2
+    assert dense[0, 3 + 1].item() == pytest.approx(1 / np.sqrt(degree[0] * degree[4]))
+    torch.testing.assert_close(dense, dense.T)
+    x = torch.randn(6, 4, requires_grad=True)
+    _SymmetricProduct.apply(graph, x).pow(2).sum().backward()
+    sparse_grad, x.grad = x.grad, None
+    (dense @ x).pow(2).sum().backward()
+    torch.testing.assert_close(sparse_grad, x.grad)
