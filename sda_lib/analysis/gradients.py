@@ -1,0 +1,214 @@
+"""Gradient conflict between the text and the image path of an adapter (the SDA paper's analysis).
+
+On one batch, the CMSA loss is differentiated with respect to the adapter's B matrices in q_proj
+and k_proj of the last decoder layer twice: once with the image embeddings detached (only the text
+forward passes gradient) and once with the text embeddings detached. The cosine of the two
+gradients says whether the modalities pull the shared weights the same way (near 1) or against each
+other (near -1). A shared LoRA has one B for both; MoDA's B is E column blocks, one per expert.
+
+For a MoDA expert j both gradients are (alpha/r) w_m,j times a gate-free term, so the gate weights
+rescale them but cannot turn them: the cosine of one expert moves only through what training does to
+the rest of the network.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import torch
+from peft.tuners.lora import LoraLayer
+
+from .. import moda
+from ..adapt import AdaptConfig, embed_rows, load_image, train_adapter
+from ..cmsa import cmsa_loss
+
+PROJECTIONS = ("q_proj", "k_proj")
+BOTH = "+".join(PROJECTIONS)
+_ATTENTION = re.compile(r"(?:.*\.)?language_model\.layers\.(\d+)\.self_attn\.(\w+)")
+
+
+@dataclass
+class AdapterB:
+    """One adapted projection's B [out, r] and the rank of each of its experts (None: shared LoRA)."""
+
+    projection: str
+    weight: torch.nn.Parameter
+    expert_rank: int | None
+
+
+def last_layer_b(model: torch.nn.Module, projections=PROJECTIONS) -> list[AdapterB]:
+    """The B matrices of `projections` in the last decoder layer, for a MoDA or a peft LoRA adapter."""
+    found = {}
+    for name, module in model.named_modules():
+        match = _ATTENTION.fullmatch(name)
+        if match and match[2] in projections:
+            if isinstance(module, moda.MoDALinear):
+                found[int(match[1]), match[2]] = AdapterB(match[2], module.lora_B, module.expert_rank)
+            elif isinstance(module, LoraLayer):
+                found[int(match[1]), match[2]] = AdapterB(match[2], module.lora_B["default"].weight, None)
+    if not found:
+        raise ValueError(f"no MoDA or LoRA adapter on {'/'.join(projections)} of the language model's "
+                         "attention: attach one first (sda_lib.adapters.attach)")
+    last = max(layer for layer, _ in found)
+    missing = [p for p in projections if (last, p) not in found]
+    if missing:
+        raise ValueError(f"layer {last} has no adapter on {missing}; the analysis needs all of {projections}")
+    return [found[last, p] for p in projections]
+
+
+def path_gradients(backbone, texts: list[dict], images: list, tau: float | torch.Tensor,
+                   weights: list[torch.Tensor], normalize: bool = True,
+                   detach_teacher: bool = True) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Gradients of the CMSA loss on one batch w.r.t. `weights`, through the text path only (image
+    embeddings detached) and through the image path only (text embeddings detached).
+
+    The two forwards build disjoint graphs, so each gradient costs one backward; their sum is the
+    gradient of the full loss. Leaves `.grad` untouched, so it can run between optimiser steps.
+    """
+    e_t = embed_rows(backbone, moda.TEXT, texts=texts)
+    e_v = embed_rows(backbone, moda.IMAGE, images=images)
+    text_path = torch.autograd.grad(cmsa_loss(e_t, e_v.detach(), tau, normalize, detach_teacher), weights)
+    image_path = torch.autograd.grad(cmsa_loss(e_t.detach(), e_v, tau, normalize, detach_teacher), weights)
+    return list(text_path), list(image_path)
+
+
+def expert_blocks(b: torch.Tensor, expert_rank: int | None) -> dict[str, torch.Tensor]:
+    """The whole B and, for MoDA, each expert's columns: {"B": b, "expert 0": b[:, 0:rank], ...}."""
+    parts = {"B": b}
+    if expert_rank is not None:
+        for j in range(b.shape[1] // expert_rank):
+            parts[f"expert {j}"] = b[:, j * expert_rank:(j + 1) * expert_rank]
+    return parts
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Cosine of two tensors read as flat vectors; NaN when either is zero (no direction)."""
+    a, b = a.detach().flatten().double(), b.detach().flatten().double()
+    denom = a.norm() * b.norm()
+    return float(a @ b / denom) if denom > 0 else float("nan")
+
+
+def conflict(backbone, texts: list[dict], images: list, tau: float | torch.Tensor, normalize: bool = True,
+             detach_teacher: bool = True) -> pd.DataFrame:
+    """Text-path vs image-path gradient cosine on one batch, for q_proj, k_proj and both together,
+    over the whole B and each expert. Measured in eval mode (no dropout), so it is deterministic.
+
+    Columns: projection, part, cosine, norm_text, norm_image.
+    """
+    model = backbone.model
+    targets = last_layer_b(model)
+    was_training = model.training
+    model.eval()
+    try:
+        grads_t, grads_v = path_gradients(backbone, texts, images, tau, [b.weight for b in targets],
+                                          normalize, detach_teacher)
+    finally:
+        model.train(was_training)
+    text = {b.projection: expert_blocks(g, b.expert_rank) for b, g in zip(targets, grads_t)}
+    image = {b.projection: expert_blocks(g, b.expert_rank) for b, g in zip(targets, grads_v)}
+    for side in (text, image):
+        side[BOTH] = {part: torch.cat([side[p][part].flatten() for p in PROJECTIONS]) for part in side[PROJECTIONS[0]]}
+    return pd.DataFrame([
+        {"projection": projection, "part": part, "cosine": cosine(text[projection][part], image[projection][part]),
+         "norm_text": float(text[projection][part].norm()), "norm_image": float(image[projection][part].norm())}
+        for projection in text
+        for part in text[projection]
+    ])
+
+
+def track_conflict(backbone, dataset, config: AdaptConfig, out: str | Path, every: int = 10,
+                   probe_size: int | None = None, progress: bool = True) -> pd.DataFrame:
+    """Train a fresh `config.adapter` with train_adapter (saved in `out`) and measure `conflict` on
+    one fixed probe batch after the first optimiser step, every `every` steps and after the last.
+
+    Measuring runs in eval mode and leaves `.grad` alone, so the adapter trains exactly as it would
+    unobserved. Returns a tidy frame: adapter, step, loss (of that step), tau, projection, part,
+    cosine, norm_text, norm_image.
+    """
+    if every < 1:
+        raise ValueError(f"every must be >= 1, got {every}")
+    fields, paths = dataset.item_fields(), dataset.image_paths()
+    probe = np.random.default_rng([config.seed, 7]).choice(
+        dataset.n_items, size=min(probe_size or config.batch_size, dataset.n_items), replace=False)
+    texts, images = [fields[i] for i in probe], [load_image(paths[i]) for i in probe]
+    frames = []
+
+    def measure(step, objective):
+        if step == 1 or step % every == 0 or step == config.steps:
+            tau = objective.temperature().detach()
+            frame = conflict(backbone, texts, images, tau, config.normalize, config.detach_teacher)
+            frames.append(frame.assign(adapter=config.adapter, step=step, tau=float(tau)))
+
+    out = Path(out)
+    train_adapter(backbone, dataset, config, out, resume=False, progress=progress, on_step=measure)
+    losses = pd.read_csv(out / "loss.csv")[["step", "loss"]]
+    columns = ["adapter", "step", "loss", "tau", "projection", "part", "cosine", "norm_text", "norm_image"]
+    return pd.concat(frames, ignore_index=True).merge(losses, on="step", how="left")[columns]
+
+
+def conflict_summary(df: pd.DataFrame, projection: str = BOTH) -> pd.DataFrame:
+    """Per adapter and part: the cosine at the first and the last measured step and its mean over
+    all of them, for one projection (default q_proj and k_proj together)."""
+    rows = df[df["projection"] == projection].sort_values("step")
+    grouped = rows.groupby(["adapter", "part"])["cosine"]
+    return pd.DataFrame({"first": grouped.first(), "last": grouped.last(), "mean": grouped.mean()})
+
+
+def conflict_statement(df: pd.DataFrame, projection: str = BOTH) -> str:
+    """One plain sentence comparing MoDA's first expert with the shared LoRA over the measured
+    steps, computed from the numbers: MoDA counts as higher or lower only when the mean paired
+    difference exceeds twice its standard error."""
+    rows = df[df["projection"] == projection]
+    series = {}
+    for adapter, part in (("moda", "expert 0"), ("lora", "B")):
+        picked = rows[(rows["adapter"] == adapter) & (rows["part"] == part)]
+        if picked.empty:
+            raise ValueError(f"no {adapter} {part!r} rows for projection {projection!r}: track both adapters "
+                             "with track_conflict first")
+        series[adapter] = picked.set_index("step")["cosine"]
+    diff = (series["moda"] - series["lora"]).dropna()
+    margin = 2 * diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("inf")
+    numbers = (f"mean text/image gradient cosine over training ({projection}, last layer): MoDA first expert "
+               f"{series['moda'].mean():.3f}, shared LoRA {series['lora'].mean():.3f}; MoDA higher at "
+               f"{int((diff > 0).sum())} of {len(diff)} measured steps, mean difference {diff.mean():+.3f} "
+               f"(± {margin:.3f}, two standard errors)")
+    if diff.mean() > margin:
+        return ("MoDA's first expert shows less gradient conflict than the shared LoRA, as the paper reports: "
+                f"{numbers}.")
+    if diff.mean() < -margin:
+        verdict = "MoDA's first expert shows MORE gradient conflict than the shared LoRA"
+    else:
+        verdict = "MoDA's first expert is NOT clearly higher than the shared LoRA (no difference beyond the noise)"
+    return f"On this backbone {verdict}; the paper's finding does not reproduce here: {numbers}."
+
+
+def conflict_figure(df: pd.DataFrame):
+    """Cosine vs step, one line per adapter and part, one panel per projection."""
+    data = df.assign(series=df["adapter"] + " · " + df["part"])
+    fig = px.line(data, x="step", y="cosine", color="series", facet_col="projection", markers=True,
+                  category_orders={"projection": [*PROJECTIONS, BOTH]},
+                  title="Cosine between the text-path and image-path gradients of B (last decoder layer)")
+    fig.add_hline(y=0, line_dash="dot", line_color="grey")
+    fig.for_each_annotation(lambda a: a.update(text=a.text.removeprefix("projection=")))
+    return fig
+
+
+def gate_heatmap(model: torch.nn.Module):
+    """MoDA expert weights w_m of every adapted layer, one panel per modality."""
+    gates = moda.gate_weights(model)
+    if not gates:
+        raise ValueError("the model has no MoDA layers, hence no gate weights")
+    names = [n.removeprefix("model.").replace("language_model.", "") for n in gates]
+    cube = torch.stack(list(gates.values()), dim=1).numpy()  # [modality, layer, expert]
+    fig = px.imshow(cube, facet_col=0, zmin=0, zmax=1, color_continuous_scale="Viridis", aspect="auto",
+                    labels={"x": "expert", "y": "layer", "color": "weight"}, y=names,
+                    x=[f"expert {j}" for j in range(cube.shape[2])], title="MoDA gate weights per layer")
+    for annotation, label in zip(fig.layout.annotations, ("text", "image", *map(str, range(2, len(cube))))):
+        annotation.text = label
+    fig.update_layout(height=max(300, 22 * len(names) + 120))
+    return fig
