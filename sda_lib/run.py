@@ -15,6 +15,7 @@ import ast
 import datetime as dt
 import hashlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,7 +30,10 @@ STAGES: dict[str, str] = {
     "zero_shot": "02_zero_shot.ipynb",
     "adapt": "03_adapt.ipynb",
     "export": "04_export.ipynb",
+    "recommend": "05_recommend.ipynb",
     "ablations": "06_ablations.ipynb",
+    "gradient_conflict": "07_gradient_conflict.ipynb",
+    "alignment": "08_alignment.ipynb",
 }
 
 
@@ -118,7 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-p", dest="params", action="append", type=parse_param, default=[],
                         metavar="KEY=VALUE", help="notebook parameter, passed to every stage declaring it")
     parser.add_argument("--force", action="store_true", help="rerun stages even if up to date")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch/OpenMP threads in each notebook kernel (default 1: the small presets "
+                             "run fastest on one, and a shared machine does not thrash)")
     args = parser.parse_args(argv)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by the papermill kernels
     try:
         out = run_stages(args.dataset, args.stages, args.out, args.run, dict(args.params), args.force)
     except StageFailed as err:
