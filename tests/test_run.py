@@ -7,6 +7,7 @@ import pytest
 
 from sda_lib import run as runner
 from sda_lib.data import load_prepared
+from sda_lib.report import report_numbers
 
 pytestmark = pytest.mark.slow
 
@@ -28,6 +29,26 @@ def test_data_stage_on_toy_tiny(outputs):
     runner.run_stages("toy-tiny", ["data"], params={"n_negatives": 20}, progress=False)
     assert (out / "01_data.ipynb").stat().st_mtime_ns != before, "changed parameters did not rerun"
     assert load_prepared("toy-tiny").negatives.shape[1] == 20
+
+
+SMALL = {"steps": 20, "epochs": 3, "conflict_steps": 10}
+
+
+def test_whole_runner_on_toy_tiny_builds_the_report(outputs):
+    """Every stage on toy-tiny, then the report holds every table and figure with finite numbers."""
+    out = runner.run_stages("toy-tiny", params=SMALL, progress=False)
+    for notebook in runner.STAGES.values():
+        executed = nbformat.read(out / notebook, as_version=4)
+        errors = [o for c in executed.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+        assert not errors, f"{notebook}: {errors[:1]}"
+    numbers = report_numbers(out / "report.html")
+    assert numbers["non_finite"] == 0
+    assert numbers["tables"] >= 9 and numbers["figures"] >= 9, numbers
+    html = (out / "report.html").read_text()
+    for section in ("Data card", "Recommendation (sampled ranking)", "Ablations", "Gradient conflict",
+                    "Alignment", "Umap", "Parameters", "Software", "Executed notebooks"):
+        assert section.lower() in html.lower(), f"report lacks {section!r}"
+    assert all(f'href="{nb}"' in html for nb in runner.STAGES.values())
 
 
 def test_failure_names_notebook_and_cell(outputs, tmp_path, monkeypatch):

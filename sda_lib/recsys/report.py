@@ -64,8 +64,9 @@ def table1(results: pd.DataFrame, baseline: str = "id", protocol: str = "full",
             base = values.xs(baseline, level="features") if baseline in values.index.get_level_values("features") else None
             columns[(subset, metric)] = values
             if base is not None:
-                columns[(subset, f"{metric} gain")] = values / base.reindex(
-                    values.index.droplevel("features")).to_numpy() - 1
+                base_values = base.reindex(values.index.droplevel("features")).to_numpy()
+                # no gain is defined over a baseline of 0 (e.g. no tail hit at all): NaN, not inf
+                columns[(subset, f"{metric} gain")] = values / np.where(base_values == 0, np.nan, base_values) - 1
             if per_user is not None and base is not None:
                 columns[(subset, f"{metric} p")] = pd.Series(
                     [_seed_averaged_p(per_user, key, baseline, protocol, metric, subset) for key in values.index],
