@@ -108,3 +108,16 @@ def gains_by_popularity(per_user_a: pd.DataFrame, per_user_b: pd.DataFrame, metr
                                       mean_a=("a", "mean"), mean_b=("b", "mean")).reset_index()
     out["gain"] = out["mean_b"] / out["mean_a"].replace(0, np.nan) - 1
     return out
+
+
+def popularity_gains(per_user: dict, a: str, b: str, protocol: str = "sampled", metric: str = "NDCG@10",
+                     n_buckets: int = 5) -> pd.DataFrame:
+    """`gains_by_popularity` of feature setting b over a for every model (and seed) that has both,
+    from the per-user frames `train_grid` returns; one frame with `model` and `seed` columns."""
+    runs = {(k[1], k[2], k[4]): frames for k, frames in per_user.items()}
+    frames = [gains_by_popularity(runs[(m, a, s)][protocol], runs[(m, b, s)][protocol], metric, n_buckets)
+              .assign(model=m, seed=s)
+              for (m, f, s) in runs if f == a and (m, b, s) in runs]
+    if not frames:
+        raise ValueError(f"no model has runs with both feature settings {a!r} and {b!r}")
+    return pd.concat(frames, ignore_index=True)
