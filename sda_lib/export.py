@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import torch
 from accelerate import PartialState
 from sklearn.decomposition import PCA
 from tqdm.auto import tqdm
@@ -49,7 +50,7 @@ def export_embeddings(backbone, dataset, out: str | Path, adapter: str | Path | 
     process assembles the same files, in the same item order, as a single-process export.
     """
     out = Path(out)
-    state = PartialState()
+    state = PartialState(cpu=not torch.cuda.is_available())  # CPU-only hosts run CPU (gloo) processes
     adapter_info = None
     if adapter is not None:
         kind = adapters.load(backbone.model, adapter, backbone.id)
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     table = export_embeddings(load_backbone(args.backbone), load_prepared(args.dataset),
                               out / "embeddings" / args.adapter_name, adapter=adapter, d=args.d,
                               batch_size=args.batch_size, chunk=args.chunk)
-    if PartialState().is_main_process:
+    if PartialState(cpu=not torch.cuda.is_available()).is_main_process:
         print(json.dumps(table.manifest["dims"]))
     return 0
 

@@ -42,10 +42,12 @@ class StageFailed(RuntimeError):
 
 
 def run_stages(dataset: str, stages: list[str] | None = None, out: Path | None = None, run: str = "default",
-               params: dict | None = None, force: bool = False, progress: bool = True) -> Path:
-    """Run `stages` (default: all) for `dataset`; returns the run folder."""
+               params: dict | None = None, force: bool = False, progress: bool = True, threads: int = 1) -> Path:
+    """Run `stages` (default: all) for `dataset`; returns the run folder. Each notebook kernel
+    runs with `threads` torch/OpenMP threads (the offline presets run fastest on one)."""
     import papermill as pm
 
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # inherited by the papermill kernels
     stages = list(STAGES) if not stages else stages
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
@@ -126,9 +128,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch/OpenMP threads in each notebook kernel (default 1: the small presets "
                              "run fastest on one, and a shared machine does not thrash)")
     args = parser.parse_args(argv)
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by the papermill kernels
     try:
-        out = run_stages(args.dataset, args.stages, args.out, args.run, dict(args.params), args.force)
+        out = run_stages(args.dataset, args.stages, args.out, args.run, dict(args.params), args.force,
+                         threads=args.threads)
     except StageFailed as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

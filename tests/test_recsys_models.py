@@ -251,3 +251,10 @@ def test_slmrec_graph_is_normalised_and_its_product_differentiates_like_dense():
     sparse_grad, x.grad = x.grad, None
     (dense @ x).pow(2).sum().backward()
     torch.testing.assert_close(sparse_grad, x.grad)
+
+
+def test_feature_parts_must_add_up_to_the_table(data, dataset):
+    table = make_table(dataset)
+    table.manifest["dims"]["features_image"] = 7
+    with pytest.raises(FeatureError, match="6 text \\+ 7 image columns, features.npy has 10"):
+        build_model("vbpr", data, table, "id+features")

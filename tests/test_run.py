@@ -45,7 +45,7 @@ def test_whole_runner_on_toy_tiny_builds_the_report(outputs):
     assert numbers["non_finite"] == 0
     assert numbers["tables"] >= 9 and numbers["figures"] >= 9, numbers
     html = (out / "report.html").read_text()
-    for section in ("Data card", "Recommendation (sampled ranking)", "Ablations", "Gradient conflict",
+    for section in ("Data card", "Recommendation sampled ranking", "Ablations", "Gradient conflict",
                     "Alignment", "Umap", "Parameters", "Software", "Executed notebooks"):
         assert section.lower() in html.lower(), f"report lacks {section!r}"
     assert all(f'href="{nb}"' in html for nb in runner.STAGES.values())

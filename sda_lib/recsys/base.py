@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..data.catalogue import DataError
-from ..features import FeatureTable
+from ..features import FeatureError, FeatureTable
 
 PAD = 0
 ITEM_REPRS = ("id", "features", "id+features")
@@ -210,6 +210,10 @@ def content_channels(features: FeatureTable | None) -> list[np.ndarray]:
     if features is None:
         return []
     d_text, d_image = features.split_dims
+    if d_text + d_image != features.features.shape[1]:
+        raise FeatureError(f"feature table for {features.manifest.get('dataset')!r}: manifest dims say "
+                           f"{d_text} text + {d_image} image columns, features.npy has "
+                           f"{features.features.shape[1]}; export the table again")
     parts = [features.features[:, :d_text], features.features[:, d_text:d_text + d_image]]
     return [p for p in parts if p.shape[1] > 0]
 

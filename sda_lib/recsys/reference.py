@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--out", type=Path)
     c.add_argument("--threads", type=int)
     args = parser.parse_args(argv)
-    train = TrainConfig(**{**S3REC_TRAIN.__dict__, "threads": args.threads})
+    train = replace(S3REC_TRAIN, threads=args.threads)
     pd.set_option("display.width", 160)
     if args.command == "s3rec":
         loss = args.loss if args.model == "sasrec" else "ce"
