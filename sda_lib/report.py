@@ -30,10 +30,16 @@ def _slug(title: str) -> str:
 
 
 def save_table(df: pd.DataFrame, run_dir: str | Path, order: str, title: str) -> Path:
-    """Hand a table to the report (and keep it as CSV beside the run)."""
+    """Hand a table to the report (and keep it as a flat CSV beside the run: multi-level column
+    names are joined, the row labels become columns)."""
+    flat = df.copy()
+    if isinstance(flat.columns, pd.MultiIndex):
+        flat.columns = [" ".join(str(part) for part in col if str(part)) for col in flat.columns]
+    if not isinstance(flat.index, pd.RangeIndex):
+        flat = flat.rename_axis([name or "" for name in flat.index.names]).reset_index()
     path = Path(run_dir) / "tables" / f"{order}-{_slug(title)}.csv"
     with atomic_path(path) as tmp:
-        df.to_csv(tmp)
+        flat.to_csv(tmp, index=False)
     return path
 
 
@@ -65,8 +71,8 @@ def build_report(run_dir: str | Path, data_dir: str | Path | None = None) -> Pat
     for stem, kind, path in items:
         title = stem.split("-", 1)[1].replace("-", " ").capitalize() if "-" in stem else stem
         if kind == "table":
-            df = pd.read_csv(path, index_col=0)
-            body = df.to_html(float_format=lambda x: f"{x:.4f}", border=0, classes="t", na_rep="")
+            df = pd.read_csv(path).rename(columns=lambda c: "" if c.startswith("Unnamed:") else c)
+            body = df.to_html(float_format=lambda x: f"{x:.4g}", border=0, classes="t", na_rep="", index=False)
         else:
             fig = pio.from_json(path.read_text())
             body = fig.to_html(full_html=False, include_plotlyjs="inline" if first_figure else False,
