@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from . import __version__, adapters
 from .adapt import load_image
 from .features import FeatureTable, item_order_checksum
-from .io import atomic_path, write_json
+from .io import atomic_path, read_json, write_json
 from .moda import IMAGE, TEXT
 
 
@@ -59,7 +59,7 @@ def export_embeddings(backbone, dataset, out: str | Path, adapter: str | Path | 
             "item_order": item_order_checksum(dataset.items["item_id"]), "dataset": dataset.name}
     parts = out.with_name(out.name + ".parts")
     if state.is_main_process:
-        if parts.exists() and _read_json(parts / "plan.json") != plan:
+        if parts.exists() and read_json(parts / "plan.json") != plan:
             print(f"discarding {parts}: made with another backbone, adapter or dataset")
             shutil.rmtree(parts)
         parts.mkdir(parents=True, exist_ok=True)
@@ -115,11 +115,6 @@ def feature_table(text: np.ndarray, image: np.ndarray, dataset, d: int = 768, **
     return FeatureTable(text=text, image=image, features=np.concatenate(parts, axis=1), manifest=manifest)
 
 
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def export_baseline(kind: str, dataset, out: str | Path, d: int = 768, model: str | None = None,

@@ -51,6 +51,14 @@ def write_json(path: str | os.PathLike, obj) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
 
 
+def read_json(path: str | os.PathLike):
+    """The JSON in `path`, or None when it is missing or unreadable (e.g. never completed)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _jsonable(x):
     if hasattr(x, "item"):  # numpy / torch scalars
         return x.item()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import html
-import json
 import platform
 import re
 from importlib import metadata
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .io import atomic_path
+from .io import atomic_path, read_json
 
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "numpy", "pandas", "scikit-learn", "umap-learn",
             "plotly", "papermill")
@@ -56,10 +55,10 @@ def build_report(run_dir: str | Path, data_dir: str | Path | None = None) -> Pat
     import plotly.io as pio
 
     run_dir = Path(run_dir)
-    stages = _read_json(run_dir / "stages.json") or {}
+    stages = read_json(run_dir / "stages.json") or {}
     dataset = next((s["params"]["dataset"] for s in stages.values()), run_dir.parent.name)
     data_dir = Path(data_dir) if data_dir else run_dir.parent / "data"
-    card = _read_json(data_dir / "card.json")
+    card = read_json(data_dir / "card.json")
 
     sections = []
     if card:
@@ -142,11 +141,6 @@ def _versions_table() -> str:
     return pd.Series(rows, name="version").to_frame().to_html(border=0, classes="t")
 
 
-def _read_json(path: Path):
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 _TEMPLATE = """<!doctype html>

@@ -7,11 +7,10 @@ preprocessed form, from `source`), custom (a user's interactions + items tables 
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 
-from ..io import atomic_dir
+from ..io import atomic_dir, read_json
 from ..paths import data_dir
 from .catalogue import Catalogue, DataError
 from .prepare import PrepareParams, prepare_catalogue
@@ -77,9 +76,8 @@ def load_prepared(dataset: str | Path) -> PreparedDataset:
 
 
 def _is_current(out: Path, params: PrepareParams, source: str) -> bool:
-    try:
-        card = json.loads((out / "card.json").read_text())
-    except (OSError, ValueError):
+    card = read_json(out / "card.json")
+    if card is None:
         return False
     wanted = asdict(params)
     same_source = not source or card.get("source") == source
