@@ -390,6 +390,32 @@ def seconds_of(target: str, repeat_arg: str, **kwargs) -> Callable[[Options], Me
     return benchmark
 
 
+def recbole_vs_ours(options: Options) -> Measurement:
+    """Our SASRec against RecBole's on the same data and protocol, in one run: seconds per training
+    epoch and per full-ranking pass over all users (RecBole in its own virtualenv, see recsys.peers)."""
+    from .data import prepare_dataset
+    from .recsys.experiment import time_epoch, time_full_eval
+    from .recsys.peers import RECBOLE_PYTHON, recbole_sasrec_timing
+
+    if not Path(RECBOLE_PYTHON).exists():
+        note = f"RecBole not installed at {RECBOLE_PYTHON} (see sda_lib/recsys/peers.py): nothing measured"
+        return Measurement([], {"skipped": note}, "skipped: RecBole absent", [note])
+    folder = prepare_dataset(options.dataset)
+    ours = {"epoch": time_epoch(folder, threads=options.threads, epochs=options.repeats),
+            "eval": time_full_eval(folder, threads=options.threads, repeats=options.repeats)}
+    peer = recbole_sasrec_timing(folder, epochs=1, threads=options.threads)
+    theirs = {"epoch": peer["epoch_seconds"], "eval": peer["eval_seconds"]}
+    rows = [{"what": what, "ours_s": round(ours[what], 3), "recbole_s": round(theirs[what], 3),
+             "recbole/ours": round(theirs[what] / ours[what], 2)} for what in ("epoch", "eval")]
+    notes = [f"SASRec hidden 64, 2 layers, 2 heads, max length 50, on {options.dataset}; torch threads "
+             f"{options.threads}. An epoch is each library's own: ours one pass per user predicting every "
+             f"next item ({peer['users']} users), RecBole's every prefix ({peer['train_sequences']} sequences)."]
+    values = {"dataset": options.dataset, **{f"{r['what']}_ratio": r["recbole/ours"] for r in rows},
+              "ours": ours, "recbole": theirs}
+    return Measurement(rows, values, f"RecBole/ours: epoch {rows[0]['recbole/ours']}x, "
+                                     f"full ranking {rows[1]['recbole/ours']}x", notes)
+
+
 BENCHMARKS: dict[str, Callable[[Options], Measurement]] = {
     "moda-vs-lora": moda_vs_lora,
     "export-overhead": export_overhead,
@@ -397,6 +423,7 @@ BENCHMARKS: dict[str, Callable[[Options], Measurement]] = {
     "data-prepare": data_prepare,
     "sasrec-epoch": seconds_of("sda_lib.recsys.experiment:time_epoch", "epochs", model="sasrec"),
     "full-eval": seconds_of("sda_lib.recsys.experiment:time_full_eval", "repeats", model="sasrec"),
+    "recbole-sasrec": recbole_vs_ours,
 }
 
 
