@@ -12,6 +12,7 @@ import contextlib
 import csv
 import functools
 import json
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -22,19 +23,23 @@ import torch
 import torch.distributed as dist
 import torch.distributed.nn as dist_nn
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from . import adapters
 from .cmsa import Temperature, cmsa_loss, infonce_loss
-from .io import atomic_dir, atomic_path, write_json
+from .features import item_order_checksum
+from .io import atomic_path, ensure_writable, read_json, write_json
 from .moda import IMAGE, TEXT
 
 LOSSES = ("cmsa", "infonce", "text-views")
+PRECISIONS = ("auto", "bf16", "no")
+KEEP_CHECKPOINTS = 2
+CHECKPOINT_STATE = "state.json"  # written last: a checkpoint folder without it is incomplete
 
 
 @dataclass
@@ -62,12 +67,15 @@ class AdaptConfig:
     max_grad_norm: float = 1.0
     checkpoint_every: int = 50
     gradient_checkpointing: bool = False
+    precision: str = "auto"  # "auto": bf16 autocast on a GPU, fp32 on CPU; "bf16" or "no" to force
     view_drop: float = 0.4  # text-views: share of attributes dropped per view (LLMEmb recipe)
     seed: int = 0
 
     def __post_init__(self):
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.adapter not in adapters.KINDS:
             raise ValueError(f"unknown adapter {self.adapter!r}; choose one of {', '.join(adapters.KINDS)}")
         if min(self.steps, self.batch_size, self.grad_accum, self.checkpoint_every) < 1:
@@ -161,33 +169,38 @@ def train_adapter(backbone, dataset, config: AdaptConfig, out: str | Path, resum
     """Attach a fresh adapter to `backbone`, train it on `dataset`'s items and save it in `out`.
 
     Writes `out/adapter/` (weights + config), `out/loss.csv`, `out/adapt.json`; checkpoints under
-    `out/checkpoints/` every `checkpoint_every` steps. Under `accelerate launch` every process takes
-    a share of each step's `batch_size` items; `gather=False` keeps the loss per process.
-    `on_step(step, objective)` runs after each optimiser step (analyses hook in there).
-    Returns the training record.
+    `out/checkpoints/` every `checkpoint_every` steps (see `_Checkpoints`). Under `accelerate
+    launch` every process takes a share of each step's `batch_size` items; `gather=False` keeps the
+    loss per process. `on_step(step, objective)` runs after each optimiser step (analyses hook in
+    there). Returns the training record.
     """
-    out = Path(out)
+    out = ensure_writable(out)  # now, not after the last step has been paid for
     set_seed(config.seed)
     model = backbone.model
     report = adapters.attach(model, config.adapter, config.r, config.experts, config.alpha, config.dropout,
                              config.adapt_vision)
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        adapters.enable_gradient_checkpointing(model)
     objective = AlignmentObjective(backbone, config, gather)
     params = [p for p in objective.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
-    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    accelerator = Accelerator(
+        mixed_precision=_mixed_precision(config.precision),
+        project_config=ProjectConfiguration(project_dir=str(out), automatic_checkpoint_naming=True,
+                                            total_limit=KEEP_CHECKPOINTS))
+    _fill_deepspeed_config(accelerator, config)
     objective, optimizer, scheduler = accelerator.prepare(objective, optimizer, scheduler)
     plain = accelerator.unwrap_model(objective)
 
-    fields, paths = dataset.item_fields(), dataset.image_paths()
-    ckpt_dir = out / "checkpoints"
-    start, history = 0, []
-    if resume and (latest := _latest_checkpoint(ckpt_dir)) is not None:
-        start, history = _load_checkpoint(latest, config, plain, optimizer, scheduler)
-        accelerator.print(f"resuming from {latest} (step {start} of {config.steps})")
+    run = {"config": asdict(config), "backbone": backbone.id, "dataset": dataset.name,
+           "item_order": item_order_checksum(dataset.items["item_id"]), "processes": accelerator.num_processes}
+    checkpoints = _Checkpoints(accelerator, out / "checkpoints", run)
+    start, history = checkpoints.resume() if resume else checkpoints.clear()
+    if start:
+        accelerator.print(f"resuming from step {start} of {config.steps} ({checkpoints.folder})")
 
+    fields, paths = dataset.item_fields(), dataset.image_paths()
     model.train()
     begin = time.perf_counter()
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="adapt",
@@ -215,9 +228,8 @@ def train_adapter(backbone, dataset, config: AdaptConfig, out: str | Path, resum
         bar.set_postfix(loss=f"{total:.4f}", tau=f"{history[-1]['tau']:.3f}")
         if on_step is not None:
             on_step(step + 1, plain)
-        if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps and accelerator.is_main_process:
-            _save_checkpoint(ckpt_dir / f"step-{step + 1:06d}", config, plain, optimizer, scheduler, step + 1,
-                             history)
+        if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
+            checkpoints.save(step + 1, history)
     seconds = time.perf_counter() - begin
 
     record = {
@@ -244,42 +256,112 @@ def train_adapter(backbone, dataset, config: AdaptConfig, out: str | Path, resum
     return record
 
 
-def _latest_checkpoint(folder: Path) -> Path | None:
-    done = sorted(p for p in folder.glob("step-*") if (p / "state.json").exists()) if folder.exists() else []
-    return done[-1] if done else None
+def _mixed_precision(precision: str) -> str:
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_available() else "no"
+    return precision
 
 
-def _save_checkpoint(folder: Path, config, objective, optimizer, scheduler, step: int, history) -> None:
-    with atomic_dir(folder) as tmp:
-        trainable = {n: p.detach().cpu().reshape(p.shape or (1,)).contiguous()
-                     for n, p in objective.named_parameters() if p.requires_grad}
-        save_file(trainable, str(tmp / "trainable.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "torch_rng": torch.get_rng_state()}, tmp / "optim.pt")
-        write_json(tmp / "state.json", {"step": step, "config": asdict(config), "history": history})
-    for old in sorted(folder.parent.glob("step-*"))[:-2]:  # keep the last two
-        shutil.rmtree(old, ignore_errors=True)
+def _fill_deepspeed_config(accelerator, config: AdaptConfig) -> None:
+    """DeepSpeed sizes its batches from the dataloader accelerate prepares; this loop prepares none
+    (batches are a function of the step), so the configuration gets them from the run."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None:
+        return
+    per_process = max(1, config.batch_size // accelerator.num_processes)
+    plugin.deepspeed_config.update(
+        train_micro_batch_size_per_gpu=per_process,
+        gradient_accumulation_steps=config.grad_accum,
+        train_batch_size=per_process * config.grad_accum * accelerator.num_processes,
+        gradient_clipping=config.max_grad_norm,
+    )
 
 
-def _load_checkpoint(folder: Path, config, objective, optimizer, scheduler):
-    meta = json.loads((folder / "state.json").read_text())
-    changed = {k: (v, meta["config"].get(k)) for k, v in asdict(config).items() if meta["config"].get(k) != v}
-    if changed:
-        raise ValueError(f"checkpoint {folder} was written with other settings ({changed}, now vs then); "
-                         "delete its checkpoints folder or pass resume=False to start afresh")
-    params = {n: p for n, p in objective.named_parameters() if p.requires_grad}
-    saved = load_file(str(folder / "trainable.safetensors"))
-    if saved.keys() != params.keys():
-        raise ValueError(f"checkpoint {folder} does not fit this adapter ({len(saved)} tensors saved, "
-                         f"{len(params)} trainable); delete its checkpoints folder to start afresh")
-    with torch.no_grad():
-        for name, p in params.items():
-            p.copy_(saved[name].reshape(p.shape))
-    state = torch.load(folder / "optim.pt", weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["torch_rng"])
-    return meta["step"], meta["history"]
+class _Checkpoints:
+    """Accelerate's own checkpoints (`save_state` / `load_state`: optimizer, scheduler and every
+    generator of every process and device, loaded with weights_only) with three changes:
+
+    - only the trainable tensors of the model are written (safetensors), not the frozen backbone;
+    - `state.json` (step, loss history, and what the run is: settings, backbone, dataset, item
+      order, processes) is written last, so a checkpoint interrupted mid-write is never resumed;
+    - resuming a run with anything else is refused, naming what differs.
+    """
+
+    def __init__(self, accelerator: Accelerator, folder: Path, run: dict):
+        self.accelerator, self.folder, self.run = accelerator, folder, run
+        accelerator.register_save_state_pre_hook(_keep_trainable)
+        accelerator.register_load_state_pre_hook(_load_trainable)
+
+    def _complete(self) -> list[tuple[int, Path]]:
+        found = [(int(m[1]), p) for p in self.folder.glob("checkpoint_*")
+                 if (m := re.fullmatch(r"checkpoint_(\d+)", p.name)) and (p / CHECKPOINT_STATE).exists()]
+        return sorted(found)
+
+    def _drop(self, keep) -> None:
+        if self.accelerator.is_main_process and self.folder.exists():
+            for path in self.folder.iterdir():
+                if path not in keep:
+                    shutil.rmtree(path, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+
+    def clear(self) -> tuple[int, list]:
+        """Start afresh: earlier checkpoints of this folder are not this run's."""
+        self._drop(keep=())
+        return 0, []
+
+    def resume(self) -> tuple[int, list]:
+        complete = self._complete()
+        if not complete:
+            return self.clear()
+        number, latest = complete[-1]
+        meta = read_json(latest / CHECKPOINT_STATE)
+        differs = {k: (v, meta.get(k)) for k, v in self.run.items() if k != "config" and meta.get(k) != v}
+        differs |= {k: (v, meta["config"].get(k)) for k, v in self.run["config"].items()
+                    if meta["config"].get(k) != v}
+        if differs:
+            raise ValueError(f"checkpoint {latest} belongs to another run ({differs}, now vs then): resume it "
+                             f"with what it was started with, or delete {self.folder} (or pass resume=False) "
+                             "to start afresh")
+        self._drop(keep={p for _, p in complete})  # incomplete ones would block the next save's name
+        self.accelerator.project_configuration.iteration = number + 1
+        self.accelerator.load_state(str(latest), **({"load_module_strict": False} if self._deepspeed else {}))
+        return meta["step"], meta["history"]
+
+    def save(self, step: int, history: list) -> None:
+        # DeepSpeed writes its engine itself: keep its checkpoints to the trainable tensors too.
+        folder = self.accelerator.save_state(**({"exclude_frozen_parameters": True} if self._deepspeed else {}))
+        if self.accelerator.is_main_process:
+            write_json(Path(folder) / CHECKPOINT_STATE, {**self.run, "step": step, "history": history})
+        self.accelerator.wait_for_everyone()
+
+    @property
+    def _deepspeed(self) -> bool:
+        return self.accelerator.distributed_type == DistributedType.DEEPSPEED
+
+
+def _trainable_names(model: nn.Module) -> set[str]:
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _keep_trainable(models, weights, output_dir) -> None:
+    for i, (model, state) in enumerate(zip(models, weights)):
+        names = _trainable_names(model)
+        weights[i] = {k: v for k, v in state.items() if k in names}
+
+
+def _load_trainable(models, input_dir) -> None:
+    """Load the trainable tensors ourselves and take the models off accelerate's list, which would
+    otherwise expect every frozen weight in the file."""
+    for i, model in enumerate(models):
+        path = Path(input_dir) / ("model.safetensors" if i == 0 else f"model_{i}.safetensors")
+        saved, params = load_file(str(path)), dict(model.named_parameters())
+        if saved.keys() != _trainable_names(model):
+            raise ValueError(f"checkpoint {input_dir} does not fit this adapter ({len(saved)} tensors saved, "
+                             f"{len(_trainable_names(model))} trainable); delete it to start afresh")
+        with torch.no_grad():
+            for name, tensor in saved.items():
+                params[name].copy_(tensor)
+    models.clear()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -303,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"AdaptConfig field: {', '.join(f.name for f in fields(AdaptConfig))}")
     args = parser.parse_args(argv)
     config = AdaptConfig(**dict(args.params))
-    out = (args.out_dir or run_dir(args.dataset)) / "adapters" / args.name
+    out = ensure_writable((args.out_dir or run_dir(args.dataset)) / "adapters" / args.name)
     record = train_adapter(load_backbone(args.backbone, seed=config.seed), load_prepared(args.dataset), config, out,
                            gather=not args.per_process_loss)
     print(json.dumps({k: record[k] for k in ("final_loss", "final_tau", "seconds", "processes")}))

@@ -56,25 +56,26 @@ def modality(model: nn.Module, m: int):
 
 @contextlib.contextmanager
 def merged(model: nn.Module, m: int):
-    """Fold modality m's adapter into the base weights for fast inference, and undo it after."""
-    kind = kind_of(model)
-    if kind is None:
+    """Run modality m's adapter as plain weights for fast inference, and undo it after; the base
+    weights come back bit for bit (see MoDALinear.merge). A shared LoRA is the same for both
+    modalities and stays active as it is: peft merges in place and unmerges by subtraction, which
+    drifts in bf16."""
+    if kind_of(model) not in ("moda", "independent"):
         yield
         return
-    lora_layers = [x for x in model.modules() if isinstance(x, LoraLayer)]
-    if kind == "lora":
-        for layer in lora_layers:
-            layer.merge()
-    else:
-        moda.merge_moda(model, m)
+    moda.merge_moda(model, m)
     try:
         yield
     finally:
-        if kind == "lora":
-            for layer in lora_layers:
-                layer.unmerge()
-        else:
-            moda.unmerge_moda(model)
+        moda.unmerge_moda(model)
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Non-reentrant activation checkpointing whose recomputation keeps each row's modality."""
+    kwargs = {"use_reentrant": False}
+    if kind_of(model) in ("moda", "independent"):
+        kwargs["context_fn"] = moda.checkpoint_context_fn(model)
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
 
 
 def save(model: nn.Module, folder: str | Path, backbone_id: str) -> Path:

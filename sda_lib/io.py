@@ -46,6 +46,20 @@ def atomic_dir(path: str | os.PathLike):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def ensure_writable(folder: str | os.PathLike) -> Path:
+    """Create `folder` if needed and prove a file can be written in it, so a long job fails at
+    its start, naming the folder, rather than after its work is done."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise OSError(f"cannot write in {folder} ({err.strerror or err}): choose a writable output folder") from err
+    return folder
+
+
 def write_json(path: str | os.PathLike, obj) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")

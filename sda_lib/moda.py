@@ -10,7 +10,10 @@ rows of one A [r, in] and all B_i the columns of one B [out, r], and the expert 
 rank-r activation in between, so a forward costs what a rank-r LoRA costs.
 
 The modality is per sequence and is set for the whole model around a forward with
-`with modality(model, ids):`; layers of the vision tower always see image patches.
+`with modality(model, ids):`; layers of the vision tower always see image patches. Under gradient
+checkpointing a block is recomputed during backward, after that block has closed: enabling it with
+`checkpoint_context_fn(model)` as torch's `context_fn` replays, in each recomputation, the ids its
+forward saw (sda_lib.adapters.enable_gradient_checkpointing does this).
 """
 
 from __future__ import annotations
@@ -136,6 +139,7 @@ class MoDALinear(nn.Module):
         self.name = name
         self.fixed_modality = fixed_modality
         self.merged_modality: int | None = None
+        self.merged_weight: torch.Tensor | None = None  # W0 + update while merged; W0 itself never changes
         hard = config.routing == "hard"
         self.num_experts = config.num_modalities if hard else config.num_experts
         self.expert_rank = config.r if hard else config.r // config.num_experts
@@ -172,7 +176,8 @@ class MoDALinear(nn.Module):
         if ids is None:
             raise RuntimeError(
                 f"MoDA layer {self.name} has no modality for this forward: run the model inside "
-                "`with sda_lib.moda.modality(model, ids):` (0 = text, 1 = image, one id per batch row)"
+                "`with sda_lib.moda.modality(model, ids):` (0 = text, 1 = image, one id per batch row); "
+                "under gradient checkpointing, enable it with sda_lib.adapters.enable_gradient_checkpointing"
             )
         if ids.dim() == 1 and ids.shape[0] != x.shape[0]:
             raise ValueError(
@@ -182,9 +187,9 @@ class MoDALinear(nn.Module):
         return ids.to(x.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.merged_weight is not None:
+            return F.linear(x, self.merged_weight, self.base.bias)
         result = self.base(x)
-        if self.merged_modality is not None:
-            return result
         scale = self._rank_scale()[self._row_modalities(x)]  # [r] or [rows, r]
         if scale.dim() == 2:
             scale = scale.view(scale.shape[0], *([1] * (x.dim() - 2)), scale.shape[1])
@@ -197,6 +202,10 @@ class MoDALinear(nn.Module):
 
     @torch.no_grad()
     def merge(self, modality: int) -> None:
+        """Run as one plain linear layer with `modality`'s update folded in: W0 + update, summed in
+        float32 and held beside W0 rather than written into it, so unmerging restores W0 bit for
+        bit in any precision (subtracting the update again drifts in bf16). The price is one copy
+        of each adapted weight while merged, for inference only."""
         if self.merged_modality is not None:
             raise RuntimeError(
                 f"MoDA layer {self.name} is already merged for modality {self.merged_modality}; "
@@ -204,18 +213,11 @@ class MoDALinear(nn.Module):
             )
         modality = self.fixed_modality if self.fixed_modality is not None else modality
         weight = self.base.weight
-        weight += self.delta_weight(modality).to(weight.dtype)
+        self.merged_weight = (weight.float() + self.delta_weight(modality)).to(weight.dtype)
         self.merged_modality = modality
 
-    @torch.no_grad()
     def unmerge(self) -> None:
-        """Subtract the merged update (rather than keep a copy of W0, which would double the
-        memory of a 7B backbone); exact up to float rounding."""
-        if self.merged_modality is None:
-            return
-        weight = self.base.weight
-        weight -= self.delta_weight(self.merged_modality).to(weight.dtype)
-        self.merged_modality = None
+        self.merged_weight = self.merged_modality = None
 
     def extra_repr(self) -> str:
         return (
@@ -306,11 +308,29 @@ def modality(model: nn.Module, ids):
         raise ValueError(f"modality ids must be an int or a 1-D sequence, got shape {tuple(ids.shape)}")
     if ids.numel() and not (0 <= int(ids.min()) and int(ids.max()) < num_modalities):
         raise ValueError(f"modality ids must be in [0, {num_modalities}), got {ids.tolist()}")
+    with _routed(state, ids):
+        yield
+
+
+@contextlib.contextmanager
+def _routed(state: MoDAState, ids: torch.Tensor | None):
     previous, state.ids = state.ids, ids
     try:
         yield
     finally:
         state.ids = previous
+
+
+def checkpoint_context_fn(model: nn.Module):
+    """torch.utils.checkpoint's `context_fn` for a MoDA model: each checkpointed block records the
+    modality ids in force when its forward runs and replays them when backward recomputes it, so
+    the routing travels with the forward that uses it (non-reentrant checkpointing only)."""
+    state = _state(model)
+
+    def context_fn():
+        return contextlib.nullcontext(), _routed(state, state.ids)
+
+    return context_fn
 
 
 def merge_moda(model: nn.Module, modality: int) -> None:

@@ -1,9 +1,12 @@
 """The adaptation loop: deterministic batches, resume == uninterrupted, clear errors."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from sda_lib import adapt
 from sda_lib.adapt import AdaptConfig, batch_items, text_view, train_adapter
@@ -54,16 +57,23 @@ def test_resume_reaches_the_same_adapter(toy_tiny, tmp_path, monkeypatch):
         train_adapter(load_backbone("tiny"), toy_tiny, AdaptConfig(**FAST), tmp_path / "cut", progress=False)
     assert not (tmp_path / "cut" / "adapter").exists()
     monkeypatch.setattr(adapt, "pair_batch", real)
+    loads, torch_load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: loads.append(kw) or torch_load(*a, **kw))
     resumed = train_adapter(load_backbone("tiny"), toy_tiny, AdaptConfig(**FAST), tmp_path / "cut", progress=False)
 
     assert resumed["resumed_from_step"] == 2
+    assert all(kw.get("weights_only") is True for kw in loads), "a checkpoint file was unpickled"
+    assert len(loads) >= 3  # optimizer, scheduler, random states
     a = load_file(str(tmp_path / "full" / "adapter" / "adapter.safetensors"))
     b = load_file(str(tmp_path / "cut" / "adapter" / "adapter.safetensors"))
     assert a.keys() == b.keys()
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
-    assert resumed["final_tau"] == pytest.approx(full["final_tau"], abs=1e-7)
+        assert torch.equal(a[k], b[k]), f"{k} differs after resuming"
+    assert resumed["final_tau"] == full["final_tau"]
     assert any(not torch.all(a[k] == 0) for k in a if "B" in k.split(".")[-1]), "B never moved"
+    # checkpoints hold the trainable tensors only, never the frozen backbone
+    saved = load_file(str(next((tmp_path / "cut" / "checkpoints").glob("checkpoint_*")) / "model.safetensors"))
+    assert 0 < len(saved) == len(a) + 1  # the adapter's tensors and tau
 
 
 def test_resume_with_other_settings_is_refused(toy_tiny, tmp_path, monkeypatch):
@@ -80,8 +90,73 @@ def test_resume_with_other_settings_is_refused(toy_tiny, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         train_adapter(load_backbone("tiny"), toy_tiny, AdaptConfig(**FAST), tmp_path, progress=False)
     monkeypatch.setattr(adapt, "pair_batch", real)
-    with pytest.raises(ValueError, match="other settings.*'lr'"):
+    with pytest.raises(ValueError, match="another run.*'lr'"):
         train_adapter(load_backbone("tiny"), toy_tiny, AdaptConfig(**{**FAST, "lr": 5e-4}), tmp_path, progress=False)
+
+
+def _interrupt_at_call(monkeypatch, n):
+    real, calls = adapt.pair_batch, {"n": 0}
+
+    def interrupted(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(adapt, "pair_batch", interrupted)
+    return real
+
+
+def test_resume_on_another_dataset_is_refused(toy_tiny, tmp_path, monkeypatch):
+    real = _interrupt_at_call(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        train_adapter(load_backbone("tiny"), toy_tiny, AdaptConfig(**FAST), tmp_path, progress=False)
+    monkeypatch.setattr(adapt, "pair_batch", real)
+    other = dataclasses.replace(toy_tiny, card={**toy_tiny.card, "dataset": "toy-other"})
+    with pytest.raises(ValueError, match=r"another run \(\{'dataset': \('toy-other', 'toy-tiny'\)"):
+        train_adapter(load_backbone("tiny"), other, AdaptConfig(**FAST), tmp_path, progress=False)
+    reordered = dataclasses.replace(toy_tiny, items=toy_tiny.items.iloc[::-1].reset_index(drop=True))
+    with pytest.raises(ValueError, match="another run.*'item_order'"):
+        train_adapter(load_backbone("tiny"), reordered, AdaptConfig(**FAST), tmp_path, progress=False)
+
+
+def test_unwritable_output_fails_before_training(toy_tiny, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(adapt, "pair_batch", lambda *a, **kw: calls.append(1))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(OSError, match=f"cannot write in {blocker / 'run'}"):
+        train_adapter(load_backbone("tiny"), toy_tiny, AdaptConfig(**FAST), blocker / "run", progress=False)
+    assert not calls, "training started before the output folder was checked"
+    with pytest.raises(OSError, match="cannot write in"):
+        adapt.main(["--dataset", str(toy_tiny.folder), "--out-dir", str(blocker / "run")])
+
+
+@pytest.mark.parametrize("kind", ["moda", "lora", "independent"])
+def test_gradient_checkpointing_gives_the_same_step(toy_tiny, tmp_path, kind):
+    """Through the real loop: the loss and every adapter gradient of the second step (the first
+    moves B off zero, so A and the gates get gradient too), with activation checkpointing on and
+    off (dropout off, so the recomputation is exact)."""
+    grads = {}
+
+    def capture(optimizer, args, kwargs):
+        grads[checkpointing] = [p.grad.clone() for group in optimizer.param_groups for p in group["params"]]
+
+    handle = register_optimizer_step_pre_hook(capture)
+    records = {}
+    try:
+        for checkpointing in (False, True):
+            config = AdaptConfig(**{**FAST, "steps": 2, "adapter": kind, "dropout": 0.0,
+                                    "gradient_checkpointing": checkpointing})
+            records[checkpointing] = train_adapter(load_backbone("tiny"), toy_tiny, config,
+                                                   tmp_path / str(checkpointing), progress=False)
+    finally:
+        handle.remove()
+    assert records[True]["final_loss"] == pytest.approx(records[False]["final_loss"], rel=1e-6)
+    assert len(grads[True]) == len(grads[False]) > 2
+    for off, on in zip(grads[False], grads[True]):
+        torch.testing.assert_close(on, off, rtol=1e-5, atol=1e-8)
+    assert all(g.abs().sum() > 0 for g in grads[True]), "every adapter tensor should get gradient"
 
 
 def test_nan_loss_names_the_step(toy_tiny, tmp_path, monkeypatch):
