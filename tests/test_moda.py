@@ -252,6 +252,21 @@ def test_merge_matches_unmerged_and_unmerge_restores_weights():
     assert (embed(model, text_inputs(), TEXT) - embed(model, text_inputs(), IMAGE)).abs().max() > 1e-3
 
 
+def test_merge_cycles_leave_bf16_weights_bit_identical():
+    """Export merges and unmerges once per chunk and modality: in bf16, subtracting the update
+    again drifted the base weights; W0 must come back exactly however many cycles run."""
+    model = tiny_qwen().to(torch.bfloat16)
+    inject_moda(model, MoDAConfig(adapt_vision=True))
+    randomise_adapter(model)
+    original = {n: p.clone() for n, p in model.named_parameters()}
+    first = embed(model, text_inputs(), TEXT)
+    for cycle in range(48):
+        merge_moda(model, cycle % 2)
+        unmerge_moda(model)
+    assert all(torch.equal(p, original[n]) for n, p in model.named_parameters())
+    assert torch.equal(embed(model, text_inputs(), TEXT), first)
+
+
 def test_save_load_round_trip(tmp_path):
     model = tiny_qwen()
     config = MoDAConfig(adapt_vision=True, num_experts=2, r=4)
