@@ -1,8 +1,9 @@
 """Item images: find them on disk, check that they decode, and download them into a cache.
 
-An image that is missing or does not decode becomes `image_path=None` rather than an error: real
+An image that is missing or unusable becomes `image_path=None` rather than an error: real
 catalogues always have some, and the data card reports how many (`missing_images` counts every
-item left without an image, `corrupt_images` the files among them that were rejected).
+item left without an image, `corrupt_images` the files among them that do not decode,
+`extreme_aspect_images`, listed when there are any, those the backbone's resizing refuses).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import io
 import logging
 import os
 import urllib.request
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,41 +28,70 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif")
 _SUFFIX_OF_FORMAT = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif"}
 _THUMBNAIL = (64, 64)
+# Qwen2-VL's image resizing (transformers' smart_resize) raises for a longer-to-shorter side ratio
+# above this; smaller images are scaled up, so size alone never makes an image unusable.
+MAX_ASPECT_RATIO = 200
 
 
-def image_format(source: str | os.PathLike | io.BytesIO) -> str | None:
-    """PIL format name ("JPEG", "PNG"...) if `source` is a whole, decodable image, else None.
+def _decode(source: str | os.PathLike | io.BytesIO) -> tuple[str, tuple[int, int]]:
+    """Format and (width, height) of a whole, decodable image; raises PIL's error when it is not.
 
     `verify` checks the container cheaply; a reduced-size decode then catches truncated pixel data
     (which `verify` lets through for JPEG).
     """
+    with Image.open(source) as img:
+        fmt, size = img.format, img.size
+        img.verify()
+    if isinstance(source, io.BytesIO):
+        source.seek(0)
+    with Image.open(source) as img:
+        img.draft("RGB", _THUMBNAIL)  # JPEG decodes at 1/8 scale: fast on full-size photos
+        img.load()
+    return fmt, size
+
+
+def image_format(source: str | os.PathLike | io.BytesIO) -> str | None:
+    """PIL format name ("JPEG", "PNG"...) if `source` is a whole, decodable image, else None."""
     try:
-        with Image.open(source) as img:
-            fmt = img.format
-            img.verify()
-        if isinstance(source, io.BytesIO):
-            source.seek(0)
-        with Image.open(source) as img:
-            img.draft("RGB", _THUMBNAIL)  # JPEG decodes at 1/8 scale: fast on full-size photos
-            img.load()
+        return _decode(source)[0]
     except Exception:  # PIL raises OSError, SyntaxError, ValueError, struct.error... on bad files
         return None
-    return fmt
+
+
+def _image_problem(source: str | os.PathLike) -> tuple[str, str] | None:
+    """(card count, reason) when the backbone cannot use the image file, else None."""
+    try:
+        _, (width, height) = _decode(source)
+    except Exception as e:  # as in image_format
+        return "corrupt_images", f"does not decode as an image ({type(e).__name__}: {e})"
+    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+        return "extreme_aspect_images", (
+            f"is {width}x{height} px: its aspect ratio {max(width, height) / min(width, height):.0f} is above "
+            f"{MAX_ASPECT_RATIO}, which Qwen2-VL's image resizing refuses"
+        )
+    return None
+
+
+def usable_image(source: str | os.PathLike) -> str | None:
+    """Why the backbone cannot use this image file (to name with the item and file), or None."""
+    problem = _image_problem(source)
+    return problem[1] if problem else None
 
 
 def check_images(
     candidates: Mapping[str, Iterable[str | os.PathLike]], workers: int = 8
 ) -> tuple[dict[str, str | None], dict[str, int]]:
-    """For each item, the first candidate file that exists and decodes (else None), plus counts."""
+    """For each item, the first candidate file that exists and is usable (else None), plus counts."""
 
-    def first_valid(paths) -> tuple[str | None, int]:
-        rejected = 0
+    def first_valid(paths) -> tuple[str | None, list[str]]:
+        rejected = []
         for path in paths:
             if not os.path.isfile(path):
                 continue
-            if image_format(path) is not None:
+            problem = _image_problem(path)
+            if problem is None:
                 return str(path), rejected
-            rejected += 1
+            rejected.append(problem[0])
         return None, rejected
 
     items = list(candidates)
@@ -72,10 +103,8 @@ def check_images(
             )
         )
     paths = {item: path for item, (path, _) in zip(items, results)}
-    counts = {
-        "missing_images": sum(path is None for path, _ in results),
-        "corrupt_images": sum(rejected for _, rejected in results),
-    }
+    rejections = Counter(kind for _, rejected in results for kind in rejected)
+    counts = {"missing_images": sum(path is None for path, _ in results), "corrupt_images": 0, **rejections}
     return paths, counts
 
 
@@ -94,7 +123,8 @@ def find_images(
 ) -> tuple[dict[str, str | None], dict[str, int]]:
     """Images named by item id (`<id>.jpg`, `.jpeg`, `.png`, `.webp`, `.gif`) in `folder`.
 
-    Returns {item_id: path or None} and counts {"missing_images", "corrupt_images"}.
+    Returns {item_id: path or None} and counts {"missing_images", "corrupt_images"} (and
+    "extreme_aspect_images" when any).
     """
     folder = Path(folder).expanduser()
     if not folder.is_dir():
