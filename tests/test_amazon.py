@@ -17,7 +17,7 @@ from PIL import Image
 
 from sda_lib.data.amazon import DESCRIPTION_CHARS, load_amazon
 from sda_lib.data.catalogue import DataError
-from sda_lib.data.images import download_images, find_images
+from sda_lib.data.images import download_images, find_images, usable_image
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "amazon2014-5core"
 
@@ -178,6 +178,7 @@ def test_find_images_checks_every_file(tmp_path):
         "both": str(tmp_path / "both.png"), "absent": None, "other": None,
     }
     assert counts == {"missing_images": 4, "corrupt_images": 3}
+    assert "does not decode" in usable_image(tmp_path / "cut.jpg")
     with pytest.raises(DataError, match="image folder .*nowhere not found"):
         find_images(["good"], tmp_path / "nowhere")
 
@@ -192,6 +193,44 @@ def test_raw_form_with_image_folder(tmp_path):
     assert paths == {"A1": str(images / "A1.png"), "B3": None, "A2": None}
     assert catalogue.counts["missing_images"] == 2
     assert catalogue.counts["corrupt_images"] == 1
+
+
+@pytest.mark.parametrize(("size", "usable"), [((1, 200), True), ((200, 1), True), ((1, 201), False),
+                                             ((3000, 1), False), ((14, 2801), False), ((1, 1), True)])
+def test_images_too_elongated_for_qwen_are_unusable(tmp_path, size, usable):
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    width, height = size
+    try:
+        smart_resize(height, width)
+        resizable = True
+    except ValueError:
+        resizable = False
+    assert resizable == usable  # the rule below is transformers' rule
+    write_png(tmp_path / "item.png", size)
+    reason = usable_image(tmp_path / "item.png")
+    assert (reason is None) == usable
+    paths, counts = find_images(["item"], tmp_path)
+    assert (paths["item"] is not None) == usable
+    if not usable:
+        assert f"{width}x{height} px" in reason and "above 200" in reason
+        assert counts == {"missing_images": 1, "corrupt_images": 0, "extreme_aspect_images": 1}
+
+
+def test_elongated_image_leaves_the_item_its_text_and_the_placeholder(tmp_path):
+    from sda_lib.data import PrepareParams, load_prepared, prepare_dataset
+
+    folder = write_preprocessed(tmp_path / "beauty", "1 1 4 2\n2 3 4 1\n")
+    images = tmp_path / "images"
+    images.mkdir()
+    write_png(images / "B004.png", (1, 3000))
+    write_png(images / "B001.png")
+    out = prepare_dataset("beauty", folder, out=tmp_path / "d", params=PrepareParams(n_negatives=1), images=images)
+    prepared = load_prepared(out)
+    items = prepared.items.set_index("asin")
+    assert items.loc["B004", "title"] == "Brush" and items.loc["B004", "image_path"] == "placeholder.png"
+    assert items["has_image"].tolist() == [True, False, False, False]
+    assert prepared.card["counts"]["extreme_aspect_images"] == 1
 
 
 @pytest.fixture
@@ -288,6 +327,12 @@ def test_preprocessed_unknown_item_names_line_and_item(tmp_path):
     folder = write_preprocessed(tmp_path, "1 1 2\n2 4 9 1\n")
     with pytest.raises(DataError, match=r"Beauty\.txt:2: item '9' is not in .*items\.jsonl: the two files do not belong together"):
         load_amazon("beauty", folder)
+
+
+def test_preprocessed_file_cut_mid_line(tmp_path):
+    # "2 4 1" may have been "2 4 13": a cut id can be a real item, so a missing final newline is an error
+    with pytest.raises(DataError, match=r"Beauty\.txt:2: the file does not end with a newline"):
+        load_amazon("beauty", write_preprocessed(tmp_path, "1 1 2\n2 4 1"))
 
 
 def test_preprocessed_user_without_items(tmp_path):

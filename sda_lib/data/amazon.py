@@ -189,8 +189,13 @@ def _interactions(users: list[str], item_ids: list[str], times: list[int]) -> pd
 # ---- reading lines -------------------------------------------------------------------------------
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, line) for each non-blank line of a text or .gz file; read failures as DataError."""
-    opener = gzip.open if path.suffix == ".gz" else open
+    """(line number, line) for each non-blank line of a text or .gz file; read failures as DataError.
+
+    A plain text file must end with a newline: one cut mid-line can end in a shortened item id that
+    is still valid (a .gz file carries its own integrity check instead).
+    """
+    compressed = path.suffix == ".gz"
+    opener = gzip.open if compressed else open
     number, seen = 0, False
     try:
         with (
@@ -198,6 +203,12 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
             tqdm(f, desc=f"reading {path.name}", unit=" lines", unit_scale=True, leave=False) as bar,
         ):
             for number, line in enumerate(bar, 1):
+                if not (compressed or line.endswith("\n")):
+                    raise DataError(
+                        f"{path}:{number}: the file does not end with a newline, so its last line may be cut "
+                        f"short ({line[-40:]!r}): get the complete file again, or add the final newline if "
+                        f"the file is whole"
+                    )
                 if line.strip():
                     seen = True
                     yield number, line
