@@ -4,11 +4,13 @@ as one process: the loss sees the global batch, and export shards merge in item 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from accelerate import Accelerator, debug_launcher
 from accelerate.state import AcceleratorState, PartialState
 
 from sda_lib import adapters
-from sda_lib.adapt import AdaptConfig, AlignmentObjective, batch_items, local_share, pair_batch
+from sda_lib import adapt
+from sda_lib.adapt import AdaptConfig, AlignmentObjective, batch_items, local_share, pair_batch, train_adapter
 from sda_lib.backbone import load_backbone
 from sda_lib.data import load_prepared
 from sda_lib.export import export_embeddings
@@ -97,3 +99,37 @@ def test_two_process_export_equals_one_process(toy_tiny, tmp_path):
     np.testing.assert_allclose(two.features, one.features, atol=1e-4)
     assert two.manifest["item_order"] == one.manifest["item_order"]
     assert not (tmp_path / "two.parts").exists()
+
+
+def train_two_processes(data_folder, out, stop_at_call=None):
+    """A short adaptation on every process; with `stop_at_call`, every process is interrupted when it
+    builds that batch (after the checkpoint at step 2)."""
+    _fresh_accelerate_state()
+    torch.set_num_threads(1)
+    if stop_at_call is not None:
+        real, calls = adapt.pair_batch, []
+
+        def interrupted(*args, **kw):
+            calls.append(1)
+            if len(calls) == stop_at_call:
+                raise RuntimeError("interrupted")
+            return real(*args, **kw)
+
+        adapt.pair_batch = interrupted
+    config = AdaptConfig(steps=4, batch_size=8, checkpoint_every=2, lr=1e-3)
+    train_adapter(load_backbone("tiny"), load_prepared(data_folder), config, out, progress=False)
+
+
+def test_two_process_resume_reaches_the_same_adapter(toy_tiny, tmp_path):
+    debug_launcher(train_two_processes, args=(toy_tiny.folder, tmp_path / "full"), num_processes=2)
+    with pytest.raises(Exception):
+        debug_launcher(train_two_processes, args=(toy_tiny.folder, tmp_path / "cut", 4), num_processes=2)
+    assert not (tmp_path / "cut" / "adapter").exists()
+    assert sorted(p.name for p in (tmp_path / "cut" / "checkpoints").iterdir()) == ["checkpoint_0"]
+    assert {p.name for p in (tmp_path / "cut" / "checkpoints" / "checkpoint_0").glob("random_states_*")} == {
+        "random_states_0.pkl", "random_states_1.pkl"}, "each process keeps its own generators"
+    debug_launcher(train_two_processes, args=(toy_tiny.folder, tmp_path / "cut"), num_processes=2)
+    full = load_file(str(tmp_path / "full" / "adapter" / "adapter.safetensors"))
+    resumed = load_file(str(tmp_path / "cut" / "adapter" / "adapter.safetensors"))
+    assert full.keys() == resumed.keys()
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
