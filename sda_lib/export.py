@@ -26,16 +26,36 @@ from .moda import IMAGE, TEXT
 def embed_items(backbone, dataset, items=None, batch_size: int = 32, progress: bool = True):
     """(text, image) float32 embeddings of `items` (default all), adapter merged per modality.
 
-    Opens the images of `items` at once: callers bound memory by passing chunks."""
+    Opens the images of `items` at once: callers bound memory by passing chunks. An image that
+    fails is named with its item and file."""
     items = np.arange(dataset.n_items) if items is None else np.asarray(items)
-    fields, paths = dataset.item_fields(), dataset.image_paths()
+    fields, paths, ids = dataset.item_fields(), dataset.image_paths(), dataset.items["item_id"].to_numpy()
     rows = [fields[i] for i in items]
     with adapters.merged(backbone.model, TEXT):
         text = backbone.embed(rows, modality="text", batch_size=batch_size, progress=progress)
-    images = [load_image(paths[i]) for i in items]
-    with adapters.merged(backbone.model, IMAGE):
-        image = backbone.embed(rows, images=images, modality="image", batch_size=batch_size, progress=progress)
+    images = []
+    for i in items:
+        try:
+            images.append(load_image(paths[i]))
+        except OSError as err:
+            raise ImageError(f"item {ids[i]!r}: its image {paths[i]} cannot be read ({err}); prepare the dataset "
+                             "again with --force, which gives unreadable images the placeholder") from err
+    try:
+        with adapters.merged(backbone.model, IMAGE):
+            image = backbone.embed(rows, images=images, modality="image", batch_size=batch_size, progress=progress)
+    except Exception:
+        for i, img in zip(items, images):  # the batch failed: find the image that fails alone
+            try:
+                backbone.inputs(images=[img])
+            except Exception as err:
+                raise ImageError(f"item {ids[i]!r}: the backbone's processor rejects its image {paths[i]} "
+                                 f"({img.width}x{img.height} px): {err}") from err
+        raise
     return text, image
+
+
+class ImageError(ValueError):
+    """An item image that cannot be embedded: the message names the item and the file."""
 
 
 def export_embeddings(backbone, dataset, out: str | Path, adapter: str | Path | None = None,

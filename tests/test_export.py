@@ -1,5 +1,7 @@
 """Export: merged adapter == routed adapter, resumable chunks, manifests that refuse the wrong data."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -124,6 +126,26 @@ def test_bf16_path_adapts_merges_and_exports(toy_tiny, tmp_path, monkeypatch):
                                        adapter=adapter, chunk=16, progress=False)
     assert np.array_equal(resumed.text, full.text) and np.array_equal(resumed.image, full.image)
     assert full.features.shape == (toy_tiny.n_items, 128)
+
+
+def test_an_image_that_fails_names_its_item_and_file(toy_tiny, tmp_path):
+    """An image the processor rejects (aspect ratio over 200) and one that no longer decodes."""
+    from PIL import Image
+
+    paths = toy_tiny.image_paths()
+    thin = tmp_path / "thin.png"
+    Image.new("RGB", (1, 300), "red").save(thin)
+    items = toy_tiny.items.copy()
+    items.loc[3, "image_path"] = str(thin)
+    data = dataclasses.replace(toy_tiny, items=items)
+    with pytest.raises(export.ImageError, match=rf"item '{items.loc[3, 'item_id']}'.*{thin}.*1x300 px.*aspect ratio"):
+        export.embed_items(load_backbone("tiny"), data, np.arange(8), progress=False)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(paths[2].read_bytes()[:40])
+    items.loc[3, "image_path"] = str(broken)
+    with pytest.raises(export.ImageError, match=rf"item '{items.loc[3, 'item_id']}': its image {broken} cannot be read"):
+        export.embed_items(load_backbone("tiny"), dataclasses.replace(toy_tiny, items=items), np.arange(8),
+                           progress=False)
 
 
 def test_feature_table_refuses_wrong_data(toy_tiny, tmp_path):
