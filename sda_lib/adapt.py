@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from . import adapters
+from .cmsa import FORMS as CMSA_FORMS
 from .cmsa import Temperature, cmsa_loss, infonce_loss
 from .features import item_order_checksum
 from .io import atomic_path, ensure_writable, read_json, write_json
@@ -56,8 +57,7 @@ class AdaptConfig:
     adapt_vision: bool = False
     tau: float = 3.0
     learn_tau: bool = True
-    normalize: bool = True
-    detach_teacher: bool = True
+    cmsa_form: str = "authors"  # authors | paper (equation 3 as printed) | stable (see sda_lib.cmsa)
     steps: int = 200
     batch_size: int = 32
     grad_accum: int = 1
@@ -74,6 +74,8 @@ class AdaptConfig:
     def __post_init__(self):
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
+        if self.cmsa_form not in CMSA_FORMS:
+            raise ValueError(f"unknown cmsa_form {self.cmsa_form!r}; choose one of {', '.join(CMSA_FORMS)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.adapter not in adapters.KINDS:
@@ -142,7 +144,7 @@ class AlignmentObjective(nn.Module):
     def __init__(self, backbone, config: AdaptConfig, gather: bool = True):
         super().__init__()
         self.encoder = backbone.encoder
-        self.temperature = Temperature(config.tau, config.learn_tau)
+        self.temperature = Temperature(config.tau, config.learn_tau, log_space=config.cmsa_form == "stable")
         self.config, self.gather = config, gather
         self._route = functools.partial(adapters.modality, backbone.model)  # not a submodule
 
@@ -155,8 +157,8 @@ class AlignmentObjective(nn.Module):
             a, b = gather_rows(a), gather_rows(b)
         tau, c = self.temperature(), self.config
         if c.loss == "infonce":
-            return infonce_loss(a, b, tau, c.normalize)
-        return cmsa_loss(a, b, tau, c.normalize, c.detach_teacher)
+            return infonce_loss(a, b, tau)
+        return cmsa_loss(a, b, tau, c.cmsa_form)
 
 
 def local_share(items: np.ndarray, accelerator) -> np.ndarray:

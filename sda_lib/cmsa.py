@@ -6,7 +6,9 @@ teacher built from how items resemble each other within each modality:
     T = softmax_j(τ/2 · (e_t e_tᵀ + e_v e_vᵀ))
     L = 1/(2N) · Σ_i [ KL(T_i,: ‖ softmax(S)_i,:) + KL(T_:,i ‖ softmax(Sᵀ)_i,:) ]
 
-so items that look or read alike are not pushed apart as false negatives.
+so items that look or read alike are not pushed apart as false negatives. `cmsa_loss` computes it
+as the authors' code does (the default), as equation 3 is printed, or in the workbench's
+normalised, detached form; docs/FIDELITY.md compares the three.
 """
 
 from __future__ import annotations
@@ -18,52 +20,83 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class Temperature(nn.Module):
-    """τ, learnable or fixed, stored as log τ so that it stays positive; starts at 3 as in SDA."""
+FORMS = ("authors", "paper", "stable")
+PROJECTED_DIM = 768
 
-    def __init__(self, init: float = 3.0, learnable: bool = True):
+
+class Temperature(nn.Module):
+    """τ, learnable or fixed, starting at 3 as in SDA. `log_space` stores log τ so that τ stays
+    positive ("stable"); the authors train τ itself, a plain parameter."""
+
+    def __init__(self, init: float = 3.0, learnable: bool = True, log_space: bool = False):
         super().__init__()
         if not init > 0:
             raise ValueError(f"Temperature init must be > 0, got {init}")
-        log_tau = torch.tensor(math.log(init))
+        self.log_space = log_space
+        value = torch.tensor(math.log(init) if log_space else float(init))
         if learnable:
-            self.log_tau = nn.Parameter(log_tau)
+            self.value = nn.Parameter(value)
         else:
-            self.register_buffer("log_tau", log_tau)
+            self.register_buffer("value", value)
 
     def forward(self) -> torch.Tensor:
-        return self.log_tau.exp()
+        return self.value.exp() if self.log_space else self.value
 
 
-def cmsa_loss(
-    e_t: torch.Tensor,
-    e_v: torch.Tensor,
-    tau: float | torch.Tensor,
-    normalize: bool = True,
-    detach_teacher: bool = True,
-) -> torch.Tensor:
-    """The CMSA loss of N paired embeddings e_t, e_v [N, D].
+def group_mean(x: torch.Tensor, d: int = PROJECTED_DIM) -> torch.Tensor:
+    """The authors' parameter-free projection to d_m = 768: contiguous feature groups averaged, the
+    first groups one feature narrower when d does not divide the width (3584 -> 256 groups of 4,
+    then 512 groups of 5, exactly their hard-coded split). Widths up to d pass unchanged."""
+    width = x.shape[-1]
+    if width <= d:
+        return x
+    q, wide = divmod(width, d)
+    split = (d - wide) * q
+    narrow = x[..., :split].unflatten(-1, (d - wide, q)).mean(-1)
+    return torch.cat([narrow, x[..., split:].unflatten(-1, (wide, q + 1)).mean(-1)], dim=-1)
 
-    normalize=True: L2-normalise first, so dot products lie in [-1, 1] and τ means the same on
-    every backbone whatever the scale of its hidden states.
-    detach_teacher=True: the teacher is a target, not a prediction; left in the graph, the encoder
-    could lower the loss by moving the target towards the student (collapse) instead of learning.
 
-    The second term's target is T_:,i, the column-wise softmax of the teacher logits read as a
-    row. The teacher logits are symmetric, so this equals T_i,:; it is still computed as a column
-    softmax so the code follows the formula and not an identity it relies on.
+def cmsa_loss(e_t: torch.Tensor, e_v: torch.Tensor, tau: float | torch.Tensor, form: str = "authors") -> torch.Tensor:
+    """The CMSA loss of N paired embeddings e_t, e_v [N, D], in one of three forms.
+
+    With S = e_t e_vᵀ / τ and the row-softmaxed teacher T = softmax_j(τ/2 (e_t e_tᵀ + e_v e_vᵀ)):
+
+    "authors" (their Contrastive_Loss, the default): embeddings projected by `group_mean`, not
+        normalised; the teacher stays in the graph; cross-entropy against soft targets, the image
+        rows of Sᵀ against T and the text rows of S against Tᵀ (the plain transpose, whose rows
+        need not sum to 1): L = -1/(2N) Σ_ij [T_ij log softmax(Sᵀ)_ij + T_ji log softmax(S)_ij].
+    "paper" (equation 3 as printed): projected, not normalised, teacher in the graph,
+        L = 1/(2N) Σ_i [KL(T_i,: ‖ softmax(S)_i,:) + KL(T_:,i ‖ softmax(Sᵀ)_i,:)], T_:,i read
+        literally as column i of T.
+    "stable" (the workbench's own): L2-normalised, so τ means the same on every backbone whatever
+        the scale of its hidden states (unnormalised LVLM states make T nearly one-hot and S huge);
+        teacher detached, so the encoder cannot lower the loss by moving its own target; the KL of
+        equation 3 with T_:,i taken as the column softmax, a distribution (equal to T_i,: here,
+        since the teacher logits are symmetric).
     """
-    e_t, e_v = _paired(e_t, e_v, normalize)
+    if form not in FORMS:
+        raise ValueError(f"unknown CMSA form {form!r}; choose one of {', '.join(FORMS)}")
+    e_t, e_v = _paired(e_t, e_v, normalize=form == "stable")
+    if form != "stable":
+        e_t, e_v = group_mean(e_t), group_mean(e_v)
     tau = torch.as_tensor(tau, dtype=e_t.dtype, device=e_t.device)
     scores = e_t @ e_v.T / tau
     teacher_logits = (tau / 2) * (e_t @ e_t.T + e_v @ e_v.T)
-    if detach_teacher:
-        teacher_logits = teacher_logits.detach()
-    log_teacher_rows = F.log_softmax(teacher_logits, dim=1)  # row i: T_i,:
-    log_teacher_cols = F.log_softmax(teacher_logits, dim=0).T  # row i: T_:,i
-    text_to_image = F.kl_div(F.log_softmax(scores, dim=1), log_teacher_rows, reduction="sum", log_target=True)
-    image_to_text = F.kl_div(F.log_softmax(scores.T, dim=1), log_teacher_cols, reduction="sum", log_target=True)
-    loss = (text_to_image + image_to_text) / (2 * e_t.shape[0])
+    log_text_rows, log_image_rows = F.log_softmax(scores, dim=1), F.log_softmax(scores.T, dim=1)
+    if form == "stable":
+        log_teacher = F.log_softmax(teacher_logits.detach(), dim=1)
+        log_columns = F.log_softmax(teacher_logits.detach(), dim=0).T
+        loss = (F.kl_div(log_text_rows, log_teacher, reduction="sum", log_target=True)
+                + F.kl_div(log_image_rows, log_columns, reduction="sum", log_target=True))
+    else:
+        teacher = torch.softmax(teacher_logits, dim=1)
+        if form == "authors":
+            loss = -((teacher * log_image_rows).sum() + (teacher.T * log_text_rows).sum())
+        else:
+            log_teacher = torch.log_softmax(teacher_logits, dim=1)
+            loss = ((teacher * (log_teacher - log_text_rows)).sum()
+                    + (teacher.T * (log_teacher.T - log_image_rows)).sum())
+    loss = loss / (2 * e_t.shape[0])
     _check_finite(loss, tau, "CMSA")
     return loss
 

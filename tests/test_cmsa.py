@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from sda_lib.cmsa import Temperature, cmsa_loss, infonce_loss
+from sda_lib.cmsa import group_mean as group_mean_torch
 
 
 def softmax(a, axis):
@@ -16,28 +17,45 @@ def unit(a):
     return a / np.linalg.norm(a, axis=1, keepdims=True)
 
 
-def numpy_cmsa(et, ev, tau, normalize=True):
-    """L = 1/(2N) Σ_i [KL(T_i,: ‖ softmax(S)_i,:) + KL(T_:,i ‖ softmax(Sᵀ)_i,:)], term by term."""
-    if normalize:
+def group_mean(x, d):
+    """The authors' hard-coded 3584 -> 768 split, generalised: (d - wide) groups of q, then wide of q + 1."""
+    width = x.shape[1]
+    if width <= d:
+        return x
+    q, wide = divmod(width, d)
+    sizes = [q] * (d - wide) + [q + 1] * wide
+    bounds = np.cumsum([0] + sizes)
+    return np.stack([x[:, a:b].mean(axis=1) for a, b in zip(bounds[:-1], bounds[1:])], axis=1)
+
+
+def numpy_cmsa(et, ev, tau, form, d=768):
+    """Each form term by term, with T the row softmax of the teacher logits."""
+    if form == "stable":
         et, ev = unit(et), unit(ev)
+    else:
+        et, ev = group_mean(et, d), group_mean(ev, d)
     n = len(et)
     s = et @ ev.T / tau
     teacher_logits = tau / 2 * (et @ et.T + ev @ ev.T)
-    t_rows = softmax(teacher_logits, axis=1)  # T[i, j] = softmax over j
-    t_cols = softmax(teacher_logits, axis=0)  # T[j, i] = softmax over j (column i)
-    p = softmax(s, axis=1)
-    q = softmax(s.T, axis=1)
+    t = softmax(teacher_logits, axis=1)  # T[i, j] = softmax over j
+    t_cols = softmax(teacher_logits, axis=0)  # column softmax: T'[j, i] = softmax over j
+    p = softmax(s, axis=1)  # text row i over images
+    q = softmax(s.T, axis=1)  # image row i over texts
     total = 0.0
     for i in range(n):
         for j in range(n):
-            total += t_rows[i, j] * np.log(t_rows[i, j] / p[i, j])
-            total += t_cols[j, i] * np.log(t_cols[j, i] / q[i, j])
+            if form == "authors":  # image rows against T, text rows against T transposed
+                total -= t[i, j] * np.log(q[i, j]) + t[j, i] * np.log(p[i, j])
+            elif form == "paper":  # KL(T_i,: || P_i,:) + KL(T_:,i || Q_i,:), T_:,i as printed
+                total += t[i, j] * np.log(t[i, j] / p[i, j]) + t[j, i] * np.log(t[j, i] / q[i, j])
+            else:
+                total += t[i, j] * np.log(t[i, j] / p[i, j]) + t_cols[j, i] * np.log(t_cols[j, i] / q[i, j])
     return total / (2 * n)
 
 
 def numpy_student_grad(et, ev, tau):
-    """dL/de_t, dL/de_v and dL/dτ with the teacher held constant (no normalisation):
-    dL/dS = (P - T_rows + Qᵀ - T_cols) / 2N, and S = e_t e_vᵀ / τ."""
+    """"stable" without its normalisation: dL/de_t, dL/de_v and dL/dτ with the teacher held
+    constant: dL/dS = (P - T_rows + Qᵀ - T_cols) / 2N, and S = e_t e_vᵀ / τ."""
     n = len(et)
     s = et @ ev.T / tau
     teacher_logits = tau / 2 * (et @ et.T + ev @ ev.T)
@@ -49,6 +67,7 @@ EXAMPLES = [
     (np.array([[1.0, 0.0], [0.6, 0.8]]), np.array([[0.8, 0.6], [0.0, 1.0]]), 0.5),
     (np.array([[1.0, 2.0], [-1.0, 0.5], [0.3, -2.0]]), np.array([[2.0, 1.0], [0.0, 1.0], [1.0, -1.0]]), 3.0),
 ]
+FORMS = ("authors", "paper", "stable")
 
 
 def t64(a):
@@ -56,54 +75,101 @@ def t64(a):
 
 
 @pytest.mark.parametrize("et, ev, tau", EXAMPLES)
-@pytest.mark.parametrize("normalize", [True, False])
-def test_cmsa_matches_hand_computation(et, ev, tau, normalize):
-    got = cmsa_loss(t64(et), t64(ev), tau, normalize=normalize)
-    assert got.item() == pytest.approx(numpy_cmsa(et, ev, tau, normalize), rel=1e-10)
+@pytest.mark.parametrize("form", FORMS)
+def test_cmsa_matches_hand_computation(et, ev, tau, form):
+    got = cmsa_loss(t64(et), t64(ev), tau, form)
+    assert got.item() == pytest.approx(numpy_cmsa(et, ev, tau, form), rel=1e-10)
+
+
+def test_forms_differ_where_they_should():
+    et, ev, tau = EXAMPLES[1]
+    losses = {form: numpy_cmsa(et, ev, tau, form) for form in FORMS}
+    assert len({round(v, 8) for v in losses.values()}) == 3
+    # authors' cross-entropy = the paper's KL + the teacher's (row and transposed) entropy terms
+    e_t, e_v = et, ev
+    t = softmax(tau / 2 * (e_t @ e_t.T + e_v @ e_v.T), axis=1)
+    entropy = -(t * np.log(t)).sum() - (t.T * np.log(t.T)).sum()
+    mirrored = numpy_cmsa(ev, et, tau, "paper")  # the authors' roles of S and Sᵀ are swapped
+    assert losses["authors"] == pytest.approx(mirrored + entropy / (2 * len(et)), rel=1e-10)
+
+
+def test_group_mean_is_the_authors_split():
+    x = torch.arange(2 * 3584, dtype=torch.float64).reshape(2, 3584)
+    got = group_mean_torch(x)
+    assert got.shape == (2, 768)
+    assert got[0, 0].item() == pytest.approx(np.mean([0, 1, 2, 3]))  # dims 0..1023 in groups of 4
+    assert got[0, 255].item() == pytest.approx(np.mean([1020, 1021, 1022, 1023]))
+    assert got[0, 256].item() == pytest.approx(np.mean([1024, 1025, 1026, 1027, 1028]))  # then groups of 5
+    assert got[1, 767].item() == pytest.approx(3584 + np.mean([3579, 3580, 3581, 3582, 3583]))
+    np.testing.assert_allclose(got.numpy(), group_mean(x.numpy(), 768))
+    narrow = torch.randn(3, 64)
+    assert group_mean_torch(narrow) is narrow  # the presets' widths pass unchanged
+    wide = np.random.default_rng(0).normal(size=(4, 1000))
+    np.testing.assert_allclose(group_mean_torch(t64(wide), 7).numpy(), group_mean(wide, 7))
+
+
+def test_projection_enters_the_authors_and_paper_forms():
+    rng = np.random.default_rng(3)
+    et, ev = rng.normal(size=(4, 1600)) * 0.05, rng.normal(size=(4, 1600)) * 0.05
+    for form in ("authors", "paper"):
+        assert cmsa_loss(t64(et), t64(ev), 3.0, form).item() == pytest.approx(numpy_cmsa(et, ev, 3.0, form), rel=1e-9)
 
 
 def test_cmsa_non_negative_and_positive_off_target():
     g = torch.Generator().manual_seed(0)
     for tau in (0.05, 1.0, 3.0):
         e_t, e_v = torch.randn(8, 5, generator=g), torch.randn(8, 5, generator=g)
-        assert cmsa_loss(e_t, e_v, tau).item() > 0
+        assert cmsa_loss(e_t, e_v, tau, "stable").item() > 0
 
 
-def test_cmsa_zero_when_student_equals_teacher():
+def test_stable_zero_when_student_equals_teacher():
     # e_t = e_v and τ = 1: S = e eᵀ and the teacher logits 1/2 (e eᵀ + e eᵀ) are the same matrix.
     e = torch.randn(6, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    assert cmsa_loss(e, e, 1.0).item() == pytest.approx(0.0, abs=1e-12)
-    assert cmsa_loss(e, e, 2.0).item() > 1e-3  # same embeddings, other τ: student ≠ teacher
+    assert cmsa_loss(e, e, 1.0, "stable").item() == pytest.approx(0.0, abs=1e-12)
+    assert cmsa_loss(e, e, 2.0, "stable").item() > 1e-3  # same embeddings, other τ: student ≠ teacher
 
 
-def _grads(et, ev, tau, detach_teacher):
-    e_t, e_v = t64(et).requires_grad_(), t64(ev).requires_grad_()
-    log_tau = torch.tensor(np.log(tau), dtype=torch.float64, requires_grad=True)
-    cmsa_loss(e_t, e_v, log_tau.exp(), normalize=False, detach_teacher=detach_teacher).backward()
-    return e_t.grad.numpy(), e_v.grad.numpy(), log_tau.grad.item()
-
-
-@pytest.mark.parametrize("et, ev, tau", EXAMPLES)
-def test_detached_teacher_gives_student_only_gradient(et, ev, tau):
-    g_t, g_v, g_log_tau = _grads(et, ev, tau, detach_teacher=True)
-    want_t, want_v, want_tau = numpy_student_grad(et, ev, tau)
-    np.testing.assert_allclose(g_t, want_t, rtol=1e-8, atol=1e-12)
-    np.testing.assert_allclose(g_v, want_v, rtol=1e-8, atol=1e-12)
-    assert g_log_tau == pytest.approx(tau * want_tau, rel=1e-8)
-
-
-@pytest.mark.parametrize("et, ev, tau", EXAMPLES)
-def test_attached_teacher_gradient_is_the_full_derivative(et, ev, tau):
-    g_t, _, _ = _grads(et, ev, tau, detach_teacher=False)
-    eps = 1e-6
-    numeric = np.zeros_like(et)
-    for idx in np.ndindex(et.shape):
-        up, down = et.copy(), et.copy()
+def _numeric_grad(f, x, eps=1e-6):
+    out = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        up, down = x.copy(), x.copy()
         up[idx] += eps
         down[idx] -= eps
-        numeric[idx] = (numpy_cmsa(up, ev, tau, False) - numpy_cmsa(down, ev, tau, False)) / (2 * eps)
-    np.testing.assert_allclose(g_t, numeric, rtol=1e-5, atol=1e-8)
-    assert not np.allclose(numeric, numpy_student_grad(et, ev, tau)[0], atol=1e-6)
+        out[idx] = (f(up) - f(down)) / (2 * eps)
+    return out
+
+
+@pytest.mark.parametrize("et, ev, tau", EXAMPLES)
+@pytest.mark.parametrize("form", ["authors", "paper"])
+def test_teacher_in_the_graph_gives_the_full_derivative(et, ev, tau, form):
+    """The authors' and the printed forms differentiate through the teacher too: autograd equals
+    finite differences of the numpy transcription, for e_t, e_v and τ."""
+    e_t, e_v = t64(et).requires_grad_(), t64(ev).requires_grad_()
+    tau_t = torch.tensor(tau, dtype=torch.float64, requires_grad=True)
+    cmsa_loss(e_t, e_v, tau_t, form).backward()
+    np.testing.assert_allclose(e_t.grad.numpy(), _numeric_grad(lambda x: numpy_cmsa(x, ev, tau, form), et),
+                               rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(e_v.grad.numpy(), _numeric_grad(lambda x: numpy_cmsa(et, x, tau, form), ev),
+                               rtol=1e-5, atol=1e-8)
+    numeric_tau = (numpy_cmsa(et, ev, tau + 1e-6, form) - numpy_cmsa(et, ev, tau - 1e-6, form)) / 2e-6
+    assert tau_t.grad.item() == pytest.approx(numeric_tau, rel=1e-5)
+    assert not np.allclose(e_t.grad.numpy(), numpy_student_grad(et, ev, tau)[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("et, ev, tau", EXAMPLES)
+def test_stable_detached_teacher_gives_student_only_gradient(et, ev, tau):
+    """With the normalisation folded in by finite differences of the numpy transcription, and
+    without it by the closed form of the student-only gradient."""
+    e_t, e_v = t64(et).requires_grad_(), t64(ev).requires_grad_()
+    log_tau = torch.tensor(np.log(tau), dtype=torch.float64, requires_grad=True)
+    cmsa_loss(e_t, e_v, log_tau.exp(), "stable").backward()
+    a, b = unit(et), unit(ev)
+    # d unit(x)/dx applied to the student gradient at the unit vectors
+    g_a, g_b, g_tau = numpy_student_grad(a, b, tau)
+    project = lambda x, g: (g - (g * unit(x)).sum(1, keepdims=True) * unit(x)) / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    np.testing.assert_allclose(e_t.grad.numpy(), project(et, g_a), rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(e_v.grad.numpy(), project(ev, g_b), rtol=1e-8, atol=1e-12)
+    assert log_tau.grad.item() == pytest.approx(tau * g_tau, rel=1e-8)
 
 
 @pytest.mark.parametrize("et, ev, tau", EXAMPLES)
@@ -117,13 +183,15 @@ def test_infonce_matches_hand_computation(et, ev, tau):
 
 
 def test_temperature_learnable_positive_and_receives_gradient():
-    tau = Temperature()
+    plain = Temperature()  # the authors' plain parameter
+    assert plain().item() == 3.0 and plain.value.item() == 3.0
+    tau = Temperature(log_space=True)
     assert tau().item() == pytest.approx(3.0)
     e = torch.randn(4, 3, generator=torch.Generator().manual_seed(2))
-    cmsa_loss(e, torch.randn(4, 3), tau()).backward()
-    assert tau.log_tau.grad is not None and tau.log_tau.grad.abs().item() > 0
+    cmsa_loss(e, torch.randn(4, 3), tau(), "stable").backward()
+    assert tau.value.grad is not None and tau.value.grad.abs().item() > 0
     with torch.no_grad():
-        tau.log_tau -= 100  # any log value still gives a positive τ
+        tau.value -= 100  # any log value still gives a positive τ
     assert tau().item() > 0
     fixed = Temperature(0.07, learnable=False)
     assert list(fixed.parameters()) == [] and fixed().item() == pytest.approx(0.07)
@@ -142,3 +210,5 @@ def test_non_finite_loss_raises_with_value_and_tau():
 def test_shape_mismatch_is_refused():
     with pytest.raises(ValueError, match=r"\(3, 2\) and \(4, 2\)"):
         cmsa_loss(torch.randn(3, 2), torch.randn(4, 2), 1.0)
+    with pytest.raises(ValueError, match="unknown CMSA form 'kl'"):
+        cmsa_loss(torch.randn(3, 2), torch.randn(3, 2), 1.0, "kl")

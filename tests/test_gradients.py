@@ -155,7 +155,8 @@ def tiny_dataset(tmp_path):
     for i, img in enumerate(images(len(TEXTS), seed=3)):
         paths.append(tmp_path / f"{i}.png")
         img.save(paths[-1])
-    return SimpleNamespace(name="five", n_items=len(TEXTS), item_fields=lambda: TEXTS, image_paths=lambda: paths)
+    return SimpleNamespace(name="five", n_items=len(TEXTS), item_fields=lambda: TEXTS, image_paths=lambda: paths,
+                           items=pd.DataFrame({"item_id": [f"i{k}" for k in range(len(TEXTS))]}))
 
 
 def test_track_conflict_does_not_disturb_training(tiny_dataset, tmp_path):

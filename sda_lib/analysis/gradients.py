@@ -62,8 +62,7 @@ def last_layer_b(model: torch.nn.Module, projections=PROJECTIONS) -> list[Adapte
 
 
 def path_gradients(backbone, texts: list[dict], images: list, tau: float | torch.Tensor,
-                   weights: list[torch.Tensor], normalize: bool = True,
-                   detach_teacher: bool = True) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+                   weights: list[torch.Tensor], form: str = "authors") -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Gradients of the CMSA loss on one batch w.r.t. `weights`, through the text path only (image
     embeddings detached) and through the image path only (text embeddings detached).
 
@@ -72,8 +71,8 @@ def path_gradients(backbone, texts: list[dict], images: list, tau: float | torch
     """
     e_t = embed_rows(backbone, moda.TEXT, texts=texts)
     e_v = embed_rows(backbone, moda.IMAGE, images=images)
-    text_path = torch.autograd.grad(cmsa_loss(e_t, e_v.detach(), tau, normalize, detach_teacher), weights)
-    image_path = torch.autograd.grad(cmsa_loss(e_t.detach(), e_v, tau, normalize, detach_teacher), weights)
+    text_path = torch.autograd.grad(cmsa_loss(e_t, e_v.detach(), tau, form), weights)
+    image_path = torch.autograd.grad(cmsa_loss(e_t.detach(), e_v, tau, form), weights)
     return list(text_path), list(image_path)
 
 
@@ -93,8 +92,8 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(a @ b / denom) if denom > 0 else float("nan")
 
 
-def conflict(backbone, texts: list[dict], images: list, tau: float | torch.Tensor, normalize: bool = True,
-             detach_teacher: bool = True) -> pd.DataFrame:
+def conflict(backbone, texts: list[dict], images: list, tau: float | torch.Tensor,
+             form: str = "authors") -> pd.DataFrame:
     """Text-path vs image-path gradient cosine on one batch, for q_proj, k_proj and both together,
     over the whole B and each expert. Measured in eval mode (no dropout), so it is deterministic.
 
@@ -106,7 +105,7 @@ def conflict(backbone, texts: list[dict], images: list, tau: float | torch.Tenso
     model.eval()
     try:
         grads_t, grads_v = path_gradients(backbone, texts, images, tau, [b.weight for b in targets],
-                                          normalize, detach_teacher)
+                                          form)
     finally:
         model.train(was_training)
     text = {b.projection: expert_blocks(g, b.expert_rank) for b, g in zip(targets, grads_t)}
@@ -141,7 +140,7 @@ def track_conflict(backbone, dataset, config: AdaptConfig, out: str | Path, ever
     def measure(step, objective):
         if step == 1 or step % every == 0 or step == config.steps:
             tau = objective.temperature().detach()
-            frame = conflict(backbone, texts, images, tau, config.normalize, config.detach_teacher)
+            frame = conflict(backbone, texts, images, tau, config.cmsa_form)
             frames.append(frame.assign(adapter=config.adapter, step=step, tau=float(tau)))
 
     out = Path(out)
