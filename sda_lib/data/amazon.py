@@ -66,32 +66,24 @@ def load_amazon(
     `download_images`, fetched from the raw meta's imUrl into `image_cache` (default
     ~/.cache/sda-workbench/images/<name>); else every item has image_path None.
     """
-    if name not in CATEGORIES:
-        raise ValueError(f"unknown Amazon dataset name {name!r}: expected one of {sorted(CATEGORIES)}")
-    category = CATEGORIES[name]
-    folder = Path(source).expanduser()
-    raw = (folder / f"reviews_{category}_5.json.gz", folder / f"meta_{category}.json.gz")
-    preprocessed = (folder / f"{category}.txt", folder / "items.jsonl")
-    if all(path.is_file() for path in raw):
-        form = "raw"
-        items, interactions, counts = _load_raw(*raw)
-    elif all(path.is_file() for path in preprocessed):
-        form = "preprocessed"
+    form, files = source_files(name, source)
+    category, folder = CATEGORIES[name], Path(source).expanduser()
+    if form == "raw":
+        items, interactions, counts = _load_raw(*files)
+    else:
         if download_images and images is None:
             raise DataError(
                 f"{folder}: the preprocessed form has no image URLs, so images cannot be downloaded: "
                 f"pass images=<folder of <asin>.jpg files>, or use the raw files "
                 f"(reviews_{category}_5.json.gz, meta_{category}.json.gz) whose imUrl can be fetched"
             )
-        items, interactions, counts = _load_preprocessed(*preprocessed)
-    else:
-        raise DataError(_not_found(folder, category, raw, preprocessed))
+        items, interactions, counts = _load_preprocessed(*files)
 
     asins = items["item_id"] if form == "raw" else items["asin"]
     if images is not None:
         found, image_counts = item_images.find_images(asins, images, workers)
     elif download_images:
-        cache = Path(image_cache) if image_cache is not None else DEFAULT_IMAGE_CACHE / name
+        cache = Path(image_cache) if image_cache is not None else default_image_cache(name)
         urls = {asin: url for asin, url in zip(asins, items["image_url"]) if url}
         image_counts = item_images.download_images(urls, cache, workers)
         found, found_counts = item_images.find_images(asins, cache, workers)
@@ -108,6 +100,25 @@ def load_amazon(
         counts=counts | image_counts,
         source=f"Amazon 2014 {category}, {form} form: {folder}",
     )
+
+
+def source_files(name: str, source: str | os.PathLike) -> tuple[str, tuple[Path, Path]]:
+    """The form found in `source` ("raw", preferred, or "preprocessed") and the two files read."""
+    if name not in CATEGORIES:
+        raise ValueError(f"unknown Amazon dataset name {name!r}: expected one of {sorted(CATEGORIES)}")
+    category = CATEGORIES[name]
+    folder = Path(source).expanduser()
+    raw = (folder / f"reviews_{category}_5.json.gz", folder / f"meta_{category}.json.gz")
+    preprocessed = (folder / f"{category}.txt", folder / "items.jsonl")
+    for form, files in (("raw", raw), ("preprocessed", preprocessed)):
+        if all(path.is_file() for path in files):
+            return form, files
+    raise DataError(_not_found(folder, category, raw, preprocessed))
+
+
+def default_image_cache(name: str) -> Path:
+    """Where `download_images` keeps the images of dataset `name` unless told otherwise."""
+    return (DEFAULT_IMAGE_CACHE / name).expanduser()
 
 
 def _load_raw(reviews_path: Path, meta_path: Path):
