@@ -18,9 +18,9 @@ from PIL import Image
 from ..io import write_json
 from .card import data_card
 from .catalogue import Catalogue, DataError
+from .prepared import PLACEHOLDER_NAME, file_sizes
 
 MIN_INTERACTIONS = 3  # one train, one validation and one test item at least
-PLACEHOLDER_NAME = "placeholder.png"
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,7 @@ def prepare_catalogue(catalogue: Catalogue, folder: Path, params: PrepareParams 
     inter.to_parquet(folder / "interactions.parquet", index=False)
     users.to_parquet(folder / "users.parquet", index=False)
     np.save(folder / "negatives.npy", negatives)
+    card["files"] = file_sizes(folder)
     write_json(folder / "card.json", card)
     return card
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -10,9 +9,62 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..io import read_json
 from .catalogue import DataError
 
-FILES = ("items.parquet", "interactions.parquet", "users.parquet", "negatives.npy", "card.json")
+DATA_FILES = ("items.parquet", "interactions.parquet", "users.parquet", "negatives.npy")
+FILES = (*DATA_FILES, "card.json")
+PLACEHOLDER_NAME = "placeholder.png"  # the image of every item without one
+IMAGES_DIR = "images"  # images drawn by the toy generator
+
+
+def read_card(folder: Path) -> dict | None:
+    """The data card of a prepared folder; None when it is missing, unreadable or not a card."""
+    card = read_json(folder / "card.json")
+    return card if isinstance(card, dict) and {"dataset", "params", "sda_lib"} <= card.keys() else None
+
+
+def file_sizes(folder: Path) -> dict[str, int]:
+    """Sizes of the data files, recorded in the card so a cut or swapped file is noticed."""
+    return {name: (folder / name).stat().st_size for name in DATA_FILES}
+
+
+def damage(folder: Path, card: dict) -> list[str]:
+    """What a prepared folder has lost or had changed since it was written ([] when whole), so a
+    damaged folder is neither loaded nor reused."""
+    recorded = card.get("files", {})  # cards from before sizes were recorded vouch for presence only
+    found = []
+    for name in DATA_FILES:
+        path = folder / name
+        if not path.is_file():
+            found.append(f"{name} is missing")
+        elif name in recorded and path.stat().st_size != recorded[name]:
+            found.append(f"{name} has {path.stat().st_size} bytes, {recorded[name]} when prepared")
+    if found:
+        return found
+    try:
+        items = pd.read_parquet(folder / "items.parquet", columns=["item", "image_path"])
+    except Exception as e:  # pyarrow raises several unrelated types on a damaged file
+        return [f"items.parquet does not read ({e})"]
+    images = items.drop_duplicates("image_path")
+    lost = images[[not (folder / path).is_file() for path in images["image_path"]]]
+    if len(lost):
+        more = f" (and {len(lost) - 1} more images)" if len(lost) > 1 else ""
+        found.append(f"image {lost['image_path'].iloc[0]} of item {lost['item'].iloc[0]} is missing{more}")
+    return found
+
+
+def foreign_entries(folder: Path) -> list[str]:
+    """Entries of `folder` that no preparation writes: replacing the folder would destroy them."""
+    ours = {*FILES, PLACEHOLDER_NAME}
+    foreign = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name == IMAGES_DIR and entry.is_dir() and not entry.is_symlink():
+            foreign += [f"{IMAGES_DIR}/{e.name}" for e in sorted(entry.iterdir())
+                        if not (e.suffix == ".png" and e.is_file() and not e.is_symlink())]
+        elif not (entry.name in ours and entry.is_file() and not entry.is_symlink()):
+            foreign.append(entry.name)
+    return foreign
 
 
 @dataclass
@@ -25,16 +77,23 @@ class PreparedDataset:
 
     @classmethod
     def load(cls, folder: str | Path) -> PreparedDataset:
+        """The dataset in `folder`; a folder that lost or changed a file is refused, naming the file."""
         folder = Path(folder)
-        missing = [f for f in FILES if not (folder / f).exists()]
-        if missing:
+        card = read_card(folder)
+        if card is None:
             raise DataError(
-                f"{folder} is not a prepared dataset (missing {', '.join(missing)}); prepare it with "
+                f"{folder} is not a prepared dataset (missing or unreadable card.json); prepare it with "
                 f"`python -m sda_lib.data prepare {folder.parent.name}` or notebooks/01_data.ipynb"
+            )
+        found = damage(folder, card)
+        if found:
+            raise DataError(
+                f"{folder} is damaged: {'; '.join(found)}. Prepare it again with {_prepare_command(folder, card)} "
+                f"or notebooks/01_data.ipynb: prepare notices the damage and rebuilds the folder"
             )
         return cls(
             folder=folder,
-            card=json.loads((folder / "card.json").read_text()),
+            card=card,
             items=pd.read_parquet(folder / "items.parquet"),
             interactions=pd.read_parquet(folder / "interactions.parquet"),
             negatives=np.load(folder / "negatives.npy"),
@@ -79,3 +138,11 @@ class PreparedDataset:
     def item_fields(self) -> list[dict[str, str]]:
         """Each item's text fields as a dict, in item order (the input of the text prompt)."""
         return self.items[self.text_fields].fillna("").astype(str).to_dict("records")
+
+
+def _prepare_command(folder: Path, card: dict) -> str:
+    command = f"`python -m sda_lib.data prepare {card['dataset']} --out {folder}"
+    source = card.get("source", "")
+    if not Path(source).is_dir():  # toy datasets record a description, not a folder
+        return command + "`"
+    return command + f" --source {source}` (with its --images or --download-images, if any)"
