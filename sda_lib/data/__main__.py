@@ -38,9 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    card = json.loads((out / "card.json").read_text())
-    print(f"prepared {args.name} in {out}")
-    print(format_card(card))
+    print(format_card(json.loads((out / "card.json").read_text())))
     return 0
 
 
