@@ -30,7 +30,7 @@ VARIANTS: dict[str, dict | None] = {
     ZERO_SHOT: None,
     "independent adapters": {"adapter": "independent"},
     "2 experts": {"experts": 2},
-    "8 experts": {"experts": 8},
+    "4 experts": {"experts": 4},
     "tau fixed 1": {"tau": 1.0, "learn_tau": False},
     "tau fixed 3": {"tau": 3.0, "learn_tau": False},
     "tau fixed 10": {"tau": 10.0, "learn_tau": False},

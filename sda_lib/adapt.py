@@ -51,7 +51,7 @@ class AdaptConfig:
     adapter: str = "moda"  # moda | lora (shared, "w/o MoDA") | independent (per-modality LoRAs)
     loss: str = "cmsa"  # cmsa | infonce ("w/o soft target") | text-views ("w/o CMSA")
     r: int = 8
-    experts: int = 4
+    experts: int = 8  # the final scripts (CAMEL_qwen.bash); 4 in their earlier runs
     alpha: float = 32.0
     dropout: float = 0.1
     adapt_vision: bool = False

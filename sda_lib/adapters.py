@@ -25,7 +25,7 @@ KINDS = ("moda", "independent", "lora")
 LORA_CONFIG = "lora_config.json"
 
 
-def attach(model: nn.Module, kind: str, r: int = 8, experts: int = 4, alpha: float = 32,
+def attach(model: nn.Module, kind: str, r: int = 8, experts: int = 8, alpha: float = 32,
            dropout: float = 0.1, adapt_vision: bool = False) -> moda.AdapterReport:
     """Freeze `model` and add a trainable adapter of `kind` to its (language-model) projections."""
     if kind not in KINDS:

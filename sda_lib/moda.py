@@ -72,10 +72,18 @@ class MoDAConfig:
     target_modules: str = LANGUAGE_TARGETS
     adapt_vision: bool = False
     routing: str = "soft"
+    # As the authors' MOELoraLinear: A ~ N(0, 0.01), a gate without bias, one dropout mask per expert.
+    # "kaiming" (peft's LoRA init), gate_bias=True and "shared" masks are the workbench's options;
+    # a shared mask lets the experts' A run as one matmul.
+    init: str = "normal"
+    gate_bias: bool = False
+    dropout_masks: str = "per-expert"
 
     def __post_init__(self):
-        if self.routing not in ("soft", "hard"):
-            raise ValueError(f"MoDAConfig.routing must be 'soft' or 'hard', got {self.routing!r}")
+        for name, allowed in (("routing", ("soft", "hard")), ("init", ("normal", "kaiming")),
+                              ("dropout_masks", ("per-expert", "shared"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"MoDAConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("r", "num_experts", "modality_dim", "num_modalities"):
             if getattr(self, name) < 1:
                 raise ValueError(f"MoDAConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -150,13 +158,17 @@ class MoDALinear(nn.Module):
         kw = dict(device=base.weight.device, dtype=torch.float32)
         self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, **kw))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, **kw))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as peft; B = 0 starts at W0
+        if config.init == "normal":
+            nn.init.normal_(self.lora_A, std=0.01)
+        else:
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as peft; either way B = 0 starts at W0
+        self.per_expert_masks = config.dropout_masks == "per-expert" and config.dropout > 0
         if hard:
             self.modality_embedding = self.gate = None
             self.register_buffer("one_hot", torch.eye(config.num_modalities, **kw), persistent=False)
         else:
             self.modality_embedding = nn.Embedding(config.num_modalities, config.modality_dim, **kw)
-            self.gate = nn.Linear(config.modality_dim, config.num_experts, **kw)
+            self.gate = nn.Linear(config.modality_dim, config.num_experts, bias=config.gate_bias, **kw)
 
     def modality_weights(self) -> torch.Tensor:
         """Expert weights for every modality, [num_modalities, num_experts]: they depend on the
@@ -193,8 +205,15 @@ class MoDALinear(nn.Module):
         scale = self._rank_scale()[self._row_modalities(x)]  # [r] or [rows, r]
         if scale.dim() == 2:
             scale = scale.view(scale.shape[0], *([1] * (x.dim() - 2)), scale.shape[1])
-        hidden = F.linear(self.dropout(x.to(self.lora_A.dtype)), self.lora_A) * scale
+        hidden = self._project_down(x.to(self.lora_A.dtype)) * scale
         return result + F.linear(hidden, self.lora_B).to(result.dtype)
+
+    def _project_down(self, x: torch.Tensor) -> torch.Tensor:
+        """A dropout(x) for all experts: one matmul with a shared mask, one per expert (each with
+        its own mask) when training with per-expert masks."""
+        if not (self.per_expert_masks and self.training):
+            return F.linear(self.dropout(x), self.lora_A)
+        return torch.cat([F.linear(self.dropout(x), a) for a in self.lora_A.split(self.expert_rank)], dim=-1)
 
     def delta_weight(self, modality: int) -> torch.Tensor:
         """(alpha/r) * B diag(repeat(w_m)) A: the weight update this layer applies to `modality`."""

@@ -104,8 +104,9 @@ def test_r_not_divisible_by_experts_is_refused():
         MoDAConfig(routing="sparse")
 
 
-def test_fused_output_equals_per_expert_loop():
-    config = MoDAConfig(r=8, num_experts=4, alpha=16, dropout=0.0)
+@pytest.mark.parametrize("gate_bias", [False, True])
+def test_fused_output_equals_per_expert_loop(gate_bias):
+    config = MoDAConfig(r=8, num_experts=4, alpha=16, dropout=0.0, gate_bias=gate_bias)
     layer = wrapped_linear(config)
     x = torch.randn(3, 5, 16)
     ids = [TEXT, IMAGE, TEXT]
@@ -116,7 +117,8 @@ def test_fused_output_equals_per_expert_loop():
     w0, b0 = layer.base.weight.detach().numpy(), layer.base.bias.detach().numpy()
     a, b = layer.lora_A.detach().numpy(), layer.lora_B.detach().numpy()
     emb = layer.modality_embedding.weight.detach().numpy()
-    gw, gb = layer.gate.weight.detach().numpy(), layer.gate.bias.detach().numpy()
+    gw = layer.gate.weight.detach().numpy()
+    gb = layer.gate.bias.detach().numpy() if gate_bias else 0.0
     k = config.r // config.num_experts
     for row, m in enumerate(ids):
         w = np_softmax(gw @ emb[m] + gb)
@@ -166,7 +168,7 @@ def test_trainable_parameters_counted_by_hand():
     model = tiny_qwen()
     frozen_total = sum(p.numel() for p in model.parameters())
     report = inject_moda(model, config)
-    per_layer = sum(8 * (i + o) for i, o in LANGUAGE_SHAPES) + len(LANGUAGE_SHAPES) * (2 * 64 + 64 * 4 + 4)
+    per_layer = sum(8 * (i + o) for i, o in LANGUAGE_SHAPES) + len(LANGUAGE_SHAPES) * (2 * 64 + 64 * 4)  # gate: no bias
     assert report.trainable == LAYERS * per_layer
     assert report.total == frozen_total + report.trainable
     assert report.percent == pytest.approx(100 * report.trainable / report.total)
@@ -177,6 +179,36 @@ def test_trainable_parameters_counted_by_hand():
     hard = tiny_qwen()
     report = inject_moda(hard, MoDAConfig(r=8, routing="hard"))
     assert report.trainable == LAYERS * sum(2 * 8 * (i + o) for i, o in LANGUAGE_SHAPES)
+
+
+def test_authors_initialisation():
+    layer = wrapped_linear(MoDAConfig(), in_features=512, out_features=64)
+    fresh = MoDALinear(nn.Linear(512, 64), MoDAConfig(), MoDAState(MoDAConfig()), "fresh")
+    assert fresh.lora_A.std().item() == pytest.approx(0.01, rel=0.05)  # N(0, 0.01), 8 x 512 draws
+    assert fresh.lora_A.mean().abs().item() < 0.002
+    assert torch.count_nonzero(fresh.lora_B) == 0 and fresh.gate.bias is None
+    kaiming = MoDALinear(nn.Linear(512, 64), MoDAConfig(init="kaiming"), MoDAState(MoDAConfig()), "k")
+    assert kaiming.lora_A.abs().max().item() == pytest.approx(1 / np.sqrt(512), rel=0.05)  # peft's bound
+    assert layer.gate.bias is None
+
+
+def test_each_expert_draws_its_own_dropout_mask():
+    """With every expert's A the same row, a shared mask gives every expert the same activation and
+    per-expert masks do not; in eval mode both are the plain product."""
+    x = torch.ones(1, 64, 32)
+    acts = {}
+    for masks in ("per-expert", "shared"):
+        config = MoDAConfig(r=4, num_experts=4, dropout=0.5, dropout_masks=masks)
+        layer = MoDALinear(nn.Linear(32, 8), config, MoDAState(config), masks)
+        with torch.no_grad():
+            layer.lora_A.copy_(torch.ones(4, 32))
+        torch.manual_seed(0)
+        acts[masks] = layer.train()._project_down(x)
+        assert torch.equal(layer.eval()._project_down(x), torch.full((1, 64, 4), 32.0))
+    shared, per_expert = acts["shared"], acts["per-expert"]
+    assert torch.equal(shared, shared[..., :1].expand_as(shared))
+    assert not torch.equal(per_expert, per_expert[..., :1].expand_as(per_expert))
+    assert per_expert.mean().item() == pytest.approx(32.0, rel=0.1)  # inverted dropout keeps the mean
 
 
 def test_adapt_vision_adds_vision_block_linears_only():
