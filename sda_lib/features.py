@@ -4,6 +4,8 @@ recommenders.
 A table is a folder holding `text.npy` and `image.npy` (raw per-modality embeddings, item order),
 `features.npy` (the recommender-ready table, text part then image part) and `manifest.json`. The
 manifest pins the dataset and its item order, so a table can never be joined to the wrong items.
+`FeatureTable.part("text")` (or "image") is a view of one part, e.g. to train a recommender on the
+text half of the SDA features alone.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from .io import atomic_dir, write_json
+
+
+PARTS = ("text", "image")  # the parts of `features`, in column order
 
 
 class FeatureError(ValueError):
@@ -39,6 +44,35 @@ class FeatureTable:
         """Widths of the text and image parts of `features` (VBPR and SLMRec use them as channels)."""
         d = self.manifest["dims"]
         return d["features_text"], d["features_image"]
+
+    def part(self, *names: str) -> FeatureTable:
+        """A view holding only the named parts ("text", "image") of the table: `features` keeps
+        those columns, the raw modality left out becomes [items, 0], and the manifest records the
+        parts (`parts`) and the new widths, so the view still checks against its dataset.
+
+        E.g. `table.part("text")` is the text-only half of the SDA features (paper Figure 3)."""
+        names = tuple(dict.fromkeys(names))
+        if not names or set(names) - set(PARTS):
+            raise ValueError(f"parts must be a non-empty selection of {PARTS}, got {names!r}")
+        d_text, d_image = self.split_dims
+        if d_text + d_image != self.features.shape[1]:
+            raise FeatureError(f"feature table for {self.manifest.get('dataset')!r}: manifest dims say {d_text} "
+                               f"text + {d_image} image columns, features.npy has {self.features.shape[1]}; "
+                               "export the table again")
+        widths = {"text": d_text, "image": d_image}
+        empty = [n for n in names if widths[n] == 0]
+        if empty:
+            raise FeatureError(f"feature table for {self.manifest.get('dataset')!r} has no {empty[0]} part "
+                               f"(width 0); choose from the parts it has")
+        columns = {"text": self.features[:, :d_text], "image": self.features[:, d_text:d_text + d_image]}
+        n = self.features.shape[0]
+        raw = {k: getattr(self, k) if k in names else np.zeros((n, 0), dtype=np.float32) for k in PARTS}
+        dims = {**self.manifest.get("dims", {}),
+                **{k: int(raw[k].shape[1]) for k in PARTS},
+                **{f"features_{k}": widths[k] if k in names else 0 for k in PARTS}}
+        manifest = {**self.manifest, "dims": dims, "parts": [k for k in PARTS if k in names]}
+        features = np.concatenate([columns[k] for k in PARTS if k in names], axis=1)
+        return FeatureTable(text=raw["text"], image=raw["image"], features=features, manifest=manifest)
 
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
