@@ -1,6 +1,8 @@
 """The four recommenders, their item representations, training and bad input, on toy-tiny."""
 
+import math
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -9,7 +11,8 @@ import torch
 
 from sda_lib.data import DataError, PreparedDataset, prepare_dataset
 from sda_lib.features import FeatureError, FeatureTable, item_order_checksum
-from sda_lib.recsys import MODELS, InteractionData, TrainConfig, build_model, fit, run_experiment, table1, train_grid
+from sda_lib.recsys import (MODELS, InteractionData, RunKey, TrainConfig, build_model, fit, model_train_config,
+                            part_settings, run_experiment, table1, train_grid)
 from sda_lib.recsys.base import PAD, FeatureAdapter, ItemEncoder, resolve_features
 from sda_lib.recsys.peers import write_atomic_file
 from sda_lib.recsys.slmrec import _SymmetricProduct, _normalised_graph
@@ -142,13 +145,141 @@ def test_item_encoder_sums_ids_and_adapted_features():
 def test_vbpr_and_slmrec_take_text_and_image_as_channels(data, dataset):
     table = make_table(dataset, d_text=6, d_image=4)
     vbpr = build_model("vbpr", data, table, "id+features", dim=8)
-    assert [a.features.shape[1] for a in vbpr.adapters] == [6, 4]
+    # MMRec: one linear map over the concatenated raw [text ; image] features, beside the ID embedding
+    assert vbpr.linear.in_features == 10 and vbpr.adapters is None
+    torch.testing.assert_close(vbpr.features, torch.from_numpy(table.features))  # raw: no scaling
     tables = vbpr.tables()
-    assert tables.items.shape == (data.n_items, 24) and tables.users.shape == (data.n_users, 24)
-    slmrec = build_model("slmrec", data, table, "features", dim=8)
-    assert slmrec.ids is None and [a.features.shape[1] for a in slmrec.adapters] == [6, 4]
-    assert slmrec.fuse_items.in_features == 16
+    assert tables.items.shape == (data.n_items, 16) and tables.users.shape == (data.n_users, 16)
+    assert (vbpr.linear.bias == 0).all()
+    adapters = build_model("vbpr", data, table, "id+features", dim=8, content="adapters")
+    assert [a.features.shape[1] for a in adapters.adapters] == [6, 4]
+    assert adapters.tables().items.shape == (data.n_items, 24)
+    assert build_model("vbpr", data, table, "features", dim=8).tables().items.shape == (data.n_items, 8)
+    assert build_model("vbpr", data, dim=8).tables().items.shape == (data.n_items, 8)  # BPR-MF
+    slmrec = build_model("slmrec", data, table, "id+features", dim=8)
+    assert slmrec.channel_names == ["id", "text", "image"]
+    assert [m.linear.in_features for m in slmrec.content.values()] == [6, 4]
+    assert slmrec.fuse_items.in_features == 24
     assert slmrec.tables().items.shape == (data.n_items, 8)
+    with pytest.raises(ValueError, match="ssl_task='fac' aligns the ID channel"):
+        build_model("slmrec", data, table, "features", dim=8)
+    features_only = build_model("slmrec", data, table, "features", dim=8, ssl_task="fd+fm", content="adapters")
+    assert features_only.ids is None and features_only.fuse_items.in_features == 16
+
+
+def test_build_model_selects_feature_parts(data, dataset):
+    table = make_table(dataset, d_text=6, d_image=4)
+    text = build_model("slmrec", data, table, "id+features", parts=("text",), dim=8)
+    assert text.channel_names == ["id", "text"] and set(text.fac) == {"g_i_iv", "g_iv_iva", "g_iva_ivat", "g_t_ivat"}
+    image = build_model("slmrec", data, table, "id+features", parts=("image",), dim=8)
+    assert image.channel_names == ["id", "image"] and set(image.fac) == {"g_i_iv", "g_v_iv"}
+    assert build_model("vbpr", data, table, "id+features", parts=("image",), dim=8).linear.in_features == 4
+    assert build_model("sasrec", data, table, "features", parts=("text",)).item_encoder.adapter.features.shape[1] == 6
+
+
+def hand_data(n_users: int, n_items: int, sequences) -> InteractionData:
+    """An InteractionData from sequences given by hand (last item test, the one before valid)."""
+    items = np.concatenate([np.asarray(s) for s in sequences]).astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in sequences])]).astype(np.int64)
+    return InteractionData("hand", n_users, n_items, items, offsets, np.zeros(n_items, bool),
+                           np.ones(n_items, np.int64), np.zeros((n_users, 1), np.int64))
+
+
+def hand_table(text, image) -> FeatureTable:
+    text, image = np.asarray(text, np.float32), np.asarray(image, np.float32)
+    dims = {"text": text.shape[1], "image": image.shape[1], "features_text": text.shape[1],
+            "features_image": image.shape[1]}
+    return FeatureTable(text, image, np.concatenate([text, image], 1), {"dataset": "hand", "dims": dims})
+
+
+def test_vbpr_score_and_regulariser_by_hand():
+    """2 users, 3 items: item vector [ID ; W [text ; image] + b], MMRec's BPR and EmbLoss."""
+    data = hand_data(2, 3, [[0, 1, 2], [1, 2, 0]])
+    table = hand_table([[1, 0], [0, 1], [1, 1]], [[2], [0], [1]])  # raw rows [1 0 2], [0 1 0], [1 1 1]
+    model = build_model("vbpr", data, table, "id+features", dim=2, reg=0.5)
+    with torch.no_grad():
+        model.ids.copy_(torch.tensor([[1.0, 0], [0, 1], [0, 0]]))
+        model.linear.weight.copy_(torch.tensor([[1.0, 0, 0], [0, 0, 1]]))
+        model.linear.bias.copy_(torch.tensor([0.0, 1]))
+        model.users.copy_(torch.tensor([[1.0, 0, 0, 1], [0, 1, 1, 0]]))
+    items = model.tables().items
+    # projections [1 3], [0 1], [1 2] beside the IDs
+    torch.testing.assert_close(items, torch.tensor([[1.0, 0, 1, 3], [0, 1, 0, 1], [0, 0, 1, 2]]))
+    scores = model.tables().users @ items.T
+    torch.testing.assert_close(scores, torch.tensor([[4.0, 1, 2], [1, 1, 1]]))
+    users, pos, neg = torch.tensor([0, 1]), torch.tensor([0, 1]), torch.tensor([2, 2])
+    # score gaps 4 - 2 = 2 and 1 - 1 = 0; Frobenius norms of the batch's U, I, J: 2, sqrt(13), sqrt(10)
+    bpr = (math.log(1 + math.exp(-2)) + math.log(2)) / 2
+    assert model.loss(users, pos, neg).item() == pytest.approx(bpr + 0.5 * (2 + math.sqrt(13) + math.sqrt(10)) / 2)
+    gaps = torch.tensor([2.0, 0.0], dtype=torch.float64)
+    mmrec_bpr = -torch.log(1e-10 + torch.sigmoid(gaps)).mean().item()  # MMRec's BPRLoss
+    assert bpr == pytest.approx(mmrec_bpr, abs=1e-9)
+    model.reg_norm = "squared"  # the VBPR paper's penalty: sum of squares / (2B)
+    assert model.loss(users, pos, neg).item() == pytest.approx(bpr + 0.5 * (4 + 13 + 10) / 4)
+
+
+def mmrec_fac(i_emb_i, v_emb_i, t_emb_i, heads, ssl_temp):
+    """MMRec's SLMRec.fac (enoche/MMRec src/models/slmrec.py), transcribed for the test."""
+    criterion = torch.nn.CrossEntropyLoss()
+    x_i_iv = heads["g_i_iv"](i_emb_i)
+    x_v_iv = heads["g_v_iv"](v_emb_i)
+    v_logits = torch.mm(x_i_iv, x_v_iv.T) / ssl_temp
+    v_loss = criterion(v_logits, torch.tensor(list(range(x_i_iv.shape[0]))))
+    x_iva_ivat = heads["g_iva_ivat"](heads["g_iv_iva"](x_i_iv))
+    x_t_ivat = heads["g_t_ivat"](t_emb_i)
+    t_logits = torch.mm(x_iva_ivat, x_t_ivat.T) / ssl_temp
+    t_loss = criterion(t_logits, torch.tensor(list(range(x_iva_ivat.shape[0]))))
+    return v_loss, t_loss
+
+
+def test_slmrec_fac_matches_mmrec(data, dataset):
+    seed_everything(0)
+    table = make_table(dataset, d_text=6, d_image=4)
+    model = build_model("slmrec", data, table, "id+features", dim=8)
+    assert (model.n_layers, model.temperature, model.ssl_weight, model.ssl_temperature) == (3, 0.2, 1.0, 0.5)
+    assert [(h.in_features, h.out_features) for h in model.fac.values()] == [(8, 8), (8, 8), (8, 8), (8, 4), (8, 4)]
+    # content inputs: rows L2-normalised once, then one linear map
+    text = model.content["text"]
+    raw = torch.from_numpy(table.features[:, :6] * 3)
+    torch.testing.assert_close(text.features, raw / raw.norm(dim=1, keepdim=True))
+    torch.testing.assert_close(text(), text.features @ text.linear.weight.T + text.linear.bias)
+    # FAC on a batch of positive items (a repeat included), from the unfused per-channel graph outputs
+    users, items = torch.tensor([0, 3, 5, 3]), torch.tensor([2, 7, 7, 11])
+    _, graph_items = model.propagate(model.channel_inputs())
+    i_id, i_text, i_image = (g[items] for g in graph_items)
+    v_loss, t_loss = mmrec_fac(i_id, i_image, i_text, model.fac, 0.5)
+    fac = model.fac_loss({"id": i_id, "text": i_text, "image": i_image})
+    torch.testing.assert_close(fac, v_loss + t_loss)
+    # text or image alone: only that part's loss
+    torch.testing.assert_close(model.fac_loss({"id": i_id, "text": i_text}), t_loss)
+    torch.testing.assert_close(model.fac_loss({"id": i_id, "image": i_image}), v_loss)
+    # total: in-batch InfoNCE of the fused user and item vectors + ssl_weight * FAC
+    tables = model.tables()
+    u = torch.nn.functional.normalize(tables.users[users], dim=1)
+    i = torch.nn.functional.normalize(tables.items[items], dim=1)
+    main = torch.nn.functional.cross_entropy(u @ i.T / 0.2, torch.arange(4))
+    torch.testing.assert_close(model.loss(users, items), main + 1.0 * (v_loss + t_loss))
+    # ID only (the Base row): nothing to align, the loss is InfoNCE alone
+    base = build_model("slmrec", data, dim=8)
+    assert len(base.fac) == 0
+    tables = base.tables()
+    u = torch.nn.functional.normalize(tables.users[users], dim=1)
+    i = torch.nn.functional.normalize(tables.items[items], dim=1)
+    alone = torch.nn.functional.cross_entropy(u @ i.T / 0.2, torch.arange(4))
+    torch.testing.assert_close(base.loss(users, items), alone)
+
+
+def test_models_bring_their_training_settings(dataset):
+    assert model_train_config("slmrec").lr == 1e-4 and model_train_config("slmrec").weight_decay == 1e-4
+    assert model_train_config("vbpr").monitor == "HR@20" and model_train_config("sasrec") == TrainConfig()
+    mine = TrainConfig(lr=5e-3, epochs=1, batch_size=64, progress=False)
+    assert model_train_config("slmrec", mine).lr == 5e-3  # a value the caller set stays
+    assert model_train_config("slmrec", mine).weight_decay == 1e-4
+    run = run_experiment(dataset, "slmrec", train=replace(FAST, epochs=1), model_params={"dim": 8})
+    assert run.config["train"]["lr"] == 1e-4 and run.config["train"]["monitor"] == "HR@20"
+    plain = run_experiment(dataset, "slmrec", train=replace(FAST, epochs=1), model_params={"dim": 8},
+                           model_defaults=False)
+    assert plain.config["train"]["lr"] == 1e-3
 
 
 def test_same_seed_same_result(dataset):
@@ -227,9 +358,18 @@ def test_train_grid_table_and_rerun(dataset, tmp_path):
     assert gain.loc[("toy-tiny", "sasrec", "id")] == 0.0
     p = table.loc[("toy-tiny", "sasrec", "random"), ("tail", "HR@10 p")]
     assert 0 <= p <= 1 or np.isnan(p)
-    # a second call reads the finished runs back instead of training again
-    again, _ = train_grid(dataset, ["sasrec"], features, seeds=[0], train=FAST, out=tmp_path)
+    # per-user results are keyed by named RunKeys, which are still plain 5-tuples
+    assert list(per_user) == [RunKey("toy-tiny", "sasrec", "id", "id", 0),
+                              RunKey("toy-tiny", "sasrec", "random", "id+features", 0)]
+    key = list(per_user)[1]
+    assert (key.features, key.item_repr, key.seed) == ("random", "id+features", 0) and key == tuple(key)
+    assert set(per_user[key]) == {"full", "sampled"}
+    # a second call reads the finished runs back instead of training again, under the same keys
+    again, users_again = train_grid(dataset, ["sasrec"], features, seeds=[0], train=FAST, out=tmp_path)
     pd.testing.assert_frame_equal(results, again, check_dtype=False)
+    assert list(users_again) == list(per_user) and all(type(k) is RunKey for k in users_again)
+    assert all(type(k.seed) is int for k in users_again)
+    pd.testing.assert_frame_equal(users_again[key]["full"], per_user[key]["full"], check_dtype=False)
 
 
 def test_recbole_atomic_file(dataset, tmp_path):
@@ -261,3 +401,24 @@ def test_feature_parts_must_add_up_to_the_table(data, dataset):
     table.manifest["dims"]["features_image"] = 7
     with pytest.raises(FeatureError, match="6 text \\+ 7 image columns, features.npy has 10"):
         build_model("vbpr", data, table, "id+features")
+
+
+def test_feature_table_part_is_a_checked_view(dataset, tmp_path):
+    table = make_table(dataset, d_text=6, d_image=4)
+    text = table.part("text")
+    np.testing.assert_array_equal(text.features, table.features[:, :6])
+    assert text.image.shape == (dataset.n_items, 0) and text.text is table.text
+    assert text.split_dims == (6, 0) and text.manifest["parts"] == ["text"]
+    image = table.part("image")
+    np.testing.assert_array_equal(image.features, table.features[:, 6:])
+    assert image.split_dims == (0, 4) and image.text.shape[1] == 0
+    assert table.part("image", "text").split_dims == (6, 4)  # column order stays text | image
+    resolve_features(dataset, text)  # still checks against its dataset
+    loaded = FeatureTable.load(text.save(tmp_path / "text-part"), dataset)
+    np.testing.assert_array_equal(loaded.features, text.features)
+    with pytest.raises(FeatureError, match="has no image part"):
+        text.part("image")
+    with pytest.raises(ValueError, match="parts must be"):
+        table.part("audio")
+    settings = part_settings(table, dataset)
+    assert list(settings) == ["sda-text", "sda-image", "sda"] and settings["sda"] is table

@@ -6,12 +6,12 @@ result tables and significance tests.
 
 from .base import ITEM_REPRS, InteractionData, Recommender
 from .evaluate import METRICS, PROTOCOLS, evaluate, metrics_from_ranks, rank_targets, summarize
-from .experiment import (MODELS, RunResult, build_model, read_run, run_experiment, time_epoch, time_full_eval,
-                         train_grid)
+from .experiment import (MODELS, RunKey, RunResult, build_model, model_train_config, part_settings, read_run,
+                         run_experiment, time_epoch, time_full_eval, train_grid)
 from .report import gains_by_popularity, paired_ttest, table1
 from .train import TrainConfig, fit
 
-__all__ = ["ITEM_REPRS", "METRICS", "MODELS", "PROTOCOLS", "InteractionData", "Recommender", "RunResult",
+__all__ = ["ITEM_REPRS", "METRICS", "MODELS", "PROTOCOLS", "InteractionData", "Recommender", "RunKey", "RunResult",
            "TrainConfig", "build_model", "evaluate", "fit", "gains_by_popularity", "metrics_from_ranks",
-           "paired_ttest", "rank_targets", "read_run", "run_experiment", "summarize", "table1", "time_epoch",
-           "time_full_eval", "train_grid"]
+           "model_train_config", "paired_ttest", "part_settings", "rank_targets", "read_run", "run_experiment",
+           "summarize", "table1", "time_epoch", "time_full_eval", "train_grid"]

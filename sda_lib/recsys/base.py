@@ -204,18 +204,36 @@ class ItemEncoder(nn.Module):
         return parts[0] if len(parts) == 1 else parts[0] + parts[1]
 
 
-def content_channels(features: FeatureTable | None) -> list[np.ndarray]:
-    """The text and image parts of the recommender-ready features (VBPR's and SLMRec's content
-    channels); a part of width zero (e.g. a dataset without images) is left out."""
+def content_channels(features: FeatureTable | None) -> dict[str, np.ndarray]:
+    """{"text": ..., "image": ...}: the parts of the recommender-ready table (VBPR's and SLMRec's
+    content channels), text first; a part of width zero (e.g. a dataset without images, or a
+    `FeatureTable.part` view) is left out."""
     if features is None:
-        return []
+        return {}
     d_text, d_image = features.split_dims
     if d_text + d_image != features.features.shape[1]:
         raise FeatureError(f"feature table for {features.manifest.get('dataset')!r}: manifest dims say "
                            f"{d_text} text + {d_image} image columns, features.npy has "
                            f"{features.features.shape[1]}; export the table again")
-    parts = [features.features[:, :d_text], features.features[:, d_text:d_text + d_image]]
-    return [p for p in parts if p.shape[1] > 0]
+    parts = {"text": features.features[:, :d_text], "image": features.features[:, d_text:d_text + d_image]}
+    return {name: p for name, p in parts.items() if p.shape[1] > 0}
+
+
+def check_item_repr(model: str, item_repr: str, features: FeatureTable | None) -> dict[str, np.ndarray]:
+    """The content channels a collaborative-filtering model gets for `item_repr`: none for "id",
+    else the table's non-empty parts (ValueError when there is no table or it has no part)."""
+    if item_repr not in ITEM_REPRS:
+        raise ValueError(f"item_repr must be one of {ITEM_REPRS}, got {item_repr!r}")
+    if item_repr == "id":
+        return {}
+    if features is None:
+        raise ValueError(f"{model} with item_repr={item_repr!r} needs a feature table; pass features "
+                         "or use item_repr='id'")
+    channels = content_channels(features)
+    if not channels:
+        raise ValueError(f"{model} with item_repr={item_repr!r}: the feature table has neither a text "
+                         "nor an image part (both widths are 0)")
+    return channels
 
 
 class Tables(NamedTuple):
@@ -240,6 +258,9 @@ class Recommender(nn.Module):
     name = "recommender"
     context_length = 1  # how many preceding items `user_vectors` looks at
     batch_size = 256  # default training batch size (users for sequential models)
+    # TrainConfig settings this model is trained with when the caller leaves them at TrainConfig's
+    # defaults (see experiment.model_train_config), e.g. the authors' optimiser for SLMRec.
+    train_defaults: dict = {}
 
     def __init__(self, data: InteractionData):
         super().__init__()

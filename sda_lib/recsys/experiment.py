@@ -2,21 +2,23 @@
 early stopping, evaluate it on the test split under both protocols and return tidy results.
 
 Tidy results have one row per (dataset, model, features, item_repr, seed, protocol, subset, metric)
-with its value; per-user frames (one per run and protocol) keep every user's rank and metrics for
-paired t-tests and popularity breakdowns.
+with its value; per-user frames (one per run and protocol, keyed by `RunKey`) keep every user's
+rank and metrics for paired t-tests and popularity breakdowns.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
 
 from ..data import load_prepared
+from ..features import PARTS, FeatureTable
 from ..io import atomic_path, write_json
 from .base import InteractionData, Recommender, content_channels, resolve_features, resolve_item_repr
 from .bert4rec import BERT4Rec
@@ -30,6 +32,24 @@ MODELS = {"sasrec": SASRec, "bert4rec": BERT4Rec, "vbpr": VBPR, "slmrec": SLMRec
 SEQUENTIAL = ("sasrec", "bert4rec")
 
 
+class RunKey(NamedTuple):
+    """Names one run in the per-user results: `train_grid` returns {RunKey: {protocol: frame}}.
+    A tuple, so code that unpacks it by position keeps working."""
+
+    dataset: str
+    model: str
+    features: str  # the feature setting's label ("id", "zero-shot", "sda", "sda-text", ...)
+    item_repr: str
+    seed: int
+
+    @classmethod
+    def of(cls, row) -> RunKey:
+        """From a mapping (a run config, a tidy-results row) or a plain 5-tuple."""
+        values = [row[f] for f in cls._fields] if not isinstance(row, tuple) else list(row)
+        dataset, model, features, item_repr, seed = values
+        return cls(str(dataset), str(model), str(features), str(item_repr), int(seed))
+
+
 @dataclass
 class RunResult:
     config: dict
@@ -38,58 +58,94 @@ class RunResult:
     per_user: dict[str, pd.DataFrame]  # protocol -> one row per user (see evaluate.evaluate)
 
     @property
-    def key(self) -> tuple:
-        c = self.config
-        return c["dataset"], c["model"], c["features"], c["item_repr"], c["seed"]
+    def key(self) -> RunKey:
+        return RunKey.of(self.config)
 
 
-def build_model(model: str, data: InteractionData, features=None, item_repr: str = "id",
-                **params) -> Recommender:
-    """A fresh model; `features` is a checked FeatureTable or None. Sequential models consume the
-    whole recommender-ready table, VBPR and SLMRec its text and image parts as separate channels."""
+def build_model(model: str, data: InteractionData, features: FeatureTable | None = None, item_repr: str = "id",
+                parts: tuple[str, ...] | None = None, **params) -> Recommender:
+    """A fresh model.
+
+    features:  a checked FeatureTable or None; every model receives the table and `item_repr` and
+               takes what it needs: VBPR and SLMRec its text and image parts as content channels,
+               SASRec and BERT4Rec the whole recommender-ready array (`features.features`).
+    parts:     keep only these parts of the table, e.g. ("text",) (`FeatureTable.part`); default all.
+    """
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
+    if features is not None and parts is not None:
+        features = features.part(*parts)
     if model in SEQUENTIAL:
+        # sasrec.py / bert4rec.py take the array itself.
         table = features.features if features is not None and item_repr != "id" else None
         return MODELS[model](data, item_repr=item_repr, features=table, **params)
-    channels = content_channels(features) if item_repr != "id" else []
-    if item_repr != "id" and not channels:
-        raise ValueError(f"{model} with item_repr={item_repr!r}: the feature table has neither a text "
-                         "nor an image part (both widths are 0)")
-    return MODELS[model](data, item_repr=item_repr, channels=channels, **params)
+    return MODELS[model](data, item_repr=item_repr, features=features, **params)
+
+
+def model_train_config(model: str, train: TrainConfig | None = None) -> TrainConfig:
+    """`train` (default TrainConfig()) with the model's own settings (`train_defaults`: SLMRec's
+    Adam lr 1e-4 and weight decay 1e-4, VBPR's and SLMRec's monitor HR@20, as the SDA author's
+    MMRec fork) put in where `train` leaves TrainConfig's default value; a value the caller set
+    stays. (A caller who wants the default value itself for such a model passes
+    `model_defaults=False` to run_experiment / train_grid.)"""
+    train = train or TrainConfig()
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    changes = {k: v for k, v in MODELS[model].train_defaults.items() if getattr(train, k) == defaults[k]}
+    return replace(train, **changes)
 
 
 def features_label(features) -> str:
     """How a feature setting is named in result tables: "id" without features, else the
-    extractor named in the table's manifest (or its folder)."""
+    extractor named in the table's manifest (or its folder), with "-<part>" for a part view."""
     if features is None:
         return "id"
     if isinstance(features, (str, Path)):
         return Path(features).name
-    return str(features.manifest.get("extractor") or features.manifest.get("name") or "features")
+    label = str(features.manifest.get("extractor") or features.manifest.get("name") or "features")
+    parts = features.manifest.get("parts")
+    return f"{label}-{'+'.join(parts)}" if parts and len(parts) < len(PARTS) else label
+
+
+def part_settings(features, dataset, label: str = "sda",
+                  parts=(("text",), ("image",), ("text", "image"))) -> dict[str, FeatureTable]:
+    """Feature settings for `train_grid` that differ only in the parts of one table (paper
+    Figure 3: SLMRec on the text part, the image part and both): {"<label>-text": ...,
+    "<label>-image": ..., "<label>": whole table}. `features` is a FeatureTable or a folder."""
+    dataset = load_prepared(dataset) if isinstance(dataset, (str, Path)) else dataset
+    table = resolve_features(dataset, features)
+    out = {}
+    for chosen in parts:
+        chosen = tuple(chosen)
+        whole = set(chosen) == set(PARTS)
+        out[label if whole else f"{label}-{'+'.join(chosen)}"] = table if whole else table.part(*chosen)
+    return out
 
 
 def run_experiment(dataset, model: str = "sasrec", features=None, item_repr: str | None = None,
                    seed: int = 0, model_params: dict | None = None, train: TrainConfig | None = None,
                    n_negatives: int | None = None, out: str | Path | None = None,
-                   label: str | None = None) -> RunResult:
+                   label: str | None = None, model_defaults: bool = True) -> RunResult:
     """Train and test one model.
 
-    dataset:     a PreparedDataset, a dataset name or a prepared folder.
-    features:    None (ID embeddings), a FeatureTable or a feature folder; checked against the items.
-    item_repr:   "id", "features" or "id+features" (default: "id" without features, else
-                 "id+features"; sequential models sum the two, VBPR and SLMRec concatenate).
-    train:       TrainConfig (default TrainConfig()); its seed is replaced by `seed`.
-    n_negatives: sampled protocol: use the first n stored negatives per user (default all).
-    out:         folder for checkpoints (resumable) and the results (config.json, metrics.csv,
-                 history.csv, per_user_<protocol>.parquet), written atomically.
+    dataset:        a PreparedDataset, a dataset name or a prepared folder.
+    features:       None (ID embeddings), a FeatureTable (or a `FeatureTable.part` view) or a
+                    feature folder; checked against the items.
+    item_repr:      "id", "features" or "id+features" (default: "id" without features, else
+                    "id+features"; sequential models sum the two, VBPR and SLMRec concatenate).
+    train:          TrainConfig (default TrainConfig()); its seed is replaced by `seed`.
+    model_defaults: put the model's own training settings where `train` leaves TrainConfig's
+                    defaults (`model_train_config`); the config written records what was used.
+    n_negatives:    sampled protocol: use the first n stored negatives per user (default all).
+    out:            folder for checkpoints (resumable) and the results (config.json, metrics.csv,
+                    history.csv, per_user_<protocol>.parquet), written atomically.
     """
     dataset = load_prepared(dataset) if isinstance(dataset, (str, Path)) else dataset
     table = resolve_features(dataset, features)
     item_repr = resolve_item_repr(item_repr, table)
     data = InteractionData.from_prepared(dataset)
     sampled_candidates(data, n_negatives)  # a bad count fails now, not after training
-    config = replace(train or TrainConfig(), seed=seed)
+    config = model_train_config(model, train) if model_defaults else (train or TrainConfig())
+    config = replace(config, seed=seed)
     seed_everything(seed)
     recommender = build_model(model, data, table, item_repr, **(model_params or {}))
     out = Path(out) if out is not None else None
@@ -97,7 +153,9 @@ def run_experiment(dataset, model: str = "sasrec", features=None, item_repr: str
     per_user = {p: evaluate(recommender, data, "test", p, n_negatives if p == "sampled" else None)
                 for p in PROTOCOLS}
     run = {"dataset": dataset.name, "model": model, "features": label or features_label(features),
-           "item_repr": item_repr, "seed": seed, "params": model_params or {}, "train": asdict(config),
+           "item_repr": item_repr, "seed": seed,
+           "parts": list(content_channels(table)) if table is not None and item_repr != "id" else [],
+           "params": model_params or {}, "train": asdict(config),
            "n_negatives": n_negatives or int(data.negatives.shape[1]), "best_epoch": result.best_epoch,
            "epochs_run": len(result.history), "valid_score": result.best_score}
     metrics = tidy_metrics(run, per_user)
@@ -107,7 +165,7 @@ def run_experiment(dataset, model: str = "sasrec", features=None, item_repr: str
 
 
 def tidy_metrics(run: dict, per_user: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    keys = {k: run[k] for k in ("dataset", "model", "features", "item_repr", "seed")}
+    keys = RunKey.of(run)._asdict()
     rows = []
     for protocol, frame in per_user.items():
         for subset, values in summarize(frame).items():
@@ -120,16 +178,18 @@ def tidy_metrics(run: dict, per_user: dict[str, pd.DataFrame]) -> pd.DataFrame:
 def train_grid(dataset, models=("sasrec",), features: dict | None = None, seeds=(0,),
                item_repr: str | None = None, model_params: dict | None = None,
                train: TrainConfig | None = None, n_negatives: int | None = None,
-               out: str | Path | None = None) -> tuple[pd.DataFrame, dict]:
+               out: str | Path | None = None, model_defaults: bool = True) -> tuple[pd.DataFrame, dict]:
     """Every model x feature setting x seed.
 
-    features:     {label: None | FeatureTable | folder}; default {"id": None}.
-    item_repr:    for the settings with a table: "features" or "id+features" (default).
-    model_params: {model: {param: value}}.
-    out:          if given, each run goes to out/<model>/<label>/seed<k>/ (finished runs are read
-                  back instead of retrained) and the grid's tidy results to out/results.parquet
-                  and out/results.csv.
-    Returns (tidy results, {run key: {protocol: per-user frame}}).
+    features:       {label: None | FeatureTable | folder}; default {"id": None}. `part_settings`
+                    makes the text-only / image-only / both settings of one table.
+    item_repr:      for the settings with a table: "features" or "id+features" (default).
+    model_params:   {model: {param: value}}.
+    model_defaults: as in `run_experiment`.
+    out:            if given, each run goes to out/<model>/<label>/seed<k>/ (finished runs are read
+                    back instead of retrained) and the grid's tidy results to out/results.parquet
+                    and out/results.csv.
+    Returns (tidy results, {RunKey: {protocol: per-user frame}}).
     """
     features = features or {"id": None}
     dataset = load_prepared(dataset) if isinstance(dataset, (str, Path)) else dataset
@@ -143,10 +203,11 @@ def train_grid(dataset, models=("sasrec",), features: dict | None = None, seeds=
                 else:
                     run = run_experiment(dataset, model, table, item_repr if table is not None else None,
                                          seed=seed, train=train, n_negatives=n_negatives,
-                                         model_params=(model_params or {}).get(model), out=run_out, label=label)
+                                         model_params=(model_params or {}).get(model), out=run_out, label=label,
+                                         model_defaults=model_defaults)
                     metrics, users = run.metrics, run.per_user
                 frames.append(metrics)
-                per_user[tuple(metrics.iloc[0][["dataset", "model", "features", "item_repr", "seed"]])] = users
+                per_user[RunKey.of(metrics.iloc[0])] = users
     results = pd.concat(frames, ignore_index=True)
     if out is not None:
         for name, write in (("results.parquet", results.to_parquet), ("results.csv", results.to_csv)):
