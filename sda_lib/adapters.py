@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 from pathlib import Path
 
 import torch
+from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import moda
-from .io import atomic_dir, write_json
+from .io import atomic_dir
 
 KINDS = ("moda", "independent", "lora")
-LORA_CONFIG = "lora_config.json"
+PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+PEFT_PREFIX = "base_model.model."  # where PeftModel.save_pretrained puts the wrapped model's keys
 
 
 def attach(model: nn.Module, kind: str, r: int = 8, experts: int = 8, alpha: float = 32,
@@ -33,7 +34,7 @@ def attach(model: nn.Module, kind: str, r: int = 8, experts: int = 8, alpha: flo
     if kind == "lora":
         targets = moda.LANGUAGE_TARGETS + (f"|{moda.VISION_TARGETS}" if adapt_vision else "")
         report = moda.inject_lora(model, r=r, alpha=alpha, dropout=dropout, target_modules=targets)
-        model._lora_config = dict(r=r, alpha=alpha, dropout=dropout, adapt_vision=adapt_vision)
+        model._lora_config = dict(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets)
         return report
     routing = "soft" if kind == "moda" else "hard"
     config = moda.MoDAConfig(r=r, num_experts=experts, alpha=alpha, dropout=dropout,
@@ -79,19 +80,15 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
 
 
 def save(model: nn.Module, folder: str | Path, backbone_id: str) -> Path:
-    """Adapter weights (safetensors) and a JSON config beside them, written atomically."""
+    """The adapter, written atomically: MoDA in its own format (safetensors + a JSON card with the
+    backbone, layer shapes and checksum), the shared LoRA in peft's own layout."""
     kind = kind_of(model)
     if kind in ("moda", "independent"):
         return moda.save_moda(model, folder, backbone_id)
     if kind != "lora":
         raise ValueError("the model has no adapter to save")
-    folder = Path(folder)
-    state = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if "lora_" in n}
-    with atomic_dir(folder) as tmp:
-        save_file(state, str(tmp / moda.WEIGHTS_FILE))
-        write_json(tmp / LORA_CONFIG, {"config": model._lora_config, "backbone_id": backbone_id,
-                                       "sha256": checksum(tmp)})
-    return folder
+    config = LoraConfig(**model._lora_config, base_model_name_or_path=backbone_id)
+    return _save_peft(get_peft_model_state_dict(model), config, folder)
 
 
 def load(model: nn.Module, folder: str | Path, backbone_id: str) -> str:
@@ -100,26 +97,70 @@ def load(model: nn.Module, folder: str | Path, backbone_id: str) -> str:
     if (folder / moda.CONFIG_FILE).exists():
         moda.load_moda(model, folder, backbone_id)
         return kind_of(model)
-    if not (folder / LORA_CONFIG).exists():
-        raise FileNotFoundError(f"no adapter in {folder}: expected {moda.CONFIG_FILE} or {LORA_CONFIG} "
-                                "(train one with notebooks/03_adapt.ipynb)")
-    card = json.loads((folder / LORA_CONFIG).read_text())
-    if card["backbone_id"] != backbone_id:
-        raise ValueError(f"the LoRA adapter in {folder} was trained on backbone {card['backbone_id']!r}, "
+    if not (folder / PEFT_CONFIG).exists():
+        raise FileNotFoundError(f"no adapter in {folder}: expected {moda.CONFIG_FILE} (MoDA) or {PEFT_CONFIG} (peft "
+                                "LoRA); train one with notebooks/03_adapt.ipynb")
+    config = LoraConfig.from_pretrained(str(folder))
+    if config.base_model_name_or_path != backbone_id:
+        raise ValueError(f"the LoRA adapter in {folder} was trained on backbone {config.base_model_name_or_path!r}, "
                          f"not on {backbone_id!r}; load it into the backbone it was trained on")
-    attach(model, "lora", **{k: card["config"][k] for k in ("r", "alpha", "dropout", "adapt_vision")})
-    state = load_file(str(folder / moda.WEIGHTS_FILE))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [n for n in missing if "lora_" in n]
-    if missing or unexpected:
+    inject_adapter_in_model(config, model)
+    model._lora_config = _lora_settings(config)
+    saved = {k.removeprefix(PEFT_PREFIX): v for k, v in load_file(str(folder / PEFT_WEIGHTS)).items()}
+    result = set_peft_model_state_dict(model, saved)
+    missing = [n for n in result.missing_keys if "lora_" in n]
+    if missing or result.unexpected_keys:
         raise ValueError(f"the LoRA adapter in {folder} does not fit this backbone: missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]}")
+                         f"unexpected {result.unexpected_keys[:3]}")
     return "lora"
+
+
+def export_peft(model: nn.Module, folder: str | Path, backbone_id: str) -> dict[str, Path]:
+    """A MoDA adapter as two standard peft LoRA adapters, `folder/text` and `folder/image`.
+
+    For a fixed modality m MoDA's update is an ordinary rank-r LoRA: (alpha/r) B diag(w_m) A, so
+    each adapter keeps A and scales B's columns by m's expanded gate weights (vision-tower layers
+    keep their image weights in both). They load with stock peft, e.g.
+    `PeftModel.from_pretrained(base, folder / "text", adapter_name="text")`, then
+    `load_adapter(folder / "image", adapter_name="image")` and `set_adapter(...)`."""
+    if kind_of(model) not in ("moda", "independent"):
+        raise ValueError("export_peft writes a MoDA adapter as per-modality LoRAs; a shared LoRA is already one")
+    layers = moda.moda_layers(model)
+    config = model._moda_state.config
+    out = {}
+    for m, label in ((moda.TEXT, "text"), (moda.IMAGE, "image")):
+        state = {}
+        with torch.no_grad():
+            for name, layer in layers.items():
+                weights = layer.modality_weights()[m if layer.fixed_modality is None else layer.fixed_modality]
+                state[f"{name}.lora_A.weight"] = layer.lora_A.detach().cpu()
+                state[f"{name}.lora_B.weight"] = (layer.lora_B * weights.repeat_interleave(layer.expert_rank)).cpu()
+        rank = next(iter(layers.values())).lora_A.shape[0]
+        peft_config = LoraConfig(r=rank, lora_alpha=config.alpha * rank / config.r, lora_dropout=config.dropout,
+                                 target_modules=sorted(layers), base_model_name_or_path=backbone_id)
+        out[label] = _save_peft(state, peft_config, Path(folder) / label)
+    return out
+
+
+def _save_peft(state: dict[str, torch.Tensor], config: LoraConfig, folder: str | Path) -> Path:
+    """peft's file layout (what PeftModel.save_pretrained writes), so stock peft opens it."""
+    folder = Path(folder)
+    with atomic_dir(folder) as tmp:
+        config.save_pretrained(str(tmp))
+        save_file({PEFT_PREFIX + k: v.contiguous() for k, v in state.items()}, str(tmp / PEFT_WEIGHTS))
+    return folder
+
+
+def _lora_settings(config: LoraConfig) -> dict:
+    return dict(r=config.r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                target_modules=config.target_modules)
 
 
 def checksum(folder: str | Path) -> str:
     """SHA-256 of the saved adapter weights (recorded in export manifests)."""
-    return hashlib.sha256((Path(folder) / moda.WEIGHTS_FILE).read_bytes()).hexdigest()
+    folder = Path(folder)
+    weights = folder / (moda.WEIGHTS_FILE if (folder / moda.CONFIG_FILE).exists() else PEFT_WEIGHTS)
+    return hashlib.sha256(weights.read_bytes()).hexdigest()
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:

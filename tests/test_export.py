@@ -46,6 +46,46 @@ def test_merged_export_equals_routed_forward(toy_tiny, tmp_path, kind):
     np.testing.assert_allclose(export.embed_items(fresh, toy_tiny, items, progress=False)[0], text, atol=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["moda", "independent"])
+def test_moda_as_two_stock_peft_adapters(toy_tiny, tmp_path, kind):
+    """Exported per modality, the adapter runs in stock peft (PeftModel, load_adapter, set_adapter)
+    and gives the embeddings of the workbench's merged path."""
+    from peft import PeftModel
+
+    lvlm = _trained(kind, tmp_path / "a")
+    folders = adapters.export_peft(lvlm.model, tmp_path / "peft", lvlm.id)
+    assert sorted(p.name for p in folders["text"].iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    items = np.arange(6)
+    want_t, want_v = export.embed_items(lvlm, toy_tiny, items, progress=False)
+
+    base = load_backbone("tiny")
+    peft_model = PeftModel.from_pretrained(base.model, folders["text"], adapter_name="text")
+    peft_model.load_adapter(folders["image"], adapter_name="image")
+    fields, paths = toy_tiny.item_fields(), toy_tiny.image_paths()
+    peft_model.set_adapter("text")
+    got_t = base.embed([fields[i] for i in items], progress=False)
+    peft_model.set_adapter("image")
+    got_v = base.embed([fields[i] for i in items], images=[load_image(paths[i]) for i in items], modality="image",
+                       progress=False)
+    np.testing.assert_allclose(got_t, want_t, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got_v, want_v, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(got_t, load_backbone("tiny").embed([fields[i] for i in items], progress=False), atol=1e-3)
+
+
+def test_shared_lora_saves_in_peft_layout(toy_tiny, tmp_path):
+    from peft import PeftModel
+
+    lvlm = _trained("lora", tmp_path / "a")
+    assert {p.name for p in (tmp_path / "a").iterdir()} == {"adapter_config.json", "adapter_model.safetensors"}
+    want = export.embed_items(lvlm, toy_tiny, np.arange(4), progress=False)[0]
+    stock = load_backbone("tiny")
+    PeftModel.from_pretrained(stock.model, tmp_path / "a")
+    np.testing.assert_allclose(stock.embed(toy_tiny.item_fields()[:4], progress=False), want, rtol=1e-5, atol=1e-5)
+    ours = load_backbone("tiny")
+    assert adapters.load(ours.model, tmp_path / "a", ours.id) == "lora"
+    np.testing.assert_allclose(export.embed_items(ours, toy_tiny, np.arange(4), progress=False)[0], want, atol=1e-6)
+
+
 def test_adapter_for_another_backbone(tmp_path):
     _trained("moda", tmp_path / "a")
     other = load_backbone("tiny", seed=1)
