@@ -275,6 +275,9 @@ def test_models_bring_their_training_settings(dataset):
     mine = TrainConfig(lr=5e-3, epochs=1, batch_size=64, progress=False)
     assert model_train_config("slmrec", mine).lr == 5e-3  # a value the caller set stays
     assert model_train_config("slmrec", mine).weight_decay == 1e-4
+    # a caller's own stopping rule is kept whole
+    sampled = model_train_config("vbpr", TrainConfig(monitor_protocol="sampled"))
+    assert (sampled.monitor, sampled.monitor_protocol) == ("NDCG@10", "sampled")
     run = run_experiment(dataset, "slmrec", train=replace(FAST, epochs=1), model_params={"dim": 8})
     assert run.config["train"]["lr"] == 1e-4 and run.config["train"]["monitor"] == "HR@20"
     plain = run_experiment(dataset, "slmrec", train=replace(FAST, epochs=1), model_params={"dim": 8},

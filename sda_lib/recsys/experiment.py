@@ -82,15 +82,23 @@ def build_model(model: str, data: InteractionData, features: FeatureTable | None
     return MODELS[model](data, item_repr=item_repr, features=features, **params)
 
 
+# TrainConfig fields that together make the early-stopping rule: a model's own monitor is used only
+# when the caller left all of them at their defaults (fields a TrainConfig lacks are skipped).
+STOPPING = ("monitor", "monitor_protocol", "monitor_negatives", "fresh_negatives", "improve")
+
+
 def model_train_config(model: str, train: TrainConfig | None = None) -> TrainConfig:
     """`train` (default TrainConfig()) with the model's own settings (`train_defaults`: SLMRec's
-    Adam lr 1e-4 and weight decay 1e-4, VBPR's and SLMRec's monitor HR@20, as the SDA author's
-    MMRec fork) put in where `train` leaves TrainConfig's default value; a value the caller set
-    stays. (A caller who wants the default value itself for such a model passes
-    `model_defaults=False` to run_experiment / train_grid.)"""
+    Adam lr 1e-4 and weight decay 1e-4, VBPR's and SLMRec's monitor HR@20 on full ranking, as the
+    SDA author's MMRec fork) put in where `train` leaves TrainConfig's default value; a value the
+    caller set stays, and a caller who set any part of the stopping rule (`STOPPING`) keeps the
+    whole rule. (To keep a default value itself for such a model, pass `model_defaults=False` to
+    run_experiment / train_grid.)"""
     train = train or TrainConfig()
     defaults = {f.name: f.default for f in fields(TrainConfig)}
-    changes = {k: v for k, v in MODELS[model].train_defaults.items() if getattr(train, k) == defaults[k]}
+    own_rule = any(getattr(train, k) != defaults[k] for k in STOPPING if k in defaults)
+    changes = {k: v for k, v in MODELS[model].train_defaults.items()
+               if getattr(train, k) == defaults[k] and not (own_rule and k in STOPPING)}
     return replace(train, **changes)
 
 

@@ -88,7 +88,8 @@ class LinearContent(nn.Module):
 class SLMRec(Recommender):
     name = "slmrec"
     batch_size = 2048  # training interactions per batch (MMRec train_batch_size)
-    train_defaults = {"lr": 1e-4, "weight_decay": 1e-4, "monitor": "HR@20"}  # the SDA author's fork
+    # the SDA author's fork (lr, weight decay); MMRec's valid metric Recall@20 (= HR@20), full ranking
+    train_defaults = {"lr": 1e-4, "weight_decay": 1e-4, "monitor": "HR@20", "monitor_protocol": "full"}
 
     def __init__(self, data: InteractionData, item_repr: str = "id", features: FeatureTable | None = None,
                  dim: int = 128, n_layers: int = 3, temperature: float = 0.2, ssl_task: str = "fac",

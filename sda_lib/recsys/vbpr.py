@@ -58,7 +58,8 @@ REG_GRID = (0.1, 2.0, 1.0, 1e-2, 1e-3, 1e-4, 1e-5)  # RaoZhongtao/MMRec VBPR.yam
 class VBPR(Recommender):
     name = "vbpr"
     batch_size = 2048  # training interactions per batch (MMRec train_batch_size)
-    train_defaults = {"lr": 1e-3, "weight_decay": 0.0, "monitor": "HR@20"}  # MMRec overall.yaml
+    # MMRec overall.yaml: Adam, valid_metric Recall@20, full ranking
+    train_defaults = {"lr": 1e-3, "weight_decay": 0.0, "monitor": "HR@20", "monitor_protocol": "full"}
 
     def __init__(self, data: InteractionData, item_repr: str = "id", features: FeatureTable | None = None,
                  dim: int = 128, reg: float = 0.1, reg_norm: str = "frobenius", content: str = "linear"):
