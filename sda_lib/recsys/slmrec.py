@@ -29,7 +29,8 @@ Loss on a batch of training interactions: in-batch InfoNCE between each interact
   fused users, and items, together across the views. The SLMRec paper's combined variant; MMRec's
   own FD / FM code cannot run (it reads an audio channel that is never built), so this is ours.
 
-Fixed values (the fork's picks for beauty and toys; sports took ssl_alpha 0.5): dim 128 (`recdim`),
+Fixed values (the picks recorded in comments of the fork's SLMRec.yaml, 854e5a7 / 92d8a97, for
+beauty and toys; sports took ssl_alpha 0.5): dim 128 (`recdim`),
 ssl_weight 1.0 (`ssl_alpha`), ssl_temperature 0.5 (`ssl_temp`); `train_defaults` sets Adam lr
 1e-4 and weight decay 1e-4 (L2 on every parameter) and the monitor HR@20 (MMRec's valid metric
 Recall@20; one target per user makes them equal) when the caller leaves them at TrainConfig's
