@@ -120,34 +120,47 @@ def conflict(backbone, texts: list[dict], images: list, tau: float | torch.Tenso
     ])
 
 
-def track_conflict(backbone, dataset, config: AdaptConfig, out: str | Path, every: int = 10,
-                   probe_size: int | None = None, progress: bool = True) -> pd.DataFrame:
-    """Train a fresh `config.adapter` with train_adapter (saved in `out`) and measure `conflict` on
-    one fixed probe batch after the first optimiser step, every `every` steps and after the last.
+class ConflictProbe:
+    """`train_adapter`'s on_step hook that measures `conflict` on one fixed probe batch (the paper's
+    debug batch) after the first optimiser step, every `every` steps and after the last, so the
+    measurement rides along the main adaptation run.
 
     Measuring runs in eval mode and leaves `.grad` alone, so the adapter trains exactly as it would
-    unobserved. Returns a tidy frame: adapter, step, loss (of that step), tau, projection, part,
-    cosine, norm_text, norm_image.
+    unobserved. `frame(losses)` gives the tidy result: adapter, step, loss (of that step), tau,
+    projection, part, cosine, norm_text, norm_image.
     """
-    if every < 1:
-        raise ValueError(f"every must be >= 1, got {every}")
-    fields, paths = dataset.item_fields(), dataset.image_paths()
-    probe = np.random.default_rng([config.seed, 7]).choice(
-        dataset.n_items, size=min(probe_size or config.batch_size, dataset.n_items), replace=False)
-    texts, images = [fields[i] for i in probe], [load_image(paths[i]) for i in probe]
-    frames = []
 
-    def measure(step, objective):
-        if step == 1 or step % every == 0 or step == config.steps:
+    COLUMNS = ["adapter", "step", "loss", "tau", "projection", "part", "cosine", "norm_text", "norm_image"]
+
+    def __init__(self, backbone, dataset, config: AdaptConfig, every: int = 10, probe_size: int | None = None):
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        fields, paths = dataset.item_fields(), dataset.image_paths()
+        probe = np.random.default_rng([config.seed, 7]).choice(
+            dataset.n_items, size=min(probe_size or config.batch_size, dataset.n_items), replace=False)
+        self.texts, self.images = [fields[i] for i in probe], [load_image(paths[i]) for i in probe]
+        self.backbone, self.config, self.every, self.frames = backbone, config, every, []
+
+    def __call__(self, step: int, objective) -> None:
+        if step == 1 or step % self.every == 0 or step == self.config.steps:
             tau = objective.temperature().detach()
-            frame = conflict(backbone, texts, images, tau, config.cmsa_form)
-            frames.append(frame.assign(adapter=config.adapter, step=step, tau=float(tau)))
+            frame = conflict(self.backbone, self.texts, self.images, tau, self.config.cmsa_form)
+            self.frames.append(frame.assign(adapter=self.config.adapter, step=step, tau=float(tau)))
 
+    def frame(self, losses: pd.DataFrame) -> pd.DataFrame:
+        """The measurements joined with the loss of their step (train_adapter's loss.csv)."""
+        return pd.concat(self.frames, ignore_index=True).merge(losses[["step", "loss"]], on="step",
+                                                               how="left")[self.COLUMNS]
+
+
+def track_conflict(backbone, dataset, config: AdaptConfig, out: str | Path, every: int = 10,
+                   probe_size: int | None = None, progress: bool = True) -> pd.DataFrame:
+    """Train a fresh `config.adapter` with train_adapter (saved in `out`, from scratch) under a
+    `ConflictProbe`; returns its frame."""
+    probe = ConflictProbe(backbone, dataset, config, every, probe_size)
     out = Path(out)
-    train_adapter(backbone, dataset, config, out, resume=False, progress=progress, on_step=measure)
-    losses = pd.read_csv(out / "loss.csv")[["step", "loss"]]
-    columns = ["adapter", "step", "loss", "tau", "projection", "part", "cosine", "norm_text", "norm_image"]
-    return pd.concat(frames, ignore_index=True).merge(losses, on="step", how="left")[columns]
+    train_adapter(backbone, dataset, config, out, resume=False, progress=progress, on_step=probe)
+    return probe.frame(pd.read_csv(out / "loss.csv"))
 
 
 def conflict_summary(df: pd.DataFrame, projection: str = BOTH) -> pd.DataFrame:
