@@ -167,7 +167,7 @@ def test_track_conflict_does_not_disturb_training(tiny_dataset, tmp_path):
     losses = pd.read_csv(tmp_path / "tracked" / "loss.csv").set_index("step")["loss"]
     assert (df.groupby("step")["loss"].first() == losses[[1, 2, 4, 5]]).all()
     assert set(df["part"]) == {"B", *(f"expert {j}" for j in range(config.experts))}
-    assert len(df) == 4 * 3 * 5  # steps x projections x parts
+    assert len(df) == 4 * 3 * (1 + config.experts)  # steps x projections x parts (B and each expert)
 
     reference = fresh_backbone()
     train_adapter(reference, tiny_dataset, config, tmp_path / "reference", progress=False)
