@@ -1,4 +1,5 @@
-"""The run report: one self-contained HTML page per run folder.
+"""The run report: one self-contained HTML page per run folder, rendered from
+`templates/report.html.j2`.
 
 Notebooks hand their results over as files: tables as CSV under `<run>/tables/` and plotly figures
 as JSON under `<run>/figures/` (`save_table`, `save_figure`), named `<order>-<title>` so the page
@@ -19,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .io import atomic_path, read_json
+from .paths import REPO_ROOT
 
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "numpy", "pandas", "scikit-learn", "umap-learn",
             "plotly", "papermill")
@@ -84,11 +86,14 @@ def build_report(run_dir: str | Path, data_dir: str | Path | None = None) -> Pat
     links = "".join(f'<li><a href="{html.escape(p.name)}">{html.escape(p.name)}</a></li>' for p in notebooks)
     sections.append(("Executed notebooks", f"<ul>{links}</ul>"))
 
-    nav = "".join(f'<a href="#s{i}">{html.escape(t)}</a>' for i, (t, _) in enumerate(sections))
-    body = "".join(f'<section id="s{i}"><h2>{html.escape(t)}</h2>{b}</section>' for i, (t, b) in enumerate(sections))
-    created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    page = _TEMPLATE.format(title=html.escape(f"SDA workbench: {dataset} / {run_dir.name}"), nav=nav, body=body,
-                            created=created)
+    fidelity = REPO_ROOT / "docs" / "FIDELITY.md"
+    profiles = {s["params"].get("profile") for s in stages.values()} - {None}
+    page = _template().render(
+        title=f"SDA workbench: {dataset} / {run_dir.name}",
+        profile=", ".join(sorted(map(str, profiles))),
+        fidelity=fidelity.as_uri() if fidelity.exists() else None,
+        sections=[{"title": t, "body": b} for t, b in sections],
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     out = run_dir / "report.html"
     with atomic_path(out) as tmp:
         tmp.write_text(page)
@@ -141,18 +146,8 @@ def _versions_table() -> str:
     return pd.Series(rows, name="version").to_frame().to_html(border=0, classes="t")
 
 
+def _template():
+    import jinja2
 
-
-_TEMPLATE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<style>
-body{{font:14px/1.45 system-ui,sans-serif;margin:0;color:#222}}
-header{{background:#1f3b57;color:#fff;padding:14px 24px}} header h1{{margin:0;font-size:20px}}
-nav{{padding:8px 24px;background:#eef2f6;position:sticky;top:0}} nav a{{margin-right:14px;color:#1f3b57}}
-section{{padding:6px 24px 18px}} h2{{font-size:17px;border-bottom:1px solid #ccd;padding-bottom:4px}}
-table.t{{border-collapse:collapse;font-size:13px}} table.t td,table.t th{{padding:3px 9px;border-bottom:1px solid #e3e6ea;text-align:right}}
-table.t th{{background:#f6f8fa}} footer{{color:#777;padding:12px 24px;font-size:12px}}
-</style></head><body>
-<header><h1>{title}</h1></header><nav>{nav}</nav>{body}
-<footer>generated {created} by sda_lib.report</footer></body></html>
-"""
+    env = jinja2.Environment(loader=jinja2.PackageLoader("sda_lib", "templates"), autoescape=True)
+    return env.get_template("report.html.j2")
