@@ -32,7 +32,8 @@ def _slug(title: str) -> str:
 
 def save_table(df: pd.DataFrame, run_dir: str | Path, order: str, title: str) -> Path:
     """Hand a table to the report (and keep it as a flat CSV beside the run: multi-level column
-    names are joined, the row labels become columns)."""
+    names are joined, the row labels become columns). Notes in `df.attrs["notes"]` (what a number
+    means, why a column is empty) go to a `.notes.txt` beside it and under the table."""
     flat = df.copy()
     if isinstance(flat.columns, pd.MultiIndex):
         flat.columns = [" ".join(str(part) for part in col if str(part)) for col in flat.columns]
@@ -41,6 +42,13 @@ def save_table(df: pd.DataFrame, run_dir: str | Path, order: str, title: str) ->
     path = Path(run_dir) / "tables" / f"{order}-{_slug(title)}.csv"
     with atomic_path(path) as tmp:
         flat.to_csv(tmp, index=False)
+    notes = df.attrs.get("notes") or []
+    notes_path = path.with_suffix(".notes.txt")
+    if notes:
+        with atomic_path(notes_path) as tmp:
+            tmp.write_text("\n".join(map(str, [notes] if isinstance(notes, str) else notes)) + "\n")
+    else:
+        notes_path.unlink(missing_ok=True)
     return path
 
 
@@ -74,6 +82,10 @@ def build_report(run_dir: str | Path, data_dir: str | Path | None = None) -> Pat
         if kind == "table":
             df = pd.read_csv(path).rename(columns=lambda c: "" if c.startswith("Unnamed:") else c)
             body = df.to_html(float_format=lambda x: f"{x:.4g}", border=0, classes="t", na_rep="", index=False)
+            notes = path.with_suffix(".notes.txt")
+            if notes.exists():
+                body += "".join(f'<p class="note">{html.escape(line)}</p>'
+                                for line in notes.read_text().splitlines() if line.strip())
         else:
             fig = pio.from_json(path.read_text())
             body = fig.to_html(full_html=False, include_plotlyjs="inline" if first_figure else False,
