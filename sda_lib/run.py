@@ -1,11 +1,25 @@
 """The stage runner: execute the stage notebooks in order with papermill.
 
-    python -m sda_lib.run --dataset toy [--stages data,adapt] [--run NAME | --out DIR] [-p key=value ...]
+    python -m sda_lib.run --dataset toy [--stages data,adapt] [--run NAME | --out DIR] [-p [stage.]key=value ...]
 
 Executed copies land in `outputs/<dataset>/<run>/`, with `report.html` built from what the
-stages saved (see sda_lib.report). A stage that already completed with the same
-parameters and the same notebook is skipped; once a stage runs, every later stage runs too, since
-its inputs may have changed. The first failing stage stops the run, naming the notebook and cell.
+stages saved (see sda_lib.report). The first failing stage stops the run, naming the notebook and
+cell.
+
+Parameters: `-p key=value` goes to every stage whose notebook declares `key`; `-p stage.key=value`
+(e.g. `-p adapt.steps=800`) to that stage only, and wins over an unscoped value. A key no stage
+declares, an unknown stage, a value of another type than the notebook's default, and `dataset` or
+`out_dir` (set by --dataset and --out) are refused before any stage runs.
+
+A stage is skipped when it is current: its outputs (the files in STAGES) are still there as it
+left them, and it would run on what it ran on last time: the same notebook, parameters and
+sda_lib code, and the same outputs of the stages it reads (the data card among them). Otherwise
+it runs, and the stages reading it then see changed inputs and run too. When what a stage reads,
+its notebook, the library or its parameters changed, the runner first deletes the folders the
+stage resumes from (its `resumes_from`), so nothing computed from the old inputs is read back; a
+change only to parameters that add settings (its `grows`, e.g. more ablation variants) keeps
+them. A rerun deletes the stage's earlier report tables and figures (`tables/NN-*`,
+`figures/NN-*`), so the report shows those of its last run only.
 """
 
 from __future__ import annotations
@@ -16,68 +30,246 @@ import datetime as dt
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from .io import write_json
-from .paths import REPO_ROOT, run_dir
+from .paths import REPO_ROOT, data_dir, run_dir
 from .report import build_report
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
-STAGES: dict[str, str] = {
-    "data": "01_data.ipynb",
-    "zero_shot": "02_zero_shot.ipynb",
-    "adapt": "03_adapt.ipynb",
-    "export": "04_export.ipynb",
-    "recommend": "05_recommend.ipynb",
-    "ablations": "06_ablations.ipynb",
-    "gradient_conflict": "07_gradient_conflict.ipynb",
-    "alignment": "08_alignment.ipynb",
+LIBRARY = Path(__file__).resolve().parent  # its *.py files are part of every stage's key
+RESERVED = {"dataset": "--dataset", "out_dir": "--out"}  # set by the runner itself
+
+
+def _nothing(params: dict) -> list:
+    return []
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A notebook and what the runner needs to know to decide whether it is current.
+
+    Paths are relative to the run folder (or absolute) and computed from the stage's parameters
+    (the notebook's defaults updated with what the command line gave it, plus `dataset`)."""
+
+    notebook: str
+    reads: tuple[str, ...] = ()  # the earlier stages whose outputs it reads
+    outputs: Callable[[dict], list] = _nothing  # small files it leaves, fingerprinted (sha256)
+    resumes_from: Callable[[dict], list] = _nothing  # folders it reads back if present
+    grows: tuple[str, ...] = ()  # parameters whose change only adds settings to what is there
+
+
+def _export_outputs(p: dict) -> list[str]:
+    return [f"embeddings/{name}/manifest.json" for name in [p["adapter_name"], *p["baselines"]]]
+
+
+def _export_folders(p: dict) -> list[str]:
+    return [f"embeddings/{name}{suffix}" for name in [p["adapter_name"], *p["baselines"]] for suffix in ("", ".parts")]
+
+
+STAGES: dict[str, Stage] = {
+    "data": Stage("01_data.ipynb", outputs=lambda p: [data_dir(p["dataset"]) / "card.json"]),
+    "zero_shot": Stage("02_zero_shot.ipynb", reads=("data",),
+                       outputs=lambda p: ["embeddings/zero-shot/manifest.json"],
+                       resumes_from=lambda p: ["embeddings/zero-shot", "embeddings/zero-shot.parts"]),
+    "adapt": Stage("03_adapt.ipynb", reads=("data",),
+                   outputs=lambda p: [f"adapters/{p['adapter_name']}/adapt.json"],
+                   resumes_from=lambda p: [f"adapters/{p['adapter_name']}"]),
+    "export": Stage("04_export.ipynb", reads=("data", "zero_shot", "adapt"),
+                    outputs=_export_outputs, resumes_from=_export_folders),
+    "recommend": Stage("05_recommend.ipynb", reads=("data", "zero_shot", "export"),
+                       outputs=lambda p: ["recsys/results.parquet"], resumes_from=lambda p: ["recsys"],
+                       grows=("models", "features", "seeds", "protocol", "reference")),
+    "ablations": Stage("06_ablations.ipynb", reads=("data",),
+                       outputs=lambda p: ["ablations/recsys/results.parquet"], resumes_from=lambda p: ["ablations"],
+                       grows=("variants", "seeds", "model", "protocol")),
+    "gradient_conflict": Stage("07_gradient_conflict.ipynb", reads=("data", "adapt"),
+                               outputs=lambda p: ["tables/07-gradient-conflict-summary.csv"],
+                               resumes_from=lambda p: ["analysis/gradient-conflict"]),
+    "alignment": Stage("08_alignment.ipynb", reads=("data", "zero_shot", "adapt", "export"),
+                       outputs=lambda p: ["tables/08-alignment-zero-shot-vs-adapted.csv"]),
 }
+
+
+class UsageError(ValueError):
+    """A bad stage or parameter on the command line; raised before any stage runs."""
+
+
+class ParameterError(UsageError):
+    pass
 
 
 class StageFailed(RuntimeError):
     pass
 
 
-def run_stages(dataset: str, stages: list[str] | None = None, out: Path | None = None, run: str = "default",
-               params: dict | None = None, force: bool = False, progress: bool = True, threads: int = 1) -> Path:
-    """Run `stages` (default: all) for `dataset`; returns the run folder. Each notebook kernel
-    runs with `threads` torch/OpenMP threads (the offline presets run fastest on one)."""
+_ANY = object()  # a default that is not a literal: any value goes
+
+
+def notebook_parameters(stage: str) -> dict[str, object]:
+    """The parameters a stage's notebook declares, with their default values."""
     import papermill as pm
 
-    os.environ["OMP_NUM_THREADS"] = str(threads)  # inherited by the papermill kernels
+    declared = pm.inspect_notebook(str(NOTEBOOKS / STAGES[stage].notebook))
+    defaults = {}
+    for name, info in declared.items():
+        try:
+            defaults[name] = ast.literal_eval(info["default"])
+        except (ValueError, SyntaxError):
+            defaults[name] = _ANY
+    return defaults
+
+
+def stage_parameters(params: dict, stages: list[str] | None = None,
+                     declared: dict[str, dict] | None = None) -> dict[str, dict]:
+    """{stage: the parameters it gets} for every stage of STAGES, from `-p` values keyed `key` or
+    `stage.key`. Raises ParameterError for reserved names, unknown stages or keys, keys only
+    stages outside `stages` (default all) declare, and values unlike the notebook's default."""
+    stages = list(STAGES) if not stages else stages
+    declared = declared or {s: notebook_parameters(s) for s in STAGES}
+    given: dict[str, dict] = {s: {} for s in STAGES}
+    unscoped = [(k, v) for k, v in params.items() if "." not in k]
+    scoped = [(k, v) for k, v in params.items() if "." in k]
+    unknown = []
+    for name, value in unscoped + scoped:  # scoped values win
+        scope, _, key = name.rpartition(".")
+        if key in RESERVED:
+            raise ParameterError(f"-p {name}: {key} is set by the runner; use {RESERVED[key]}")
+        if scope:
+            if scope not in STAGES:
+                raise ParameterError(f"-p {name}: there is no stage {scope!r}; stages are: {', '.join(STAGES)}")
+            if scope not in stages:
+                raise ParameterError(f"-p {name}: stage {scope!r} is not run here (stages: {', '.join(stages)})")
+            if key not in declared[scope]:
+                raise ParameterError(f"-p {name}: stage {scope!r} has no parameter {key!r}; its parameters: "
+                                     f"{_names(declared[scope])}")
+            targets = [scope]
+        else:
+            targets = [s for s in STAGES if key in declared[s]]
+            if not any(s in stages for s in targets):
+                unknown.append(key)
+                continue
+        for stage in targets:
+            _check_type(name, value, stage, declared[stage][key])
+            given[stage][key] = value
+    if unknown:
+        listing = "\n".join(f"  {s}: {_names(declared[s])}" for s in stages)
+        raise ParameterError(f"parameter(s) {', '.join(unknown)} are declared by none of the stages run; "
+                             f"their parameters:\n{listing}")
+    return given
+
+
+def _names(defaults: dict) -> str:
+    return ", ".join(k for k in defaults if k not in RESERVED) or "(none)"
+
+
+def _check_type(name: str, value, stage: str, default) -> None:
+    if default is None or default is _ANY:
+        return
+    expected = type(default)
+    ok = isinstance(value, expected) and (expected is bool or not isinstance(value, bool))
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if not ok:
+        hint = f" (quote a string: -p {name}=\"'{value}'\")" if expected is str else ""
+        raise ParameterError(f"-p {name}={value!r}: stage {stage!r} expects {expected.__name__} for {name.split('.')[-1]} "
+                             f"(default {default!r}), got {type(value).__name__}{hint}")
+
+
+def library_version() -> str:
+    """A hash of every *.py file under sda_lib (any edit reruns the stages)."""
+    h = hashlib.sha256()
+    for path in sorted(LIBRARY.rglob("*.py")):
+        h.update(str(path.relative_to(LIBRARY)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def _digest(*parts) -> str:
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _fingerprints(out: Path, stage: str, params: dict) -> dict[str, str | None]:
+    """sha256 of each output file of `stage` (None when it is missing), plus its report tables and
+    figures."""
+    prefix = STAGES[stage].notebook.split("_")[0]
+    paths = [out / p for p in STAGES[stage].outputs(params)]
+    paths += sorted(out.glob(f"tables/{prefix}-*.csv")) + sorted(out.glob(f"figures/{prefix}-*.json"))
+    prints = {}
+    for path in paths:
+        label = str(path.relative_to(out)) if path.is_relative_to(out) else str(path)
+        prints[label] = hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
+    return prints
+
+
+def _kernel_manager(env: dict[str, str]):
+    """A kernel manager class that starts kernels with `env` added to this process's environment
+    (which stays as it is)."""
+    from jupyter_client import AsyncKernelManager
+
+    class KernelManager(AsyncKernelManager):
+        async def start_kernel(self, **kw):
+            kw["env"] = {**os.environ, **kw.get("env", {}), **env}
+            return await super().start_kernel(**kw)
+
+    return KernelManager
+
+
+def run_stages(dataset: str, stages: list[str] | None = None, out: Path | None = None, run: str = "default",
+               params: dict | None = None, force: bool = False, progress: bool = True, threads: int = 1) -> Path:
+    """Run `stages` (default: all, in STAGES order) for `dataset` and return the run folder.
+    Stages that are current are skipped (see the module docstring); `force` reruns them anyway.
+    Each notebook kernel runs with `threads` torch/OpenMP threads (the offline presets run fastest
+    on one). Raises UsageError before running anything when a stage or parameter is wrong."""
+    import papermill as pm
+
     stages = list(STAGES) if not stages else stages
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
-        raise SystemExit(f"unknown stage(s) {unknown}; stages are: {', '.join(STAGES)}")
+        raise UsageError(f"unknown stage(s) {', '.join(unknown)}; stages are: {', '.join(STAGES)}")
+    stages = [s for s in STAGES if s in stages]
+    defaults = {s: notebook_parameters(s) for s in STAGES}
+    given = stage_parameters(dict(params or {}), stages, defaults)
     out = Path(out) if out is not None else run_dir(dataset, run)
     out.mkdir(parents=True, exist_ok=True)
     record_path = out / "stages.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
-    params = dict(params or {})
-    declared = {s: set(pm.inspect_notebook(str(NOTEBOOKS / STAGES[s]))) for s in stages}
-    unused = [k for k in params if not any(k in d for d in declared.values())]
-    if unused:
-        raise SystemExit(f"parameter(s) {unused} are declared by none of the stages {stages}")
+    full = {s: {**defaults[s], **given[s], "dataset": dataset, "out_dir": str(out)} for s in STAGES}
+    library = library_version()
+    kernels = _kernel_manager({"OMP_NUM_THREADS": str(threads)})
 
-    rerun = force
     for i, stage in enumerate(stages, 1):
-        notebook = NOTEBOOKS / STAGES[stage]
-        stage_params = {"dataset": dataset, "out_dir": str(out),
-                        **{k: v for k, v in params.items() if k in declared[stage]}}
-        key = _stage_key(notebook, stage_params)
+        spec = STAGES[stage]
+        notebook = NOTEBOOKS / spec.notebook
+        stage_params = {"dataset": dataset, "out_dir": str(out), **given[stage]}
+        inputs = _digest(hashlib.sha256(notebook.read_bytes()).hexdigest(), library,
+                         {s: _fingerprints(out, s, full[s]) for s in spec.reads})
+        key = _digest(inputs, stage_params)
         executed = out / notebook.name
-        if not rerun and record.get(stage, {}).get("key") == key and executed.exists():
+        before = record.get(stage)
+        outputs = _fingerprints(out, stage, full[stage])
+        if (not force and before and before["key"] == key and before.get("outputs") == outputs
+                and all(outputs.values()) and executed.exists()):
             print(f"[{i}/{len(stages)}] {stage}: up to date, skipped ({executed})")
             continue
-        rerun = True
+        if before and _changed(before, inputs, stage_params, spec.grows):
+            for folder in spec.resumes_from(full[stage]):
+                shutil.rmtree(out / folder, ignore_errors=True)
+            del record[stage]  # what it computed is gone; an interrupted rerun resumes from here
+            write_json(record_path, record)
+        prefix = spec.notebook.split("_")[0]
+        for old in [*out.glob(f"tables/{prefix}-*.csv"), *out.glob(f"figures/{prefix}-*.json")]:
+            old.unlink()
         print(f"[{i}/{len(stages)}] {stage}: running {notebook.relative_to(REPO_ROOT)}", flush=True)
         start = time.perf_counter()
         try:
             pm.execute_notebook(str(notebook), str(executed), parameters=stage_params, cwd=str(NOTEBOOKS),
-                                progress_bar=progress, kernel_name="python3")
+                                progress_bar=progress, kernel_name="python3", kernel_manager_class=kernels)
         except pm.PapermillExecutionError as err:
             first_line = next((ln for ln in err.source.splitlines() if ln.strip()), "")
             raise StageFailed(
@@ -86,7 +278,8 @@ def run_stages(dataset: str, stages: list[str] | None = None, out: Path | None =
                 f"  the executed copy with the full traceback: {executed}"
             ) from None
         seconds = time.perf_counter() - start
-        record[stage] = {"key": key, "params": stage_params, "seconds": round(seconds, 1),
+        record[stage] = {"key": key, "inputs": inputs, "params": stage_params,
+                         "outputs": _fingerprints(out, stage, full[stage]), "seconds": round(seconds, 1),
                          "completed": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
         write_json(record_path, record)
         print(f"[{i}/{len(stages)}] {stage}: done in {seconds:.1f} s", flush=True)
@@ -95,17 +288,21 @@ def run_stages(dataset: str, stages: list[str] | None = None, out: Path | None =
     return out
 
 
-def _stage_key(notebook: Path, params: dict) -> str:
-    h = hashlib.sha256(notebook.read_bytes())
-    h.update(json.dumps(params, sort_keys=True).encode())
-    return h.hexdigest()[:16]
+def _changed(before: dict, inputs: str, params: dict, grows: tuple[str, ...]) -> bool:
+    """Whether what the stage computed last time is stale: other inputs, or other parameters
+    beyond those that only add settings."""
+    def kept(p):
+        return json.loads(json.dumps({k: v for k, v in p.items() if k not in grows}, default=str))
+
+    return before.get("inputs") != inputs or kept(before.get("params", {})) != kept(params)
 
 
 def parse_param(text: str) -> tuple[str, object]:
-    """`key=value`, the value read as a Python literal when it is one (3, 0.1, True, None), else a string."""
+    """`key=value` or `stage.key=value`, the value read as a Python literal when it is one
+    (3, 0.1, True, None, [0, 1]), else a string."""
     key, sep, value = text.partition("=")
-    if not sep or not key.isidentifier():
-        raise argparse.ArgumentTypeError(f"-p expects key=value, got {text!r}")
+    if not sep or not all(part.isidentifier() for part in key.split(".")) or key.count(".") > 1:
+        raise argparse.ArgumentTypeError(f"-p expects key=value or stage.key=value, got {text!r}")
     try:
         return key, ast.literal_eval(value)
     except (ValueError, SyntaxError):
@@ -122,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--run", default="default", help="run name: outputs/<dataset>/<run>")
     where.add_argument("--out", type=Path, help="run folder (instead of outputs/<dataset>/<run>)")
     parser.add_argument("-p", dest="params", action="append", type=parse_param, default=[],
-                        metavar="KEY=VALUE", help="notebook parameter, passed to every stage declaring it")
+                        metavar="[STAGE.]KEY=VALUE",
+                        help="notebook parameter, passed to every stage declaring it (or to STAGE only)")
     parser.add_argument("--force", action="store_true", help="rerun stages even if up to date")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch/OpenMP threads in each notebook kernel (default 1: the small presets "
@@ -131,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = run_stages(args.dataset, args.stages, args.out, args.run, dict(args.params), args.force,
                          threads=args.threads)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except StageFailed as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

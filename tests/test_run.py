@@ -1,18 +1,49 @@
-"""The stage runner: executes notebooks with papermill, skips completed stages, names failures."""
+"""The stage runner: executes notebooks with papermill, skips current stages, names failures."""
 
+import ast
 import json
+import os
+import re
+from dataclasses import fields
 
 import nbformat
 import pytest
 
 from sda_lib import run as runner
+from sda_lib.adapt import AdaptConfig
 from sda_lib.data import load_prepared
+from sda_lib.paths import data_dir
 from sda_lib.report import report_numbers
 
-pytestmark = pytest.mark.slow
+NOTEBOOK_FILES = sorted(runner.NOTEBOOKS.glob("*.ipynb"))
 
 
-def test_data_stage_on_toy_tiny(outputs):
+def _write_notebook(folder, filename, parameters, code):
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(code),
+    ])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, folder / filename)
+
+
+def _ran(capsys) -> list[str]:
+    """The stages a run executed, from its progress lines."""
+    return re.findall(r"\] (\w+): running", capsys.readouterr().out)
+
+
+# ---------------------------------------------------------------- the real stages, on toy-tiny
+
+@pytest.fixture
+def library_as_now(monkeypatch):
+    """The library version as at the test's start, so that an edit to sda_lib made while the test
+    runs (a colleague's, in a shared checkout) does not rerun the stages it expects skipped."""
+    version = runner.library_version()
+    monkeypatch.setattr(runner, "library_version", lambda: version)
+
+
+@pytest.mark.slow
+def test_data_stage_on_toy_tiny(outputs, library_as_now):
     out = runner.run_stages("toy-tiny", ["data"], progress=False)
     assert out == outputs / "toy-tiny" / "default"
     executed = nbformat.read(out / "01_data.ipynb", as_version=4)
@@ -31,16 +62,17 @@ def test_data_stage_on_toy_tiny(outputs):
     assert load_prepared("toy-tiny").negatives.shape[1] == 20
 
 
-SMALL = {"steps": 20, "epochs": 3, "conflict_steps": 10}
+SMALL = {"steps": 20, "ablation_steps": 20, "epochs": 3, "ablation_epochs": 3, "conflict_steps": 10}
 
 
-def test_whole_runner_on_toy_tiny_builds_the_report(outputs):
+@pytest.mark.slow
+def test_whole_runner_on_toy_tiny_builds_the_report(outputs, library_as_now, capsys):
     """Every stage on toy-tiny, then the report holds every table and figure with finite numbers."""
     out = runner.run_stages("toy-tiny", params=SMALL, progress=False)
-    for notebook in runner.STAGES.values():
-        executed = nbformat.read(out / notebook, as_version=4)
+    for stage in runner.STAGES.values():
+        executed = nbformat.read(out / stage.notebook, as_version=4)
         errors = [o for c in executed.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
-        assert not errors, f"{notebook}: {errors[:1]}"
+        assert not errors, f"{stage.notebook}: {errors[:1]}"
     numbers = report_numbers(out / "report.html")
     assert numbers["non_finite"] == 0
     assert numbers["tables"] >= 9 and numbers["figures"] >= 9, numbers
@@ -48,29 +80,222 @@ def test_whole_runner_on_toy_tiny_builds_the_report(outputs):
     for section in ("Data card", "Recommendation sampled ranking", "Ablations", "Gradient conflict",
                     "Alignment", "Umap", "Parameters", "Software", "Executed notebooks"):
         assert section.lower() in html.lower(), f"report lacks {section!r}"
-    assert all(f'href="{nb}"' in html for nb in runner.STAGES.values())
+    assert all(f'href="{stage.notebook}"' in html for stage in runner.STAGES.values())
+
+    # The output table names what the notebooks really write: every declared output was fingerprinted.
+    record = json.loads((out / "stages.json").read_text())
+    for name in runner.STAGES:
+        fingerprints = record[name]["outputs"]
+        assert fingerprints and all(fingerprints.values()), (name, fingerprints)
+    capsys.readouterr()
+    runner.run_stages("toy-tiny", params=SMALL, progress=False)
+    assert _ran(capsys) == [], "a second run with nothing changed reran stages"
 
 
+# ---------------------------------------------------------------- currency, on two tiny stages
+
+MAKE = """\
+import json
+from sda_lib.paths import data_dir
+card = data_dir(dataset) / "made.json"
+card.parent.mkdir(parents=True, exist_ok=True)
+card.write_text(json.dumps({"value": value}))
+"""
+
+USE = """\
+import json, os
+from pathlib import Path
+from sda_lib.paths import data_dir
+out = Path(out_dir)
+cache = out / "use" / "cache" / f"{label}.json"  # read back when present, like a finished recommender run
+if not cache.exists():
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text((data_dir(dataset) / "made.json").read_text())
+result = {"value": json.loads(cache.read_text())["value"], "label": label, "threads": os.environ.get("OMP_NUM_THREADS")}
+(out / "use" / "result.json").write_text(json.dumps(result))
+(out / "tables").mkdir(exist_ok=True)
+(out / "tables" / f"92-{label}.csv").write_text("x\\n1\\n")
+"""
+
+
+@pytest.fixture
+def two_stages(outputs, tmp_path, monkeypatch):
+    """`make` writes a data file (standing for the data card) from `value`; `use` reads it (through a cache it reads back, as
+    the recommender grid does) into use/result.json. The library is a one-file folder of its own."""
+    folder = tmp_path / "nb"
+    folder.mkdir()
+    _write_notebook(folder, "91_make.ipynb", 'dataset = "x"\nout_dir = None\nvalue = 1', MAKE)
+    _write_notebook(folder, "92_use.ipynb", 'dataset = "x"\nout_dir = None\nlabel = "a"', USE)
+    library = tmp_path / "lib"
+    library.mkdir()
+    (library / "code.py").write_text("x = 1\n")
+    monkeypatch.setattr(runner, "NOTEBOOKS", folder)
+    monkeypatch.setattr(runner, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(runner, "LIBRARY", library)
+    monkeypatch.setattr(runner, "STAGES", {
+        "make": runner.Stage("91_make.ipynb", outputs=lambda p: [data_dir(p["dataset"]) / "made.json"]),
+        "use": runner.Stage("92_use.ipynb", reads=("make",), outputs=lambda p: ["use/result.json"],
+                            resumes_from=lambda p: ["use/cache"], grows=("label",)),
+    })
+    return outputs / "toy-tiny" / "default"
+
+
+def _result(out):
+    return json.loads((out / "use" / "result.json").read_text())
+
+
+@pytest.mark.slow
+def test_stage_reruns_when_an_earlier_stage_changed_what_it_reads(two_stages, capsys):
+    """Issue 10 item 6: data re-prepared with another seed, then the later stages were all skipped."""
+    out = two_stages
+    runner.run_stages("toy-tiny", progress=False)
+    assert _ran(capsys) == ["make", "use"] and _result(out)["value"] == 1
+
+    runner.run_stages("toy-tiny", ["make"], params={"value": 2}, progress=False)  # re-prepare the data only
+    assert _ran(capsys) == ["make"]
+    runner.run_stages("toy-tiny", ["use"], progress=False)
+    assert _ran(capsys) == ["use"], "the data changed under a stage reported up to date"
+    assert _result(out)["value"] == 2, "the rerun read back what it had computed from the old data"
+
+    runner.run_stages("toy-tiny", progress=False)  # the run's own parameters again: value 1
+    assert _ran(capsys) == ["make", "use"] and _result(out)["value"] == 1
+    runner.run_stages("toy-tiny", progress=False)
+    assert _ran(capsys) == []
+
+
+@pytest.mark.slow
+def test_stage_reruns_when_its_outputs_vanished_or_changed(two_stages, capsys):
+    out = two_stages
+    runner.run_stages("toy-tiny", progress=False)
+    capsys.readouterr()
+    (out / "use" / "result.json").unlink()
+    runner.run_stages("toy-tiny", progress=False)
+    assert _ran(capsys) == ["use"] and (out / "use" / "result.json").exists()
+
+    (data_dir("toy-tiny") / "made.json").write_text('{"value": 7}')  # edited behind the runner's back
+    runner.run_stages("toy-tiny", progress=False)
+    # make restores the file byte for byte, so what use read is unchanged and use stays current
+    assert _ran(capsys) == ["make"] and _result(out)["value"] == 1
+
+
+@pytest.mark.slow
+def test_growth_parameter_keeps_finished_work_and_report_files_are_replaced(two_stages, capsys):
+    """A parameter that only adds settings (05's features, 06's variants) reads finished work back;
+    the stage's report tables are those of its last run only."""
+    out = two_stages
+    runner.run_stages("toy-tiny", progress=False)
+    runner.run_stages("toy-tiny", params={"label": "b"}, progress=False)
+    assert _ran(capsys) == ["make", "use", "use"]
+    assert (out / "use" / "cache" / "a.json").exists(), "a growth parameter discarded finished work"
+    assert (out / "tables" / "92-b.csv").exists()
+    assert not (out / "tables" / "92-a.csv").exists(), "the report would show a table of an earlier run"
+
+
+@pytest.mark.slow
+def test_library_edit_reruns_stages(two_stages, capsys):
+    """Issue 11: the stage key includes the library code, so editing sda_lib reruns the stages."""
+    runner.run_stages("toy-tiny", ["make"], progress=False)
+    runner.run_stages("toy-tiny", ["make"], progress=False)
+    assert _ran(capsys) == ["make"]
+    (runner.LIBRARY / "code.py").write_text("x = 2\n")
+    runner.run_stages("toy-tiny", ["make"], progress=False)
+    assert _ran(capsys) == ["make"], "a library edit left the stage up to date"
+
+
+@pytest.mark.slow
+def test_threads_reach_the_kernel_without_touching_this_process(two_stages, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    runner.run_stages("toy-tiny", threads=3, progress=False)
+    assert _result(two_stages)["threads"] == "3"
+    assert "OMP_NUM_THREADS" not in os.environ
+
+
+def test_library_version_covers_every_python_file(tmp_path, monkeypatch):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.py").write_text("a = 1\n")
+    (tmp_path / "sub" / "b.py").write_text("b = 1\n")
+    monkeypatch.setattr(runner, "LIBRARY", tmp_path)
+    first = runner.library_version()
+    (tmp_path / "notes.txt").write_text("not code")
+    assert runner.library_version() == first
+    (tmp_path / "sub" / "b.py").write_text("b = 2\n")
+    assert runner.library_version() != first
+
+
+@pytest.mark.slow
 def test_failure_names_notebook_and_cell(outputs, tmp_path, monkeypatch):
     broken = tmp_path / "nb"
     broken.mkdir()
-    nb = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_code_cell("dataset = 'x'\nout_dir = None", metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell("1 / 0"),
-    ])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, broken / "99_broken.ipynb")
+    _write_notebook(broken, "99_broken.ipynb", "dataset = 'x'\nout_dir = None", "1 / 0")
     monkeypatch.setattr(runner, "NOTEBOOKS", broken)
     monkeypatch.setattr(runner, "REPO_ROOT", tmp_path)
-    monkeypatch.setattr(runner, "STAGES", {"broken": "99_broken.ipynb"})
+    monkeypatch.setattr(runner, "STAGES", {"broken": runner.Stage("99_broken.ipynb")})
     with pytest.raises(runner.StageFailed, match=r"stage 'broken' failed in nb/99_broken.ipynb, in the cell starting '1 / 0' .*ZeroDivisionError"):
         runner.run_stages("toy-tiny", progress=False)
     assert not (outputs / "toy-tiny" / "default" / "stages.json").exists()
 
 
-def test_cli_rejects_unknown_parameter(outputs):
-    with pytest.raises(SystemExit, match="declared by none"):
-        runner.main(["--dataset", "toy-tiny", "-p", "no_such_knob=3"])
+# ---------------------------------------------------------------- parameters
+
+def test_scoped_parameter_reaches_only_its_stage():
+    given = runner.stage_parameters({"adapt.steps": 800, "seeds": [0, 1]})
+    assert given["adapt"] == {"steps": 800}
+    assert all("steps" not in p for s, p in given.items() if s != "adapt")
+    assert given["recommend"]["seeds"] == given["ablations"]["seeds"] == [0, 1]
+    # a scoped value beats an unscoped one, whatever their order
+    given = runner.stage_parameters({"recommend.epochs": 5, "epochs": 9})
+    assert given["recommend"]["epochs"] == 5
+
+
+@pytest.mark.parametrize("key", ["dataset", "out_dir", "adapt.dataset"])
+def test_reserved_names_are_refused(key):
+    with pytest.raises(runner.ParameterError, match="--dataset|--out"):
+        runner.stage_parameters({key: "toy"})
+
+
+def test_unknown_parameter_lists_each_stage_and_its_parameters():
+    with pytest.raises(runner.ParameterError) as err:
+        runner.stage_parameters({"adapt.steps": 20, "nonexistent": 1})
+    message = str(err.value)
+    assert "nonexistent" in message
+    assert re.search(r"adapt: .*\bsteps\b", message) and re.search(r"recommend: .*\bepochs\b", message)
+    with pytest.raises(runner.ParameterError, match="no_stage"):
+        runner.stage_parameters({"no_stage.steps": 20})
+    with pytest.raises(runner.ParameterError, match=r"adapt.*epochs"):
+        runner.stage_parameters({"adapt.epochs": 20})
+    with pytest.raises(runner.ParameterError, match=r"not run"):
+        runner.stage_parameters({"adapt.steps": 20}, ["data"])
+    with pytest.raises(runner.ParameterError, match=r"epochs"):
+        runner.stage_parameters({"epochs": 20}, ["data", "adapt"])
+
+
+def test_values_are_checked_against_the_notebook_defaults():
+    with pytest.raises(runner.ParameterError, match=r"steps.*int"):
+        runner.stage_parameters({"steps": "abc"})
+    with pytest.raises(runner.ParameterError, match=r"seeds.*list"):
+        runner.stage_parameters({"seeds": 0})
+    with pytest.raises(runner.ParameterError, match=r"learn_tau.*bool"):
+        runner.stage_parameters({"learn_tau": 1})
+    with pytest.raises(runner.ParameterError, match=r"steps.*int"):
+        runner.stage_parameters({"steps": True})
+    assert runner.stage_parameters({"lr": 1})["adapt"]["lr"] == 1  # an int where a float is expected
+    assert runner.stage_parameters({"explorer_tau": 0.5})["alignment"]["explorer_tau"] == 0.5  # None default
+    assert runner.stage_parameters({"source": "/data"})["data"]["source"] == "/data"
+
+
+def test_cli_fails_at_once_naming_the_parameter(outputs, capsys):
+    assert runner.main(["--dataset", "toy-tiny", "-p", "adapt.steps=20", "-p", "nonexistent=1"]) == 2
+    assert "nonexistent" in capsys.readouterr().err
+    assert runner.main(["--dataset", "toy-tiny", "-p", "dataset=toy"]) == 2
+    assert "--dataset" in capsys.readouterr().err
+    assert runner.main(["--dataset", "toy-tiny", "--stages", "data,nope"]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert not outputs.exists(), "a stage ran before the command line was checked"
+
+
+def test_unknown_stage_is_a_usage_error_not_an_exit():
+    with pytest.raises(runner.UsageError, match="nope"):
+        runner.run_stages("toy-tiny", ["nope"])
 
 
 def test_parse_param():
@@ -78,3 +303,58 @@ def test_parse_param():
     assert runner.parse_param("tau=0.5") == ("tau", 0.5)
     assert runner.parse_param("source=/data/beauty") == ("source", "/data/beauty")
     assert runner.parse_param("force=True") == ("force", True)
+    assert runner.parse_param("adapt.steps=800") == ("adapt.steps", 800)
+
+
+# ---------------------------------------------------------------- the notebooks' parameters
+
+def _parameters(path) -> dict:
+    nb = nbformat.read(path, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    tree = ast.parse(cell.source)
+    return {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)}
+
+
+def test_notebooks_are_committed_without_outputs_with_one_parameters_cell():
+    assert [p.name for p in NOTEBOOK_FILES] == [s.notebook for s in runner.STAGES.values()]
+    for path in NOTEBOOK_FILES:
+        nb = nbformat.read(path, as_version=4)
+        tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1, path.name
+        assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code"), path.name
+
+
+def test_a_parameter_name_means_one_thing_with_one_default():
+    """Shared names hold the same default in every notebook; the adapter is `adapter_name`
+    everywhere; inference and training batches have different names."""
+    declared = {p.name: _parameters(p) for p in NOTEBOOK_FILES}
+    seen = {}
+    for notebook, params in declared.items():
+        for name, default in params.items():
+            if name != "dataset":
+                assert seen.setdefault(name, (notebook, default))[1] == default, (name, notebook, seen[name])
+    for notebook, params in declared.items():
+        assert "name" not in params and "batch_size" not in params, notebook
+    uses_adapter = {n for n, p in declared.items() if "adapter_name" in p}
+    assert uses_adapter == {"03_adapt.ipynb", "04_export.ipynb", "05_recommend.ipynb", "07_gradient_conflict.ipynb",
+                            "08_alignment.ipynb"}
+    given = runner.stage_parameters({"adapter_name": "v2"})
+    assert {s for s, p in given.items() if p.get("adapter_name") == "v2"} == {
+        "adapt", "export", "recommend", "gradient_conflict", "alignment"}
+    assert "embed_batch_size" in declared["02_zero_shot.ipynb"] and "embed_batch_size" in declared["04_export.ipynb"]
+    assert "train_batch_size" in declared["03_adapt.ipynb"] and "train_batch_size" in declared["06_ablations.ipynb"]
+
+
+def test_adapt_notebook_exposes_every_adapt_config_setting_with_its_default():
+    """One default per setting: 03's parameters are AdaptConfig's fields with AdaptConfig's
+    defaults, each passed to AdaptConfig; other notebooks' settings of the same name agree."""
+    nb_name = {"batch_size": "train_batch_size"}  # the notebooks' name for AdaptConfig.batch_size
+    config = {nb_name.get(f.name, f.name): f.default for f in fields(AdaptConfig)}
+    adapt = _parameters(runner.NOTEBOOKS / "03_adapt.ipynb")
+    assert {k: adapt.get(k, "<missing>") for k in config} == config
+    source = "".join(c.source for c in nbformat.read(runner.NOTEBOOKS / "03_adapt.ipynb", as_version=4).cells)
+    for f in fields(AdaptConfig):
+        assert re.search(rf"\b{f.name}={nb_name.get(f.name, f.name)}\b", source), f"03 does not pass {f.name}"
+    for path in NOTEBOOK_FILES:
+        params = _parameters(path)
+        assert {k: params[k] for k in config if k in params} == {k: config[k] for k in config if k in params}, path.name
