@@ -386,6 +386,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-p", dest="params", action="append", type=parse_param, default=[], metavar="KEY=VALUE",
                         help=f"AdaptConfig field: {', '.join(f.name for f in fields(AdaptConfig))}")
     args = parser.parse_args(argv)
+    known = {f.name for f in fields(AdaptConfig)}
+    unknown = [k for k, _ in args.params if k not in known]
+    if unknown:
+        parser.error(f"unknown setting(s) {unknown}; AdaptConfig fields are: {', '.join(sorted(known))}")
     config = AdaptConfig(**dict(args.params))
     out = ensure_writable((args.out_dir or run_dir(args.dataset)) / "adapters" / args.name)
     record = train_adapter(load_backbone(args.backbone, seed=config.seed), load_prepared(args.dataset), config, out,
