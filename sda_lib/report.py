@@ -99,7 +99,7 @@ def build_report(run_dir: str | Path, data_dir: str | Path | None = None) -> Pat
     sections.append(("Executed notebooks", f"<ul>{links}</ul>"))
 
     fidelity = REPO_ROOT / "docs" / "FIDELITY.md"
-    profiles = {s["params"].get("profile") for s in stages.values()} - {None}
+    profiles = {s.get("profile") for s in stages.values()} - {None}
     page = _template().render(
         title=f"SDA workbench: {dataset} / {run_dir.name}",
         profile=", ".join(sorted(map(str, profiles))),

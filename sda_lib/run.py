@@ -6,6 +6,10 @@ Executed copies land in `outputs/<dataset>/<run>/`, with `report.html` built fro
 stages saved (see sda_lib.report). The first failing stage stops the run, naming the notebook and
 cell.
 
+Profiles (sda_lib.profiles): `-p profile=paper` runs the authors' experiment (the default on the
+Amazon datasets), `-p profile=quick` the notebooks' own CPU-sized defaults (the default on toy);
+a profile fills only what the command line leaves open.
+
 Parameters: `-p key=value` goes to every stage whose notebook declares `key`; `-p stage.key=value`
 (e.g. `-p adapt.steps=800`) to that stage only, and wins over an unscoped value. A key no stage
 declares, an unknown stage, a value of another type than the notebook's default, and `dataset` or
@@ -39,6 +43,7 @@ from typing import Callable
 
 from .io import write_json
 from .paths import REPO_ROOT, data_dir, run_dir
+from .profiles import PROFILES, default_profile, profile_parameters
 from .report import build_report
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
@@ -164,6 +169,24 @@ def stage_parameters(params: dict, stages: list[str] | None = None,
     return given
 
 
+def profiled_parameters(dataset: str, params: dict, stages: list[str],
+                        declared: dict[str, dict]) -> tuple[str, dict[str, dict]]:
+    """(profile, {stage: parameters}): the command line's `-p` values (see stage_parameters), then
+    the profile's values for whatever they leave open. `-p profile=...` names the profile; the
+    default depends on the dataset (sda_lib.profiles)."""
+    params = dict(params)
+    profile = params.pop("profile", None) or default_profile(dataset)
+    if profile not in PROFILES:
+        raise ParameterError(f"-p profile={profile!r}: choose one of {', '.join(PROFILES)}")
+    given = stage_parameters(params, stages, declared)
+    for stage, values in profile_parameters(profile, dataset).items():
+        for key, value in values.items():
+            if key in declared[stage] and key not in given[stage]:
+                _check_type(f"{stage}.{key}", value, stage, declared[stage][key])
+                given[stage][key] = value
+    return profile, given
+
+
 def _names(defaults: dict) -> str:
     return ", ".join(k for k in defaults if k not in RESERVED) or "(none)"
 
@@ -234,7 +257,7 @@ def run_stages(dataset: str, stages: list[str] | None = None, out: Path | None =
         raise UsageError(f"unknown stage(s) {', '.join(unknown)}; stages are: {', '.join(STAGES)}")
     stages = [s for s in STAGES if s in stages]
     defaults = {s: notebook_parameters(s) for s in STAGES}
-    given = stage_parameters(dict(params or {}), stages, defaults)
+    profile, given = profiled_parameters(dataset, dict(params or {}), stages, defaults)
     out = Path(out) if out is not None else run_dir(dataset, run)
     out.mkdir(parents=True, exist_ok=True)
     record_path = out / "stages.json"
@@ -278,7 +301,7 @@ def run_stages(dataset: str, stages: list[str] | None = None, out: Path | None =
                 f"  the executed copy with the full traceback: {executed}"
             ) from None
         seconds = time.perf_counter() - start
-        record[stage] = {"key": key, "inputs": inputs, "params": stage_params,
+        record[stage] = {"key": key, "inputs": inputs, "params": stage_params, "profile": profile,
                          "outputs": _fingerprints(out, stage, full[stage]), "seconds": round(seconds, 1),
                          "completed": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
         write_json(record_path, record)

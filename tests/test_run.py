@@ -358,3 +358,26 @@ def test_adapt_notebook_exposes_every_adapt_config_setting_with_its_default():
     for path in NOTEBOOK_FILES:
         params = _parameters(path)
         assert {k: params[k] for k in config if k in params} == {k: config[k] for k in config if k in params}, path.name
+
+
+def test_profiles_fill_only_what_the_command_line_leaves_open():
+    declared = {s: runner.notebook_parameters(s) for s in runner.STAGES}
+    stages = list(runner.STAGES)
+    profile, given = runner.profiled_parameters("beauty", {}, stages, declared)
+    assert profile == "paper"
+    assert given["adapt"]["steps"] == 4000 and given["adapt"]["gradient_checkpointing"] is True
+    assert given["adapt"]["backbone"] == given["export"]["backbone"] == "7b"
+    assert given["data"]["tail_count_on"] == "all" and given["recommend"]["patience"] == 20
+    _, sports = runner.profiled_parameters("sports", {}, stages, declared)
+    assert sports["adapt"]["steps"] == 2000 == sports["ablations"]["ablation_steps"]
+
+    _, smoke = runner.profiled_parameters("beauty", {"backbone": "tiny", "adapt.steps": 5}, stages, declared)
+    assert smoke["adapt"]["steps"] == 5 and smoke["export"]["backbone"] == "tiny"
+    assert smoke["ablations"]["ablation_steps"] == 4000  # the command line left this one open
+
+    profile, toy = runner.profiled_parameters("toy", {}, stages, declared)
+    assert profile == "quick" and toy == {s: {} for s in runner.STAGES}
+    profile, toy_paper = runner.profiled_parameters("toy", {"profile": "paper"}, stages, declared)
+    assert profile == "paper" and toy_paper["adapt"]["steps"] == 4000
+    with pytest.raises(runner.ParameterError, match="profile='fast': choose one of paper, quick"):
+        runner.profiled_parameters("toy", {"profile": "fast"}, stages, declared)

@@ -1,0 +1,40 @@
+"""Run profiles: the settings a whole run takes, by name, so one word says which experiment ran.
+
+- `paper`: the authors' experiment, the default on the Amazon datasets: Qwen2.5-VL-7B, their
+  adaptation steps per dataset, gradient checkpointing as they trained, their recommender budget
+  and tail rule (docs/FIDELITY.md gives the source of each value).
+- `quick`: the notebooks' own defaults, sized for 2 CPU cores; the default on toy, toy-tiny and a
+  user's own datasets.
+
+A profile only fills what the command line leaves open: `-p adapt.steps=5` wins over the profile.
+"""
+
+from __future__ import annotations
+
+PROFILES = ("paper", "quick")
+AMAZON = ("beauty", "sports", "toys")
+# MAX_STEPS of the authors' final scripts (RaoZhongtao/SDA:experiments/<dataset>/scft/CAMEL_qwen.bash).
+PAPER_STEPS = {"beauty": 4000, "sports": 2000, "toys": 4000}
+
+
+def default_profile(dataset: str) -> str:
+    return "paper" if dataset in AMAZON else "quick"
+
+
+def profile_parameters(profile: str, dataset: str) -> dict[str, dict]:
+    """{stage: {notebook parameter: value}} that `profile` sets for `dataset`."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    if profile == "quick":
+        return {}
+    steps = PAPER_STEPS.get(dataset, max(PAPER_STEPS.values()))
+    lvlm = {"backbone": "7b"}
+    return {
+        "data": {"tail_count_on": "all"},  # < 4 interactions over all data (generator.py get_item_pop)
+        "zero_shot": lvlm,
+        "adapt": {**lvlm, "steps": steps, "gradient_checkpointing": True, "checkpoint_every": 500},
+        "export": lvlm,
+        "recommend": {"epochs": 200, "patience": 20},  # utils/argument.py and the RAT scripts
+        "ablations": {**lvlm, "ablation_steps": steps, "ablation_epochs": 200, "patience": 20},
+        "gradient_conflict": lvlm,
+    }
