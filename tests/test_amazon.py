@@ -177,7 +177,7 @@ def test_find_images_checks_every_file(tmp_path):
         "good": str(tmp_path / "good.PNG"), "text": None, "cut": None,
         "both": str(tmp_path / "both.png"), "absent": None, "other": None,
     }
-    assert counts == {"missing_images": 4, "corrupt_images": 3}
+    assert counts == {"missing_images": 4, "corrupt_images": 3, "extreme_aspect_images": 0}
     assert "does not decode" in usable_image(tmp_path / "cut.jpg")
     with pytest.raises(DataError, match="image folder .*nowhere not found"):
         find_images(["good"], tmp_path / "nowhere")
@@ -275,7 +275,7 @@ def test_raw_form_downloads_image_urls(tmp_path, image_server):
     assert paths == {"A1": str(cache / "A1.jpg"), "B3": None, "A2": None}
     assert catalogue.counts == {
         "html_unescaped_titles": 1, "missing_titles": 1, "downloaded": 1, "already_present": 0,
-        "download_failures": 2, "missing_images": 2, "corrupt_images": 0,
+        "download_failures": 2, "missing_images": 2, "corrupt_images": 0, "extreme_aspect_images": 0,
     }
 
 

@@ -61,7 +61,8 @@ def test_round_trip(tmp_path, suffix):
         "timestamp": [1_400_000_300, 1_400_000_100, 1_400_000_300, 1_400_000_200],
     }
     assert catalogue.interactions["timestamp"].dtype == np.int64
-    assert catalogue.counts == {"missing_images": 2, "corrupt_images": 1, "items_without_interactions": 1}
+    assert catalogue.counts == {"missing_images": 2, "corrupt_images": 1, "extreme_aspect_images": 0,
+                                "items_without_interactions": 1}
 
 
 def test_datetime_strings_and_numeric_ids(tmp_path):

@@ -13,7 +13,8 @@ Schema:
     item        item id, unique
     image_path  optional: path of the item's image file; a relative path is read from the items
                 file's folder. Empty, missing or undecodable images leave the item without an image
-                (counted as missing_images; undecodable files also as corrupt_images).
+                (counted as missing_images; undecodable files also as corrupt_images, images too
+                elongated for the backbone as extreme_aspect_images).
     any other text column (e.g. title, brand, description) becomes a text field of the item's
     prompts, in the table's column order; empty cells become "". Non-text columns are kept as they
     are but do not enter prompts.
@@ -167,7 +168,7 @@ def _timestamps(values: pd.Series, path: Path) -> np.ndarray:
 def _image_paths(table: pd.DataFrame, item_ids: pd.Series, items_path: Path):
     """Checked image paths (None when absent or undecodable) and their counts."""
     if IMAGE_COLUMN not in table.columns:
-        return [None] * len(table), {"missing_images": len(table), "corrupt_images": 0}
+        return [None] * len(table), {"missing_images": len(table), "corrupt_images": 0, "extreme_aspect_images": 0}
     base = items_path.resolve().parent
     given = {
         item: [base / Path(value).expanduser()] if isinstance(value, str) and value.strip() else []

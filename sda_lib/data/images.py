@@ -3,7 +3,7 @@
 An image that is missing or unusable becomes `image_path=None` rather than an error: real
 catalogues always have some, and the data card reports how many (`missing_images` counts every
 item left without an image, `corrupt_images` the files among them that do not decode,
-`extreme_aspect_images`, listed when there are any, those the backbone's resizing refuses).
+`extreme_aspect_images` those the backbone's resizing refuses).
 """
 
 from __future__ import annotations
@@ -104,7 +104,8 @@ def check_images(
         )
     paths = {item: path for item, (path, _) in zip(items, results)}
     rejections = Counter(kind for _, rejected in results for kind in rejected)
-    counts = {"missing_images": sum(path is None for path, _ in results), "corrupt_images": 0, **rejections}
+    counts = {"missing_images": sum(path is None for path, _ in results), "corrupt_images": 0,
+              "extreme_aspect_images": 0, **rejections}
     return paths, counts
 
 
@@ -123,8 +124,8 @@ def find_images(
 ) -> tuple[dict[str, str | None], dict[str, int]]:
     """Images named by item id (`<id>.jpg`, `.jpeg`, `.png`, `.webp`, `.gif`) in `folder`.
 
-    Returns {item_id: path or None} and counts {"missing_images", "corrupt_images"} (and
-    "extreme_aspect_images" when any).
+    Returns {item_id: path or None} and counts {"missing_images", "corrupt_images",
+    "extreme_aspect_images"}.
     """
     folder = Path(folder).expanduser()
     if not folder.is_dir():
