@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+from collections import Counter
 import http.server
 import io
 import json
@@ -12,10 +13,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
-from sda_lib.data.amazon import DESCRIPTION_CHARS, load_amazon
+from sda_lib.data.amazon import DESCRIPTION_CHARS, load_amazon, sda_filter, source_files
 from sda_lib.data.catalogue import DataError
 from sda_lib.data.images import download_images, find_images, usable_image
 
@@ -325,7 +327,8 @@ def test_preprocessed_images_by_asin(tmp_path):
 
 def test_preprocessed_unknown_item_names_line_and_item(tmp_path):
     folder = write_preprocessed(tmp_path, "1 1 2\n2 4 9 1\n")
-    with pytest.raises(DataError, match=r"Beauty\.txt:2: item '9' is not in .*items\.jsonl: the two files do not belong together"):
+    with pytest.raises(DataError, match=r"Beauty\.txt:2: item '9' is not in .*items\.jsonl: the two files do not "
+                                        r"belong together"):
         load_amazon("beauty", folder)
 
 
@@ -338,6 +341,153 @@ def test_preprocessed_file_cut_mid_line(tmp_path):
 def test_preprocessed_user_without_items(tmp_path):
     with pytest.raises(DataError, match=r"Beauty\.txt:2: expected 'user_id item_id"):
         load_amazon("beauty", write_preprocessed(tmp_path, "1 1 2\n2\n"))
+
+
+# ---- the authors' recipe (recipe="sda") ------------------------------------------------------------
+
+SDA_REVIEWS = [  # (user, item, time) in file order; what each user and item is for: test_sda_recipe_by_hand
+    ("zed", "X", 100), ("bob", "A", 5), ("amy", "A", 1), ("zed", "B", 20), ("zed", "A", 10),
+    ("amy", "B", 2), ("bob", "B", 6), ("zed", "D", 30), ("zed", "C", 30), ("amy", "C", 3),
+    ("amy", "C", 9), ("bob", "C", 7), ("zed", "E", 50), ("amy", "D", 4), ("bob", "D", 8),
+    ("bob", "E", 9), ("bob", "F", 10), ("cat", "F", 1), ("cat", "A", 2), ("cat", "B", 3),
+    ("cat", "X", 4), ("dan", "A", 1), ("dan", "G", 2), ("dan", "B", 3), ("dan", "C", 4),
+    ("dan", "E", 5), ("dan", "F", 6), ("eve", "G", 1), ("eve", "D", 2), ("eve", "E", 3),
+    ("eve", "F", 4), ("eve", "B", 5), ("fay", "X", 1), ("fay", "X", 2), ("fay", "D", 3),
+    ("fay", "E", 4), ("fay", "F", 5), ("fay", "G", 6), ("zed", "G", 60), ("bob", "G", 11),
+    ("gus", "H", 1), ("zed", "H", 70), ("hal", "H", 2), ("dan", "H", 7), ("ivy", "H", 3),
+]
+
+
+def write_reviews(folder: Path, rows, meta_asins, file="reviews_Beauty.json.gz") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    write_gz(folder / file, [json.dumps({"reviewerID": u, "asin": i, "overall": 5.0, "unixReviewTime": t})
+                             for u, i, t in rows])
+    write_gz(folder / "meta_Beauty.json.gz",
+             [repr({"asin": a, "title": f"Item {a}", "categories": [["Beauty"]]}) for a in meta_asins])
+    return folder
+
+
+def test_sda_recipe_by_hand(tmp_path):
+    """Raw reviews per item: A 5, B 6, C 5 (one a duplicate), D 5, E 5, F 5, G 5 (no meta), H 5, X 4.
+    Per user: zed 8, bob 7, amy 5 (C twice), cat 4, dan 7, eve 5, fay 6 (X twice), gus, hal, ivy 1."""
+    folder = write_reviews(tmp_path / "raw", SDA_REVIEWS, "ABCDEFHX")
+    catalogue = load_amazon("beauty", folder, recipe="sda")
+    # cat, gus, hal, ivy have fewer than 5 reviews and X 4: their rows go, in one pass, so H keeps
+    # the reviews of zed and dan though 3 of its 5 came from users dropped. amy's duplicate C leaves her 4 items and
+    # fay has D E F G once X is gone: both below 5, dropped. G has no meta: dropped from every
+    # sequence at the end, which leaves eve 4 items (the authors keep her). Users in order of first
+    # appearance among the kept reviews (bob's line 2 comes before zed's line 4; zed's X on line 1 was
+    # dropped); time order within a user, zed's D and C (both at 30) in file order.
+    interactions = catalogue.interactions
+    assert interactions["user_id"].tolist() == ["bob"] * 6 + ["zed"] * 6 + ["dan"] * 6 + ["eve"] * 4
+    assert interactions["item_id"].tolist() == [*"ABCDEF", *"ABDCEH", *"ABCEFH", *"DEFB"]
+    assert interactions["timestamp"].tolist() == [5, 6, 7, 8, 9, 10, 10, 20, 30, 30, 50, 70, 1, 3, 4, 5, 6, 7,
+                                                  2, 3, 4, 5]
+    # items in order of first appearance in the sequences (C before D), not of first review (D first)
+    assert catalogue.items["item_id"].tolist() == list("ABCDEFH")
+    assert {k: v for k, v in catalogue.counts.items() if k.startswith("sda_")} == {
+        "sda_reviews_read": 45,
+        "sda_reviews_below_core": 10,  # X's 4, cat's 4 (one of them X), gus', hal's and ivy's H
+        "sda_duplicates_dropped": 1,  # amy's second C
+        "sda_users_below_min_length": 2,  # amy, fay
+        "sda_items_without_meta": 1,  # G
+        "sda_interactions_without_meta": 4,  # G of bob, zed, dan, eve
+        "sda_users_left_without_items": 0,
+    }
+    assert catalogue.source.startswith("Amazon 2014 Beauty, raw form (reviews_Beauty.json.gz), recipe sda")
+
+
+def test_sda_recipe_prepared_keeps_the_authors_numbering_and_tail(tmp_path):
+    from sda_lib.data import PrepareParams, load_prepared, prepare_dataset
+
+    folder = write_reviews(tmp_path / "raw", SDA_REVIEWS, "ABCDEFHX")
+    out = prepare_dataset("beauty", folder, out=tmp_path / "d", params=PrepareParams(n_negatives=1, recipe="sda"))
+    prepared = load_prepared(out)
+    # user u and item i are the authors' ids u + 1 and i + 1
+    assert pd.read_parquet(out / "users.parquet")["user_id"].tolist() == ["bob", "zed", "dan", "eve"]
+    assert prepared.items["item_id"].tolist() == list("ABCDEFH")
+    assert [list(s) for s in prepared.sequences("test")] == [[0, 1, 2, 3, 4, 5], [0, 1, 3, 2, 4, 6],
+                                                             [0, 1, 2, 4, 5, 6], [3, 4, 5, 1]]
+    # the authors' popularity (users holding the item) and tail (< 4): A has 5 raw reviews, 3 left
+    assert prepared.items["popularity_all"].tolist() == [3, 4, 3, 3, 4, 3, 2]
+    assert prepared.items["is_tail"].tolist() == [True, False, True, True, False, True, True]
+    card = prepared.card
+    assert card["params"]["recipe"] == "sda" and card["params"]["tail_count_on"] == "all"
+    assert card["tail_rule"] == "< 4 interactions over all data (the authors' rule)"
+    assert card["tail_test_share"] == 0.75  # test targets F H H B
+    assert card["counts"]["sda_users_below_min_length"] == 2 and card["counts"]["users_dropped_short"] == 0
+
+
+def authors_recipe_by_loops(rows, with_meta):
+    """The recipe step by step over (user, item, time) rows, as the research notes describe it."""
+    user_rows, item_rows = Counter(u for u, _, _ in rows), Counter(i for _, i, _ in rows)
+    kept = {}
+    for user, item, time in rows:
+        if user_rows[user] >= 5 and item_rows[item] >= 5:
+            history = kept.setdefault(user, [])
+            if item not in [seen for seen, _ in history]:
+                history.append((item, time))
+    sequences = {user: [item for item, _ in sorted(history, key=lambda pair: pair[1])]
+                 for user, history in kept.items()}
+    sequences = {user: [item for item in items if item in with_meta]
+                 for user, items in sequences.items() if len(items) >= 5}
+    return {user: items for user, items in sequences.items() if items}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_sda_recipe_matches_the_steps_on_random_reviews(tmp_path, seed):
+    rng = np.random.default_rng(seed)
+    n = 600
+    users = [f"u{k}" for k in rng.zipf(1.6, n) % 60]
+    items = [f"i{k}" for k in rng.zipf(1.4, n) % 40]
+    rows = list(zip(users, items, rng.integers(0, 30, n).tolist()))  # many ties and repeats
+    with_meta = {f"i{k}" for k in range(40) if k % 7 != 3}
+    expected = authors_recipe_by_loops(rows, with_meta)
+    assert len(expected) >= 5  # the draw exercises the recipe
+
+    catalogue = load_amazon("beauty", write_reviews(tmp_path, rows, sorted(with_meta)), recipe="sda")
+    found = catalogue.interactions.groupby("user_id", sort=False)["item_id"].agg(list).to_dict()
+    assert list(found.items()) == list(expected.items())
+    assert catalogue.items["item_id"].tolist() == list(dict.fromkeys(i for s in expected.values() for i in s))
+
+
+def test_sda_recipe_reads_the_5core_file_when_the_full_one_is_absent(tmp_path):
+    from sda_lib.data import PrepareParams, load_prepared, prepare_dataset
+    from sda_lib.data.card import format_card
+
+    five = write_reviews(tmp_path / "five", SDA_REVIEWS, "ABCDEFHX", file="reviews_Beauty_5.json.gz")
+    catalogue = load_amazon("beauty", five, recipe="sda")
+    assert catalogue.source.startswith("Amazon 2014 Beauty, raw form (reviews_Beauty_5.json.gz), recipe sda")
+    assert catalogue.interactions["user_id"].tolist() == ["bob"] * 6 + ["zed"] * 6 + ["dan"] * 6 + ["eve"] * 4
+    out = prepare_dataset("beauty", five, out=tmp_path / "d", params=PrepareParams(n_negatives=1, recipe="sda"))
+    printed = format_card(load_prepared(out).card)
+    assert f"source        {five.resolve()} (reviews_Beauty_5.json.gz, meta_Beauty.json.gz)\n" in printed
+    # with both files, "sda" reads the full one and "5core" the 5-core one
+    write_reviews(five, SDA_REVIEWS, "ABCDEFHX")
+    assert source_files("beauty", five, "sda")[1][0].name == "reviews_Beauty.json.gz"
+    assert source_files("beauty", five, "5core")[1][0].name == "reviews_Beauty_5.json.gz"
+
+
+def test_recipes_name_the_files_they_need(tmp_path):
+    full_only = write_reviews(tmp_path / "full", SDA_REVIEWS, "ABCDEFHX")
+    with pytest.raises(DataError, match=r"reviews_Beauty\.json\.gz \(all reviews\) is there: the recipe 'sda' "
+                                        r"\(--recipe sda\) reads it"):
+        load_amazon("beauty", full_only)
+    preprocessed = write_preprocessed(tmp_path / "pre", "1 1 4 2\n")
+    with pytest.raises(DataError) as error:
+        load_amazon("beauty", preprocessed, recipe="sda")
+    message = str(error.value)
+    for text in ("reviews_Beauty.json.gz (missing)", "reviews_Beauty_5.json.gz (missing)",
+                 "meta_Beauty.json.gz (missing)", "recipe '5core' (--recipe 5core)"):
+        assert text in message
+
+
+def test_sda_recipe_that_keeps_nothing_names_the_file(tmp_path):
+    folder = write_raw(tmp_path)  # 4 reviews: no user or item has 5
+    (folder / "reviews_Beauty_5.json.gz").rename(folder / "reviews_Beauty.json.gz")
+    with pytest.raises(DataError, match=r"reviews_Beauty\.json\.gz: no user has 5 or more reviews of items with 5 "
+                                        r"or more reviews \(4 reviews read\)"):
+        load_amazon("beauty", folder, recipe="sda")
 
 
 # ---- real data -----------------------------------------------------------------------------------
@@ -354,3 +504,18 @@ def test_real_preprocessed_counts(name, users, items, interactions):
     assert len(catalogue.interactions) == interactions
     assert set(catalogue.interactions["item_id"]) == set(catalogue.items["item_id"])
     assert catalogue.items["asin"].str.fullmatch(r"[0-9A-Z]{10}").all()
+
+
+@pytest.mark.skipif(not REAL_DATA.is_dir(), reason="../shared/data not found; real-data count checks skipped")
+@pytest.mark.parametrize(
+    ("name", "users", "items", "interactions"),
+    [("beauty", 22_363, 12_101, 198_502), ("toys", 19_412, 11_924, 167_597)],
+)
+def test_sda_filter_keeps_the_5core_data_whole(name, users, items, interactions):
+    """S3-Rec's 5-core sequences have no repeated item per user and every user and item has >= 5
+    interactions, so the authors' filter keeps them whole: on the 5-core files, recipe "sda" gives
+    the 5-core counts."""
+    kept, counts = sda_filter(load_amazon(name, REAL_DATA / name).interactions)
+    assert (kept["user_id"].nunique(), kept["item_id"].nunique(), len(kept)) == (users, items, interactions)
+    assert counts == {"sda_reviews_read": interactions, "sda_reviews_below_core": 0, "sda_duplicates_dropped": 0,
+                      "sda_users_below_min_length": 0}

@@ -175,6 +175,28 @@ def test_damaged_folder_is_named_and_prepared_again(tmp_path, capsys, damage):
     assert again.items.equals(expected.items) and (again.negatives == expected.negatives).all()
 
 
+def test_folder_prepared_before_recipe_and_placeholder_existed_is_prepared_again(tmp_path, capsys):
+    out = prepare_dataset("toy-tiny", out=tmp_path / "d")
+    card = json.loads((out / "card.json").read_text())
+    for key in ("recipe", "placeholder"):
+        del card["params"][key]
+    (out / "card.json").write_text(json.dumps(card))
+    capsys.readouterr()
+    prepare_dataset("toy-tiny", out=out)
+    assert "parameters changed: recipe None -> 5core, placeholder None -> noise" in capsys.readouterr().out
+    assert load_prepared(out).card["params"]["placeholder"] == "noise"
+
+
+def test_dataset_default_tail_rule_is_recorded_and_reused(tmp_path):
+    out = prepare_dataset("toy-tiny", out=tmp_path / "d")
+    assert load_prepared(out).card["params"]["tail_count_on"] == "train"
+    stamp = card_mtime(out)
+    prepare_dataset("toy-tiny", out=out, params=PrepareParams(tail_count_on="train"))  # the same rule, spelt out
+    assert card_mtime(out) == stamp
+    prepare_dataset("toy-tiny", out=out, params=PrepareParams(tail_count_on="all"))
+    assert load_prepared(out).card["tail_rule"] == "< 4 interactions over all data (the authors' rule)"
+
+
 def test_reuse_is_announced_with_the_way_out(tmp_path, capsys):
     out = tmp_path / "d"
     assert main(["prepare", "toy-tiny", "--out", str(out)]) == 0

@@ -102,6 +102,18 @@ def test_popularity_has_a_long_tail(size, request):
     assert per_item[-1] <= 2
 
 
+@pytest.mark.parametrize(("size", "authors", "training"), [("toy-tiny", 4, 15), ("toy", 48, 114)])
+def test_training_count_tail_holds_more_test_targets(size, authors, training, request):
+    """Why toy data keeps tail_count_on="train" (sda_lib.data.prepare.TAIL_COUNT_ON): the authors' rule
+    (< 4 interactions over all data) leaves too few tail test targets to measure on."""
+    catalogue = request.getfixturevalue({"toy-tiny": "tiny", "toy": "toy"}[size])
+    inter = catalogue.interactions
+    targets = inter[inter.groupby("user_id").cumcount(ascending=False) == 0]["item_id"]
+    overall = inter["item_id"].value_counts()
+    assert (targets.map(overall) < 4).sum() == authors
+    assert (targets.map(training_counts(catalogue)) < 4).sum() == training
+
+
 def test_top_tenth_of_items_takes_a_large_share(toy):
     per_item = np.sort(toy.interactions["item_id"].value_counts().to_numpy())[::-1]
     top = per_item[: len(per_item) // 10].sum() / per_item.sum()

@@ -1,8 +1,10 @@
 """Dataset registry: one call to load any source as a `Catalogue` and prepare it into
 `outputs/<dataset>/data/`.
 
-Sources: toy, toy-tiny (synthetic, offline), beauty, sports, toys (Amazon 2014 5-core, raw or
-preprocessed form, from `source`), custom (a user's interactions + items tables in `source`).
+Sources: toy, toy-tiny (synthetic, offline), beauty, sports, toys (Amazon 2014, raw or
+preprocessed form, from `source`; `PrepareParams.recipe` "5core" reads the 5-core files as they
+are, "sda" applies the SDA authors' filter to the raw reviews), custom (a user's interactions +
+items tables in `source`).
 """
 
 from __future__ import annotations
@@ -17,21 +19,23 @@ from .. import __version__
 from ..io import atomic_dir, write_json
 from ..paths import data_dir
 from .catalogue import Catalogue, DataError
-from .prepare import PrepareParams, prepare_catalogue
+from .prepare import RECIPES, PrepareParams, default_tail_count_on, prepare_catalogue
 from .prepared import IMAGES_DIR, PreparedDataset, damage, foreign_entries, read_card
 
 DATASETS = ("toy", "toy-tiny", "beauty", "sports", "toys", "custom")
 TOY = ("toy", "toy-tiny")
 AMAZON = ("beauty", "sports", "toys")
 
-__all__ = ["DATASETS", "Catalogue", "DataError", "PrepareParams", "PreparedDataset",
-           "load_catalogue", "prepare_dataset", "load_prepared"]
+__all__ = ["DATASETS", "RECIPES", "Catalogue", "DataError", "PrepareParams", "PreparedDataset",
+           "default_tail_count_on", "load_catalogue", "prepare_dataset", "load_prepared"]
 
 
 def load_catalogue(name: str, source: str | Path | None = None, image_dir: Path | None = None,
                    images: str | Path | None = None, download_images: bool = False,
-                   seed: int = 0) -> Catalogue:
-    """Load dataset `name` from its source. `image_dir` receives generated toy images."""
+                   seed: int = 0, recipe: str = "5core") -> Catalogue:
+    """Load dataset `name` from its source, filtered by `recipe` (see RECIPES). `image_dir` receives
+    generated toy images."""
+    _check_recipe(name, recipe)
     if name in TOY:
         from .toy import generate_toy
 
@@ -47,19 +51,23 @@ def load_catalogue(name: str, source: str | Path | None = None, image_dir: Path 
         return load_custom(_one_of(source, "interactions"), _one_of(source, "items"))
     from .amazon import load_amazon
 
-    return load_amazon(name, source, images=images, download_images=download_images)
+    return load_amazon(name, source, images=images, download_images=download_images, recipe=recipe)
 
 
 def prepare_dataset(name: str, source: str | Path | None = None, out: str | Path | None = None,
                     params: PrepareParams = PrepareParams(), force: bool = False, **load_kw) -> Path:
     """Prepare `name` into `out` (default outputs/<name>/data) and return the folder.
 
+    `params.tail_count_on=None` takes the dataset's default tail rule (`default_tail_count_on`);
+    the card records the rule used.
+
     The folder appears only once complete. It is reused, unless `force`, when it was prepared with
     the same parameters from inputs unchanged since and is whole; it is never replaced when it holds
     anything a preparation does not write, or when it is (or is above) an input folder.
     """
     out = Path(out) if out is not None else data_dir(name)
-    inputs = _inputs(name, source, **load_kw)
+    params = params.for_dataset(name)
+    inputs = _inputs(name, source, params.recipe, **load_kw)
     _check_out(out, inputs)
     why = "force=True (--force)" if force else _stale(out, name, params, inputs)
     if why is None:
@@ -68,7 +76,8 @@ def prepare_dataset(name: str, source: str | Path | None = None, out: str | Path
         return out
     print(f"preparing {name} into {out}: {why}")
     with atomic_dir(out) as tmp:
-        catalogue = load_catalogue(name, source, image_dir=tmp / IMAGES_DIR, seed=params.seed, **load_kw)
+        catalogue = load_catalogue(name, source, image_dir=tmp / IMAGES_DIR, seed=params.seed,
+                                   recipe=params.recipe, **load_kw)
         if "--source" in inputs.folders:
             catalogue.source = str(inputs.folders["--source"])
         card = prepare_catalogue(catalogue, tmp, params)
@@ -95,8 +104,9 @@ class _Inputs:
     generator: dict | None = None  # toy data: what, besides the seed, decides what is generated
 
 
-def _inputs(name: str, source: str | Path | None, images: str | Path | None = None,
+def _inputs(name: str, source: str | Path | None, recipe: str, images: str | Path | None = None,
             download_images: bool = False) -> _Inputs:
+    _check_recipe(name, recipe)
     if name in TOY:
         from .toy import SIZES
 
@@ -113,7 +123,7 @@ def _inputs(name: str, source: str | Path | None, images: str | Path | None = No
         folders["--images"] = Path(images).expanduser().resolve()
     elif download_images:
         folders["the image cache"] = default_image_cache(name).resolve()
-    return _Inputs(folders, source_files(name, folder)[1])
+    return _Inputs(folders, source_files(name, folder, recipe)[1])
 
 
 def _check_out(out: Path, inputs: _Inputs) -> None:
@@ -190,6 +200,17 @@ def _listing(folder: Path) -> list[int] | None:
     return [len(stats), sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0)]
 
 
+def _check_recipe(name: str, recipe: str) -> None:
+    """The recipe "sda" filters raw Amazon reviews; other sources come as they are."""
+    if recipe not in RECIPES:
+        raise DataError(f"unknown recipe {recipe!r}: choose one of {', '.join(RECIPES)}")
+    if recipe == "sda" and name in (*TOY, "custom"):
+        raise DataError(
+            f"recipe 'sda' is the SDA authors' filter of the raw Amazon review files ({', '.join(AMAZON)}); "
+            f"{name} data is prepared as it comes: use recipe '5core' (--recipe 5core)"
+        )
+
+
 def _source_folder(name: str, source: str | Path | None) -> Path:
     if source is None:
         raise DataError(_needs_source(name))
@@ -218,4 +239,5 @@ def _needs_source(name: str) -> str:
 
     cat = CATEGORIES[name]
     return (f"{name} needs --source DIR holding either reviews_{cat}_5.json.gz and meta_{cat}.json.gz "
-            f"(raw form) or {cat}.txt and items.jsonl (preprocessed form)")
+            f"(raw form) or {cat}.txt and items.jsonl (preprocessed form); recipe 'sda' reads "
+            f"reviews_{cat}.json.gz (all reviews) or reviews_{cat}_5.json.gz, and meta_{cat}.json.gz")

@@ -7,8 +7,24 @@ import json
 import sys
 from pathlib import Path
 
-from . import DATASETS, DataError, PrepareParams, prepare_dataset
+from . import DATASETS, RECIPES, DataError, PrepareParams, prepare_dataset
 from .card import format_card
+from .images import PLACEHOLDERS
+
+
+def _integer_from(least: int):
+    """An argparse type: an integer >= `least`, so a bad value is a usage error (exit status 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be {least} or more, got {value}")
+        return value
+
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,14 +36,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="output folder (default outputs/<name>/data)")
     p.add_argument("--images", type=Path, help="folder of item images named by item id (ASIN)")
     p.add_argument("--download-images", action="store_true", help="fetch imUrl images into a cache")
-    p.add_argument("--tail-threshold", type=int, default=PrepareParams.tail_threshold)
-    p.add_argument("--tail-count-on", choices=["train", "all"], default=PrepareParams.tail_count_on)
-    p.add_argument("--n-negatives", type=int, default=PrepareParams.n_negatives)
-    p.add_argument("--seed", type=int, default=PrepareParams.seed)
+    p.add_argument("--recipe", choices=RECIPES, default=PrepareParams.recipe,
+                   help="5core: the source as given (default); sda: the SDA authors' filter of the raw "
+                        "Amazon reviews (reviews_<Category>.json.gz)")
+    p.add_argument("--tail-threshold", type=_integer_from(1), default=PrepareParams.tail_threshold)
+    p.add_argument("--tail-count-on", choices=["train", "all"], default=None,
+                   help="default: the dataset's (all, the authors' rule; train for toy and toy-tiny)")
+    p.add_argument("--placeholder", choices=PLACEHOLDERS, default=PrepareParams.placeholder,
+                   help="image of items without a usable one: noise (the authors', default) or grey")
+    p.add_argument("--n-negatives", type=_integer_from(1), default=PrepareParams.n_negatives)
+    p.add_argument("--seed", type=_integer_from(0), default=PrepareParams.seed)
     p.add_argument("--force", action="store_true", help="prepare again even if up to date")
     args = parser.parse_args(argv)
 
-    params = PrepareParams(args.tail_threshold, args.tail_count_on, args.n_negatives, args.seed)
+    params = PrepareParams(tail_threshold=args.tail_threshold, tail_count_on=args.tail_count_on,
+                           n_negatives=args.n_negatives, seed=args.seed, recipe=args.recipe,
+                           placeholder=args.placeholder)
     load_kw = {}
     if args.images:
         load_kw["images"] = args.images

@@ -1,11 +1,17 @@
-"""Amazon 2014 5-core review datasets (Beauty, Sports_and_Outdoors, Toys_and_Games), in either form.
+"""Amazon 2014 review datasets (Beauty, Sports_and_Outdoors, Toys_and_Games), in either form.
 
-Raw form, as the authors distribute it (https://jmcauley.ucsd.edu/data/amazon/links.html):
-  reviews_<Category>_5.json.gz  one JSON object per line: reviewerID, asin, unixReviewTime, ...
+Raw form, as McAuley et al. distribute it (https://jmcauley.ucsd.edu/data/amazon/links.html):
+  reviews_<Category>_5.json.gz  the 5-core reviews, one JSON object per line: reviewerID, asin,
+                                unixReviewTime, ...
+  reviews_<Category>.json.gz    all reviews, same lines (read by recipe "sda" only)
   meta_<Category>.json.gz       one Python dict literal per line (not JSON): asin, title, brand,
                                 categories, description, price, imUrl, ...
-  Items are the reviewed ASINs, in order of first review; text fields title, categories, brand,
-  description (capped at DESCRIPTION_CHARS), price; column `image_url` keeps imUrl for downloads.
+  Text fields title, categories, brand, description (capped at DESCRIPTION_CHARS), price; column
+  `image_url` keeps imUrl for downloads.
+  Recipe "5core" reads the 5-core file as it is: items are the reviewed ASINs in order of first
+  review, and a reviewed ASIN without meta is an error. Recipe "sda" applies the SDA authors'
+  filter (`sda_filter`) to the full file, or to the 5-core file when the full one is absent (the
+  authors' code does not tell which they read); items without meta are then dropped, as they do.
 
 Preprocessed form, as used by S3-Rec and many later sequential recommenders:
   <Category>.txt   one user per line, `user_id item_id item_id ...`, items in time order
@@ -41,6 +47,7 @@ CATEGORIES = {"beauty": "Beauty", "sports": "Sports_and_Outdoors", "toys": "Toys
 RAW_TEXT_FIELDS = ["title", "categories", "brand", "description", "price"]
 PREPROCESSED_TEXT_FIELDS = ["title", "categories"]
 DESCRIPTION_CHARS = 500
+SDA_MIN_COUNT = 5  # recipe "sda": user_core = item_core = filter_minmum's min_len in the authors' executed cell
 DEFAULT_IMAGE_CACHE = Path("~/.cache/sda-workbench/images")
 
 _RAW_PAGE = "https://jmcauley.ucsd.edu/data/amazon/links.html"
@@ -59,16 +66,20 @@ def load_amazon(
     download_images: bool = False,
     image_cache: str | os.PathLike | None = None,
     workers: int = 16,
+    recipe: str = "5core",
 ) -> Catalogue:
-    """Load Amazon 2014 `name` ("beauty", "sports", "toys") from the folder `source`, either form.
+    """Load Amazon 2014 `name` ("beauty", "sports", "toys") from the folder `source`, either form,
+    filtered by `recipe` ("5core" or "sda", see the module docstring).
 
     Images: from the folder `images` (files named <asin>.<jpg|png|...>) if given; else, when
     `download_images`, fetched from the raw meta's imUrl into `image_cache` (default
     ~/.cache/sda-workbench/images/<name>); else every item has image_path None.
     """
-    form, files = source_files(name, source)
+    form, files = source_files(name, source, recipe)
     category, folder = CATEGORIES[name], Path(source).expanduser()
-    if form == "raw":
+    if recipe == "sda":
+        items, interactions, counts = _load_raw_sda(*files)
+    elif form == "raw":
         items, interactions, counts = _load_raw(*files)
     else:
         if download_images and images is None:
@@ -98,22 +109,29 @@ def load_amazon(
         interactions=interactions,
         text_fields=list(RAW_TEXT_FIELDS if form == "raw" else PREPROCESSED_TEXT_FIELDS),
         counts=counts | image_counts,
-        source=f"Amazon 2014 {category}, {form} form: {folder}",
+        source=f"Amazon 2014 {category}, {form} form ({files[0].name}), recipe {recipe}: {folder}",
     )
 
 
-def source_files(name: str, source: str | os.PathLike) -> tuple[str, tuple[Path, Path]]:
-    """The form found in `source` ("raw", preferred, or "preprocessed") and the two files read."""
+def source_files(name: str, source: str | os.PathLike, recipe: str = "5core") -> tuple[str, tuple[Path, Path]]:
+    """The form found in `source` and the two files `recipe` reads: for "5core" the raw 5-core
+    reviews (preferred) or the preprocessed form; for "sda" the full reviews, else the 5-core ones."""
     if name not in CATEGORIES:
         raise ValueError(f"unknown Amazon dataset name {name!r}: expected one of {sorted(CATEGORIES)}")
+    if recipe not in ("5core", "sda"):
+        raise ValueError(f"unknown recipe {recipe!r}: expected '5core' or 'sda'")
     category = CATEGORIES[name]
     folder = Path(source).expanduser()
-    raw = (folder / f"reviews_{category}_5.json.gz", folder / f"meta_{category}.json.gz")
+    meta = folder / f"meta_{category}.json.gz"
+    full = (folder / f"reviews_{category}.json.gz", meta)
+    five = (folder / f"reviews_{category}_5.json.gz", meta)
     preprocessed = (folder / f"{category}.txt", folder / "items.jsonl")
-    for form, files in (("raw", raw), ("preprocessed", preprocessed)):
-        if all(path.is_file() for path in files):
-            return form, files
-    raise DataError(_not_found(folder, category, raw, preprocessed))
+    looked = {"raw": [five], "preprocessed": [preprocessed]} if recipe == "5core" else {"raw": [full, five]}
+    for form, candidates in looked.items():
+        for files in candidates:
+            if all(path.is_file() for path in files):
+                return form, files
+    raise DataError(_not_found(folder, category, recipe, full, five, preprocessed))
 
 
 def default_image_cache(name: str) -> Path:
@@ -122,24 +140,9 @@ def default_image_cache(name: str) -> Path:
 
 
 def _load_raw(reviews_path: Path, meta_path: Path):
-    users, item_ids, times = [], [], []
-    for number, line in _lines(reviews_path):
-        review = _parse(line, json.loads, reviews_path, number, "a JSON object")
-        user, asin, time = _required(review, ("reviewerID", "asin", "unixReviewTime"), reviews_path, number)
-        users.append(str(user))
-        item_ids.append(str(asin))
-        times.append(_integer(time, "unixReviewTime", reviews_path, number))
-
-    reviewed = dict.fromkeys(item_ids)  # order of first review
-    meta = {}
-    for number, line in _lines(meta_path):
-        leading = _LEADING_ASIN.match(line)
-        if leading and leading.group(1) not in reviewed:
-            continue
-        record = _parse(line, ast.literal_eval, meta_path, number, "a Python dict literal")
-        (asin,) = _required(record, ("asin",), meta_path, number)
-        if asin in reviewed:
-            meta.setdefault(asin, record)
+    interactions = _read_reviews(reviews_path)
+    reviewed = list(dict.fromkeys(interactions["item_id"]))  # order of first review
+    meta = _read_meta(meta_path, reviewed)
     unknown = [asin for asin in reviewed if asin not in meta]
     if unknown:
         raise DataError(
@@ -147,13 +150,97 @@ def _load_raw(reviews_path: Path, meta_path: Path):
             f"({len(unknown)} reviewed asins have none): the two files are from different categories or "
             f"releases, or the meta file is incomplete; download meta_*.json.gz for the same category again"
         )
-
     counts = {"html_unescaped_titles": 0, "missing_titles": 0}
+    return _item_rows(reviewed, meta, counts), interactions, counts
+
+
+def _load_raw_sda(reviews_path: Path, meta_path: Path):
+    """The authors' recipe: `sda_filter`, then items without meta dropped (`remove_items`) and
+    items numbered in order of first appearance in the users' sequences (`id_map`)."""
+    interactions, counts = sda_filter(_read_reviews(reviews_path))
+    if interactions.empty:
+        raise DataError(
+            f"{reviews_path}: no user has {SDA_MIN_COUNT} or more reviews of items with {SDA_MIN_COUNT} or more "
+            f"reviews ({counts['sda_reviews_read']} reviews read): the recipe 'sda' needs the full review file "
+            f"of the category"
+        )
+    kept = list(dict.fromkeys(interactions["item_id"]))
+    meta = _read_meta(meta_path, kept)
+    with_meta = interactions["item_id"].isin(list(meta)).to_numpy()
+    counts["sda_items_without_meta"] = len(kept) - len(meta)
+    counts["sda_interactions_without_meta"] = int((~with_meta).sum())
+    counts["sda_users_left_without_items"] = (
+        interactions["user_id"].nunique() - interactions.loc[with_meta, "user_id"].nunique())
+    interactions = interactions[with_meta].reset_index(drop=True)
+    if interactions.empty:
+        raise DataError(f"{meta_path}: none of the {len(kept)} items kept from {reviews_path.name} has a "
+                        f"metadata line: the two files are from different categories or releases")
+    counts |= {"html_unescaped_titles": 0, "missing_titles": 0}
+    items = _item_rows(list(dict.fromkeys(interactions["item_id"])), meta, counts)
+    return items, interactions, counts
+
+
+def sda_filter(reviews: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The SDA authors' interaction filter (`RaoZhongtao/SDA:data_process.ipynb`, `filter_common`
+    then `filter_minmum`), on reviews (user_id, item_id, timestamp) in file order.
+
+    One pass, not an iterative k-core: keep the reviews whose user and whose item each have at
+    least SDA_MIN_COUNT reviews in the whole file, duplicates included; per user keep the first
+    review of each item in file order; sort each user's items by time (stable); drop users left
+    with fewer than SDA_MIN_COUNT items. Returns the kept rows grouped by user, users in order of
+    first appearance among the kept reviews (the authors' numbering), and what was dropped.
+    """
+    n_user = reviews.groupby("user_id", sort=False)["user_id"].transform("size")
+    n_item = reviews.groupby("item_id", sort=False)["item_id"].transform("size")
+    kept = reviews[(n_user >= SDA_MIN_COUNT) & (n_item >= SDA_MIN_COUNT)]
+    unique = kept.drop_duplicates(["user_id", "item_id"], keep="first")
+    # two stable sorts: by time, then by user number (first appearance), so ties keep file order
+    user_number = pd.factorize(unique["user_id"])[0]
+    by_time = np.argsort(unique["timestamp"].to_numpy(), kind="stable")
+    grouped = unique.iloc[by_time[np.argsort(user_number[by_time], kind="stable")]]
+    length = grouped.groupby("user_id", sort=False)["user_id"].transform("size")
+    result = grouped[length >= SDA_MIN_COUNT].reset_index(drop=True)
+    return result, {
+        "sda_reviews_read": len(reviews),
+        "sda_reviews_below_core": len(reviews) - len(kept),
+        "sda_duplicates_dropped": len(kept) - len(unique),
+        "sda_users_below_min_length": int(grouped.loc[length < SDA_MIN_COUNT, "user_id"].nunique()),
+    }
+
+
+def _read_reviews(path: Path) -> pd.DataFrame:
+    """user_id, item_id, timestamp of every review line, in file order."""
+    users, item_ids, times = [], [], []
+    for number, line in _lines(path):
+        review = _parse(line, json.loads, path, number, "a JSON object")
+        user, asin, time = _required(review, ("reviewerID", "asin", "unixReviewTime"), path, number)
+        users.append(str(user))
+        item_ids.append(str(asin))
+        times.append(_integer(time, "unixReviewTime", path, number))
+    return _interactions(users, item_ids, times)
+
+
+def _read_meta(path: Path, wanted: list[str]) -> dict[str, dict]:
+    """The first meta record of each wanted asin that has one."""
+    wanted = set(wanted)
+    meta = {}
+    for number, line in _lines(path):
+        leading = _LEADING_ASIN.match(line)
+        if leading and leading.group(1) not in wanted:
+            continue
+        record = _parse(line, ast.literal_eval, path, number, "a Python dict literal")
+        (asin,) = _required(record, ("asin",), path, number)
+        if asin in wanted:
+            meta.setdefault(asin, record)
+    return meta
+
+
+def _item_rows(asins: list[str], meta: dict[str, dict], counts: dict[str, int]) -> pd.DataFrame:
     rows = []
-    for asin in reviewed:
+    for asin in asins:
         row = _text_row(meta[asin], RAW_TEXT_FIELDS, counts)
         rows.append({"item_id": asin, **row, "image_url": meta[asin].get("imUrl") or None})
-    return pd.DataFrame(rows), _interactions(users, item_ids, times), counts
+    return pd.DataFrame(rows)
 
 
 def _load_preprocessed(sequences_path: Path, items_path: Path):
@@ -314,17 +401,35 @@ _FORMATTERS: dict[str, Callable[[object], str]] = {
 }
 
 
-def _not_found(folder: Path, category: str, raw: tuple[Path, Path], preprocessed: tuple[Path, Path]) -> str:
+def _not_found(folder: Path, category: str, recipe: str, full: tuple[Path, Path], five: tuple[Path, Path],
+               preprocessed: tuple[Path, Path]) -> str:
     def listed(paths):
         return ", ".join(f"{p.name} ({'found' if p.is_file() else 'missing'})" for p in paths)
 
     where = f"{folder}" if folder.is_dir() else f"{folder} (folder does not exist)"
+    downloads = (
+        f"Raw files: the reviews and the 'metadata' of {category} from {_RAW_PAGE} (e.g. "
+        f"{_RAW_FILES}reviews_{category}_5.json.gz, reviews_{category}.json.gz and meta_{category}.json.gz)."
+    )
+    if recipe == "sda":
+        return (
+            f"no Amazon 2014 {category} review file for recipe 'sda' in {where}. It filters the raw reviews, "
+            f"so it looked for\n"
+            f"  all reviews (preferred): {listed(full)}\n"
+            f"  or the 5-core reviews:   {listed(five)}\n"
+            f"{downloads} The preprocessed form ({category}.txt) is already filtered: prepare it with "
+            f"recipe '5core' (--recipe 5core)."
+        )
+    hint = ""
+    if full[0].is_file():
+        hint = (f"\n{full[0].name} (all reviews) is there: the recipe 'sda' (--recipe sda) reads it, "
+                f"the recipe '5core' reads only the 5-core file.")
     return (
         f"no Amazon 2014 {category} data in {where}. Looked for either\n"
-        f"  raw form:          {listed(raw)}\n"
+        f"  raw form:          {listed(five)}\n"
         f"  preprocessed form: {listed(preprocessed)}\n"
-        f"Raw files: the '5-core' reviews and the 'metadata' of {category} from {_RAW_PAGE} "
-        f"(e.g. {_RAW_FILES}reviews_{category}_5.json.gz and meta_{category}.json.gz). Preprocessed: "
+        f"{downloads} Preprocessed: "
         f"data/{category}.txt from {_S3REC_REPO} plus an items.jsonl giving each of its item ids an "
         f'asin, title and categories ({{"item_id": 1, "asin": ..., "title": ..., "categories": [[...]]}}).'
+        f"{hint}"
     )

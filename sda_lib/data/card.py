@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,7 @@ def data_card(name: str, items: pd.DataFrame, inter: pd.DataFrame, text_fields: 
     seq = inter.groupby("user").size().to_numpy()
     pop = items["popularity_all"].to_numpy()
     test = inter[inter["split"] == "test"]
+    tail_test_share = float(items["is_tail"].to_numpy()[test["item"].to_numpy()].mean())
     empty_title = (items["title"].fillna("").str.strip() == "") if "title" in items else pd.Series(False)
     return {
         "dataset": name,
@@ -28,9 +30,11 @@ def data_card(name: str, items: pd.DataFrame, inter: pd.DataFrame, text_fields: 
         "sequence_length": _summary(seq),
         "item_popularity": {**_summary(pop), "gini": _gini(pop),
                             "top10pct_share": _top_share(pop, 0.10)},
+        "tail_rule": tail_rule(params),
         "tail_items": int(items["is_tail"].sum()),
         "tail_item_share": float(items["is_tail"].mean()),
-        "tail_test_share": float(items["is_tail"].to_numpy()[test["item"].to_numpy()].mean()),
+        "tail_test_share": tail_test_share,
+        "tail_note": _tail_note(items, params, tail_test_share),
         "missing_images": int((~items["has_image"]).sum()),
         "missing_titles": int(empty_title.sum()),
         "text_fields": list(text_fields),
@@ -41,11 +45,36 @@ def data_card(name: str, items: pd.DataFrame, inter: pd.DataFrame, text_fields: 
     }
 
 
+def tail_rule(params) -> str:
+    """The tail rule of `params` in words, naming it when it is the authors'."""
+    if params.tail_count_on == "train":
+        return f"< {params.tail_threshold} training interactions"
+    authors = " (the authors' rule)" if params.tail_threshold == 4 else ""
+    return f"< {params.tail_threshold} interactions over all data{authors}"
+
+
+def _tail_note(items: pd.DataFrame, params, tail_test_share: float) -> str | None:
+    """Why the tail metrics of this dataset will be empty, if they will."""
+    counted = items["popularity_all" if params.tail_count_on == "all" else "popularity"]
+    rule = tail_rule(params)
+    if not items["is_tail"].any():
+        other = ("use tail_count_on='train' (--tail-count-on train) for a training-count tail"
+                 if params.tail_count_on == "all" else "raise tail_threshold for a tail")
+        return f"no tail items under the rule '{rule}': every item has at least {int(counted.min())}; {other}"
+    if tail_test_share == 0:
+        return f"no test target is a tail item under the rule '{rule}': the tail metrics are empty"
+    return None
+
+
 def format_card(card: dict) -> str:
     """Human-readable card, ending with the card as one JSON line (for scripts that parse output)."""
-    seq, pop = card["sequence_length"], card["item_popularity"]
+    seq, pop, params = card["sequence_length"], card["item_popularity"], card["params"]
+    tail_note = [f"              {card['tail_note']}"] if card["tail_note"] else []
+    files_read = [Path(path).name for path in card.get("inputs", {}).get("files", {})]
     lines = [
         f"dataset       {card['dataset']}",
+        f"source        {card['source']}" + (f" ({', '.join(files_read)})" if files_read else ""),
+        f"recipe        {params['recipe']}: {card['recipe']}",
         f"users         {card['users']:,}",
         f"items         {card['items']:,}",
         f"interactions  {card['interactions']:,}   density {card['density']:.5f}",
@@ -53,10 +82,11 @@ def format_card(card: dict) -> str:
         f"popularity    mean {pop['mean']:.2f}  max {pop['max']}  gini {pop['gini']:.3f}  "
         f"top 10% of items hold {pop['top10pct_share']:.1%} of interactions",
         f"tail items    {card['tail_items']:,} ({card['tail_item_share']:.1%}; "
-        f"{card['tail_test_share']:.1%} of test targets)  "
-        f"rule: < {card['params']['tail_threshold']} on {card['params']['tail_count_on']}",
-        f"missing       images {card['missing_images']:,}  titles {card['missing_titles']:,}",
-        f"negatives     {card['params']['n_negatives_used']} per user (seed {card['params']['seed']})",
+        f"{card['tail_test_share']:.1%} of test targets)  rule: {card['tail_rule']}",
+        *tail_note,
+        f"missing       images {card['missing_images']:,} (shown as the {params['placeholder']} placeholder)  "
+        f"titles {card['missing_titles']:,}",
+        f"negatives     {params['n_negatives_used']} per user (seed {params['seed']})",
         "counts        " + ", ".join(f"{k} {v:,}" for k, v in card["counts"].items()),
     ]
     return "\n".join(lines) + "\n" + json.dumps(card, separators=(",", ":"))

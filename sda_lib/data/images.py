@@ -3,7 +3,8 @@
 An image that is missing or unusable becomes `image_path=None` rather than an error: real
 catalogues always have some, and the data card reports how many (`missing_images` counts every
 item left without an image, `corrupt_images` the files among them that do not decode,
-`extreme_aspect_images` those the backbone's resizing refuses).
+`extreme_aspect_images` those the backbone's resizing refuses). Such items are shown to the
+backbone as one placeholder image (`placeholder_image`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -31,6 +33,12 @@ _THUMBNAIL = (64, 64)
 # Qwen2-VL's image resizing (transformers' smart_resize) raises for a longer-to-shorter side ratio
 # above this; smaller images are scaled up, so size alone never makes an image unusable.
 MAX_ASPECT_RATIO = 200
+# The image of every item without a usable one. "noise" is the authors' data/noise.jpg recipe
+# (qwen_vl_mask.py generate_gaussian_noise_image: 224x224 RGB, Normal(0, 50) per channel, clipped
+# to [0, 255], uint8: a dark noise image), drawn from a fixed seed so it is the same everywhere and
+# saved losslessly; "grey" is the workbench's earlier 64x64 mid-grey square.
+PLACEHOLDERS = ("noise", "grey")
+NOISE_SIZE, NOISE_STD, NOISE_SEED = 224, 50.0, 0
 
 
 def _decode(source: str | os.PathLike | io.BytesIO) -> tuple[str, tuple[int, int]]:
@@ -48,6 +56,16 @@ def _decode(source: str | os.PathLike | io.BytesIO) -> tuple[str, tuple[int, int
         img.draft("RGB", _THUMBNAIL)  # JPEG decodes at 1/8 scale: fast on full-size photos
         img.load()
     return fmt, size
+
+
+def placeholder_image(kind: str = "noise") -> Image.Image:
+    """The placeholder image `kind` ("noise" or "grey"); identical on every call and machine."""
+    if kind == "noise":
+        noise = np.random.default_rng(NOISE_SEED).normal(0.0, NOISE_STD, (NOISE_SIZE, NOISE_SIZE, 3))
+        return Image.fromarray(np.clip(noise, 0, 255).astype(np.uint8), "RGB")
+    if kind == "grey":
+        return Image.new("RGB", (64, 64), (128, 128, 128))
+    raise ValueError(f"placeholder must be one of {', '.join(PLACEHOLDERS)}, got {kind!r}")
 
 
 def image_format(source: str | os.PathLike | io.BytesIO) -> str | None:
