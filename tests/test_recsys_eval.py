@@ -13,6 +13,8 @@ from sda_lib.data.catalogue import Catalogue
 from sda_lib.data.prepare import prepare_catalogue
 from sda_lib.recsys import InteractionData, Recommender, evaluate, metrics_from_ranks, rank_targets, summarize
 from sda_lib.recsys.base import Tables
+from sda_lib.recsys.evaluate import draw_negatives
+from sda_lib.recsys.sampling import sequence_keys
 from sda_lib.recsys.report import gains_by_popularity, paired_ttest, table1
 
 # Item ids "a".."f" become items 0..5 in first-seen order of the items table.
@@ -25,7 +27,7 @@ def data(tmp_path_factory):
     items = pd.DataFrame({"item_id": list("abcdef"), "title": list("ABCDEF"), "image_path": [None] * 6})
     inter = pd.DataFrame([(u, i, t) for u, seq in SEQUENCES.items() for t, i in enumerate(seq)],
                          columns=["user_id", "item_id", "timestamp"])
-    prepare_catalogue(Catalogue("hand", items, inter, ["title"]), folder, PrepareParams(n_negatives=1, tail_threshold=2))
+    prepare_catalogue(Catalogue("hand", items, inter, ["title"]), folder, PrepareParams(n_negatives=1, tail_threshold=2, tail_count_on="train"))
     return InteractionData.from_prepared(PreparedDataset.load(folder))
 
 
@@ -185,3 +187,35 @@ def test_gains_by_popularity_buckets():
     assert out["popularity_min"].tolist() == [1, 3, 7] and out["popularity_max"].tolist() == [2, 5, 9]
     assert out["mean_a"].tolist() == pytest.approx([0.2, 0.25, 0.3])
     assert out["gain"].tolist() == pytest.approx([1.0, 1.0, 1.0])
+
+
+def test_sequence_keys_up_to_each_split(data):
+    def per_user(keys):
+        return [sorted(int(k) % 6 for k in keys if k // 6 == u) for u in range(3)]
+
+    # u0 abcd, u1 eaf, u2 bcefa (a..f = 0..5): train, then + validation item, then + test item
+    assert per_user(sequence_keys(data, "train")) == [[0, 1], [4], [1, 2, 4]]
+    assert per_user(sequence_keys(data, "valid")) == [[0, 1, 2], [0, 4], [1, 2, 4, 5]]
+    assert per_user(sequence_keys(data, "test")) == [[0, 1, 2, 3], [0, 4, 5], [0, 1, 2, 4, 5]]
+    with pytest.raises(ValueError, match="upto must be one of"):
+        sequence_keys(data, "all")
+
+
+def test_fresh_negatives_avoid_the_evaluated_sequence_and_cover_the_rest(data):
+    rng = np.random.default_rng(0)
+    valid = draw_negatives(data, "valid", 200, rng)
+    test = draw_negatives(data, "test", 200, rng)
+    assert valid.shape == test.shape == (3, 200)
+    # everything outside the items up to the target is drawn, nothing inside
+    assert [sorted(set(row)) for row in valid.tolist()] == [[3, 4, 5], [1, 2, 3, 5], [0, 3]]
+    assert [sorted(set(row)) for row in test.tolist()] == [[4, 5], [1, 2, 3], [3]]
+
+
+def test_given_candidates_replace_the_stored_negatives(data):
+    scores = np.random.default_rng(1).random((3, 6))
+    candidates = np.array([[4, 5], [1, 2], [3, 3]])
+    ranks = rank_targets(FixedScores(data, scores), data, "test", "sampled", candidates=candidates)
+    targets = data.targets("test")
+    assert ranks.tolist() == [int((scores[u, candidates[u]] >= scores[u, targets[u]]).sum()) for u in range(3)]
+    with pytest.raises(ValueError, match="candidates has 2 rows for 3 users"):
+        rank_targets(FixedScores(data, scores), data, "test", "sampled", candidates=candidates[:2])

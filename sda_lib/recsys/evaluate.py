@@ -4,7 +4,8 @@ Two protocols, both on the leave-one-out target of split "valid" or "test":
 - "full": the target ranked against every item, the user's earlier items (everything before the
   target) excluded; the target itself always stays in.
 - "sampled": the target ranked against the dataset's stored negatives only (never in the user's
-  history), optionally their first `n_negatives`.
+  history), optionally their first `n_negatives`, or against given `candidates` (e.g. drawn
+  afresh by `draw_negatives`, as the SDA authors do at every evaluation pass).
 
 Ties count against the target: its 0-based rank is the number of other candidates scoring at least
 as high. A model that scores everything alike therefore ranks last, never first.
@@ -20,6 +21,7 @@ import pandas as pd
 import torch
 
 from .base import InteractionData, Recommender
+from .sampling import sample_outside, sequence_keys
 
 KS = (5, 10, 20)
 METRICS = tuple(f"{m}@{k}" for k in KS for m in ("HR", "NDCG")) + ("MRR",)
@@ -49,9 +51,17 @@ def sampled_candidates(data: InteractionData, n_negatives: int | None = None) ->
     return np.ascontiguousarray(data.negatives[:, :n_negatives])
 
 
+def draw_negatives(data: InteractionData, split: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    """[n_users, n] uniform candidates for the sampled protocol on `split`, each outside the user's
+    items up to and including that split's target (drawn independently, so they may repeat)."""
+    users = np.broadcast_to(np.arange(data.n_users)[:, None], (data.n_users, n))
+    return sample_outside(sequence_keys(data, split), data.n_items, users, rng)
+
+
 @torch.no_grad()
 def rank_targets(model: Recommender, data: InteractionData, split: str = "test", protocol: str = "full",
-                 n_negatives: int | None = None, batch_size: int = 1024) -> np.ndarray:
+                 n_negatives: int | None = None, batch_size: int = 1024,
+                 candidates: np.ndarray | None = None) -> np.ndarray:
     """0-based rank of every user's `split` target under `protocol` (see the module docstring)."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
@@ -65,7 +75,11 @@ def rank_targets(model: Recommender, data: InteractionData, split: str = "test",
         seen, seen_offsets = data.history(split)
         seen = torch.from_numpy(seen).to(device)
     else:
-        negatives = torch.from_numpy(sampled_candidates(data, n_negatives)).to(device)
+        if candidates is None:
+            candidates = sampled_candidates(data, n_negatives)
+        elif candidates.shape[0] != data.n_users:
+            raise ValueError(f"candidates has {candidates.shape[0]} rows for {data.n_users} users")
+        negatives = torch.from_numpy(np.ascontiguousarray(candidates)).to(device)
     ranks = torch.empty(data.n_users, dtype=torch.long)
     for start in range(0, data.n_users, batch_size):
         stop = min(start + batch_size, data.n_users)
@@ -84,9 +98,9 @@ def rank_targets(model: Recommender, data: InteractionData, split: str = "test",
             # boolean mask plus an integer sum, and this line dominates the pass.
             rank = scores.ge_(target_score).sum(1).long() - 1
         else:
-            candidates = tables.items[negatives[start:stop]]  # [B, K, d]
+            others = tables.items[negatives[start:stop]]  # [B, K, d]
             target_score = (vectors * tables.items[target]).sum(-1, keepdim=True)
-            rank = (torch.einsum("bkd,bd->bk", candidates, vectors) >= target_score).sum(1)
+            rank = (torch.einsum("bkd,bd->bk", others, vectors) >= target_score).sum(1)
         if torch.isnan(target_score).any():
             raise FloatingPointError(f"{model.name} produced NaN scores (users {start}..{stop - 1}); "
                                      "the training diverged: lower the learning rate")
@@ -96,10 +110,11 @@ def rank_targets(model: Recommender, data: InteractionData, split: str = "test",
 
 
 def evaluate(model: Recommender, data: InteractionData, split: str = "test", protocol: str = "full",
-             n_negatives: int | None = None, batch_size: int = 1024) -> pd.DataFrame:
+             n_negatives: int | None = None, batch_size: int = 1024,
+             candidates: np.ndarray | None = None) -> pd.DataFrame:
     """One row per user: user, target, is_tail, popularity (of the target, training count), rank
     and every metric in METRICS."""
-    ranks = rank_targets(model, data, split, protocol, n_negatives, batch_size)
+    ranks = rank_targets(model, data, split, protocol, n_negatives, batch_size, candidates)
     targets = data.targets(split)
     frame = pd.DataFrame({
         "user": np.arange(data.n_users),
