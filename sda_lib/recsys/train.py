@@ -22,37 +22,75 @@ from tqdm.auto import tqdm
 
 from ..io import atomic_path
 from .base import InteractionData, Recommender
-from .evaluate import METRICS, evaluate, summarize
+from .evaluate import METRICS, PROTOCOLS, draw_negatives, evaluate, summarize
+
+
+IMPROVE_RULES = ("any", "all")
 
 
 @dataclass
 class TrainConfig:
+    """How `fit` trains and when it stops.
+
+    Early stopping watches `monitor` on the validation split: one metric, or a tuple of metrics
+    compared with the vector saved at the last improvement. `improve="any"`: an epoch improves
+    if any monitored metric is strictly higher than in that vector (S3-Rec's first code, which
+    produced its published full-ranking table); "all": only if every one is. Either way the whole
+    vector is replaced on improvement. With one metric both rules are "strictly higher".
+
+    Sampled validation ranks the target against `monitor_negatives` candidates per user (None:
+    all stored ones): the dataset's stored negatives, or with `fresh_negatives` new ones drawn at
+    every validation pass outside the user's items up to the validation target (the SDA authors).
+    """
+
     epochs: int = 200
     patience: int = 10  # stop after this many validations without improvement
     batch_size: int | None = None  # None: the model's default (users or interactions per batch)
     lr: float = 1e-3
     weight_decay: float = 0.0
     seed: int = 0
-    monitor: str = "NDCG@10"  # validation metric for early stopping
+    monitor: str | tuple[str, ...] = "NDCG@10"  # validation metric(s) for early stopping
+    improve: str = "any"  # with several monitored metrics: "any" or "all" must beat the saved vector
     monitor_protocol: str = "full"  # "full" or "sampled"
+    monitor_negatives: int | None = None  # sampled validation: candidates per user (None: all stored)
+    fresh_negatives: bool = False  # sampled validation: redraw the candidates at every pass
     eval_every: int = 1  # validate every this many epochs
     device: str = "cpu"
     threads: int | None = None  # torch CPU threads; None leaves torch's default
     progress: bool = True
 
     def __post_init__(self):
-        if self.monitor not in METRICS:
-            raise ValueError(f"monitor must be one of {METRICS}, got {self.monitor!r}")
-        for name in ("epochs", "patience", "batch_size", "eval_every"):
+        if isinstance(self.monitor, list):  # e.g. read back from JSON
+            self.monitor = tuple(self.monitor)
+        bad = [m for m in self.monitored if m not in METRICS]
+        if bad or not self.monitored:
+            raise ValueError(f"monitor must be one or more of {METRICS}, got {self.monitor!r}")
+        if self.improve not in IMPROVE_RULES:
+            raise ValueError(f"improve must be one of {IMPROVE_RULES}, got {self.improve!r}")
+        if self.monitor_protocol not in PROTOCOLS:
+            raise ValueError(f"monitor_protocol must be one of {PROTOCOLS}, got {self.monitor_protocol!r}")
+        if self.monitor_protocol == "full" and (self.monitor_negatives or self.fresh_negatives):
+            raise ValueError("monitor_negatives and fresh_negatives apply to monitor_protocol='sampled', "
+                             f"got monitor_protocol={self.monitor_protocol!r}")
+        for name in ("epochs", "patience", "batch_size", "eval_every", "monitor_negatives"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+
+    @property
+    def monitored(self) -> tuple[str, ...]:
+        return (self.monitor,) if isinstance(self.monitor, str) else tuple(self.monitor)
+
+    def improves(self, scores: np.ndarray, saved: np.ndarray) -> bool:
+        """Whether validation `scores` (in `monitored` order) improve on the `saved` vector."""
+        better = np.asarray(scores) > np.asarray(saved)
+        return bool(better.any() if self.improve == "any" else better.all())
 
 
 @dataclass
 class FitResult:
     best_epoch: int  # 1-based; 0 if no epoch improved on the untrained model
-    best_score: float
-    history: pd.DataFrame  # epoch, loss, seconds, valid_<monitor>
+    best_score: float  # the first monitored metric at best_epoch
+    history: pd.DataFrame  # epoch, loss, seconds, valid_<metric> for every metric
     stopped_early: bool
 
 
@@ -82,9 +120,16 @@ def train_epoch(model: Recommender, optimizer: torch.optim.Optimizer, config: Tr
     return float(np.mean(losses)) if losses else float("nan")
 
 
-def validate(model: Recommender, data: InteractionData, config: TrainConfig) -> float:
-    per_user = evaluate(model, data, "valid", config.monitor_protocol)
-    return summarize(per_user)["overall"][config.monitor]
+def validate(model: Recommender, data: InteractionData, config: TrainConfig, epoch: int) -> dict[str, float]:
+    """Every metric on the validation split under `config.monitor_protocol`. Fresh candidates
+    come from an RNG seeded by (seed, epoch), so a resumed run draws what it would have drawn."""
+    candidates = None
+    if config.monitor_protocol == "sampled" and config.fresh_negatives:
+        n = config.monitor_negatives or data.negatives.shape[1]
+        candidates = draw_negatives(data, "valid", n, np.random.default_rng([config.seed, epoch]))
+    per_user = evaluate(model, data, "valid", config.monitor_protocol, config.monitor_negatives,
+                        candidates=candidates)
+    return summarize(per_user)["overall"]
 
 
 def fit(model: Recommender, data: InteractionData, config: TrainConfig,
@@ -94,50 +139,103 @@ def fit(model: Recommender, data: InteractionData, config: TrainConfig,
     The model should be built after `seed_everything(config.seed)` so its initialisation is seeded
     too; `run_experiment` does both.
     """
+    result, weights = fit_rules(model, data, {"best": config}, checkpoint_dir)["best"]
+    model.load_state_dict(weights)
+    return result
+
+
+def fit_rules(model: Recommender, data: InteractionData, rules: dict[str, TrainConfig],
+              checkpoint_dir: str | Path | None = None) -> dict[str, tuple[FitResult, dict]]:
+    """Train once and select the model under several early-stopping rules: {name: (result, best
+    weights)}. The configurations may differ only in their STOPPING fields. Validation draws no
+    training randomness, so each rule's result and weights are exactly those of a separate `fit`
+    with its configuration (S3-Rec fine-tuned separately for its full-ranking and sampled
+    tables); training goes on until every rule has stopped. `model` is left in its last state.
+    """
+    config = _common_training(rules)
     if config.threads:
         torch.set_num_threads(config.threads)
     model.to(config.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     rng = np.random.default_rng(config.seed)
-    state = {"epoch": 0, "best_score": -np.inf, "best_epoch": 0, "bad": 0, "stopped": False, "history": []}
-    best_weights = copy.deepcopy(model.state_dict())
+    state = {"epoch": 0, "rules": {name: {"best_score": [-np.inf] * len(rule.monitored), "best_epoch": 0,
+                                          "bad": 0, "stopped": False, "history": []}
+                                   for name, rule in rules.items()}}
+    best = {name: copy.deepcopy(model.state_dict()) for name in rules}
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if ckpt is not None and (ckpt / "last.pt").exists():
-        state, rng = _resume(ckpt, model, optimizer, config)
-        if (ckpt / "best.pt").exists():  # absent only if no validation ran yet
-            best_weights = torch.load(ckpt / "best.pt", map_location=config.device)
+        state, rng = _resume(ckpt, model, optimizer, rules)
+        for name in rules:
+            if (ckpt / _best_file(name)).exists():  # absent only if no validation ran yet
+                best[name] = torch.load(ckpt / _best_file(name), map_location=config.device)
 
+    shown = next(iter(rules))  # the progress bar follows the first rule
     bar = tqdm(total=config.epochs, initial=state["epoch"], desc=f"{model.name} epochs",
                disable=not config.progress)
-    while state["epoch"] < config.epochs and not state["stopped"]:
+    while state["epoch"] < config.epochs and not all(r["stopped"] for r in state["rules"].values()):
         epoch = state["epoch"] + 1
         start = time.perf_counter()
         loss = train_epoch(model, optimizer, config, rng, desc=f"epoch {epoch}")
-        row = {"epoch": epoch, "loss": loss, "seconds": time.perf_counter() - start}
-        if epoch % config.eval_every == 0 or epoch == config.epochs:
-            score = validate(model, data, config)
-            row[f"valid_{config.monitor}"] = score
-            if score > state["best_score"]:
-                state.update(best_score=score, best_epoch=epoch, bad=0)
-                best_weights = copy.deepcopy(model.state_dict())
-                if ckpt is not None:
-                    _save(best_weights, ckpt / "best.pt")
-            else:
-                state["bad"] += 1
-                state["stopped"] = state["bad"] >= config.patience
-            bar.set_postfix(loss=f"{loss:.4f}", **{config.monitor: f"{score:.4f}"},
-                            best=f"{state['best_score']:.4f}@{state['best_epoch']}")
-        state["history"].append(row)
+        common = {"epoch": epoch, "loss": loss, "seconds": time.perf_counter() - start}
+        validations = {}  # one pass per distinct validation protocol
+        for name, rule in rules.items():
+            track = state["rules"][name]
+            if track["stopped"]:
+                continue
+            row = dict(common)
+            if epoch % config.eval_every == 0 or epoch == config.epochs:
+                key = (rule.monitor_protocol, rule.monitor_negatives, rule.fresh_negatives)
+                if key not in validations:
+                    validations[key] = validate(model, data, rule, epoch)
+                metrics = validations[key]
+                row.update({f"valid_{m}": metrics[m] for m in METRICS})
+                scores = [metrics[m] for m in rule.monitored]
+                if rule.improves(scores, track["best_score"]):
+                    track.update(best_score=scores, best_epoch=epoch, bad=0)
+                    best[name] = copy.deepcopy(model.state_dict())
+                    if ckpt is not None:
+                        _save(best[name], ckpt / _best_file(name))
+                else:
+                    track["bad"] += 1
+                    track["stopped"] = track["bad"] >= rule.patience
+                if name == shown:
+                    bar.set_postfix(loss=f"{loss:.4f}", **{rule.monitored[0]: f"{scores[0]:.4f}"},
+                                    best=f"{track['best_score'][0]:.4f}@{track['best_epoch']}")
+            track["history"].append(row)
         state["epoch"] = epoch
         if ckpt is not None:
             _save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
                    "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                   "config": asdict(config)}, ckpt / "last.pt")
+                   "configs": {name: asdict(rule) for name, rule in rules.items()}}, ckpt / "last.pt")
         bar.update(1)
     bar.close()
-    model.load_state_dict(best_weights)
-    return FitResult(state["best_epoch"], float(state["best_score"]), pd.DataFrame(state["history"]),
-                     state["stopped"])
+    return {name: (FitResult(track["best_epoch"], float(track["best_score"][0]), pd.DataFrame(track["history"]),
+                             track["stopped"]), best[name])
+            for name, track in state["rules"].items()}
+
+
+# TrainConfig fields that only decide when to stop and which epoch to keep; `fit_rules` needs the
+# rest equal across its rules, and a resumed run may change the last group.
+STOPPING = ("patience", "monitor", "improve", "monitor_protocol", "monitor_negatives", "fresh_negatives")
+RESUMABLE_CHANGES = ("epochs", "progress", "device", "threads")
+
+
+def _common_training(rules: dict[str, TrainConfig]) -> TrainConfig:
+    if not rules:
+        raise ValueError("fit_rules needs at least one rule")
+    names = list(rules)
+    first = rules[names[0]]
+    for name in names[1:]:
+        differs = {k: (v, getattr(rules[name], k)) for k, v in asdict(first).items()
+                   if k not in STOPPING and getattr(rules[name], k) != v}
+        if differs:
+            raise ValueError(f"rules {names[0]!r} and {name!r} train differently {differs}; only the "
+                             f"stopping fields {STOPPING} may differ")
+    return first
+
+
+def _best_file(rule: str) -> str:
+    return "best.pt" if rule == "best" else f"best-{rule}.pt"
 
 
 def _save(obj, path: Path) -> None:
@@ -145,13 +243,18 @@ def _save(obj, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-def _resume(ckpt: Path, model, optimizer, config: TrainConfig):
-    saved = torch.load(ckpt / "last.pt", map_location=config.device, weights_only=False)
-    differs = {k: (v, getattr(config, k)) for k, v in saved["config"].items()
-               if k not in ("epochs", "progress", "device", "threads") and getattr(config, k) != v}
-    if differs:
-        raise ValueError(f"{ckpt / 'last.pt'} was written with a different configuration {differs}; "
+def _resume(ckpt: Path, model, optimizer, rules: dict[str, TrainConfig]):
+    saved = torch.load(ckpt / "last.pt", map_location=next(iter(rules.values())).device, weights_only=False)
+    if "configs" not in saved or set(saved["configs"]) != set(rules):
+        raise ValueError(f"{ckpt / 'last.pt'} was written for other stopping rules "
+                         f"{sorted(saved.get('configs', {}))} (or by an older version), not {sorted(rules)}; "
                          "use another checkpoint folder or delete this one")
+    for name, config in rules.items():
+        differs = {k: (v, getattr(config, k)) for k, v in saved["configs"][name].items()
+                   if k not in RESUMABLE_CHANGES and getattr(config, k) != v}
+        if differs:
+            raise ValueError(f"{ckpt / 'last.pt'} was written with a different configuration {differs}; "
+                             "use another checkpoint folder or delete this one")
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     rng = np.random.default_rng()
