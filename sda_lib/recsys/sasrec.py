@@ -2,7 +2,8 @@
 training sequence predicting every next item, causal attention.
 
 Losses: "bce" (S3-Rec: binary cross-entropy of the next item against one uniformly sampled
-unseen item per position) or "ce" (softmax cross-entropy over all items, usually stronger).
+negative per position, fresh each epoch; `negatives` says which items it avoids) or "ce" (softmax
+cross-entropy over all items, usually stronger).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import PAD, InteractionData, Tables, shuffled_chunks
-from .sequential import SequentialRecommender
+from .sequential import SequentialRecommender, sampled_bce
 
 LOSSES = ("bce", "ce")
 
@@ -25,10 +26,11 @@ class SASRec(SequentialRecommender):
 
     def __init__(self, data: InteractionData, item_repr: str = "id", features: np.ndarray | None = None,
                  dim: int = 64, n_layers: int = 2, n_heads: int = 2, max_len: int = 50,
-                 dropout: float = 0.5, loss: str = "bce"):
+                 dropout: float = 0.5, loss: str = "bce", negatives: str = "train", **alignment):
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-        super().__init__(data, item_repr, features, dim, n_layers, n_heads, max_len, dropout)
+        super().__init__(data, item_repr, features, dim, n_layers, n_heads, max_len, dropout, negatives,
+                         **alignment)
         self.loss_type = loss
         # Inputs are the training sequence without its last item, targets the same shifted by one.
         ends = data.target_index("train")
@@ -41,7 +43,7 @@ class SASRec(SequentialRecommender):
         negatives = None
         if self.loss_type == "bce":
             users = np.broadcast_to(self.train_users[:, None], self.train_inputs.shape)
-            negatives = self.data.sample_unseen(users, rng) + 1
+            negatives = self.sample_negatives(users, rng)
         for rows in shuffled_chunks(len(self.train_users), batch_size, rng):
             batch = [self.train_inputs[rows], self.train_targets[rows]]
             if negatives is not None:
@@ -54,11 +56,10 @@ class SASRec(SequentialRecommender):
         real = inputs != PAD
         positives = targets[real] - 1
         if self.loss_type == "ce":
-            return F.cross_entropy(hidden @ items.T, positives)
-        pos = (hidden * items[positives]).sum(-1)
-        neg = (hidden * items[negatives[real] - 1]).sum(-1)
-        # -log sigmoid(pos) - log(1 - sigmoid(neg)), written stably.
-        return (F.softplus(-pos) + F.softplus(neg)).mean()
+            loss = F.cross_entropy(hidden @ items.T, positives)
+        else:
+            loss = sampled_bce(hidden, items, positives, negatives[real] - 1)
+        return self.with_alignment(loss, items, positives)
 
     def user_vectors(self, users: torch.Tensor, context: torch.Tensor, tables: Tables) -> torch.Tensor:
         return self.encode_last(context, tables.items)

@@ -1,10 +1,16 @@
 """The transformer shared by SASRec and BERT4Rec, laid out as in S3-Rec's code (the implementation
 behind the reference numbers): item + learned position embedding, LayerNorm, dropout, then
 post-LayerNorm blocks of self-attention and a 4x GELU feed-forward; weights drawn from N(0, 0.02).
+
+Both models can add the SDA authors' alignment loss (RaoZhongtao/SDA models/LLMEmb.py): the
+adapted features of the batch's target items are pulled towards the same items' embeddings in a
+separately trained ID model of the same kind and width, frozen, by the CMSA-style soft-target
+loss with a fixed temperature (`align_items`, `align_weight`, `align_tau`).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -12,10 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..cmsa import PROJECTED_DIM, cmsa_loss
 from .base import PAD, InteractionData, ItemEncoder, Recommender, Tables
+from .sampling import sample_outside, sequence_keys
 
 LN_EPS = 1e-12
 INIT_STD = 0.02
+# Where sampled training negatives come from: outside the user's training items (the SDA authors,
+# BERT4Rec's and SASRec's papers) or outside the user's whole sequence, validation and test items
+# included (S3-Rec's code; a mild leak of the held-out items into training).
+NEGATIVES = {"train": "train", "sequence": "test"}
 
 
 class AttentionGroup(NamedTuple):
@@ -69,15 +81,26 @@ class TransformerBlock(nn.Module):
 
 class SequentialRecommender(Recommender):
     """A transformer over left-padded item windows; subclasses choose the attention direction, the
-    training objective and how the user vector is read out."""
+    training objective and how the user vector is read out. `negatives` names the exclusion set of
+    sampled training negatives (see NEGATIVES).
+
+    Alignment (off while `align_weight` is 0): `align_items` is the frozen [n_items, dim] item
+    table of a pretrained ID model (an array or a .npy file, e.g. from `presets.pretrain_id_items`).
+    """
 
     causal = True
     n_special = 0  # extra tokens above the items (BERT4Rec's mask)
 
     def __init__(self, data: InteractionData, item_repr: str = "id", features: np.ndarray | None = None,
-                 dim: int = 64, n_layers: int = 2, n_heads: int = 2, max_len: int = 50, dropout: float = 0.5):
+                 dim: int = 64, n_layers: int = 2, n_heads: int = 2, max_len: int = 50, dropout: float = 0.5,
+                 negatives: str = "train", align_items: np.ndarray | str | Path | None = None,
+                 align_weight: float = 0.0, align_tau: float = 2.0):
+        if negatives not in NEGATIVES:
+            raise ValueError(f"negatives must be one of {tuple(NEGATIVES)}, got {negatives!r}")
         super().__init__(data)
         self.max_len = max_len
+        self.negatives = negatives
+        self.excluded = sequence_keys(data, NEGATIVES[negatives])
         self.item_encoder = ItemEncoder(data.n_items, dim, item_repr, features)
         self.special = nn.Parameter(torch.empty(self.n_special, dim))
         self.position = nn.Embedding(max_len, dim)
@@ -86,6 +109,10 @@ class SequentialRecommender(Recommender):
         self.blocks = nn.ModuleList(TransformerBlock(dim, n_heads, dropout) for _ in range(n_layers))
         self.apply(_init_weights)
         nn.init.normal_(self.special, std=INIT_STD)
+        self.align_weight, self.align_tau = align_weight, align_tau
+        if align_weight:
+            table = _alignment_table(align_items, data.n_items, dim, item_repr, align_weight, align_tau)
+            self.register_buffer("align_items", table, persistent=False)  # data, not a learned weight
 
     @property
     def context_length(self) -> int:
@@ -93,6 +120,21 @@ class SequentialRecommender(Recommender):
 
     def tables(self) -> Tables:
         return Tables(items=self.item_encoder())
+
+    def with_alignment(self, loss: torch.Tensor, items: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """`loss` plus align_weight x the alignment loss over the batch's `targets` (0-based item
+        indices, repeats kept as the authors keep them); `items` is this pass's item table."""
+        if not self.align_weight:
+            return loss
+        adapted = items if self.item_encoder.ids is None else self.item_encoder.adapter()
+        # The authors' Contrastive_Loss2(reference, adapted) is cmsa_loss "authors" with the two
+        # sides in this order (widths up to 768 are not projected).
+        aligned = cmsa_loss(adapted[targets], self.align_items[targets], self.align_tau, form="authors")
+        return loss + self.align_weight * aligned
+
+    def sample_negatives(self, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One negative token (item + 1) per entry of `users`, outside the `negatives` set."""
+        return sample_outside(self.excluded, self.data.n_items, users, rng) + 1
 
     def encode(self, tokens: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Hidden states of the real tokens of windows `tokens` [B, L] (PAD = 0, item i = i + 1,
@@ -137,6 +179,38 @@ class SequentialRecommender(Recommender):
             raise ValueError("every window must end with a real token (an item or a special token)")
         hidden = self.encode(tokens, items)
         return hidden[(tokens != PAD).sum(1).cumsum(0) - 1]
+
+
+def sampled_bce(hidden: torch.Tensor, items: torch.Tensor, positives: torch.Tensor,
+                negatives: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of each row of `hidden` against its positive item and one sampled
+    negative (0-based indices into `items`), averaged over rows: -log σ(h·e_p) - log(1 - σ(h·e_n)),
+    written stably. S3-Rec's and the SDA authors' objective for both models."""
+    pos = (hidden * items[positives]).sum(-1)
+    neg = (hidden * items[negatives]).sum(-1)
+    return (F.softplus(-pos) + F.softplus(neg)).mean()
+
+
+def _alignment_table(table, n_items: int, dim: int, item_repr: str, weight: float, tau: float) -> torch.Tensor:
+    """The frozen ID item table the alignment loss pulls the adapted features towards, checked."""
+    where = f"alignment (align_weight={weight})"
+    if "features" not in item_repr:
+        raise ValueError(f"{where} aligns adapted features, but item_repr={item_repr!r} has none")
+    if table is None:
+        raise ValueError(f"{where} needs align_items: a pretrained ID model's item table "
+                         "(array or .npy file, e.g. presets.pretrain_id_items)")
+    if not tau > 0:
+        raise ValueError(f"{where}: align_tau must be > 0, got {tau}")
+    if dim > PROJECTED_DIM:
+        raise ValueError(f"{where}: dim {dim} > {PROJECTED_DIM} would be group-averaged by cmsa_loss, "
+                         "which the authors' recommender-side loss does not do")
+    array = np.load(table) if isinstance(table, (str, Path)) else np.asarray(table)
+    if array.shape != (n_items, dim):
+        raise ValueError(f"{where}: align_items has shape {array.shape}, expected ({n_items}, {dim}) "
+                         "(one row per item, the model's width)")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{where}: align_items has non-finite values")
+    return torch.as_tensor(array, dtype=torch.float32)
 
 
 def _init_weights(module: nn.Module) -> None:
