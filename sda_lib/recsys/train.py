@@ -1,10 +1,11 @@
-"""Training loop shared by all recommenders: seeded, early stopping on a validation metric,
+"""Training loop shared by all recommenders: seeded, early stopping on validation metrics,
 progress bars, atomic checkpoints and resumption.
 
-A checkpoint folder holds `best.pt` (the best model so far) and `last.pt` (model, optimiser, RNG
-states and early-stopping state after the last finished epoch); both are written to a temporary
-file and renamed, so an interrupted run leaves the previous complete checkpoint. Starting `fit`
-again with the same folder and configuration resumes after the last finished epoch.
+A checkpoint folder holds `best.pt` (the best model so far; `best-<rule>.pt` per rule of
+`fit_rules`) and `last.pt` (model, optimiser, RNG states and early-stopping state after the last
+finished epoch); all are written to a temporary file and renamed, so an interrupted run leaves the
+previous complete checkpoint. Starting again with the same folder and configuration resumes after
+the last finished epoch.
 """
 
 from __future__ import annotations
@@ -62,9 +63,10 @@ class TrainConfig:
     def __post_init__(self):
         if isinstance(self.monitor, list):  # e.g. read back from JSON
             self.monitor = tuple(self.monitor)
-        bad = [m for m in self.monitored if m not in METRICS]
-        if bad or not self.monitored:
-            raise ValueError(f"monitor must be one or more of {METRICS}, got {self.monitor!r}")
+        unknown = [m for m in self.monitored if m not in METRICS]
+        if unknown or not self.monitored:
+            raise ValueError(f"monitor must name one or more of {METRICS}; {self.monitor!r} has "
+                             f"{unknown or 'none'}")
         if self.improve not in IMPROVE_RULES:
             raise ValueError(f"improve must be one of {IMPROVE_RULES}, got {self.improve!r}")
         if self.monitor_protocol not in PROTOCOLS:
