@@ -14,7 +14,7 @@ from sda_lib.data.prepare import prepare_catalogue
 from sda_lib.recsys import InteractionData, Recommender, evaluate, metrics_from_ranks, rank_targets, summarize
 from sda_lib.recsys.base import Tables
 from sda_lib.recsys.evaluate import draw_negatives
-from sda_lib.recsys.sampling import sequence_keys
+from sda_lib.recsys.sampling import sample_distinct_outside, sequence_keys
 from sda_lib.recsys.report import gains_by_popularity, paired_ttest, table1
 
 # Item ids "a".."f" become items 0..5 in first-seen order of the items table.
@@ -201,14 +201,25 @@ def test_sequence_keys_up_to_each_split(data):
         sequence_keys(data, "all")
 
 
-def test_fresh_negatives_avoid_the_evaluated_sequence_and_cover_the_rest(data):
+def test_fresh_negatives_are_distinct_outside_the_evaluated_sequence(data):
     rng = np.random.default_rng(0)
-    valid = draw_negatives(data, "valid", 200, rng)
-    test = draw_negatives(data, "test", 200, rng)
-    assert valid.shape == test.shape == (3, 200)
-    # everything outside the items up to the target is drawn, nothing inside
-    assert [sorted(set(row)) for row in valid.tolist()] == [[3, 4, 5], [1, 2, 3, 5], [0, 3]]
-    assert [sorted(set(row)) for row in test.tolist()] == [[4, 5], [1, 2, 3], [3]]
+    # up to the validation target u0 has a b c, u1 e a, u2 b c e f: 3, 4 and 2 items outside
+    with pytest.warns(UserWarning, match="only 2 items lie outside the longest valid sequence; drawing 2"):
+        valid = draw_negatives(data, "valid", 3, rng)
+    assert valid.shape == (3, 2)
+    for row, outside in zip(valid.tolist(), ([3, 4, 5], [1, 2, 3, 5], [0, 3])):
+        assert len(set(row)) == 2 and set(row) <= set(outside)
+    # uniform over what lies outside: u1's test candidate (b, c or d) over many passes
+    counts = np.bincount([draw_negatives(data, "test", 1, rng)[1, 0] for _ in range(1500)], minlength=6)
+    assert counts[[0, 4, 5]].sum() == 0 and np.allclose(counts[[1, 2, 3]] / 1500, 1 / 3, atol=0.04)
+
+
+def test_distinct_sampling_takes_every_free_item_when_asked_for_all():
+    n_items, excluded = 10, [[0, 1, 2, 9], [5], [9, 8, 7, 6]]
+    keys = np.sort([u * n_items + i for u, items in enumerate(excluded) for i in items])
+    out = sample_distinct_outside(keys, n_items, 3, 6, np.random.default_rng(0))
+    assert sorted(out[0]) == [3, 4, 5, 6, 7, 8] and sorted(out[2]) == [0, 1, 2, 3, 4, 5]
+    assert len(set(out[1])) == 6 and 5 not in out[1]
 
 
 def test_given_candidates_replace_the_stored_negatives(data):

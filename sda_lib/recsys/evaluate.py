@@ -16,12 +16,14 @@ kept (`evaluate` returns one row per user) so two runs can be compared with a pa
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import torch
 
 from .base import InteractionData, Recommender
-from .sampling import sample_outside, sequence_keys
+from .sampling import sample_distinct_outside, sequence_keys
 
 KS = (5, 10, 20)
 METRICS = tuple(f"{m}@{k}" for k in KS for m in ("HR", "NDCG")) + ("MRR",)
@@ -52,10 +54,15 @@ def sampled_candidates(data: InteractionData, n_negatives: int | None = None) ->
 
 
 def draw_negatives(data: InteractionData, split: str, n: int, rng: np.random.Generator) -> np.ndarray:
-    """[n_users, n] uniform candidates for the sampled protocol on `split`, each outside the user's
-    items up to and including that split's target (drawn independently, so they may repeat)."""
-    users = np.broadcast_to(np.arange(data.n_users)[:, None], (data.n_users, n))
-    return sample_outside(sequence_keys(data, split), data.n_items, users, rng)
+    """[n_users, n] distinct uniform candidates for the sampled protocol on `split`, outside each
+    user's items up to and including that split's target. When some user has fewer than n items
+    left, n is lowered to that count with a warning (as preparing the stored negatives does)."""
+    keys = sequence_keys(data, split)
+    room = data.n_items - int(np.bincount(keys // data.n_items, minlength=data.n_users).max())
+    if room < n:
+        warnings.warn(f"{data.name!r}: only {room} items lie outside the longest {split} sequence; "
+                      f"drawing {room} fresh negatives per user instead of {n}", stacklevel=2)
+    return sample_distinct_outside(keys, data.n_items, data.n_users, min(n, room), rng)
 
 
 @torch.no_grad()

@@ -37,3 +37,31 @@ def sample_outside(keys: np.ndarray, n_items: int, users: np.ndarray, rng: np.ra
         out[bad] = rng.integers(0, n_items, size=int(bad.sum()))
         bad[bad] = np.isin(users[bad] * n_items + out[bad], keys)
     return out
+
+
+def sample_distinct_outside(keys: np.ndarray, n_items: int, n_users: int, n: int,
+                            rng: np.random.Generator) -> np.ndarray:
+    """[n_users, n]: for every user n distinct items outside its keys, uniformly, as the SDA authors
+    draw evaluation candidates (each draw joins the excluded set). Every user needs at least n
+    items outside its keys. Only rows with a collision or a repeat are redrawn."""
+    out = rng.integers(0, n_items, size=(n_users, n))
+    rows = np.arange(n_users)
+    while len(rows):
+        sub = out[rows]
+        bad = np.isin(rows[:, None] * n_items + sub, keys) | _repeats(sub)
+        hit = bad.any(1)
+        rows, sub, bad = rows[hit], sub[hit], bad[hit]
+        sub[bad] = rng.integers(0, n_items, size=int(bad.sum()))
+        out[rows] = sub
+    return out
+
+
+def _repeats(rows: np.ndarray) -> np.ndarray:
+    """Mask of the entries equal to an earlier entry of the same row."""
+    order = np.argsort(rows, axis=1, kind="stable")
+    ranked = np.take_along_axis(rows, order, 1)
+    later = np.zeros(rows.shape, dtype=bool)
+    later[:, 1:] = ranked[:, 1:] == ranked[:, :-1]
+    out = np.empty_like(later)
+    np.put_along_axis(out, order, later, 1)
+    return out
