@@ -14,6 +14,10 @@ prompt, each the mean of the final hidden states over the prompt's tokens (e_t, 
   (found with importlib) without importing the package, whose import needs pkg_resources. Those
   files carry a Qwen3 chat template, so the presets get the Qwen2-VL one (below), the template the
   Qwen2.5-VL instruct checkpoints ship.
+- `7b-shaped` (or `7b-shaped:N`): Qwen2.5-VL-7B-Instruct's exact configuration with random seeded
+  bf16 weights and N decoder layers (default all 28: the real layout, 8.29 B parameters), to measure
+  memory and speed of the 7B's shapes without its weights (see `shaped_config`). Same processor as
+  tiny / small (the 7B's 152,064-row embedding table covers every id of the BPE files).
 - `7b` ("Qwen/Qwen2.5-VL-7B-Instruct"), any other hub id, or a local model folder: weights, tokenizer,
   image processor and chat template from that model (a folder is read with local_files_only).
 
@@ -41,6 +45,7 @@ from transformers import (
     Qwen2_5_VLForConditionalGeneration,
     Qwen2VLImageProcessorPil,
 )
+from transformers.initialization import no_init_weights
 from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
 
 HUB_7B = "Qwen/Qwen2.5-VL-7B-Instruct"
@@ -84,6 +89,21 @@ PRESETS = {
     },
 }
 PRESET_VOCAB_SIZE = 151_936  # the Qwen2.5 embedding-table size; covers every id of the BPE files
+
+SHAPED = "7b-shaped"
+# Qwen2.5-VL-7B-Instruct's config.json, value for value. transformers' Qwen2_5_VL config defaults
+# are other sizes (text 8192 wide with 80 layers, vision 3584 wide, tokens_per_second 4), so every
+# value is spelled out.
+QWEN2_5_VL_7B = {
+    "text": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                 num_key_value_heads=4, vocab_size=152_064, max_position_embeddings=128_000, rms_norm_eps=1e-6,
+                 hidden_act="silu", use_sliding_window=False, initializer_range=0.02,
+                 rope_parameters={"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1e6}),
+    "vision": dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
+                   in_channels=3, patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                   fullatt_block_indexes=[7, 15, 23, 31], hidden_act="silu", tokens_per_second=2,
+                   initializer_range=0.02),
+}
 
 MODEL_FOLDER_HELP = (
     "A model folder holds config.json (model_type 'qwen2_5_vl'), the weights (*.safetensors), the "
@@ -238,32 +258,58 @@ def load_backbone(
     seed: int = 0,
     min_pixels: int = 20 * 20,
     max_pixels: int = 256 * 256,
+    layers: int | None = None,
 ) -> Backbone:
-    """A preset ("tiny", "small": random seeded weights; "7b": Qwen2.5-VL-7B-Instruct), a hub id or a
-    local model folder.
+    """A preset ("tiny", "small", "7b-shaped": random seeded weights; "7b": Qwen2.5-VL-7B-Instruct), a
+    hub id or a local model folder.
 
-    dtype defaults to float32 for the random presets; for pretrained weights to bfloat16 on a GPU and
-    float32 on CPU (the 7B then needs about 31 GiB; pass dtype=torch.bfloat16 for about 16 GiB).
-    min_pixels / max_pixels bound the area every image is resized to, hence its number of image
-    tokens ((h / 28) * (w / 28) after resizing), for presets and real models alike.
+    The 7b-shaped preset's decoder-layer count is part of its name, "7b-shaped:2", so that it passes
+    through every CLI and notebook parameter that takes a backbone name; `layers=2` with
+    "7b-shaped" is the same for Python callers (give one or the other). Without either, it has all
+    28 layers. `layers` is an error for any other backbone.
+
+    dtype defaults to float32 for tiny / small, bfloat16 for 7b-shaped; for pretrained weights to
+    bfloat16 on a GPU and float32 on CPU (the 7B then needs about 31 GiB; pass dtype=torch.bfloat16
+    for about 16 GiB). min_pixels / max_pixels bound the area every image is resized to, hence its
+    number of image tokens ((h / 28) * (w / 28) after resizing), for presets and real models alike.
     """
     name_or_path = str(name_or_path)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     image_processor_kwargs = dict(size={"shortest_edge": min_pixels, "longest_edge": max_pixels})
     preset = name_or_path.lower()
+    if preset == SHAPED or preset.startswith(SHAPED + ":"):
+        layers = _shaped_layers(preset, layers)
+        return _random_backbone(f"{SHAPED}:{layers}", shaped_config(layers), dtype or torch.bfloat16, device, seed,
+                                image_processor_kwargs)
+    if layers is not None:
+        raise ValueError(f"layers={layers} applies only to the {SHAPED} preset, not to {name_or_path!r}")
     if preset in PRESETS:
-        return _random_preset(preset, dtype or torch.float32, device, seed, image_processor_kwargs)
+        return _random_backbone(preset, preset_config(preset), dtype or torch.float32, device, seed,
+                                image_processor_kwargs)
     if preset == "7b":
         return _pretrained(HUB_7B, dtype, device, image_processor_kwargs)
     if "/" not in name_or_path and "\\" not in name_or_path and not Path(name_or_path).expanduser().exists():
         # Neither a preset, a hub id (owner/name) nor an existing folder: refuse now rather than
         # after a hub lookup times out.
         raise ValueError(
-            f"unknown backbone {name_or_path!r}: use a preset ({', '.join(PRESETS)}, 7b), a hub id such "
-            f"as {HUB_7B!r}, or a local model folder"
+            f"unknown backbone {name_or_path!r}: use a preset ({', '.join(PRESETS)}, {SHAPED}[:layers], 7b), "
+            f"a hub id such as {HUB_7B!r}, or a local model folder"
         )
     return _pretrained(name_or_path, dtype, device, image_processor_kwargs)
+
+
+def _shaped_layers(name: str, layers: int | None) -> int:
+    """The decoder-layer count of "7b-shaped[:N]" with `layers`: from either, 28 from neither."""
+    _, _, suffix = name.partition(":")
+    if suffix and not suffix.isdigit():
+        raise ValueError(f"{name!r}: the layer count after '{SHAPED}:' must be a whole number, e.g. '{SHAPED}:2'")
+    if suffix and layers is not None and int(suffix) != layers:
+        raise ValueError(f"{name!r} names {suffix} layers but layers={layers}: give the count once")
+    count = int(suffix) if suffix else layers if layers is not None else QWEN2_5_VL_7B["text"]["num_hidden_layers"]
+    if count < 1:
+        raise ValueError(f"{SHAPED} needs at least 1 decoder layer, got {count}")
+    return count
 
 
 def preset_config(preset: str) -> Qwen2_5_VLConfig:
@@ -299,14 +345,63 @@ def preset_processor(image_processor_kwargs: dict) -> ImageTextProcessor:
                               chat_template=QWEN2_VL_CHAT_TEMPLATE)
 
 
-def _random_preset(preset, dtype, device, seed, image_processor_kwargs) -> Backbone:
-    config = preset_config(preset)
-    with torch.random.fork_rng(devices=[]):  # seed the init without moving the caller's RNG
-        torch.manual_seed(seed)
-        model = Qwen2_5_VLForConditionalGeneration(config)
-    model = model.to(device=device, dtype=dtype).eval()
-    return Backbone(model, preset_processor(image_processor_kwargs), f"{preset}-random-seed{seed}",
+def shaped_config(layers: int = 28) -> Qwen2_5_VLConfig:
+    """Qwen2.5-VL-7B-Instruct's configuration with `layers` decoder layers (28: the 7B itself).
+
+    The vision tower keeps the 7B's 32 : 28 ratio of vision blocks to decoder layers (rounded, at
+    least 1) and its attention pattern: full attention in the last block and every 8th block before
+    it, window attention elsewhere. So time and memory grow by one decoder layer plus about one
+    vision block per layer, and 28 layers give exactly [7, 15, 23, 31] of 32 blocks.
+    """
+    full = QWEN2_5_VL_7B["text"]["num_hidden_layers"]
+    depth = max(1, round(layers * QWEN2_5_VL_7B["vision"]["depth"] / full))
+    vision = dict(QWEN2_5_VL_7B["vision"], depth=depth,
+                  fullatt_block_indexes=[i for i in range(depth) if (depth - 1 - i) % 8 == 0])
+    text = dict(QWEN2_5_VL_7B["text"], num_hidden_layers=layers, max_window_layers=layers)
+    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False)
+
+
+def _random_backbone(name: str, config: Qwen2_5_VLConfig, dtype, device, seed, image_processor_kwargs) -> Backbone:
+    if name in PRESETS:  # tiny / small keep HF's init, so their weights stay what they have always been
+        with torch.random.fork_rng(devices=[]):  # seed the init without moving the caller's RNG
+            torch.manual_seed(seed)
+            model = Qwen2_5_VLForConditionalGeneration(config)
+        model = model.to(device=device, dtype=dtype)
+    else:
+        model = _fast_random_model(config, dtype, device, seed)
+    return Backbone(model.eval(), preset_processor(image_processor_kwargs), f"{name}-random-seed{seed}",
                     config.text_config.hidden_size, dtype, device)
+
+
+def _fast_random_model(config: Qwen2_5_VLConfig, dtype, device, seed) -> Qwen2_5_VLForConditionalGeneration:
+    """The model built directly on `device` in `dtype` with one seeded pass over its weights.
+
+    HF's own init (torch's default init, then `_init_weights`, in float32, then a cast) costs
+    minutes on a CPU for billions of parameters; this skips it and applies the same scheme once:
+    normal(0, initializer_range) for every linear, convolution and embedding weight, zero biases,
+    unit norm weights. Buffers (rotary frequencies) are computed by the constructors as usual.
+    Draws come from a generator of its own, so the caller's RNG does not move.
+    """
+    with torch.device(device), no_init_weights():
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    done = set()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.Linear, nn.Conv3d, nn.Embedding)):
+                module.weight.normal_(0.0, config.text_config.initializer_range, generator=generator)
+            elif "Norm" in type(module).__name__:
+                module.weight.fill_(1.0)
+            else:
+                continue
+            if getattr(module, "bias", None) is not None:
+                module.bias.zero_()
+            done.update(id(p) for p in module.parameters(recurse=False))
+    missed = [n for n, p in model.named_parameters() if id(p) not in done]
+    if missed:
+        raise RuntimeError(f"no random init for {missed[:3]} ({len(missed)} parameters): a transformers version "
+                           "with new kinds of layers; add them to _fast_random_model")
+    return model
 
 
 def _pretrained(source: str, dtype, device, image_processor_kwargs) -> Backbone:
