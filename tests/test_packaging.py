@@ -1,0 +1,101 @@
+"""pyproject.toml declares what the code imports, so that a missing dependency fails `env/setup.sh`
+(which installs the declared dependencies and runs `pip check`) rather than a notebook.
+
+Imports are read from the source (AST), with the module names passed as strings to `find_spec`,
+`import_module`, `importorskip` and `_package_dir` (packages that ship weights are found without
+being imported), and mapped to distributions with importlib.metadata.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import json
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+BY_NAME = ("find_spec", "import_module", "importorskip", "_package_dir")
+# Extras that sda_lib may import when present (the rest serve the tests and the lab).
+RUNTIME_EXTRAS = ("deepspeed",)
+
+
+def normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def declared(extras=None) -> set[str]:
+    """Distributions pyproject.toml declares: the dependencies and the given extras (all if None)."""
+    optional = PROJECT.get("optional-dependencies", {})
+    requirements = PROJECT["dependencies"] + [r for e in (optional if extras is None else extras)
+                                              for r in optional.get(e, [])]
+    return {normalize(re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", r)[0]) for r in requirements}
+
+
+def imported_modules(source: str) -> set[str]:
+    """Top-level names of the absolute imports in `source`, and of modules named by string."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            found.add(node.module)
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            called = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+            if called in BY_NAME and isinstance(node.args[0].value, str):
+                found.add(node.args[0].value)
+    return {name.split(".")[0] for name in found}
+
+
+def notebook_source(path: Path) -> str:
+    cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+    lines = ("".join(c["source"]) for c in cells)
+    return "\n".join(line for text in lines for line in text.splitlines() if not line.lstrip().startswith(("%", "!")))
+
+
+def third_party(sources: dict[str, str], local: set[str]) -> dict[str, set[str]]:
+    """Distribution -> files importing it. A module that is not installed is taken to be its own
+    distribution (true of deepspeed, the optional one)."""
+    owners = importlib.metadata.packages_distributions()
+    needed: dict[str, set[str]] = {}
+    for where, source in sources.items():
+        for module in imported_modules(source) - local - set(sys.stdlib_module_names) - {"__future__"}:
+            for dist in owners.get(module, [module]):
+                needed.setdefault(normalize(dist), set()).add(where)
+    return needed
+
+
+def missing(needed: dict[str, set[str]], have: set[str]) -> str:
+    return "; ".join(f"{dist} (imported by {', '.join(sorted(files)[:3])})"
+                     for dist, files in sorted(needed.items()) if dist not in have)
+
+
+def test_pyproject_declares_what_sda_lib_and_the_notebooks_import():
+    sources = {str(p.relative_to(ROOT)): p.read_text() for p in (ROOT / "sda_lib").rglob("*.py")}
+    sources |= {str(p.relative_to(ROOT)): notebook_source(p) for p in (ROOT / "notebooks").glob("*.ipynb")}
+    gaps = missing(third_party(sources, local={"sda_lib"}), declared(RUNTIME_EXTRAS))
+    assert not gaps, f"add to pyproject.toml's dependencies (and pin in env/requirements.txt): {gaps}"
+
+
+def test_pyproject_declares_what_the_tests_import():
+    tests = {p.stem: p for p in (ROOT / "tests").glob("*.py")}
+    sources = {str(p.relative_to(ROOT)): p.read_text() for p in tests.values()}
+    gaps = missing(third_party(sources, local={"sda_lib", *tests}), declared())
+    assert not gaps, f"add to pyproject.toml's [test] extra (and pin in env/requirements.txt): {gaps}"
+
+
+def test_every_declared_dependency_is_pinned():
+    """setup.sh installs with env/requirements*.txt as constraints: a declared dependency without a
+    pin there would take whatever version is newest on the day."""
+    pins = {normalize(m[1]): m[2] for path in ("env/requirements-torch.txt", "env/requirements.txt")
+            for m in re.finditer(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", (ROOT / path).read_text(), re.M)}
+    unpinned = sorted(declared() - pins.keys())
+    assert not unpinned, f"pin these in env/requirements.txt (name==version): {', '.join(unpinned)}"
+
+
+def test_licence_file_matches_the_declared_licence():
+    assert PROJECT.get("license") == "MIT" and PROJECT.get("license-files") == ["LICENSE"]
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License\n")
