@@ -3,6 +3,7 @@
     python -m sda_lib.bench NAME [--preset P] [--repeats N] [--threads N] ...   one benchmark
     python -m sda_lib.bench                                                     all of them
     python -m sda_lib.bench --list
+    python -m sda_lib.bench gpu                           the 7B-shaped check, on a CUDA host
 
 One benchmark prints a table and, as its last line, one JSON object with the measured numbers
 (ratio, target and status for the comparisons, the raw samples too). The all-run gives every
@@ -15,7 +16,9 @@ swapped every repetition, after warm-up runs; inputs are built once beforehand, 
 (tokeniser, image resizing) time does not blur the ratio; medians of time.perf_counter; torch
 threads fixed by --threads (default 1: the machine may be shared).
 
-A benchmark is a function Options -> Measurement; registering one is one line in BENCHMARKS.
+A benchmark is a function Options -> Measurement; registering one is one line in BENCHMARKS. One
+whose hardware is absent raises Unavailable: run alone it exits non-zero with the reason, the
+all-run records it as unavailable and goes on.
 Heavy imports (torch, the backbone) happen inside the benchmarks, so a measured child process holds
 only what its target needs.
 """
@@ -34,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -46,24 +49,36 @@ BEAUTY_SOURCE = REPO_ROOT.parent / "shared" / "data" / "amazon2014-5core" / "bea
 IMAGE_PX = 224  # synthetic item images: (224 / 28)^2 = 64 image tokens, inside the default pixel bounds
 MODA_VS_LORA_TARGET = 1.10
 EXPORT_OVERHEAD_TARGET = 1.02
+CPU_ROUNDS = dict(repeats=15, warmup=2, batch_size=8)  # the CPU micro-benchmarks' defaults
+GPU_ROUNDS = dict(repeats=3, warmup=1, batch_size=32)  # steps of each gpu-check run; 32 items a step, as trained
+GPU_ITEMS = 256  # synthetic items the gpu check trains on and exports
 
 
 @dataclass
 class Options:
-    """Settings every benchmark reads. preset None: the benchmark's own default backbone."""
+    """Settings every benchmark reads. None: the benchmark's own default (see `defaults`)."""
 
     preset: str | None = None
-    repeats: int = 15
-    warmup: int = 2
+    repeats: int | None = None
+    warmup: int | None = None
     threads: int = 1
-    batch_size: int = 8
+    batch_size: int | None = None
     dataset: str = "toy"
     beauty: str = str(BEAUTY_SOURCE)
+    device: str | None = None
 
     def __post_init__(self):
         for name, low in (("repeats", 1), ("warmup", 0), ("threads", 1), ("batch_size", 2)):
-            if getattr(self, name) < low:
+            if getattr(self, name) is not None and getattr(self, name) < low:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(self, name)}")
+
+    def defaults(self, **values) -> Options:
+        """These options with each setting left at None replaced by the benchmark's value for it."""
+        return replace(self, **{k: v for k, v in values.items() if getattr(self, k) is None})
+
+
+class Unavailable(RuntimeError):
+    """The benchmark cannot run on this machine (no GPU, say); the message says what it needs."""
 
 
 @dataclass
@@ -111,6 +126,16 @@ def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def reset_peak_rss() -> bool:
+    """Restart this process's RSS high-water mark from its current RSS (Linux: "5" into
+    /proc/self/clear_refs), so peak_rss_mb then measures one phase; False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
 
 
 # The child reports on its last stdout line, after whatever the target printed.
@@ -165,9 +190,8 @@ def _verdict(ratio: float, target: float, what: str) -> tuple[dict, str]:
             f"ratio {what} = {ratio:.3f} (target <= {target:.2f}): {status}")
 
 
-def synthetic_inputs(backbone, n: int, seed: int = 0):
-    """Pre-built text and image batches of `n` made-up items (4 text fields; IMAGE_PX noise images),
-    so timed units run the model only, never the processor."""
+def synthetic_items(n: int, seed: int = 0) -> tuple[list[dict], list]:
+    """`n` made-up items: text fields (4 of them, product-like) and IMAGE_PX noise images."""
     import numpy as np
     from PIL import Image
 
@@ -177,7 +201,36 @@ def synthetic_inputs(backbone, n: int, seed: int = 0):
               "categories": "Home > Kitchen > Mugs", "brand": f"Brand {i % 5}",
               "description": "Sturdy dishwasher-safe mug for coffee and tea; holds 350 ml."} for i in range(n)]
     images = [Image.fromarray(rng.integers(0, 256, (IMAGE_PX, IMAGE_PX, 3), dtype=np.uint8)) for _ in range(n)]
+    return texts, images
+
+
+def synthetic_inputs(backbone, n: int, seed: int = 0):
+    """Pre-built text and image batches of `n` synthetic items, so timed units run the model only,
+    never the processor."""
+    texts, images = synthetic_items(n, seed)
     return backbone.inputs(texts=texts), backbone.inputs(images=images)
+
+
+def synthetic_dataset(n: int, folder: Path, seed: int = 0):
+    """`n` synthetic items as a PreparedDataset (images written to `folder`, no users), so adaptation
+    and export run unchanged on a host that has no data."""
+    import numpy as np
+    import pandas as pd
+
+    from .data import PreparedDataset
+
+    texts, images = synthetic_items(n, seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [f"{i:06d}.png" for i in range(n)]
+    for name, image in zip(names, images):
+        image.save(folder / name, compress_level=1)
+    items = pd.DataFrame(texts)
+    items.insert(0, "item", range(n))
+    items.insert(1, "item_id", [f"synthetic-{i}" for i in range(n)])
+    items["image_path"], items["has_image"] = names, True
+    card = {"dataset": "synthetic", "items": n, "users": 0, "interactions": 0, "text_fields": list(texts[0])}
+    no_interactions = pd.DataFrame({"user": [], "item": [], "timestamp": [], "split": []})
+    return PreparedDataset(folder, card, items, no_interactions, np.empty((0, 0), dtype=np.int64))
 
 
 def _export_defaults() -> dict:
@@ -209,6 +262,7 @@ def moda_vs_lora(options: Options) -> Measurement:
     from .cmsa import Temperature, cmsa_loss
     from .moda import IMAGE, TEXT
 
+    options = options.defaults(**CPU_ROUNDS)
     preset = options.preset or "small"
     config = AdaptConfig()  # the training defaults: r, experts, alpha, dropout, tau, loss options
     backbones, reports = {}, {}
@@ -230,7 +284,7 @@ def moda_vs_lora(options: Options) -> Measurement:
                 e_t = backbone.embed_batch(text)
             with adapters.modality(backbone.model, IMAGE):
                 e_v = backbone.embed_batch(image)
-            cmsa_loss(e_t, e_v, temperature(), config.normalize, config.detach_teacher).backward()
+            cmsa_loss(e_t, e_v, temperature(), config.cmsa_form).backward()
             backbone.model.zero_grad(set_to_none=True)
             temperature.zero_grad(set_to_none=True)
         return step
@@ -260,6 +314,7 @@ def export_overhead(options: Options) -> Measurement:
     from .backbone import load_backbone
     from .moda import IMAGE, TEXT
 
+    options = options.defaults(**CPU_ROUNDS)
     preset = options.preset or "small"
     bare, adapted = load_backbone(preset), load_backbone(preset)
     adapters.attach(adapted.model, "moda")
@@ -378,6 +433,7 @@ def seconds_of(target: str, repeat_arg: str, **kwargs) -> Callable[[Options], Me
     def benchmark(options: Options) -> Measurement:
         from .data import prepare_dataset
 
+        options = options.defaults(**CPU_ROUNDS)
         function = getattr(importlib.import_module(module), name)
         folder = prepare_dataset(options.dataset)  # its usual place under outputs/, reused when current
         seconds = function(folder, threads=options.threads, **{repeat_arg: options.repeats}, **kwargs)
@@ -400,6 +456,7 @@ def recbole_vs_ours(options: Options) -> Measurement:
     if not Path(RECBOLE_PYTHON).exists():
         note = f"RecBole not installed at {RECBOLE_PYTHON} (see sda_lib/recsys/peers.py): nothing measured"
         return Measurement([], {"skipped": note}, "skipped: RecBole absent", [note])
+    options = options.defaults(**CPU_ROUNDS)
     folder = prepare_dataset(options.dataset)
     ours = {"epoch": time_epoch(folder, threads=options.threads, epochs=options.repeats),
             "eval": time_full_eval(folder, threads=options.threads, repeats=options.repeats)}
@@ -416,6 +473,189 @@ def recbole_vs_ours(options: Options) -> Measurement:
                                      f"full ranking {rows[1]['recbole/ours']}x", notes)
 
 
+def gpu_check(options: Options) -> Measurement:
+    """The 7B's shapes on a GPU: adaptation step time and peak memory, with and without gradient
+    checkpointing, MoDA vs LoRA, and export throughput (7b-shaped preset, random bf16 weights)."""
+    from .adapt import AdaptConfig
+    from .backbone import SHAPED
+
+    device = _check_device(options)
+    options = options.defaults(**GPU_ROUNDS)
+    if options.warmup < 1:
+        raise ValueError("the gpu check needs --warmup >= 1: step times are read between steps, so the "
+                         "first step is never timed")
+    preset = options.preset or SHAPED
+    runs, rows = {}, []
+    with tempfile.TemporaryDirectory() as tmp:
+        dataset = synthetic_dataset(GPU_ITEMS, Path(tmp) / "items")
+        for adapter in ("moda", "lora"):
+            for checkpointing in (False, True):
+                label = f"{adapter} step" + (", checkpointing" if checkpointing else "")
+                print(f"[gpu] {label}: building {preset} on {device} and training "
+                      f"{options.warmup} + {options.repeats} steps", flush=True)
+                config = AdaptConfig(adapter=adapter, gradient_checkpointing=checkpointing,
+                                     batch_size=options.batch_size, steps=options.warmup + options.repeats)
+                out = Path(tmp) / label.replace(", ", "-").replace(" ", "-")
+                runs[label], shape = _adaptation_run(preset, device, dataset, config, out, options.warmup)
+                run = runs[label]
+                extra = {"peak GiB": run["peak_gib"], "build s": run["build_s"]}
+                rows.append({"unit": label, "out of memory": True, **extra} if "out_of_memory" in run
+                            else _timing_row(label, run["samples_s"], **extra))
+        # The checkpointed MoDA run always completes: at 32 items a step the 7B without checkpointing
+        # may not fit (see the README's GPU host section).
+        print(f"[gpu] export: {GPU_ITEMS} items, MoDA adapter merged per modality", flush=True)
+        export = _export_run(preset, device, dataset, Path(tmp) / "moda-step-checkpointing" / "adapter",
+                             Path(tmp) / "features", options.batch_size)
+    rows.append({"unit": "export", "items/s": export["items_per_s"], "seconds": export["seconds"],
+                 "peak GiB": export["peak_gib"]})
+    rows += [{"unit": f"embed {m}", "items/s": export[f"{m}_items_per_s"]} for m in ("text", "image")]
+
+    median = {label: run.get("median_s") for label, run in runs.items()}
+    verdict, ratio_line = _verdict(median["moda step, checkpointing"] / median["lora step, checkpointing"],
+                                   MODA_VS_LORA_TARGET, "MoDA / LoRA step (checkpointing)")
+    plain = median["moda step"] / median["lora step"] if median["moda step"] and median["lora step"] else None
+    values = {**verdict, "ratio_without_checkpointing": plain and round(plain, 4), "preset": preset,
+              "device": _device_name(device), **shape, "batch_items": options.batch_size, "warmup": options.warmup,
+              "repeats": options.repeats, "runs": runs, "export": export}
+
+    def summary(label):
+        run = runs[label]
+        time_ = "out of memory" if "out_of_memory" in run else f"{run['median_s']:.2f} s"
+        return time_ + ("" if run["peak_gib"] is None else f" (peak {run['peak_gib']} GiB)")
+
+    headline = (f"MoDA step {summary('moda step')}, with checkpointing {summary('moda step, checkpointing')}; "
+                f"{ratio_line}; export {export['items_per_s']:.1f} items/s")
+    notes = [f"preset {preset} ({shape['params_b']} B parameters, {shape['dtype']}, {shape['weights_gib']} GiB), "
+             f"built on {_device_name(device)}; each run builds a fresh backbone",
+             f"train_adapter with AdaptConfig's defaults, {options.batch_size} items a step = "
+             f"{shape['tokens_per_step']} tokens ({shape['padded_tokens_per_step']} padded) + "
+             f"{shape['image_patches_per_step']} image patches, {GPU_ITEMS} synthetic items ({IMAGE_PX} px images); "
+             f"{options.warmup} warm-up + {options.repeats} timed steps, processor included",
+             "peak GiB of each run (model built, trained or exported): torch.cuda.max_memory_allocated on a GPU, "
+             "the process's resident high-water mark (VmHWM) on CPU, reset before each run",
+             f"export_embeddings of all {GPU_ITEMS} items (batch {options.batch_size}); embed text / image: "
+             "the same items per modality, adapter merged"]
+    return Measurement(rows, values, headline, notes)
+
+
+def _check_device(options: Options):
+    """The device the gpu check runs on: CUDA unless --device names another; Unavailable without it."""
+    import torch
+
+    device = torch.device(options.device or "cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise Unavailable(
+            "no CUDA device here. The gpu check builds the full 7B shape (8.29 B parameters, 15.4 GiB in "
+            "bf16) and is meant for a GPU host; to try the script on CPU, run "
+            "`python -m sda_lib.bench gpu --preset small --device cpu`")
+    return device
+
+
+def _device_name(device) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _reset_peak(device) -> bool:
+    """Start a fresh peak-memory window, with the previous run's model released first; False when
+    this machine cannot (a CPU without /proc/self/clear_refs)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if device.type != "cuda":
+        return reset_peak_rss()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    return True
+
+
+def _peak_gib(device) -> float:
+    """Peak since _reset_peak: tensors allocated on a CUDA device, the process's resident memory on CPU."""
+    import torch
+
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss_mb() * 2**20
+    return round(peak / 2**30, 2)
+
+
+def _adaptation_run(preset: str, device, dataset, config, out: Path, warmup: int) -> tuple[dict, dict]:
+    """A fresh backbone trained `config.steps` steps by train_adapter: (seconds of each step after
+    the first `warmup`, read between consecutive on_step calls, or the out-of-memory error, with
+    peak device memory and build time; the model's and the step's size)."""
+    import torch
+
+    from .adapt import load_image, train_adapter
+    from .backbone import load_backbone
+
+    windowed = _reset_peak(device)
+    start = time.perf_counter()
+    backbone = load_backbone(preset, device=device, seed=config.seed)
+    _sync(device)
+    build_s = time.perf_counter() - start
+    params = list(backbone.model.parameters())
+    fields, images = dataset.item_fields()[:config.batch_size], dataset.image_paths()[:config.batch_size]
+    step = backbone.inputs(texts=fields, images=[load_image(p) for p in images])  # as train_adapter batches
+    ends = []
+
+    def mark(_step, _objective):
+        _sync(device)
+        ends.append(time.perf_counter())
+
+    run = {"build_s": round(build_s, 2)}
+    try:
+        train_adapter(backbone, dataset, config, out, progress=False, on_step=mark)
+    except torch.cuda.OutOfMemoryError as err:
+        run["out_of_memory"] = str(err).splitlines()[0]
+    else:
+        run["samples_s"] = [round(b - a, 4) for a, b in zip(ends[warmup - 1:], ends[warmup:])]
+        run["median_s"] = statistics.median(run["samples_s"])
+    run["peak_gib"] = _peak_gib(device) if windowed else None
+    shape = {"params_b": round(sum(p.numel() for p in params) / 1e9, 3),
+             "weights_gib": round(sum(p.numel() * p.element_size() for p in params) / 2**30, 2),
+             "dtype": str(backbone.dtype).removeprefix("torch."),
+             "tokens_per_step": int(step["attention_mask"].sum()), "padded_tokens_per_step": step["input_ids"].numel(),
+             "image_patches_per_step": int(step["pixel_values"].shape[0])}
+    return run, shape
+
+
+def _export_run(preset: str, device, dataset, adapter: Path, out: Path, batch_size: int) -> dict:
+    """export_embeddings of every item with the trained adapter into a fresh backbone (time, peak
+    memory, table shapes), then each modality's embedding alone for its items per second."""
+    from . import adapters
+    from .adapt import load_image
+    from .backbone import load_backbone
+    from .export import export_embeddings
+    from .moda import IMAGE, TEXT
+
+    windowed = _reset_peak(device)
+    backbone = load_backbone(preset, device=device)
+    start = time.perf_counter()
+    table = export_embeddings(backbone, dataset, out, adapter=adapter, batch_size=batch_size, progress=False)
+    _sync(device)
+    seconds = time.perf_counter() - start
+    n = dataset.n_items
+    record = {"items": n, "seconds": round(seconds, 2), "items_per_s": round(n / seconds, 2),
+              "peak_gib": _peak_gib(device) if windowed else None, "dims": table.manifest["dims"]}
+    fields, images = dataset.item_fields(), [load_image(p) for p in dataset.image_paths()]
+    for m, label in ((TEXT, "text"), (IMAGE, "image")):
+        with adapters.merged(backbone.model, m):
+            start = time.perf_counter()
+            backbone.embed(fields, images if m == IMAGE else None, modality=label, batch_size=batch_size,
+                           progress=False)
+            _sync(device)
+        record[f"{label}_items_per_s"] = round(n / (time.perf_counter() - start), 2)
+    return record
+
+
 BENCHMARKS: dict[str, Callable[[Options], Measurement]] = {
     "moda-vs-lora": moda_vs_lora,
     "export-overhead": export_overhead,
@@ -424,6 +664,7 @@ BENCHMARKS: dict[str, Callable[[Options], Measurement]] = {
     "sasrec-epoch": seconds_of("sda_lib.recsys.experiment:time_epoch", "epochs", model="sasrec"),
     "full-eval": seconds_of("sda_lib.recsys.experiment:time_full_eval", "repeats", model="sasrec"),
     "recbole-sasrec": recbole_vs_ours,
+    "gpu": gpu_check,
 }
 
 
@@ -450,11 +691,15 @@ def run_benchmark(name: str, **options) -> dict:
 
     torch.set_num_threads(opts.threads)
     start = time.perf_counter()
-    found = BENCHMARKS[name](opts)
+    try:
+        found = BENCHMARKS[name](opts)
+    except Unavailable as err:
+        found = Measurement([], {"unavailable": str(err)}, f"unavailable: {err}")
     record = {"benchmark": name, "headline": found.headline, **found.values, "threads": opts.threads,
               "wall_seconds": round(time.perf_counter() - start, 2), "peak_rss_mb": round(peak_rss_mb(), 1)}
     print(f"\n== {name}: {about(name)}")
-    print(format_table(found.rows))
+    if found.rows:
+        print(format_table(found.rows))
     for note in found.notes:
         print(f"  {note}")
     print(found.headline)
@@ -516,16 +761,19 @@ def main(argv: list[str] | None = None) -> int:
                              "none: run all and write outputs/bench/<timestamp>.json")
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     defaults = Options()
-    parser.add_argument("--preset", help="backbone: tiny, small, 7b, a hub id or a folder "
-                                         "(default: small for the ratios, tiny for export-memory)")
-    parser.add_argument("--repeats", type=int, default=defaults.repeats, help="timed repetitions")
-    parser.add_argument("--warmup", type=int, default=defaults.warmup, help="untimed repetitions first")
+    parser.add_argument("--preset", help="backbone: tiny, small, 7b-shaped[:layers], 7b, a hub id or a folder "
+                                         "(default: small for the ratios, tiny for export-memory, 7b-shaped for gpu)")
+    rounds = ", ".join(f"{k} {CPU_ROUNDS[k]}, gpu {GPU_ROUNDS[k]}" for k in ("repeats", "warmup", "batch_size"))
+    parser.add_argument("--repeats", type=int, help="timed repetitions")
+    parser.add_argument("--warmup", type=int, help="untimed repetitions first")
     parser.add_argument("--threads", type=int, default=defaults.threads, help="torch threads (default 1)")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
-                        help="items per timed batch (each gives a text row and an image row)")
+    parser.add_argument("--batch-size", type=int,
+                        help=f"items per timed batch (each gives a text row and an image row). Defaults: {rounds}")
     parser.add_argument("--dataset", default=defaults.dataset,
                         help="dataset of the data and recommender benchmarks")
     parser.add_argument("--beauty", default=defaults.beauty, help="Amazon beauty source folder for data-prepare")
+    parser.add_argument("--device", help="gpu: cuda (default; refused without CUDA) or cpu, to try the script "
+                                         "here with a small --preset")
     args = parser.parse_args(argv)
     if args.list:
         for name in BENCHMARKS:
@@ -536,7 +784,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
     if args.name:
-        run_benchmark(args.name, **asdict(options))
+        record = run_benchmark(args.name, **asdict(options))
+        if "unavailable" in record:
+            print(f"{args.name}: {record['unavailable']}", file=sys.stderr)
+            return 1
         return 0
     _, results = run_suite(options)
     return 1 if any("error" in r for r in results.values()) else 0

@@ -39,6 +39,15 @@ def test_bad_option_names_the_flag():
         bench.Options(batch_size=1)
 
 
+def test_settings_left_open_take_the_benchmarks_defaults():
+    options = bench.Options(batch_size=4)
+    assert (options.repeats, options.warmup) == (None, None)
+    gpu = options.defaults(**bench.GPU_ROUNDS)
+    assert (gpu.repeats, gpu.warmup, gpu.batch_size) == (3, 1, 4)  # what is given stays
+    cpu = bench.Options().defaults(**bench.CPU_ROUNDS)
+    assert (cpu.repeats, cpu.warmup, cpu.batch_size) == (15, 2, 8)
+
+
 def test_all_run_writes_machine_info_and_every_result(outputs, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(bench, "BENCHMARKS", {"data-prepare": bench.BENCHMARKS["data-prepare"]})
     missing = tmp_path / "no-beauty"
@@ -66,6 +75,22 @@ def test_fresh_process_peak_memory_is_the_targets_own():
     assert large["peak_rss_mb"] - small["peak_rss_mb"] == pytest.approx(96, abs=8)
 
 
+def test_peak_rss_restarts_from_the_current_rss():
+    import numpy as np
+
+    def rss_mb():
+        line = next(x for x in open("/proc/self/status") if x.startswith("VmRSS:"))
+        return int(line.split()[1]) / 2**10
+
+    if not bench.reset_peak_rss():
+        pytest.skip("no /proc/self/clear_refs here")
+    block = np.ones(96 * 2**20, dtype=np.uint8)
+    del block  # a large numpy block is its own mapping: freeing it returns it to the system
+    assert bench.peak_rss_mb() - rss_mb() > 90
+    assert bench.reset_peak_rss()
+    assert bench.peak_rss_mb() == pytest.approx(rss_mb(), abs=4)
+
+
 def test_interleaved_swaps_the_order_and_drops_warmup():
     calls = []
     samples = bench.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
@@ -73,3 +98,54 @@ def test_interleaved_swaps_the_order_and_drops_warmup():
     assert calls == ["a", "b", "b", "a", "a", "b", "b", "a"]
     assert [len(s) for s in samples.values()] == [3, 3]
     assert all(t >= 0 for s in samples.values() for t in s)
+
+
+def test_gpu_check_refuses_without_cuda(monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert bench.main(["gpu"]) == 1
+    captured = capsys.readouterr()
+    assert "no CUDA device" in captured.err and "--preset small --device cpu" in captured.err
+    assert json.loads(captured.out.strip().splitlines()[-1])["unavailable"].startswith("no CUDA device")
+
+
+def test_gpu_check_dry_run_on_cpu(monkeypatch, capsys):
+    """The GPU check's script end to end on CPU with the tiny preset: every phase runs, with few
+    steps and synthetic items. MoDA without checkpointing is made to run out of memory, as it does
+    at 32 items a step on the real 7B: recorded, not fatal."""
+    import torch
+
+    from sda_lib import adapt
+
+    train_adapter = adapt.train_adapter
+
+    def out_of_memory_without_checkpointing(backbone, dataset, config, out, **kwargs):
+        if config.adapter == "moda" and not config.gradient_checkpointing:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return train_adapter(backbone, dataset, config, out, **kwargs)
+
+    monkeypatch.setattr(adapt, "train_adapter", out_of_memory_without_checkpointing)
+    monkeypatch.setattr(bench, "GPU_ITEMS", 12)
+    record = bench.run_benchmark("gpu", preset="tiny", device="cpu", batch_size=4, repeats=2)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert json.loads(lines[-1]) == record
+    assert (record["warmup"], record["repeats"], record["batch_items"]) == (1, 2, 4)  # warm-up: the gpu default
+    runs = record["runs"]
+    assert runs.pop("moda step")["out_of_memory"] == "CUDA out of memory. Tried to allocate 1.00 GiB"
+    assert set(runs) == {"moda step, checkpointing", "lora step", "lora step, checkpointing"}
+    for run in runs.values():
+        assert len(run["samples_s"]) == 2 and run["median_s"] == statistics.median(run["samples_s"]) > 0
+        assert run["peak_gib"] > 0.1  # CPU: the process's resident high-water mark during the run
+    moda, lora = runs["moda step, checkpointing"]["median_s"], runs["lora step, checkpointing"]["median_s"]
+    assert record["ratio"] == pytest.approx(moda / lora, rel=1e-3) and record["ratio_without_checkpointing"] is None
+    assert record["headline"].startswith("MoDA step out of memory")
+    assert record["dtype"] == "float32" and record["weights_gib"] > 0 and record["params_b"] > 0
+    # 4 items: 4 text + 4 image rows; each 224 px image is 16 x 16 patches of 14 px.
+    assert record["image_patches_per_step"] == 4 * 256
+    assert record["tokens_per_step"] <= record["padded_tokens_per_step"]
+    export = record["export"]
+    assert export["items"] == 12 and export["dims"] == {"text": 64, "image": 64, "features_text": 12,
+                                                          "features_image": 12}
+    assert min(export["items_per_s"], export["text_items_per_s"], export["image_items_per_s"]) > 0
+    assert any(line.strip().startswith("lora step, checkpointing") for line in lines)
