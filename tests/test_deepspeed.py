@@ -120,7 +120,7 @@ def adapt(data, out: Path, *launch_options: str, log: Path | None = None) -> sub
 def finished(child: subprocess.Popen, out: Path) -> dict:
     """The record of a run started by `adapt`, once it has ended well."""
     try:
-        child.wait(timeout=300)
+        child.wait(timeout=600)  # the first DeepSpeed launch compiles its shared-memory op (2-3 min)
     except subprocess.TimeoutExpired:
         child.kill()
         raise
