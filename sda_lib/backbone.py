@@ -376,11 +376,12 @@ def _random_backbone(name: str, config: Qwen2_5_VLConfig, dtype, device, seed, i
 def _fast_random_model(config: Qwen2_5_VLConfig, dtype, device, seed) -> Qwen2_5_VLForConditionalGeneration:
     """The model built directly on `device` in `dtype` with one seeded pass over its weights.
 
-    HF's own init (torch's default init, then `_init_weights`, in float32, then a cast) costs
-    minutes on a CPU for billions of parameters; this skips it and applies the same scheme once:
-    normal(0, initializer_range) for every linear, convolution and embedding weight, zero biases,
-    unit norm weights. Buffers (rotary frequencies) are computed by the constructors as usual.
-    Draws come from a generator of its own, so the caller's RNG does not move.
+    HF's own path initialises twice (torch's default init, then `_init_weights`) in float32 on the
+    CPU before any cast or move: for 2 layers (1.64 B parameters) 16 s and 7.3 GiB here against 10 s
+    and 3.6 GiB, and for the full 7B a 31 GiB float32 copy. This skips both and applies HF's scheme
+    once: normal(0, initializer_range) for every linear, convolution and embedding weight, zero
+    biases, unit norm weights. Buffers (rotary frequencies) are computed by the constructors as
+    usual. Draws come from a generator of its own, so the caller's RNG does not move.
     """
     with torch.device(device), no_init_weights():
         model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype)
