@@ -1,0 +1,125 @@
+"""The 7b-shaped preset (Qwen2.5-VL-7B-Instruct's layout, random weights) with 2 decoder layers, in
+bf16 on CPU: every shape from the processor to the recommender-ready table, through one adaptation
+step and a 16-item export. Prints build time, step time and peak memory (run with -s to see them);
+asserts only generous bounds, never times."""
+
+import dataclasses
+import gc
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sda_lib import bench
+from sda_lib.adapt import AdaptConfig, train_adapter
+from sda_lib.backbone import load_backbone, shaped_config
+from sda_lib.export import export_embeddings
+
+pytestmark = pytest.mark.slow  # about 1.5 minutes on 2 cores, 4 GiB of weights per backbone
+
+LAYERS = 2
+HIDDEN, INTERMEDIATE, VOCAB, HEADS, KV_HEADS, HEAD_DIM = 3584, 18944, 152_064, 28, 4, 128
+VISION_HIDDEN = 1280
+IMAGE_PAD = 151655
+FULL_7B_PARAMETERS = 8_292_166_656  # the real layout, checked on the meta device in test_backbone
+
+
+@pytest.fixture(scope="module")
+def shaped():
+    """Built once; the last test exports with it, which attaches that test's adapter."""
+    start = time.perf_counter()
+    backbone = load_backbone("7b-shaped", layers=LAYERS, device="cpu")
+    print(f"\n7b-shaped:{LAYERS} built in {time.perf_counter() - start:.1f} s; "
+          f"process RSS peak {bench.peak_rss_mb() / 2**10:.2f} GiB")
+    return backbone
+
+
+def noise_image(px: int) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(px).integers(0, 256, (px, px, 3), dtype=np.uint8))
+
+
+def count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_layout_is_the_7b_with_fewer_layers(shaped):
+    model, lm = shaped.model, shaped.model.model.language_model
+    visual = shaped.model.model.visual
+    assert (shaped.id, shaped.dtype, shaped.hidden_size) == (f"7b-shaped:{LAYERS}-random-seed0", torch.bfloat16, HIDDEN)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert len(lm.layers) == LAYERS and len(visual.blocks) == LAYERS and visual.fullatt_block_indexes == [LAYERS - 1]
+    assert lm.embed_tokens.weight.shape == model.lm_head.weight.shape == (VOCAB, HIDDEN)
+    assert lm.embed_tokens.weight.data_ptr() != model.lm_head.weight.data_ptr()  # untied, as in the 7B
+    attention, mlp = lm.layers[0].self_attn, lm.layers[0].mlp
+    assert attention.head_dim == HEAD_DIM and HEADS * HEAD_DIM == HIDDEN
+    assert (attention.q_proj.weight.shape, attention.k_proj.weight.shape, attention.v_proj.weight.shape,
+            attention.o_proj.weight.shape) == ((HIDDEN, HIDDEN), (KV_HEADS * HEAD_DIM, HIDDEN),
+                                               (KV_HEADS * HEAD_DIM, HIDDEN), (HIDDEN, HIDDEN))
+    assert mlp.up_proj.weight.shape == mlp.gate_proj.weight.shape == (INTERMEDIATE, HIDDEN)
+    assert visual.blocks[0].attn.qkv.weight.shape == (3 * VISION_HIDDEN, VISION_HIDDEN)
+    # The full 7B less 26 decoder layers and 30 vision blocks: the widths are all the 7B's.
+    vision_blocks = shaped_config(28).vision_config.depth - LAYERS
+    assert count(model) == FULL_7B_PARAMETERS - (28 - LAYERS) * count(lm.layers[0]) - vision_blocks * count(visual.blocks[0])
+    # HF's init scheme, drawn once: normal(0, 0.02) matrices, zero biases, unit norms; the rotary
+    # frequencies stay float32.
+    weight = mlp.up_proj.weight.float()
+    assert weight.std().item() == pytest.approx(0.02, rel=0.01) and abs(weight.mean().item()) < 1e-4
+    assert not attention.q_proj.bias.any() and bool((lm.norm.weight == 1).all())
+    assert lm.rotary_emb.inv_freq.dtype == torch.float32
+
+
+@pytest.mark.parametrize("px, tokens", [(112, 16), (224, 64)])
+def test_image_tokens_and_vision_widths(shaped, px, tokens):
+    side = px // 14  # patches of 14 px; 2 x 2 patches merge into one image token
+    batch = shaped.inputs(images=[noise_image(px)])
+    assert batch["image_grid_thw"].tolist() == [[1, side, side]]
+    assert int((batch["input_ids"] == IMAGE_PAD).sum()) == tokens == side * side // 4
+    assert tuple(batch["pixel_values"].shape) == (side * side, 3 * 2 * 14 * 14)
+    with torch.inference_mode():
+        vision = shaped.model.model.visual(batch["pixel_values"].to(torch.bfloat16), grid_thw=batch["image_grid_thw"])
+        embedding = shaped.embed_batch(batch)
+    assert tuple(vision.last_hidden_state.shape) == (side * side, VISION_HIDDEN)
+    assert tuple(vision.pooler_output.shape) == (tokens, HIDDEN)  # the merger's output enters the decoder
+    assert tuple(embedding.shape) == (1, HIDDEN) and embedding.dtype == torch.float32
+    assert torch.isfinite(embedding).all()
+
+
+def test_one_adaptation_step_then_a_16_item_export(shaped, toy_tiny, tmp_path):
+    # Adaptation and export read only the items; the interactions are left as they are.
+    items = dataclasses.replace(toy_tiny, card={**toy_tiny.card, "items": 16}, items=toy_tiny.items.iloc[:16])
+    trained = load_backbone(f"7b-shaped:{LAYERS}", device="cpu")  # the name form of the fixture's keyword form
+    for (name, a), b in zip(shaped.model.named_parameters(), trained.model.parameters()):
+        assert torch.equal(a, b), name
+    precision = {"precision": "bf16"} if "precision" in {f.name for f in dataclasses.fields(AdaptConfig)} else {}
+    weights_gib = sum(p.numel() * p.element_size() for p in trained.model.parameters()) / 2**30
+
+    bench.reset_peak_rss()
+    before, cpu = bench.peak_rss_mb() / 2**10, time.process_time()
+    record = train_adapter(trained, items, AdaptConfig(steps=1, batch_size=4, **precision), tmp_path / "adapt",
+                           progress=False)
+    step_peak, step_cpu = bench.peak_rss_mb() / 2**10, time.process_time() - cpu
+    assert np.isfinite(record["final_loss"])
+    assert 0 < record["trainable_parameters"] < 1e-3 * record["total_parameters"]
+    del trained
+    gc.collect()
+
+    bench.reset_peak_rss()
+    start = time.perf_counter()
+    table = export_embeddings(shaped, items, tmp_path / "features", adapter=tmp_path / "adapt" / "adapter",
+                              batch_size=8, chunk=16, progress=False)
+    export_s = time.perf_counter() - start
+    export_peak = bench.peak_rss_mb() / 2**10
+    print(f"\n7b-shaped:{LAYERS} bf16 on CPU ({torch.get_num_threads()} thread(s)), weights {weights_gib:.2f} GiB: "
+          f"adaptation step of 4 items {record['seconds']:.1f} s ({step_cpu:.1f} s of CPU for all of "
+          f"train_adapter), RSS {before:.2f} GiB before it, peak "
+          f"{step_peak:.2f} GiB; export of 16 items {export_s:.1f} s, peak {export_peak:.2f} GiB")
+
+    assert table.text.shape == table.image.shape == (16, HIDDEN) and table.text.dtype == np.float32
+    assert np.isfinite(table.text).all() and np.isfinite(table.image).all()
+    assert table.features.shape == (16, 2 * 16)  # PCA per modality, capped at min(d = 768, 16 items)
+    assert table.manifest["dims"] == {"text": HIDDEN, "image": HIDDEN, "features_text": 16, "features_image": 16}
+    assert table.manifest["backbone"] == f"7b-shaped:{LAYERS}-random-seed0"
+    # Generous bounds: two backbones of ~3 GiB were alive during the step (the fixture and the trained one).
+    assert step_peak < 4 * weights_gib + 6 and export_peak < 2 * weights_gib + 4
