@@ -8,7 +8,6 @@ the same adapter as an uninterrupted one.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import functools
 import json
@@ -23,7 +22,8 @@ import torch
 import torch.distributed as dist
 import torch.distributed.nn as dist_nn
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
+from accelerate.utils import (DistributedType, InitProcessGroupKwargs, ProjectConfiguration, parse_flag_from_env,
+                               set_seed)
 from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
@@ -187,10 +187,7 @@ def train_adapter(backbone, dataset, config: AdaptConfig, out: str | Path, resum
     params = [p for p in objective.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
-    accelerator = Accelerator(
-        mixed_precision=_mixed_precision(config.precision),
-        project_config=ProjectConfiguration(project_dir=str(out), automatic_checkpoint_naming=True,
-                                            total_limit=KEEP_CHECKPOINTS))
+    accelerator = _accelerator(config, out)
     _fill_deepspeed_config(accelerator, config)
     objective, optimizer, scheduler = accelerator.prepare(objective, optimizer, scheduler)
     plain = accelerator.unwrap_model(objective)
@@ -212,14 +209,13 @@ def train_adapter(backbone, dataset, config: AdaptConfig, out: str | Path, resum
         for micro in range(config.grad_accum):
             items = batch_items(step * config.grad_accum + micro, dataset.n_items, config.batch_size, config.seed)
             inputs, ids = pair_batch(backbone, fields, paths, local_share(items, accelerator), config, step)
-            sync = contextlib.nullcontext() if micro == config.grad_accum - 1 else accelerator.no_sync(objective)
-            with sync, accelerator.autocast():
+            with accelerator.accumulate(objective), accelerator.autocast():
                 try:
                     loss = objective(torch.tensor(ids, device=accelerator.device), **inputs)
                 except FloatingPointError as err:
                     raise FloatingPointError(f"step {step}: {err}. Lower lr (now {config.lr}) or fix tau "
                                              "(learn_tau=False)") from None
-                accelerator.backward(loss / config.grad_accum)
+                accelerator.backward(loss)  # divided by grad_accum there (by DeepSpeed under ZeRO)
             total += loss.item() / config.grad_accum
         accelerator.clip_grad_norm_(params, config.max_grad_norm)
         optimizer.step()
@@ -256,6 +252,23 @@ def train_adapter(backbone, dataset, config: AdaptConfig, out: str | Path, resum
         write_json(out / "adapt.json", record)
     accelerator.wait_for_everyone()
     return record
+
+
+def _accelerator(config: AdaptConfig, out: Path) -> Accelerator:
+    """The run's Accelerator. Accumulation goes through accelerate, so that DeepSpeed (which steps in
+    `backward`) knows which micro-batch ends a step. The scheduler steps once a step: `batch_size`
+    is already global, so accelerate's default of one step per process would decay lr too fast.
+    CPU-only hosts run gloo processes: plain ones in accelerate's CPU mode, which has no DeepSpeed;
+    DeepSpeed ones with gloo named, as accelerate finds no backend there by itself."""
+    cpu_only, deepspeed = not torch.cuda.is_available(), parse_flag_from_env("ACCELERATE_USE_DEEPSPEED")
+    return Accelerator(
+        cpu=cpu_only and not deepspeed,
+        kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if cpu_only and deepspeed else None,
+        mixed_precision=_mixed_precision(config.precision),
+        gradient_accumulation_steps=config.grad_accum,
+        step_scheduler_with_optimizer=False,
+        project_config=ProjectConfiguration(project_dir=str(out), automatic_checkpoint_naming=True,
+                                            total_limit=KEEP_CHECKPOINTS))
 
 
 def _mixed_precision(precision: str) -> str:

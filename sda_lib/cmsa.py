@@ -33,14 +33,16 @@ class Temperature(nn.Module):
         if not init > 0:
             raise ValueError(f"Temperature init must be > 0, got {init}")
         self.log_space = log_space
-        value = torch.tensor(math.log(init) if log_space else float(init))
+        # 1-d, not a scalar: DeepSpeed broadcasts parameters viewed as bytes, which a 0-d tensor cannot be
+        value = torch.tensor([math.log(init) if log_space else float(init)])
         if learnable:
             self.value = nn.Parameter(value)
         else:
             self.register_buffer("value", value)
 
     def forward(self) -> torch.Tensor:
-        return self.value.exp() if self.log_space else self.value
+        tau = self.value[0]
+        return tau.exp() if self.log_space else tau
 
 
 def group_mean(x: torch.Tensor, d: int = PROJECTED_DIM) -> torch.Tensor:

@@ -2,6 +2,7 @@
 as one process: the loss sees the global batch, and export shards merge in item order."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -129,6 +130,9 @@ def test_two_process_resume_reaches_the_same_adapter(toy_tiny, tmp_path):
     assert {p.name for p in (tmp_path / "cut" / "checkpoints" / "checkpoint_0").glob("random_states_*")} == {
         "random_states_0.pkl", "random_states_1.pkl"}, "each process keeps its own generators"
     debug_launcher(train_two_processes, args=(toy_tiny.folder, tmp_path / "cut"), num_processes=2)
+    # the schedule steps once per step, not once per process: lr decays linearly from 1e-3 over 4 steps
+    lrs = pd.read_csv(tmp_path / "full" / "loss.csv")["lr"].to_numpy()
+    np.testing.assert_allclose(lrs, [7.5e-4, 5e-4, 2.5e-4, 0.0], atol=1e-12)
     full = load_file(str(tmp_path / "full" / "adapter" / "adapter.safetensors"))
     resumed = load_file(str(tmp_path / "cut" / "adapter" / "adapter.safetensors"))
     assert full.keys() == resumed.keys()
