@@ -61,7 +61,8 @@ def test_layout_is_the_7b_with_fewer_layers(shaped):
     assert visual.blocks[0].attn.qkv.weight.shape == (3 * VISION_HIDDEN, VISION_HIDDEN)
     # The full 7B less 26 decoder layers and 30 vision blocks: the widths are all the 7B's.
     vision_blocks = shaped_config(28).vision_config.depth - LAYERS
-    assert count(model) == FULL_7B_PARAMETERS - (28 - LAYERS) * count(lm.layers[0]) - vision_blocks * count(visual.blocks[0])
+    removed = (28 - LAYERS) * count(lm.layers[0]) + vision_blocks * count(visual.blocks[0])
+    assert count(model) == FULL_7B_PARAMETERS - removed
     # HF's init scheme, drawn once: normal(0, 0.02) matrices, zero biases, unit norms; the rotary
     # frequencies stay float32.
     weight = mlp.up_proj.weight.float()
