@@ -11,23 +11,31 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .adapt import AdaptConfig, train_adapter
 from .backbone import load_backbone
 from .export import export_embeddings
-from .recsys import table1, train_grid
+from .recsys import results_table, train_grid
 from .recsys.train import TrainConfig
 
-FULL = "SDA (full)"
-ZERO_SHOT = "w/o CMSA & MoDA (zero-shot)"
-# Variant -> changes to the full SDA configuration (None: the bare backbone, no adaptation).
-VARIANTS: dict[str, dict | None] = {
+FULL = "SDA"
+ZERO_SHOT = "w/o CMSA"
+ID_ONLY = "w/o CMSA & MoDA"
+# The paper's Table 2 rows, then further variants shown below a rule. Each maps to changes of the
+# full SDA configuration; ZERO_SHOT exports the bare backbone (the authors' "w/o CMSA" script ranks
+# zero-shot features, experiments/beauty/rat/sasrec_ablation_zeroshot.bash) and ID_ONLY uses no
+# features at all (the ID-only base).
+PAPER_ROWS: dict[str, dict | None] = {
     FULL: {},
-    "w/o soft target (InfoNCE)": {"loss": "infonce"},
-    "w/o CMSA (text views)": {"loss": "text-views"},
-    "w/o MoDA (shared LoRA)": {"adapter": "lora"},
     ZERO_SHOT: None,
+    "w/o MoDA": {"adapter": "lora"},
+    ID_ONLY: None,
+    "w/o soft target": {"loss": "infonce"},
+}
+EXTRA_ROWS: dict[str, dict] = {
+    "w/o CMSA (text views)": {"loss": "text-views"},
     "independent adapters": {"adapter": "independent"},
     "2 experts": {"experts": 2},
     "4 experts": {"experts": 4},
@@ -35,7 +43,8 @@ VARIANTS: dict[str, dict | None] = {
     "tau fixed 3": {"tau": 3.0, "learn_tau": False},
     "tau fixed 10": {"tau": 10.0, "learn_tau": False},
 }
-CORE = [FULL, "w/o soft target (InfoNCE)", "w/o CMSA (text views)", "w/o MoDA (shared LoRA)", ZERO_SHOT]
+VARIANTS = {**PAPER_ROWS, **EXTRA_ROWS}
+CORE = list(PAPER_ROWS)
 
 
 def slug(name: str) -> str:
@@ -43,10 +52,13 @@ def slug(name: str) -> str:
 
 
 def variant_features(name: str, dataset, backbone: str, base: AdaptConfig, folder: Path, seed: int,
-                     d: int = 768, progress: bool = True) -> Path:
-    """Adapt (unless zero-shot) and export one variant for one seed; returns its feature folder."""
+                     d: int = 768, progress: bool = True) -> Path | None:
+    """Adapt (unless zero-shot) and export one variant for one seed; returns its feature folder
+    (None for the ID-only row)."""
     if name not in VARIANTS:
         raise ValueError(f"unknown ablation variant {name!r}; choose from: {', '.join(VARIANTS)}")
+    if name == ID_ONLY:
+        return None
     folder = folder / slug(name) / f"seed{seed}"
     features = folder / "embeddings"
     if (features / "manifest.json").exists():
@@ -81,15 +93,32 @@ def run_ablations(dataset, backbone: str, run_dir: str | Path, variants=CORE, ba
 
 
 def table2(results: pd.DataFrame, protocol: str = "sampled", reference: str = FULL) -> pd.DataFrame:
-    """Paper Table 2 layout: overall and tail H@10 / N@10 per variant, the relative change against
-    full SDA, and the spread over seeds when there are several."""
-    table = table1(results, baseline=reference, protocol=protocol, metrics=("HR@10", "NDCG@10"))
-    table = table.droplevel(["dataset", "model"]).rename(columns=lambda c: c.replace("gain", "vs full SDA"),
-                                                          level=1)
+    """The paper's Table 2: overall and tail H@10 / N@10 per variant (means over seeds, and their
+    spread when there are several), and Δ as the paper defines it: the mean relative change of H@10
+    and N@10 against full SDA (negative: the variant drops), per subset. The paper's rows come
+    first; further variants follow below a rule row."""
+    table = results_table(results, baseline=reference, protocol=protocol, metrics=("HR@10", "NDCG@10"))
+    table = table.droplevel(["dataset", "model"])
+    out = pd.DataFrame(index=table.index)
+    for subset in ("overall", "tail"):
+        out[(subset, "H@10")] = table[(subset, "HR@10")]
+        out[(subset, "N@10")] = table[(subset, "NDCG@10")]
+        gains = [table.get((subset, f"{m} gain")) for m in ("HR@10", "NDCG@10")]
+        out[(subset, "Δ")] = pd.concat(gains, axis=1).mean(axis=1) if all(g is not None for g in gains) else np.nan
     rows = results[(results["protocol"] == protocol) & results["metric"].isin(["HR@10", "NDCG@10"])]
     if rows["seed"].nunique() > 1:
         spread = rows.groupby(["features", "subset", "metric"])["value"].std().unstack(["subset", "metric"])
         for subset, metric in spread.columns:
-            table[(subset, f"{metric} std")] = spread[(subset, metric)]
-    order = [v for v in VARIANTS if v in table.index]
-    return table.loc[order].sort_index(axis=1, level=0, sort_remaining=False)
+            out[(subset, f"{metric[0]}@10 std")] = spread[(subset, metric)]
+    out.columns = pd.MultiIndex.from_tuples(out.columns)
+    paper = [v for v in PAPER_ROWS if v in out.index]
+    extra = [v for v in VARIANTS if v in out.index and v not in PAPER_ROWS]
+    if extra:
+        rule = pd.DataFrame(np.nan, index=["further variants"], columns=out.columns)
+        out = pd.concat([out.loc[paper], rule, out.loc[extra]])
+    else:
+        out = out.loc[paper]
+    out.index.name = "variant"
+    out.attrs["notes"] = [f"Δ: mean relative change of H@10 and N@10 against {reference} ({protocol} protocol)",
+                          *table.attrs.get("notes", [])]
+    return out.sort_index(axis=1, level=0, sort_remaining=False)

@@ -1,0 +1,49 @@
+"""Table 2 as the paper defines it: its rows, then further variants below a rule, and Δ."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sda_lib.ablations import FULL, ID_ONLY, VARIANTS, table2, variant_features
+
+
+def tidy(values: dict[str, tuple[float, float]], seed=0) -> pd.DataFrame:
+    """values: variant -> (overall HR@10, overall NDCG@10); tail = half of them."""
+    rows = []
+    for variant, (hr, ndcg) in values.items():
+        for subset, scale in (("overall", 1.0), ("tail", 0.5)):
+            for metric, value in (("HR@10", hr), ("NDCG@10", ndcg)):
+                rows.append({"dataset": "toy", "model": "sasrec", "features": variant, "item_repr": "features",
+                             "seed": seed, "protocol": "sampled", "subset": subset, "metric": metric,
+                             "value": value * scale, "users": 10})
+    return pd.DataFrame(rows)
+
+
+def test_table2_rows_and_delta_by_hand():
+    results = tidy({FULL: (0.50, 0.30), "w/o MoDA": (0.45, 0.24), "2 experts": (0.55, 0.30),
+                    ID_ONLY: (0.40, 0.21), "w/o CMSA": (0.48, 0.27)})
+    table = table2(results)
+    assert list(table.index) == [FULL, "w/o CMSA", "w/o MoDA", ID_ONLY, "further variants", "2 experts"]
+    # Δ = mean of (0.45 / 0.50 - 1, 0.24 / 0.30 - 1) = mean(-0.10, -0.20)
+    assert table.loc["w/o MoDA", ("overall", "Δ")] == pytest.approx(-0.15)
+    assert table.loc["2 experts", ("overall", "Δ")] == pytest.approx(0.05)
+    assert table.loc[FULL, ("overall", "Δ")] == pytest.approx(0.0)
+    assert table.loc[ID_ONLY, ("tail", "H@10")] == pytest.approx(0.20)
+    assert table.loc["further variants"].isna().all()
+    assert "Δ: mean relative change of H@10 and N@10 against SDA" in table.attrs["notes"][0]
+
+
+def test_table2_spread_over_seeds():
+    results = pd.concat([tidy({FULL: (0.50, 0.30), "w/o MoDA": (0.40, 0.20)}, seed=0),
+                         tidy({FULL: (0.60, 0.30), "w/o MoDA": (0.40, 0.20)}, seed=1)])
+    table = table2(results)
+    assert table.loc[FULL, ("overall", "H@10")] == pytest.approx(0.55)
+    assert table.loc[FULL, ("overall", "H@10 std")] == pytest.approx(np.std([0.5, 0.6], ddof=1))
+    assert table.loc["w/o MoDA", ("overall", "H@10 std")] == pytest.approx(0.0)
+
+
+def test_id_only_row_has_no_features_and_unknown_variants_are_named(tmp_path):
+    assert variant_features(ID_ONLY, None, "tiny", None, tmp_path, seed=0) is None
+    with pytest.raises(ValueError, match="unknown ablation variant 'w/o everything'"):
+        variant_features("w/o everything", None, "tiny", None, tmp_path, seed=0)
+    assert VARIANTS["w/o CMSA"] is None and VARIANTS["w/o MoDA"] == {"adapter": "lora"}
