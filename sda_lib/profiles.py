@@ -36,6 +36,7 @@ def profile_parameters(profile: str, dataset: str) -> dict[str, dict]:
         "adapt": {**lvlm, "steps": steps, "gradient_checkpointing": True, "checkpoint_every": 500},
         "export": lvlm,
         "recommend": {"epochs": 200, "patience": 20},  # utils/argument.py and the RAT scripts
-        "ablations": {**lvlm, "ablation_steps": steps, "ablation_epochs": 200, "patience": 20},
+        "ablations": {**lvlm, "ablation_steps": steps, "gradient_checkpointing": True, "ablation_epochs": 200,
+                      "patience": 20},
         "gradient_conflict": lvlm,
     }
