@@ -180,7 +180,7 @@ def train_adapter(backbone, dataset, config: AdaptConfig, out: str | Path, resum
     set_seed(config.seed)
     model = backbone.model
     report = adapters.attach(model, config.adapter, config.r, config.experts, config.alpha, config.dropout,
-                             config.adapt_vision)
+                             config.adapt_vision, targets=backbone.targets)
     if config.gradient_checkpointing:
         adapters.enable_gradient_checkpointing(model)
     objective = AlignmentObjective(backbone, config, gather)

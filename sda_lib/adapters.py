@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 from pathlib import Path
 
 import torch
@@ -27,17 +28,24 @@ PEFT_PREFIX = "base_model.model."  # where PeftModel.save_pretrained puts the wr
 
 
 def attach(model: nn.Module, kind: str, r: int = 8, experts: int = 8, alpha: float = 32,
-           dropout: float = 0.1, adapt_vision: bool = False) -> moda.AdapterReport:
-    """Freeze `model` and add a trainable adapter of `kind` to its (language-model) projections."""
+           dropout: float = 0.1, adapt_vision: bool = False,
+           targets: str = moda.LANGUAGE_TARGETS) -> moda.AdapterReport:
+    """Freeze `model` and add a trainable adapter of `kind` to the linears whose names fully match
+    `targets` (a Backbone's `targets`; default Qwen2.5-VL's language model)."""
     if kind not in KINDS:
         raise ValueError(f"unknown adapter {kind!r}; choose one of {', '.join(KINDS)}")
+    if adapt_vision and not any(isinstance(m, nn.Linear) and re.fullmatch(moda.VISION_TARGETS, name)
+                                for name, m in model.named_modules()):
+        raise ValueError("adapt_vision=True, but no linear layer of this model matches the vision-tower pattern "
+                         f"{moda.VISION_TARGETS!r} (a Qwen2.5-VL vision tower): this backbone's vision encoder has "
+                         "nothing to adapt; train with adapt_vision=False")
     if kind == "lora":
-        targets = moda.LANGUAGE_TARGETS + (f"|{moda.VISION_TARGETS}" if adapt_vision else "")
+        targets = targets + (f"|{moda.VISION_TARGETS}" if adapt_vision else "")
         report = moda.inject_lora(model, r=r, alpha=alpha, dropout=dropout, target_modules=targets)
         model._lora_config = dict(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets)
         return report
     routing = "soft" if kind == "moda" else "hard"
-    config = moda.MoDAConfig(r=r, num_experts=experts, alpha=alpha, dropout=dropout,
+    config = moda.MoDAConfig(r=r, num_experts=experts, alpha=alpha, dropout=dropout, target_modules=targets,
                              adapt_vision=adapt_vision, routing=routing)
     return moda.inject_moda(model, config)
 

@@ -48,7 +48,14 @@ from transformers import (
 from transformers.initialization import no_init_weights
 from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
 
+from .moda import LANGUAGE_TARGETS
+
 HUB_7B = "Qwen/Qwen2.5-VL-7B-Instruct"
+
+# The last decoder layer's query and key projections, which the gradient-conflict analysis reads:
+# full-match regexes whose group 1 is the layer index.
+QWEN_ATTENTION = (r"(?:.*\.)?language_model\.layers\.(\d+)\.self_attn\.q_proj",
+                  r"(?:.*\.)?language_model\.layers\.(\d+)\.self_attn\.k_proj")
 
 # Chat template of the Qwen2-VL / Qwen2.5-VL instruct checkpoints (their chat_template.json).
 QWEN2_VL_CHAT_TEMPLATE = (
@@ -183,7 +190,10 @@ class PooledEncoder(nn.Module):
 
 @dataclass
 class Backbone:
-    """A loaded LVLM with its processor. `id` names the weights (checked when adapters are reloaded)."""
+    """A loaded LVLM with its processor. `id` names the weights (checked when adapters are reloaded).
+
+    `targets` (the regex of the linears adapters go into) and `attention` (see QWEN_ATTENTION) are
+    what differs per architecture; the defaults are Qwen2.5-VL's, other backbones set their own."""
 
     model: Qwen2_5_VLForConditionalGeneration
     processor: ImageTextProcessor
@@ -191,6 +201,8 @@ class Backbone:
     hidden_size: int
     dtype: torch.dtype
     device: torch.device
+    targets: str = LANGUAGE_TARGETS
+    attention: tuple[str, str] = QWEN_ATTENTION
 
     def __post_init__(self):
         self.encoder = PooledEncoder(self.model.model)

@@ -1,10 +1,11 @@
 """Gradient conflict between the text and the image path of an adapter (the SDA paper's analysis).
 
-On one batch, the CMSA loss is differentiated with respect to the adapter's B matrices in q_proj
-and k_proj of the last decoder layer twice: once with the image embeddings detached (only the text
-forward passes gradient) and once with the text embeddings detached. The cosine of the two
-gradients says whether the modalities pull the shared weights the same way (near 1) or against each
-other (near -1). A shared LoRA has one B for both; MoDA's B is E column blocks, one per expert.
+On one batch, the CMSA loss is differentiated with respect to the adapter's B matrices in the query
+and key projections (q_proj and k_proj; a Backbone's `attention` names them) of the last layer
+twice: once with the image embeddings detached (only the text forward passes gradient) and once
+with the text embeddings detached. The cosine of the two gradients says whether the modalities
+pull the shared weights the same way (near 1) or against each other (near -1). A shared LoRA has
+one B for both; MoDA's B is E column blocks, one per expert.
 
 For a MoDA expert j both gradients are (alpha/r) w_m,j times a gate-free term, so the gate weights
 rescale them but cannot turn them: the cosine of one expert moves only through what training does to
@@ -25,11 +26,11 @@ from peft.tuners.lora import LoraLayer
 
 from .. import moda
 from ..adapt import AdaptConfig, embed_rows, load_image, train_adapter
+from ..backbone import QWEN_ATTENTION
 from ..cmsa import cmsa_loss
 
-PROJECTIONS = ("q_proj", "k_proj")
+PROJECTIONS = ("q_proj", "k_proj")  # the labels of the query and key projections, whatever their names
 BOTH = "+".join(PROJECTIONS)
-_ATTENTION = re.compile(r"(?:.*\.)?language_model\.layers\.(\d+)\.self_attn\.(\w+)")
 
 
 @dataclass
@@ -41,24 +42,26 @@ class AdapterB:
     expert_rank: int | None
 
 
-def last_layer_b(model: torch.nn.Module, projections=PROJECTIONS) -> list[AdapterB]:
-    """The B matrices of `projections` in the last decoder layer, for a MoDA or a peft LoRA adapter."""
+def last_layer_b(model: torch.nn.Module, attention: tuple[str, str] = QWEN_ATTENTION) -> list[AdapterB]:
+    """The B matrices of the query and key projections (labelled PROJECTIONS) in the last layer, for
+    a MoDA or a peft LoRA adapter. `attention` holds a Backbone's regexes of the two projections."""
+    patterns = dict(zip(PROJECTIONS, map(re.compile, attention)))
     found = {}
     for name, module in model.named_modules():
-        match = _ATTENTION.fullmatch(name)
-        if match and match[2] in projections:
-            if isinstance(module, moda.MoDALinear):
-                found[int(match[1]), match[2]] = AdapterB(match[2], module.lora_B, module.expert_rank)
-            elif isinstance(module, LoraLayer):
-                found[int(match[1]), match[2]] = AdapterB(match[2], module.lora_B["default"].weight, None)
+        for projection, pattern in patterns.items():
+            match = pattern.fullmatch(name)
+            if match and isinstance(module, moda.MoDALinear):
+                found[int(match[1]), projection] = AdapterB(projection, module.lora_B, module.expert_rank)
+            elif match and isinstance(module, LoraLayer):
+                found[int(match[1]), projection] = AdapterB(projection, module.lora_B["default"].weight, None)
     if not found:
-        raise ValueError(f"no MoDA or LoRA adapter on {'/'.join(projections)} of the language model's "
-                         "attention: attach one first (sda_lib.adapters.attach)")
+        raise ValueError(f"no MoDA or LoRA adapter on the attention's query or key projections ({attention}): "
+                         "attach one first (sda_lib.adapters.attach)")
     last = max(layer for layer, _ in found)
-    missing = [p for p in projections if (last, p) not in found]
+    missing = [p for p in PROJECTIONS if (last, p) not in found]
     if missing:
-        raise ValueError(f"layer {last} has no adapter on {missing}; the analysis needs all of {projections}")
-    return [found[last, p] for p in projections]
+        raise ValueError(f"layer {last} has no adapter on {missing}; the analysis needs all of {PROJECTIONS}")
+    return [found[last, p] for p in PROJECTIONS]
 
 
 def path_gradients(backbone, texts: list[dict], images: list, tau: float | torch.Tensor,
@@ -100,7 +103,7 @@ def conflict(backbone, texts: list[dict], images: list, tau: float | torch.Tenso
     Columns: projection, part, cosine, norm_text, norm_image.
     """
     model = backbone.model
-    targets = last_layer_b(model)
+    targets = last_layer_b(model, backbone.attention)
     was_training = model.training
     model.eval()
     try:
