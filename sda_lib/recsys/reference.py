@@ -181,7 +181,7 @@ def minilm_text_features(dataset) -> FeatureTable:
     """all-MiniLM-L6-v2 embeddings of each item's text fields ("title is ...; categories is ...;",
     the description the LVLM prompt uses), as a feature table with an empty image part (the shared
     Amazon copies have no images)."""
-    from ..backbone import describe
+    from ..prompts import describe
     from ..extractors import MiniLMEfficientNetExtractor
 
     extractor = MiniLMEfficientNetExtractor(batch_size=128, device="cpu")
