@@ -79,15 +79,18 @@ def variant_features(name: str, dataset, backbone: str, base: AdaptConfig, folde
 
 def run_ablations(dataset, backbone: str, run_dir: str | Path, variants=CORE, base: AdaptConfig = AdaptConfig(),
                   seeds=(0,), model: str = "sasrec", train: TrainConfig | None = None, d: int = 768,
-                  progress: bool = True, prompts: Prompts = Prompts()) -> tuple[pd.DataFrame, dict]:
+                  progress: bool = True, prompts: Prompts = Prompts(), model_params: dict | None = None,
+                  item_repr: str | None = None) -> tuple[pd.DataFrame, dict]:
     """Tidy recommender results (features column = variant) and per-user frames, for every
-    variant and seed. Each seed seeds both the adaptation and the recommender."""
+    variant and seed. Each seed seeds both the adaptation and the recommender; `model_params` and
+    `item_repr` configure the recommender (see sda_lib.recsys.presets)."""
     folder = Path(run_dir) / "ablations"
     frames, per_user = [], {}
     for seed in seeds:
         tables = {name: variant_features(name, dataset, backbone, base, folder, seed, d, progress, prompts)
                   for name in variants}
         results, users = train_grid(dataset, models=(model,), features=tables, seeds=(seed,), train=train,
+                                    item_repr=item_repr, model_params={model: model_params or {}},
                                     out=folder / "recsys")
         frames.append(results)
         per_user |= users

@@ -35,8 +35,8 @@ def profile_parameters(profile: str, dataset: str) -> dict[str, dict]:
         "zero_shot": lvlm,
         "adapt": {**lvlm, "steps": steps, "gradient_checkpointing": True, "checkpoint_every": 500},
         "export": lvlm,
-        "recommend": {"epochs": 200, "patience": 20},  # utils/argument.py and the RAT scripts
-        "ablations": {**lvlm, "ablation_steps": steps, "gradient_checkpointing": True, "ablation_epochs": 200,
-                      "patience": 20},
+        "recommend": {"recsys_preset": "authors"},  # sda_lib.recsys.presets: their sizes, budget, features alone
+        "ablations": {**lvlm, "ablation_steps": steps, "gradient_checkpointing": True, "recsys_preset": "authors",
+                      "ablation_epochs": 200},
         "gradient_conflict": lvlm,
     }

@@ -368,7 +368,7 @@ def test_profiles_fill_only_what_the_command_line_leaves_open():
     assert profile == "paper"
     assert given["adapt"]["steps"] == 4000 and given["adapt"]["gradient_checkpointing"] is True
     assert given["adapt"]["backbone"] == given["export"]["backbone"] == "7b"
-    assert given["data"]["recipe"] == "sda" and given["recommend"]["patience"] == 20
+    assert given["data"]["recipe"] == "sda" and given["recommend"]["recsys_preset"] == "authors"
     _, sports = runner.profiled_parameters("sports", {}, stages, declared)
     assert sports["adapt"]["steps"] == 2000 == sports["ablations"]["ablation_steps"]
 
