@@ -17,9 +17,10 @@ from PIL import Image
 from sda_lib import adapters, mini, moda
 from sda_lib.adapt import AdaptConfig, train_adapter
 from sda_lib.analysis import gradients
-from sda_lib.backbone import describe, load_backbone
+from sda_lib.backbone import load_backbone
 from sda_lib.export import export_embeddings
 from sda_lib.extractors import minilm_folder
+from sda_lib.prompts import describe
 
 ITEMS = [{"title": "Red ceramic mug", "brand": "Acme"}, {"title": "Blue glass vase", "brand": "Lumen"},
          {"title": "", "categories": "Home > Decor"}, {"title": "Striped cushion " * 80, "brand": "Marlow"}]
