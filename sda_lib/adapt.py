@@ -78,8 +78,7 @@ class AdaptConfig:
             raise ValueError(f"unknown cmsa_form {self.cmsa_form!r}; choose one of {', '.join(CMSA_FORMS)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
-        if self.adapter not in adapters.KINDS:
-            raise ValueError(f"unknown adapter {self.adapter!r}; choose one of {', '.join(adapters.KINDS)}")
+        adapters.KINDS[self.adapter]  # an unknown name is refused here, naming the registered kinds
         if min(self.steps, self.batch_size, self.grad_accum, self.checkpoint_every) < 1:
             raise ValueError("steps, batch_size, grad_accum and checkpoint_every must be >= 1")
         if self.batch_size < 2:

@@ -1,16 +1,22 @@
-"""One interface over the three adapter kinds the workbench compares, so training, export and the
-analyses never branch on the kind:
+"""Adapter kinds, registered by name (peft's pattern: each kind binds a config, a layer class and
+an injector), so training, export and the analyses never branch on the kind:
 
     moda         MoDA: E gated low-rank experts per layer (sda_lib.moda), the SDA adapter
     independent  one LoRA per modality, hard-routed (MoDA's routing="hard"): the ablation
     lora         one shared LoRA of the same rank through peft: "w/o MoDA"
+
+A new kind subclasses `AdapterKind` and registers an instance: `KINDS.register("name", MyKind())`
+(see the README's Extending section). The kind of an adapted model is read from its layers, so
+nothing is stashed on the model.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,10 +27,173 @@ from torch import nn
 
 from . import moda
 from .io import atomic_dir
+from .registry import Registry
 
-KINDS = ("moda", "independent", "lora")
 PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."  # where PeftModel.save_pretrained puts the wrapped model's keys
+
+
+@dataclass(frozen=True)
+class AdapterSettings:
+    """What every kind is given: total rank, experts (kinds without experts ignore it), LoRA's
+    alpha and dropout, whether the vision tower is adapted, and the regex of the target linears."""
+
+    r: int = 8
+    experts: int = 8
+    alpha: float = 32
+    dropout: float = 0.1
+    adapt_vision: bool = False
+    targets: str = moda.LANGUAGE_TARGETS
+
+    @property
+    def pattern(self) -> str:
+        return self.targets + (f"|{moda.VISION_TARGETS}" if self.adapt_vision else "")
+
+
+class AdapterKind:
+    """The contract of an adapter kind. `attach`, `owns`, `save`, `saved_in`, `load` and
+    `weights_file` are required; routing by modality, merging, checkpoint replay and the gradient
+    probe's B matrix default to "shared by both modalities"."""
+
+    def attach(self, model: nn.Module, settings: AdapterSettings) -> moda.AdapterReport:
+        """Freeze `model` and add this kind's trainable layers to the linears matching settings.pattern."""
+        raise NotImplementedError
+
+    def owns(self, model: nn.Module) -> bool:
+        """Whether `model` carries an adapter of this kind."""
+        raise NotImplementedError
+
+    def save(self, model: nn.Module, folder: Path, backbone_id: str) -> Path:
+        raise NotImplementedError
+
+    def saved_in(self, folder: Path) -> bool:
+        """Whether `folder` holds an adapter this kind saved."""
+        raise NotImplementedError
+
+    def load(self, model: nn.Module, folder: Path, backbone_id: str) -> None:
+        raise NotImplementedError
+
+    def weights_file(self, folder: Path) -> Path:
+        raise NotImplementedError
+
+    def modality(self, model: nn.Module, m):
+        """Route the rows of the next forwards to modality m (one id, or one per row)."""
+        return contextlib.nullcontext()
+
+    def merged(self, model: nn.Module, m: int):
+        """Run modality m's adapter as plain weights for inference, undone after."""
+        return contextlib.nullcontext()
+
+    def checkpoint_context_fn(self, model: nn.Module):
+        """torch.utils.checkpoint's context_fn that keeps routing across recomputation, or None."""
+        return None
+
+    def last_b(self, module: nn.Module) -> tuple[nn.Parameter, int | None] | None:
+        """For the gradient-conflict probe: this module's B matrix [out, r] and the rank of each
+        expert (None: no experts), or None when the module is not one of this kind's layers."""
+        return None
+
+
+KINDS: Registry[AdapterKind] = Registry("adapter kind")
+
+
+class MoDAKind(AdapterKind):
+    """Soft-gated experts (routing "soft") or one hard-routed LoRA per modality ("hard")."""
+
+    def __init__(self, routing: str):
+        self.routing = routing
+
+    def attach(self, model, settings):
+        if settings.adapt_vision and not any(isinstance(m, nn.Linear) and re.fullmatch(moda.VISION_TARGETS, name)
+                                             for name, m in model.named_modules()):
+            raise ValueError("adapt_vision=True, but no linear layer of this model matches the vision-tower pattern "
+                             f"{moda.VISION_TARGETS!r} (a Qwen2.5-VL vision tower): this backbone's vision encoder "
+                             "has nothing to adapt; train with adapt_vision=False")
+        config = moda.MoDAConfig(r=settings.r, num_experts=settings.experts, alpha=settings.alpha,
+                                 dropout=settings.dropout, target_modules=settings.targets,
+                                 adapt_vision=settings.adapt_vision, routing=self.routing)
+        return moda.inject_moda(model, config)
+
+    def owns(self, model):
+        state = moda.state_of(model)
+        return state is not None and state.config.routing == self.routing
+
+    def save(self, model, folder, backbone_id):
+        return moda.save_moda(model, folder, backbone_id)
+
+    def saved_in(self, folder):
+        card = folder / moda.CONFIG_FILE
+        if not card.is_file():
+            return False
+        return json.loads(card.read_text())["config"].get("routing", "soft") == self.routing
+
+    def load(self, model, folder, backbone_id):
+        moda.load_moda(model, folder, backbone_id)
+
+    def weights_file(self, folder):
+        return folder / moda.WEIGHTS_FILE
+
+    def modality(self, model, m):
+        return moda.modality(model, m)
+
+    @contextlib.contextmanager
+    def merged(self, model, m):
+        moda.merge_moda(model, m)
+        try:
+            yield
+        finally:
+            moda.unmerge_moda(model)
+
+    def checkpoint_context_fn(self, model):
+        return moda.checkpoint_context_fn(model)
+
+    def last_b(self, module):
+        return (module.lora_B, module.expert_rank) if isinstance(module, moda.MoDALinear) else None
+
+
+class SharedLoRA(AdapterKind):
+    """peft's LoRA, one for both modalities; its config is the one peft keeps on the model
+    (`model.peft_config`) and it saves in peft's own layout. A shared LoRA stays active as it is
+    for inference: peft merges in place and unmerges by subtraction, which drifts in bf16."""
+
+    def attach(self, model, settings):
+        return moda.inject_lora(model, r=settings.r, alpha=settings.alpha, dropout=settings.dropout,
+                                target_modules=settings.pattern)
+
+    def owns(self, model):
+        return any(isinstance(m, LoraLayer) for m in model.modules())
+
+    def save(self, model, folder, backbone_id):
+        config = LoraConfig(**_lora_settings(model.peft_config["default"]), base_model_name_or_path=backbone_id)
+        return _save_peft(get_peft_model_state_dict(model), config, folder)
+
+    def saved_in(self, folder):
+        return (folder / PEFT_CONFIG).is_file()
+
+    def load(self, model, folder, backbone_id):
+        config = LoraConfig.from_pretrained(str(folder))
+        if config.base_model_name_or_path != backbone_id:
+            raise ValueError(f"the LoRA adapter in {folder} was trained on backbone "
+                             f"{config.base_model_name_or_path!r}, not on {backbone_id!r}; load it into the "
+                             "backbone it was trained on")
+        inject_adapter_in_model(config, model)
+        saved = {k.removeprefix(PEFT_PREFIX): v for k, v in load_file(str(folder / PEFT_WEIGHTS)).items()}
+        result = set_peft_model_state_dict(model, saved)
+        missing = [n for n in result.missing_keys if "lora_" in n]
+        if missing or result.unexpected_keys:
+            raise ValueError(f"the LoRA adapter in {folder} does not fit this backbone: missing {missing[:3]}, "
+                             f"unexpected {result.unexpected_keys[:3]}")
+
+    def weights_file(self, folder):
+        return folder / PEFT_WEIGHTS
+
+    def last_b(self, module):
+        return (module.lora_B["default"].weight, None) if isinstance(module, LoraLayer) else None
+
+
+KINDS.register("moda", MoDAKind("soft"))
+KINDS.register("independent", MoDAKind("hard"))
+KINDS.register("lora", SharedLoRA())
 
 
 def attach(model: nn.Module, kind: str, r: int = 8, experts: int = 8, alpha: float = 32,
@@ -32,95 +201,65 @@ def attach(model: nn.Module, kind: str, r: int = 8, experts: int = 8, alpha: flo
            targets: str = moda.LANGUAGE_TARGETS) -> moda.AdapterReport:
     """Freeze `model` and add a trainable adapter of `kind` to the linears whose names fully match
     `targets` (a Backbone's `targets`; default Qwen2.5-VL's language model)."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown adapter {kind!r}; choose one of {', '.join(KINDS)}")
-    if adapt_vision and not any(isinstance(m, nn.Linear) and re.fullmatch(moda.VISION_TARGETS, name)
-                                for name, m in model.named_modules()):
-        raise ValueError("adapt_vision=True, but no linear layer of this model matches the vision-tower pattern "
-                         f"{moda.VISION_TARGETS!r} (a Qwen2.5-VL vision tower): this backbone's vision encoder has "
-                         "nothing to adapt; train with adapt_vision=False")
-    if kind == "lora":
-        targets = targets + (f"|{moda.VISION_TARGETS}" if adapt_vision else "")
-        report = moda.inject_lora(model, r=r, alpha=alpha, dropout=dropout, target_modules=targets)
-        model._lora_config = dict(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets)
-        return report
-    routing = "soft" if kind == "moda" else "hard"
-    config = moda.MoDAConfig(r=r, num_experts=experts, alpha=alpha, dropout=dropout, target_modules=targets,
-                             adapt_vision=adapt_vision, routing=routing)
-    return moda.inject_moda(model, config)
+    return KINDS[kind].attach(model, AdapterSettings(r, experts, alpha, dropout, adapt_vision, targets))
 
 
 def kind_of(model: nn.Module) -> str | None:
-    if getattr(model, "_moda_state", None) is not None:
-        return "moda" if model._moda_state.config.routing == "soft" else "independent"
-    if any(isinstance(m, LoraLayer) for m in model.modules()):
-        return "lora"
-    return None
+    """The registered name of the adapter on `model`, or None."""
+    return next((name for name in KINDS if KINDS[name].owns(model)), None)
 
 
-def modality(model: nn.Module, m: int):
-    """Route the rows of the next forwards to modality m (a no-op for a shared LoRA or no adapter)."""
-    return moda.modality(model, m) if kind_of(model) in ("moda", "independent") else contextlib.nullcontext()
+def _kind(model: nn.Module) -> AdapterKind | None:
+    name = kind_of(model)
+    return None if name is None else KINDS[name]
 
 
-@contextlib.contextmanager
+def modality(model: nn.Module, m):
+    """Route the rows of the next forwards to modality m (a no-op for a shared adapter or none)."""
+    kind = _kind(model)
+    return kind.modality(model, m) if kind else contextlib.nullcontext()
+
+
 def merged(model: nn.Module, m: int):
-    """Run modality m's adapter as plain weights for fast inference, and undo it after; the base
-    weights come back bit for bit (see MoDALinear.merge). A shared LoRA is the same for both
-    modalities and stays active as it is: peft merges in place and unmerges by subtraction, which
-    drifts in bf16."""
-    if kind_of(model) not in ("moda", "independent"):
-        yield
-        return
-    moda.merge_moda(model, m)
-    try:
-        yield
-    finally:
-        moda.unmerge_moda(model)
+    """Run modality m's adapter as plain weights for fast inference, and undo it after; MoDA's base
+    weights come back bit for bit (see MoDALinear.merge)."""
+    kind = _kind(model)
+    return kind.merged(model, m) if kind else contextlib.nullcontext()
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> None:
     """Non-reentrant activation checkpointing whose recomputation keeps each row's modality."""
     kwargs = {"use_reentrant": False}
-    if kind_of(model) in ("moda", "independent"):
-        kwargs["context_fn"] = moda.checkpoint_context_fn(model)
+    kind = _kind(model)
+    context_fn = kind.checkpoint_context_fn(model) if kind else None
+    if context_fn is not None:
+        kwargs["context_fn"] = context_fn
     model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
 
 
 def save(model: nn.Module, folder: str | Path, backbone_id: str) -> Path:
     """The adapter, written atomically: MoDA in its own format (safetensors + a JSON card with the
     backbone, layer shapes and checksum), the shared LoRA in peft's own layout."""
-    kind = kind_of(model)
-    if kind in ("moda", "independent"):
-        return moda.save_moda(model, folder, backbone_id)
-    if kind != "lora":
+    kind = _kind(model)
+    if kind is None:
         raise ValueError("the model has no adapter to save")
-    config = LoraConfig(**model._lora_config, base_model_name_or_path=backbone_id)
-    return _save_peft(get_peft_model_state_dict(model), config, folder)
+    return kind.save(model, Path(folder), backbone_id)
+
+
+def _saved_kind(folder: Path) -> str:
+    name = next((name for name in KINDS if KINDS[name].saved_in(folder)), None)
+    if name is None:
+        raise FileNotFoundError(f"no adapter in {folder}: expected {moda.CONFIG_FILE} (MoDA) or {PEFT_CONFIG} (peft "
+                                "LoRA); train one with notebooks/03_adapt.ipynb")
+    return name
 
 
 def load(model: nn.Module, folder: str | Path, backbone_id: str) -> str:
     """Attach the adapter saved in `folder` to a fresh `model`; returns its kind."""
     folder = Path(folder)
-    if (folder / moda.CONFIG_FILE).exists():
-        moda.load_moda(model, folder, backbone_id)
-        return kind_of(model)
-    if not (folder / PEFT_CONFIG).exists():
-        raise FileNotFoundError(f"no adapter in {folder}: expected {moda.CONFIG_FILE} (MoDA) or {PEFT_CONFIG} (peft "
-                                "LoRA); train one with notebooks/03_adapt.ipynb")
-    config = LoraConfig.from_pretrained(str(folder))
-    if config.base_model_name_or_path != backbone_id:
-        raise ValueError(f"the LoRA adapter in {folder} was trained on backbone {config.base_model_name_or_path!r}, "
-                         f"not on {backbone_id!r}; load it into the backbone it was trained on")
-    inject_adapter_in_model(config, model)
-    model._lora_config = _lora_settings(config)
-    saved = {k.removeprefix(PEFT_PREFIX): v for k, v in load_file(str(folder / PEFT_WEIGHTS)).items()}
-    result = set_peft_model_state_dict(model, saved)
-    missing = [n for n in result.missing_keys if "lora_" in n]
-    if missing or result.unexpected_keys:
-        raise ValueError(f"the LoRA adapter in {folder} does not fit this backbone: missing {missing[:3]}, "
-                         f"unexpected {result.unexpected_keys[:3]}")
-    return "lora"
+    name = _saved_kind(folder)
+    KINDS[name].load(model, folder, backbone_id)
+    return name
 
 
 def export_peft(model: nn.Module, folder: str | Path, backbone_id: str) -> dict[str, Path]:
@@ -131,10 +270,10 @@ def export_peft(model: nn.Module, folder: str | Path, backbone_id: str) -> dict[
     keep their image weights in both). They load with stock peft, e.g.
     `PeftModel.from_pretrained(base, folder / "text", adapter_name="text")`, then
     `load_adapter(folder / "image", adapter_name="image")` and `set_adapter(...)`."""
-    if kind_of(model) not in ("moda", "independent"):
+    if not isinstance(_kind(model), MoDAKind):
         raise ValueError("export_peft writes a MoDA adapter as per-modality LoRAs; a shared LoRA is already one")
     layers = moda.moda_layers(model)
-    config = model._moda_state.config
+    config = moda.state_of(model).config
     out = {}
     for m, label in ((moda.TEXT, "text"), (moda.IMAGE, "image")):
         state = {}
@@ -167,7 +306,7 @@ def _lora_settings(config: LoraConfig) -> dict:
 def checksum(folder: str | Path) -> str:
     """SHA-256 of the saved adapter weights (recorded in export manifests)."""
     folder = Path(folder)
-    weights = folder / (moda.WEIGHTS_FILE if (folder / moda.CONFIG_FILE).exists() else PEFT_WEIGHTS)
+    weights = KINDS[_saved_kind(folder)].weights_file(folder)
     return hashlib.sha256(weights.read_bytes()).hexdigest()
 
 

@@ -116,8 +116,8 @@ class MoDAState:
     """The adapter config and the modality ids of the next forward, shared by every MoDA layer of
     one model.
 
-    One object per model (made at injection) rather than a global, so two adapted models never
-    read each other's modality.
+    One object per model (made at injection and held by its layers, as peft's layers hold their
+    config) rather than a global, so two adapted models never read each other's modality.
     """
 
     def __init__(self, config: MoDAConfig):
@@ -264,7 +264,7 @@ class AdapterReport:
         )
 
 
-def _report(model: nn.Module, layers) -> AdapterReport:
+def adapter_report(model: nn.Module, layers) -> AdapterReport:
     params = list(model.parameters())
     return AdapterReport(
         trainable=sum(p.numel() for p in params if p.requires_grad),
@@ -309,8 +309,7 @@ def inject_moda(model: nn.Module, config: MoDAConfig) -> AdapterReport:
         parent = model.get_submodule(parent_name)
         layer = MoDALinear(linear, config, state, name, fixed_modality=fixed)
         setattr(parent, child, layer.train(linear.training))  # keep the model's train/eval mode
-    model._moda_state = state
-    return _report(model, targets)
+    return adapter_report(model, targets)
 
 
 @contextlib.contextmanager
@@ -379,8 +378,13 @@ def _adapter_state(layers: dict[str, MoDALinear]) -> dict[str, torch.Tensor]:
     }
 
 
+def state_of(model: nn.Module) -> MoDAState | None:
+    """The state its MoDA layers share, or None for a model without them."""
+    return next((m.state for m in model.modules() if isinstance(m, MoDALinear)), None)
+
+
 def _state(model: nn.Module) -> MoDAState:
-    state = getattr(model, "_moda_state", None)
+    state = state_of(model)
     if state is None:
         raise ValueError("the model has no MoDA layers: call inject_moda (or load_moda) first")
     return state
@@ -467,4 +471,4 @@ def inject_lora(
     """
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules)
     inject_adapter_in_model(config, model)
-    return _report(model, [n for n, m in model.named_modules() if isinstance(m, LoraLayer)])
+    return adapter_report(model, [n for n, m in model.named_modules() if isinstance(m, LoraLayer)])

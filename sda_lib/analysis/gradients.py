@@ -22,9 +22,8 @@ import numpy as np
 import pandas as pd
 import plotly.express as px
 import torch
-from peft.tuners.lora import LoraLayer
 
-from .. import moda
+from .. import adapters, moda
 from ..adapt import AdaptConfig, embed_rows, load_image, train_adapter
 from ..backbone import QWEN_ATTENTION
 from ..cmsa import cmsa_loss
@@ -44,18 +43,20 @@ class AdapterB:
 
 def last_layer_b(model: torch.nn.Module, attention: tuple[str, str] = QWEN_ATTENTION) -> list[AdapterB]:
     """The B matrices of the query and key projections (labelled PROJECTIONS) in the last layer, for
-    a MoDA or a peft LoRA adapter. `attention` holds a Backbone's regexes of the two projections."""
+    any adapter kind that exposes them (AdapterKind.last_b). `attention` holds a Backbone's regexes of the two projections."""
     patterns = dict(zip(PROJECTIONS, map(re.compile, attention)))
-    found = {}
+    name = adapters.kind_of(model)
+    if name is None:
+        raise ValueError("the model has no adapter: attach one first (sda_lib.adapters.attach)")
+    kind, found = adapters.KINDS[name], {}
     for name, module in model.named_modules():
         for projection, pattern in patterns.items():
             match = pattern.fullmatch(name)
-            if match and isinstance(module, moda.MoDALinear):
-                found[int(match[1]), projection] = AdapterB(projection, module.lora_B, module.expert_rank)
-            elif match and isinstance(module, LoraLayer):
-                found[int(match[1]), projection] = AdapterB(projection, module.lora_B["default"].weight, None)
+            b = match and kind.last_b(module)
+            if b:
+                found[int(match[1]), projection] = AdapterB(projection, *b)
     if not found:
-        raise ValueError(f"no MoDA or LoRA adapter on the attention's query or key projections ({attention}): "
+        raise ValueError(f"no adapter on the attention's query or key projections ({attention}): "
                          "attach one first (sda_lib.adapters.attach)")
     last = max(layer for layer, _ in found)
     missing = [p for p in PROJECTIONS if (last, p) not in found]
