@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +54,7 @@ from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProce
 
 from .moda import LANGUAGE_TARGETS
 from .prompts import Prompts
+from .registry import Registry
 
 HUB_7B = "Qwen/Qwen2.5-VL-7B-Instruct"
 MINI = "mini"  # the small pretrained backbone of sda_lib.mini
@@ -249,6 +251,22 @@ class Backbone:
         return out
 
 
+@dataclass(frozen=True)
+class LoadOptions:
+    """What load_backbone passes to a registered loader. `variant` is what follows the name's colon
+    ("7b-shaped:2" gives "2"), None without one."""
+
+    dtype: torch.dtype | None
+    device: torch.device
+    seed: int
+    image_processor_kwargs: dict
+    prompts: Prompts
+    variant: str | None = None
+
+
+BACKBONES: Registry[Callable[[LoadOptions], Backbone]] = Registry("backbone")
+
+
 def load_backbone(
     name_or_path: str | os.PathLike = "tiny",
     dtype: torch.dtype | str | None = None,
@@ -259,13 +277,14 @@ def load_backbone(
     layers: int | None = None,
     prompts: Prompts = Prompts(),
 ) -> Backbone:
-    """A preset ("tiny", "small", "7b-shaped": random seeded weights; "7b": Qwen2.5-VL-7B-Instruct;
-    "mini": the small pretrained backbone of sda_lib.mini), a hub id or a local model folder.
+    """A registered backbone ("tiny", "small", "7b-shaped": random seeded weights; "7b":
+    Qwen2.5-VL-7B-Instruct; "mini": the small pretrained backbone of sda_lib.mini; or one an
+    extension registered in BACKBONES), a hub id or a local model folder.
 
     The 7b-shaped preset's decoder-layer count is part of its name, "7b-shaped:2", so that it passes
     through every CLI and notebook parameter that takes a backbone name; `layers=2` with
     "7b-shaped" is the same for Python callers (give one or the other). Without either, it has all
-    28 layers. `layers` is an error for any other backbone.
+    28 layers.
 
     dtype defaults to float32 for tiny / small, bfloat16 for 7b-shaped; for pretrained weights to
     bfloat16 on a GPU and float32 on CPU (the 7B then needs about 31 GiB; pass dtype=torch.bfloat16
@@ -276,43 +295,73 @@ def load_backbone(
     has its own.
     """
     name_or_path = str(name_or_path)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    image_processor_kwargs = dict(size={"shortest_edge": min_pixels, "longest_edge": max_pixels})
-    preset = name_or_path.lower()
-    if preset == SHAPED or preset.startswith(SHAPED + ":"):
-        layers = _shaped_layers(preset, layers)
-        return _random_backbone(f"{SHAPED}:{layers}", shaped_config(layers), dtype or torch.bfloat16, device, seed,
-                                image_processor_kwargs, prompts)
+    name, _, variant = name_or_path.lower().partition(":")
     if layers is not None:
-        raise ValueError(f"layers={layers} applies only to the {SHAPED} preset, not to {name_or_path!r}")
-    if preset == MINI:
-        from .mini import load_mini  # it builds on this module
-
-        return load_mini(device, dtype)
-    if preset in PRESETS:
-        return _random_backbone(preset, preset_config(preset), dtype or torch.float32, device, seed,
-                                image_processor_kwargs, prompts)
-    if preset == "7b":
-        return _pretrained(HUB_7B, dtype, device, image_processor_kwargs, prompts)
+        if name != SHAPED:
+            raise ValueError(f"layers={layers} applies only to the {SHAPED} preset, not to {name_or_path!r}")
+        if variant and variant != str(layers):
+            raise ValueError(f"{name_or_path!r} names {variant} layers but layers={layers}: give the count once")
+        variant = str(layers)
+    options = LoadOptions(getattr(torch, dtype) if isinstance(dtype, str) else dtype,
+                          torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")), seed,
+                          dict(size={"shortest_edge": min_pixels, "longest_edge": max_pixels}), prompts,
+                          variant or None)
+    if name in BACKBONES:
+        return BACKBONES[name](options)
     if "/" not in name_or_path and "\\" not in name_or_path and not Path(name_or_path).expanduser().exists():
-        # Neither a preset, a hub id (owner/name) nor an existing folder: refuse now rather than
+        # Neither registered, a hub id (owner/name) nor an existing folder: refuse now rather than
         # after a hub lookup times out.
         raise ValueError(
-            f"unknown backbone {name_or_path!r}: use a preset ({', '.join(PRESETS)}, {SHAPED}[:layers], 7b, {MINI}), "
+            f"unknown backbone {name_or_path!r}: use a registered one ({', '.join(BACKBONES)}; {SHAPED}:layers), "
             f"a hub id such as {HUB_7B!r}, or a local model folder"
         )
-    return _pretrained(name_or_path, dtype, device, image_processor_kwargs, prompts)
+    return _pretrained(name_or_path, options.dtype, options.device, options.image_processor_kwargs, prompts)
 
 
-def _shaped_layers(name: str, layers: int | None) -> int:
-    """The decoder-layer count of "7b-shaped[:N]" with `layers`: from either, 28 from neither."""
-    _, _, suffix = name.partition(":")
-    if suffix and not suffix.isdigit():
-        raise ValueError(f"{name!r}: the layer count after '{SHAPED}:' must be a whole number, e.g. '{SHAPED}:2'")
-    if suffix and layers is not None and int(suffix) != layers:
-        raise ValueError(f"{name!r} names {suffix} layers but layers={layers}: give the count once")
-    count = int(suffix) if suffix else layers if layers is not None else QWEN2_5_VL_7B["text"]["num_hidden_layers"]
+def _no_variant(name: str, options: LoadOptions) -> None:
+    if options.variant is not None:
+        raise ValueError(f"backbone {name!r} takes no ':{options.variant}' suffix")
+
+
+@BACKBONES.register(SHAPED)
+def _load_shaped(options: LoadOptions) -> Backbone:
+    layers = _shaped_layers(options.variant)
+    return _random_backbone(f"{SHAPED}:{layers}", shaped_config(layers), options.dtype or torch.bfloat16,
+                            options.device, options.seed, options.image_processor_kwargs, options.prompts)
+
+
+def _register_preset(preset: str) -> None:
+    def load(options: LoadOptions) -> Backbone:
+        _no_variant(preset, options)
+        return _random_backbone(preset, preset_config(preset), options.dtype or torch.float32, options.device,
+                                options.seed, options.image_processor_kwargs, options.prompts)
+    BACKBONES.register(preset, load)
+
+
+for _preset in PRESETS:
+    _register_preset(_preset)
+
+
+@BACKBONES.register("7b")
+def _load_7b(options: LoadOptions) -> Backbone:
+    _no_variant("7b", options)
+    return _pretrained(HUB_7B, options.dtype, options.device, options.image_processor_kwargs, options.prompts)
+
+
+@BACKBONES.register(MINI)
+def _load_mini(options: LoadOptions) -> Backbone:
+    _no_variant(MINI, options)
+    from .mini import load_mini  # it builds on this module
+
+    return load_mini(options.device, options.dtype)
+
+
+def _shaped_layers(variant: str | None) -> int:
+    """The decoder-layer count of "7b-shaped[:N]": N, or the 7B's 28 without one."""
+    if variant is not None and not variant.isdigit():
+        raise ValueError(f"'{SHAPED}:{variant}': the layer count after '{SHAPED}:' must be a whole number, "
+                         f"e.g. '{SHAPED}:2'")
+    count = int(variant) if variant else QWEN2_5_VL_7B["text"]["num_hidden_layers"]
     if count < 1:
         raise ValueError(f"{SHAPED} needs at least 1 decoder layer, got {count}")
     return count
