@@ -11,7 +11,7 @@ import torch
 
 from sda_lib.data import DataError, PreparedDataset, prepare_dataset
 from sda_lib.features import FeatureError, FeatureTable, item_order_checksum
-from sda_lib.recsys import (MODELS, InteractionData, RunKey, TrainConfig, build_model, fit, model_train_config,
+from sda_lib.recsys import (RECOMMENDERS, InteractionData, RunKey, TrainConfig, build_model, fit, model_train_config,
                             part_settings, run_experiment, table1, train_grid)
 from sda_lib.recsys.base import PAD, FeatureAdapter, ItemEncoder, resolve_features
 from sda_lib.recsys.peers import write_atomic_file
@@ -104,7 +104,7 @@ def test_bert4rec_masking(data):
     assert 0.2 < rate < 0.45  # 0.3 plus the forced masks on windows the draw left unmasked
 
 
-@pytest.mark.parametrize("model_name", list(MODELS))
+@pytest.mark.parametrize("model_name", list(RECOMMENDERS))
 def test_each_model_trains_and_its_loss_decreases(data, dataset, model_name):
     table = make_table(dataset)
     seed_everything(0)

@@ -14,12 +14,13 @@ from torch import nn
 from sda_lib.data import PrepareParams, PreparedDataset
 from sda_lib.data.catalogue import Catalogue
 from sda_lib.data.prepare import prepare_catalogue
-from sda_lib.recsys import InteractionData, Recommender, TrainConfig, build_model, fit
+from sda_lib.features import FeatureTable
+from sda_lib.recsys import RECOMMENDERS, InteractionData, Recommender, TrainConfig, build_model, fit
 from sda_lib.recsys import train as train_module
 from sda_lib.recsys.base import PAD
 from sda_lib.recsys.bert4rec import BERT4Rec
 from sda_lib.recsys.evaluate import METRICS
-from sda_lib.recsys.presets import PRESETS, SEQUENTIAL_MODELS, get_preset, pretrain_id_items
+from sda_lib.recsys.presets import PRESETS, get_preset, pretrain_id_items
 from sda_lib.recsys.reference import summarize_seeds
 from sda_lib.recsys.sasrec import SASRec
 from sda_lib.recsys.train import fit_rules, seed_everything
@@ -50,7 +51,11 @@ def tiny(toy_tiny):
 
 
 def features(n_items, width=12, seed=0):
-    return np.random.default_rng(seed).normal(size=(n_items, width)).astype(np.float32)
+    """A random feature table, half text, half image."""
+    array = np.random.default_rng(seed).normal(size=(n_items, width)).astype(np.float32)
+    half = width // 2
+    return FeatureTable(array[:, :half], array[:, half:], array,
+                        {"dims": {"features_text": half, "features_image": width - half}})
 
 
 # ---------------------------------------------------------------- early stopping
@@ -321,7 +326,7 @@ def test_presets_build_and_train_one_epoch(tiny, name, model_name):
     preset = get_preset(name)
     table = features(tiny.n_items) if preset.item_repr == "features" else None
     seed_everything(0)
-    model = SEQUENTIAL_MODELS[model_name](tiny, preset.item_repr or "id", table, **preset.params(model_name))
+    model = RECOMMENDERS[model_name](tiny, preset.item_repr or "id", table, **preset.params(model_name))
     # toy-tiny stores 50 negatives per user, fewer than S3-Rec's 99
     stored = preset.train.monitor_protocol == "sampled" and not preset.train.fresh_negatives
     result = fit(model, tiny, preset.training(epochs=1, progress=False,
@@ -338,7 +343,7 @@ def test_authors_preset_with_alignment_to_a_pretrained_id_model(tiny, toy_tiny, 
     assert pretrain_id_items(toy_tiny, model_name, out=tmp_path / "ids") == path  # read back
     seed_everything(0)
     params = preset.params(model_name, align_items=str(path), align_weight=preset.align_weights[2])
-    model = SEQUENTIAL_MODELS[model_name](tiny, "features", features(tiny.n_items), **params)
+    model = RECOMMENDERS[model_name](tiny, "features", features(tiny.n_items), **params)
     result = fit(model, tiny, quick)
     assert np.isfinite(result.history["loss"]).all()
     with pytest.raises(ValueError, match="unknown recommender preset 'paper'"):

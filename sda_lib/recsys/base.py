@@ -19,6 +19,7 @@ from torch import nn
 
 from ..data.catalogue import DataError
 from ..features import FeatureError, FeatureTable
+from ..registry import Registry
 
 PAD = 0
 ITEM_REPRS = ("id", "features", "id+features")
@@ -219,16 +220,25 @@ def content_channels(features: FeatureTable | None) -> dict[str, np.ndarray]:
     return {name: p for name, p in parts.items() if p.shape[1] > 0}
 
 
-def check_item_repr(model: str, item_repr: str, features: FeatureTable | None) -> dict[str, np.ndarray]:
-    """The content channels a collaborative-filtering model gets for `item_repr`: none for "id",
-    else the table's non-empty parts (ValueError when there is no table or it has no part)."""
+def features_for(model: str, item_repr: str, features: FeatureTable | None) -> FeatureTable | None:
+    """The table a model uses for `item_repr`: None for "id", else `features` (ValueError when
+    item_repr is unknown or needs a table that is missing)."""
     if item_repr not in ITEM_REPRS:
         raise ValueError(f"item_repr must be one of {ITEM_REPRS}, got {item_repr!r}")
     if item_repr == "id":
-        return {}
+        return None
     if features is None:
         raise ValueError(f"{model} with item_repr={item_repr!r} needs a feature table; pass features "
                          "or use item_repr='id'")
+    return features
+
+
+def check_item_repr(model: str, item_repr: str, features: FeatureTable | None) -> dict[str, np.ndarray]:
+    """The content channels a collaborative-filtering model gets for `item_repr`: none for "id",
+    else the table's non-empty parts (ValueError when there is no table or it has no part)."""
+    features = features_for(model, item_repr, features)
+    if features is None:
+        return {}
     channels = content_channels(features)
     if not channels:
         raise ValueError(f"{model} with item_repr={item_repr!r}: the feature table has neither a text "
@@ -245,8 +255,13 @@ class Tables(NamedTuple):
 
 
 class Recommender(nn.Module):
-    """Interface of every model. Scores are dot products of a user vector and an item vector, so
-    evaluation is one matrix product per batch of users.
+    """Interface of every model (RecBole's pattern: one abstract contract, looked up by name in
+    RECOMMENDERS). Scores are dot products of a user vector and an item vector, so evaluation is
+    one matrix product per batch of users.
+
+    Every model is built as `Model(data, item_repr="id", features=None, **params)`: `item_repr` is
+    one of ITEM_REPRS and `features` a checked FeatureTable (or None), from which each model takes
+    what it needs (sequential models the whole table, VBPR and SLMRec its text and image parts).
 
     - `train_batches(batch_size, rng)`: one epoch of training batches (tuples of tensors).
     - `loss(*batch)`: the scalar training loss of one batch.
@@ -281,6 +296,9 @@ class Recommender(nn.Module):
 
     def user_vectors(self, users: torch.Tensor, context: torch.Tensor, tables: Tables) -> torch.Tensor:
         raise NotImplementedError
+
+
+RECOMMENDERS: Registry[type[Recommender]] = Registry("recommender")
 
 
 def shuffled_chunks(n: int, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:

@@ -23,18 +23,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import PAD, InteractionData, Tables, shuffled_chunks
+from ..features import FeatureTable
+from .base import PAD, RECOMMENDERS, InteractionData, Tables, shuffled_chunks
 from .sequential import LN_EPS, SequentialRecommender, _init_weights, sampled_bce
 
 LOSSES = ("ce", "bce")
 
 
+@RECOMMENDERS.register("bert4rec")
 class BERT4Rec(SequentialRecommender):
     name = "bert4rec"
     causal = False
     n_special = 1  # the mask token
 
-    def __init__(self, data: InteractionData, item_repr: str = "id", features: np.ndarray | None = None,
+    def __init__(self, data: InteractionData, item_repr: str = "id", features: FeatureTable | None = None,
                  dim: int = 64, n_layers: int = 2, n_heads: int = 2, max_len: int = 50,
                  dropout: float = 0.2, mask_prob: float = 0.2, random_prob: float = 0.0, keep_prob: float = 0.0,
                  last_item_copies: bool = False, loss: str = "ce", head: bool = True,

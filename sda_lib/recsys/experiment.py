@@ -20,16 +20,11 @@ import torch
 from ..data import load_prepared
 from ..features import PARTS, FeatureTable
 from ..io import atomic_path, write_json
-from .base import InteractionData, Recommender, content_channels, resolve_features, resolve_item_repr
-from .bert4rec import BERT4Rec
+from . import bert4rec, sasrec, slmrec, vbpr  # noqa: F401  (they register the built-in models)
+from .base import RECOMMENDERS, InteractionData, Recommender, content_channels, resolve_features, resolve_item_repr
 from .evaluate import PROTOCOLS, evaluate, rank_targets, sampled_candidates, summarize
-from .sasrec import SASRec
-from .slmrec import SLMRec
 from .train import FitResult, TrainConfig, fit, seed_everything, train_epoch
-from .vbpr import VBPR
 
-MODELS = {"sasrec": SASRec, "bert4rec": BERT4Rec, "vbpr": VBPR, "slmrec": SLMRec}
-SEQUENTIAL = ("sasrec", "bert4rec")
 
 
 class RunKey(NamedTuple):
@@ -64,22 +59,17 @@ class RunResult:
 
 def build_model(model: str, data: InteractionData, features: FeatureTable | None = None, item_repr: str = "id",
                 parts: tuple[str, ...] | None = None, **params) -> Recommender:
-    """A fresh model.
+    """A fresh model of the recommender registered as `model` (see Recommender for the contract).
 
-    features:  a checked FeatureTable or None; every model receives the table and `item_repr` and
-               takes what it needs: VBPR and SLMRec its text and image parts as content channels,
-               SASRec and BERT4Rec the whole recommender-ready array (`features.features`).
+    features:  a checked FeatureTable or None; every model takes what it needs from it: VBPR and
+               SLMRec its text and image parts as content channels, SASRec and BERT4Rec the whole
+               recommender-ready array.
     parts:     keep only these parts of the table, e.g. ("text",) (`FeatureTable.part`); default all.
     """
-    if model not in MODELS:
-        raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
+    cls = RECOMMENDERS[model]
     if features is not None and parts is not None:
         features = features.part(*parts)
-    if model in SEQUENTIAL:
-        # sasrec.py / bert4rec.py take the array itself.
-        table = features.features if features is not None and item_repr != "id" else None
-        return MODELS[model](data, item_repr=item_repr, features=table, **params)
-    return MODELS[model](data, item_repr=item_repr, features=features, **params)
+    return cls(data, item_repr=item_repr, features=features, **params)
 
 
 # TrainConfig fields that together make the early-stopping rule: a model's own monitor is used only
@@ -97,7 +87,7 @@ def model_train_config(model: str, train: TrainConfig | None = None) -> TrainCon
     train = train or TrainConfig()
     defaults = {f.name: f.default for f in fields(TrainConfig)}
     own_rule = any(getattr(train, k) != defaults[k] for k in STOPPING if k in defaults)
-    changes = {k: v for k, v in MODELS[model].train_defaults.items()
+    changes = {k: v for k, v in RECOMMENDERS[model].train_defaults.items()
                if getattr(train, k) == defaults[k] and not (own_rule and k in STOPPING)}
     return replace(train, **changes)
 

@@ -29,9 +29,9 @@ import numpy as np
 
 from ..data import load_prepared
 from ..io import atomic_path
-from .base import InteractionData
-from .bert4rec import BERT4Rec
-from .sasrec import SASRec
+from . import bert4rec, sasrec  # noqa: F401  (they register the sequential models)
+from .base import RECOMMENDERS, InteractionData
+from .sequential import SequentialRecommender
 from .train import TrainConfig, fit, seed_everything
 
 S3REC_MONITOR = ("HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20")
@@ -137,8 +137,12 @@ PRESETS: dict[str, Preset] = {
               "feature-row shift are not reproduced (docs/FIDELITY.md); seed 42 there, one run per alpha",
     ),
 }
-SEQUENTIAL_MODELS = {"sasrec": SASRec, "bert4rec": BERT4Rec}
 ALIGNMENT_PARAMS = ("align_items", "align_weight", "align_tau")
+
+
+def sequential_models() -> list[str]:
+    """The registered recommenders that encode the user's sequence (SequentialRecommender)."""
+    return [name for name in RECOMMENDERS if issubclass(RECOMMENDERS[name], SequentialRecommender)]
 
 
 def get_preset(name: str) -> Preset:
@@ -152,8 +156,8 @@ def pretrain_id_items(dataset, model: str = "sasrec", preset: str = "authors", s
     """Train `model` on ID embeddings with `preset`'s settings (alignment off) and save its item
     table [n_items, dim] as out/items.npy, the frozen reference of the alignment loss; a finished
     table is read back. `train` replaces the preset's training (its seed is set to `seed`)."""
-    if model not in SEQUENTIAL_MODELS:
-        raise ValueError(f"pretrain_id_items trains a sequential model ({', '.join(SEQUENTIAL_MODELS)}), "
+    if not issubclass(RECOMMENDERS[model], SequentialRecommender):
+        raise ValueError(f"pretrain_id_items trains a sequential model ({', '.join(sequential_models())}), "
                          f"got {model!r}")
     out = Path(out)
     table = out / "items.npy"
@@ -164,7 +168,7 @@ def pretrain_id_items(dataset, model: str = "sasrec", preset: str = "authors", s
     prepared = load_prepared(dataset) if isinstance(dataset, (str, Path)) else dataset
     data = InteractionData.from_prepared(prepared)
     seed_everything(seed)
-    recommender = SEQUENTIAL_MODELS[model](data, item_repr="id", **params)
+    recommender = RECOMMENDERS[model](data, item_repr="id", **params)
     fit(recommender, data, replace(train or chosen.train, seed=seed), checkpoint_dir=out / "checkpoint")
     with atomic_path(table) as tmp:
         with open(tmp, "wb") as f:

@@ -14,17 +14,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import PAD, InteractionData, Tables, shuffled_chunks
+from ..features import FeatureTable
+from .base import PAD, RECOMMENDERS, InteractionData, Tables, shuffled_chunks
 from .sequential import SequentialRecommender, sampled_bce
 
 LOSSES = ("bce", "ce")
 
 
+@RECOMMENDERS.register("sasrec")
 class SASRec(SequentialRecommender):
     name = "sasrec"
     causal = True
 
-    def __init__(self, data: InteractionData, item_repr: str = "id", features: np.ndarray | None = None,
+    def __init__(self, data: InteractionData, item_repr: str = "id", features: FeatureTable | None = None,
                  dim: int = 64, n_layers: int = 2, n_heads: int = 2, max_len: int = 50,
                  dropout: float = 0.5, loss: str = "bce", negatives: str = "train", **alignment):
         if loss not in LOSSES:

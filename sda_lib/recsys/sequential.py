@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cmsa import PROJECTED_DIM, cmsa_loss
-from .base import PAD, InteractionData, ItemEncoder, Recommender, Tables
+from ..features import FeatureTable
+from .base import PAD, InteractionData, ItemEncoder, Recommender, Tables, features_for
 from .sampling import sample_outside, sequence_keys
 
 LN_EPS = 1e-12
@@ -91,7 +92,7 @@ class SequentialRecommender(Recommender):
     causal = True
     n_special = 0  # extra tokens above the items (BERT4Rec's mask)
 
-    def __init__(self, data: InteractionData, item_repr: str = "id", features: np.ndarray | None = None,
+    def __init__(self, data: InteractionData, item_repr: str = "id", features: FeatureTable | None = None,
                  dim: int = 64, n_layers: int = 2, n_heads: int = 2, max_len: int = 50, dropout: float = 0.5,
                  negatives: str = "train", align_items: np.ndarray | str | Path | None = None,
                  align_weight: float = 0.0, align_tau: float = 2.0):
@@ -101,7 +102,8 @@ class SequentialRecommender(Recommender):
         self.max_len = max_len
         self.negatives = negatives
         self.excluded = sequence_keys(data, NEGATIVES[negatives])
-        self.item_encoder = ItemEncoder(data.n_items, dim, item_repr, features)
+        table = features_for(self.name, item_repr, features)
+        self.item_encoder = ItemEncoder(data.n_items, dim, item_repr, None if table is None else table.features)
         self.special = nn.Parameter(torch.empty(self.n_special, dim))
         self.position = nn.Embedding(max_len, dim)
         self.norm = nn.LayerNorm(dim, eps=LN_EPS)

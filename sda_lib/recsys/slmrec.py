@@ -65,7 +65,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..features import FeatureTable
-from .base import FeatureAdapter, InteractionData, Recommender, Tables, check_item_repr, shuffled_chunks
+from .base import RECOMMENDERS, FeatureAdapter, InteractionData, Recommender, Tables, check_item_repr, shuffled_chunks
 
 SSL_TASKS = ("fac", "fd+fm")
 CONTENT = ("linear", "adapters")
@@ -86,6 +86,7 @@ class LinearContent(nn.Module):
         return self.linear(self.features)
 
 
+@RECOMMENDERS.register("slmrec")
 class SLMRec(Recommender):
     name = "slmrec"
     batch_size = 2048  # training interactions per batch (MMRec train_batch_size)

@@ -48,13 +48,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..features import FeatureTable
-from .base import FeatureAdapter, InteractionData, Recommender, Tables, check_item_repr, shuffled_chunks
+from .base import RECOMMENDERS, FeatureAdapter, InteractionData, Recommender, Tables, check_item_repr, shuffled_chunks
 
 CONTENT = ("linear", "adapters")
 REG_NORMS = ("frobenius", "squared")
 REG_GRID = (0.1, 2.0, 1.0, 1e-2, 1e-3, 1e-4, 1e-5)  # RaoZhongtao/MMRec VBPR.yaml reg_weight, in its order
 
 
+@RECOMMENDERS.register("vbpr")
 class VBPR(Recommender):
     name = "vbpr"
     batch_size = 2048  # training interactions per batch (MMRec train_batch_size)
