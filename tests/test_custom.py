@@ -138,3 +138,4 @@ def test_image_paths_that_all_miss_point_at_the_base_folder(tmp_path):
     items = write(ITEMS, tmp_path / "elsewhere" / "items.csv")  # images are not next to it
     with pytest.raises(DataError, match=r"none of the 2 files in column 'image_path' exists.*elsewhere"):
         load_custom(write(INTERACTIONS, tmp_path / "interactions.csv"), items)
+

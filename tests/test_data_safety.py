@@ -253,3 +253,45 @@ def test_changed_toy_generator_is_prepared_again(tmp_path, monkeypatch):
     prepare_dataset("toy-tiny", out=out)
     assert load_prepared(out).n_users == 120
     assert json.loads((out / "card.json").read_text())["inputs"]["generator"]["n_users"] == 120
+
+
+# ---------------------------------------------------------------- named datasets of your own
+
+
+def test_own_dataset_gets_its_own_name_folder_and_remembers_its_source(tmp_path, monkeypatch):
+    monkeypatch.setenv("SDA_OUTPUTS", str(tmp_path / "outputs"))
+    shop, other = write_shop(tmp_path / "shop"), write_shop(tmp_path / "other")
+    first = prepare_dataset("mystore", shop, params=SMALL, kind="custom")
+    second = prepare_dataset("yourstore", other, params=SMALL, kind="custom")
+    assert first == tmp_path / "outputs" / "mystore" / "data" != second
+    data = load_prepared("mystore")
+    assert data.name == "mystore" and data.card["kind"] == "custom"
+    assert data.card["source"] == str(shop.resolve())
+    # named once, the name alone is enough: kind and source come from the card, and it is reused
+    before = (first / "card.json").read_bytes()
+    assert prepare_dataset("mystore", params=SMALL) == first
+    assert (first / "card.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("name, kind, message", [
+    ("../../escape", "custom", "not a plain folder name"),
+    ("beauty", "custom", "the name of a registered dataset"),
+    ("neverprepared", None, r"prepare custom --name neverprepared --source DIR"),
+    ("mystore", "nosuchkind", "unknown dataset 'nosuchkind'"),
+])
+def test_bad_dataset_names_are_refused_before_anything_is_written(tmp_path, monkeypatch, name, kind, message):
+    monkeypatch.setenv("SDA_OUTPUTS", str(tmp_path / "outputs"))
+    with pytest.raises(ValueError, match=message):  # DataError is one
+        prepare_dataset(name, write_shop(tmp_path / "shop"), params=SMALL, kind=kind)
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_cli_prepares_a_named_custom_dataset(tmp_path, monkeypatch, capsys):
+    from sda_lib.data.__main__ import main
+
+    monkeypatch.setenv("SDA_OUTPUTS", str(tmp_path / "outputs"))
+    assert main(["prepare", "custom", "--name", "mystore", "--source", str(write_shop(tmp_path / "shop")),
+                 "--n-negatives", "1"]) == 0
+    assert load_prepared("mystore").card["dataset"] == "mystore"
+    assert main(["prepare", "../x", "--n-negatives", "1"]) == 2
+    assert "not a plain folder name" in capsys.readouterr().err

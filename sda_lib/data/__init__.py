@@ -1,15 +1,18 @@
-"""Dataset registry: one call to load any source as a `Catalogue` and prepare it into
-`outputs/<dataset>/data/`.
+"""Datasets, registered by name: one call prepares any of them into `outputs/<dataset>/data/`.
 
-Sources: toy, toy-tiny (synthetic, offline), beauty, sports, toys (Amazon 2014, raw or
+Registered: toy, toy-tiny (synthetic, offline), beauty, sports, toys (Amazon 2014, raw or
 preprocessed form, from `source`; `PrepareParams.recipe` "5core" reads the 5-core files as they
 are, "sda" applies the SDA authors' filter to the raw reviews), custom (a user's interactions +
-items tables in `source`).
+items tables in `source`). A user's own dataset gets its own name and folder
+(`prepare_dataset("custom", source, name="mystore")`, `prepare custom --name mystore`); once
+prepared, that name works everywhere a dataset name does. A new kind of source is a
+`DatasetSource` registered in DATASETS (see the README's Extending section).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,56 +21,188 @@ import pandas as pd
 from .. import __version__
 from ..io import atomic_dir, write_json
 from ..paths import data_dir
+from ..registry import Registry
 from .catalogue import Catalogue, DataError
 from .prepare import RECIPES, PrepareParams, default_tail_count_on, prepare_catalogue
 from .prepared import IMAGES_DIR, PreparedDataset, damage, foreign_entries, read_card
 
-DATASETS = ("toy", "toy-tiny", "beauty", "sports", "toys", "custom")
-TOY = ("toy", "toy-tiny")
-AMAZON = ("beauty", "sports", "toys")
+__all__ = ["DATASETS", "RECIPES", "Catalogue", "DataError", "DatasetSource", "Inputs", "PrepareParams",
+           "PreparedDataset", "default_tail_count_on", "load_catalogue", "prepare_dataset", "load_prepared"]
 
-__all__ = ["DATASETS", "RECIPES", "Catalogue", "DataError", "PrepareParams", "PreparedDataset",
-           "default_tail_count_on", "load_catalogue", "prepare_dataset", "load_prepared"]
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a dataset name is one folder under outputs/
 
 
-def load_catalogue(name: str, source: str | Path | None = None, image_dir: Path | None = None,
-                   images: str | Path | None = None, download_images: bool = False,
-                   seed: int = 0, recipe: str = "5core") -> Catalogue:
-    """Load dataset `name` from its source, filtered by `recipe` (see RECIPES). `image_dir` receives
-    generated toy images."""
-    _check_recipe(name, recipe)
-    if name in TOY:
+@dataclass(frozen=True)
+class Inputs:
+    """What preparing a dataset reads: never replaced by `out`, and watched for changes."""
+
+    folders: dict[str, Path]  # option ("--source", "--images", "the image cache") -> resolved folder
+    files: tuple[Path, ...] = ()  # the source tables
+    generator: dict | None = None  # generated data: what, besides the seed, decides what is generated
+
+
+class DatasetSource:
+    """How one kind of dataset is read. `inputs` names what it reads (so a changed input is
+    noticed and never overwritten), `load` turns it into a Catalogue. `source_help` says what
+    `source` must hold; a source that reads no folder leaves it empty."""
+
+    recipes: tuple[str, ...] = ("5core",)
+    source_help = ""
+
+    def inputs(self, name: str, source: Path | None, recipe: str, **load_kw) -> Inputs:
+        raise NotImplementedError
+
+    def load(self, name: str, source: Path | None, image_dir: Path, seed: int, recipe: str,
+             **load_kw) -> Catalogue:
+        raise NotImplementedError
+
+
+DATASETS: Registry[DatasetSource] = Registry("dataset")
+
+
+class ToySource(DatasetSource):
+    """The synthetic catalogues of sda_lib.data.toy, drawn offline."""
+
+    def inputs(self, name, source, recipe, **load_kw):
+        from .toy import SIZES
+
+        return Inputs({}, generator={"sda_lib": __version__, **asdict(SIZES[name])})
+
+    def load(self, name, source, image_dir, seed, recipe, **load_kw):
         from .toy import generate_toy
 
         if image_dir is None:
             raise ValueError("toy datasets draw their images: pass image_dir")
         return generate_toy(name, image_dir, seed=seed)
-    if name not in AMAZON and name != "custom":
-        raise _unknown(name)
-    source = _source_folder(name, source)
-    if name == "custom":
+
+
+class AmazonSource(DatasetSource):
+    """An Amazon 2014 category, raw or preprocessed (sda_lib.data.amazon)."""
+
+    recipes = tuple(RECIPES)
+
+    def inputs(self, name, source, recipe, images=None, download_images=False):
+        from .amazon import default_image_cache, source_files
+
+        folders = {"--source": source}
+        if images is not None:
+            folders["--images"] = Path(images).expanduser().resolve()
+        elif download_images:
+            folders["the image cache"] = default_image_cache(name).resolve()
+        return Inputs(folders, source_files(name, source, recipe)[1])
+
+    def load(self, name, source, image_dir, seed, recipe, **load_kw):
+        from .amazon import load_amazon
+
+        return load_amazon(name, source, recipe=recipe, **load_kw)
+
+    def help_for(self, name: str) -> str:
+        from .amazon import CATEGORIES
+
+        cat = CATEGORIES[name]
+        return (f"{name} needs --source DIR holding either reviews_{cat}_5.json.gz and meta_{cat}.json.gz "
+                f"(raw form) or {cat}.txt and items.jsonl (preprocessed form); recipe 'sda' reads "
+                f"reviews_{cat}.json.gz (all reviews) or reviews_{cat}_5.json.gz, and meta_{cat}.json.gz")
+
+
+class CustomSource(DatasetSource):
+    """A user's own interactions and items tables (sda_lib.data.custom)."""
+
+    source_help = ("needs --source DIR holding interactions.csv|parquet (user, item, timestamp) and "
+                   "items.csv|parquet (item, text columns, optional image_path)")
+
+    def inputs(self, name, source, recipe, **load_kw):
+        return Inputs({"--source": source}, (_one_of(source, "interactions"), _one_of(source, "items")))
+
+    def load(self, name, source, image_dir, seed, recipe, **load_kw):
         from .custom import load_custom
 
-        return load_custom(_one_of(source, "interactions"), _one_of(source, "items"))
-    from .amazon import load_amazon
+        return load_custom(_one_of(source, "interactions"), _one_of(source, "items"), name=name)
 
-    return load_amazon(name, source, images=images, download_images=download_images, recipe=recipe)
+
+for _name in ("toy", "toy-tiny"):
+    DATASETS.register(_name, ToySource())
+for _name in ("beauty", "sports", "toys"):
+    DATASETS.register(_name, AmazonSource())
+DATASETS.register("custom", CustomSource())
+
+
+def _needs_source(source: DatasetSource) -> bool:
+    return bool(source.source_help) or isinstance(source, AmazonSource)
+
+
+def _source_help(name: str, kind: str) -> str:
+    source = DATASETS[kind]
+    return source.help_for(name) if isinstance(source, AmazonSource) else f"{kind} {source.source_help}"
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    """A dataset name with the registered source kind that reads it and its source folder."""
+
+    name: str
+    kind: str
+    source: Path | None
+
+
+def _resolve(name: str, kind: str | None, source: str | Path | None, out: Path | None, recipe: str) -> _Resolved:
+    """`name` is a registered dataset, or (with `kind`) a user's dataset of a registered kind, or a
+    user's dataset prepared before (its card in `out` gives the kind and, unless given, the source).
+    The recipe is checked against the kind before the source is looked at."""
+    if not NAME.fullmatch(name):
+        raise DataError(f"dataset name {name!r} is not a plain folder name: use letters, digits, '.', '_' or '-', "
+                        "starting with a letter or digit")
+    if kind is None:
+        if name in DATASETS:
+            kind = name
+        else:
+            card = (read_card(out) if out is not None else None) or {}
+            if "kind" not in card:
+                raise DataError(f"unknown dataset {name!r}; registered: {', '.join(DATASETS)}. For your own "
+                                f"tables: `python -m sda_lib.data prepare custom --name {name} --source DIR` "
+                                "(or kind='custom')")
+            kind, source = card["kind"], source or card.get("source") or None
+    elif name != kind and name in DATASETS:
+        raise DataError(f"{name!r} is the name of a registered dataset; give your {kind} dataset another name")
+    reader = DATASETS[kind]
+    _check_recipe(name, kind, recipe)
+    if not _needs_source(reader):
+        return _Resolved(name, kind, None)
+    if source is None:
+        raise DataError(_source_help(name, kind))
+    folder = Path(source).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"source folder {folder} does not exist. {_source_help(name, kind)}")
+    return _Resolved(name, kind, folder.resolve())
+
+
+def load_catalogue(name: str, source: str | Path | None = None, image_dir: Path | None = None,
+                   seed: int = 0, recipe: str = "5core", kind: str | None = None, **load_kw) -> Catalogue:
+    """Load dataset `name` (of source kind `kind`, default the name) from its source, filtered by
+    `recipe` (see RECIPES). `image_dir` receives generated images."""
+    found = _resolve(name, kind, source, data_dir(name) if NAME.fullmatch(name) else None, recipe)
+    return DATASETS[found.kind].load(found.name, found.source, image_dir, seed, recipe, **load_kw)
 
 
 def prepare_dataset(name: str, source: str | Path | None = None, out: str | Path | None = None,
-                    params: PrepareParams = PrepareParams(), force: bool = False, **load_kw) -> Path:
+                    params: PrepareParams = PrepareParams(), force: bool = False, kind: str | None = None,
+                    **load_kw) -> Path:
     """Prepare `name` into `out` (default outputs/<name>/data) and return the folder.
 
-    `params.tail_count_on=None` takes the dataset's default tail rule (`default_tail_count_on`);
-    the card records the rule used.
+    `kind` names the registered source that reads it, for a dataset of your own
+    (`prepare_dataset("mystore", "tables/", kind="custom")`); a registered name is its own kind, and
+    a name prepared before remembers its kind and source. `params.tail_count_on=None` takes the
+    dataset's default tail rule (`default_tail_count_on`); the card records the rule used.
 
     The folder appears only once complete. It is reused, unless `force`, when it was prepared with
     the same parameters from inputs unchanged since and is whole; it is never replaced when it holds
     anything a preparation does not write, or when it is (or is above) an input folder.
     """
-    out = Path(out) if out is not None else data_dir(name)
+    default_out = data_dir(name) if NAME.fullmatch(name) else None
     params = params.for_dataset(name)
-    inputs = _inputs(name, source, params.recipe, **load_kw)
+    found = _resolve(name, kind, source, Path(out) if out is not None else default_out, params.recipe)
+    out = Path(out) if out is not None else data_dir(found.name)
+    inputs = DATASETS[found.kind].inputs(found.name, found.source, params.recipe, **load_kw)
     _check_out(out, inputs)
     why = "force=True (--force)" if force else _stale(out, name, params, inputs)
     if why is None:
@@ -76,11 +211,13 @@ def prepare_dataset(name: str, source: str | Path | None = None, out: str | Path
         return out
     print(f"preparing {name} into {out}: {why}")
     with atomic_dir(out) as tmp:
-        catalogue = load_catalogue(name, source, image_dir=tmp / IMAGES_DIR, seed=params.seed,
-                                   recipe=params.recipe, **load_kw)
-        if "--source" in inputs.folders:
-            catalogue.source = str(inputs.folders["--source"])
+        catalogue = DATASETS[found.kind].load(found.name, found.source, tmp / IMAGES_DIR, params.seed,
+                                              params.recipe, **load_kw)
+        catalogue.name = found.name
+        if found.source is not None:
+            catalogue.source = str(found.source)
         card = prepare_catalogue(catalogue, tmp, params)
+        card["kind"] = found.kind
         # the inputs include the folders of the images the written items point to, hence a second write
         card["inputs"] = _fingerprint(inputs, tmp)
         write_json(tmp / "card.json", card)
@@ -90,43 +227,12 @@ def prepare_dataset(name: str, source: str | Path | None = None, out: str | Path
 def load_prepared(dataset: str | Path) -> PreparedDataset:
     """A prepared dataset by name (outputs/<name>/data) or by folder."""
     folder = Path(dataset)
-    if str(dataset) in DATASETS and not folder.exists():
+    if not folder.exists() and NAME.fullmatch(str(dataset)):
         folder = data_dir(str(dataset))
     return PreparedDataset.load(folder)
 
 
-@dataclass(frozen=True)
-class _Inputs:
-    """What preparing a dataset reads: never replaced by `out`, and watched for changes."""
-
-    folders: dict[str, Path]  # option ("--source", "--images", "the image cache") -> resolved folder
-    files: tuple[Path, ...] = ()  # the source tables
-    generator: dict | None = None  # toy data: what, besides the seed, decides what is generated
-
-
-def _inputs(name: str, source: str | Path | None, recipe: str, images: str | Path | None = None,
-            download_images: bool = False) -> _Inputs:
-    _check_recipe(name, recipe)
-    if name in TOY:
-        from .toy import SIZES
-
-        return _Inputs({}, generator={"sda_lib": __version__, **asdict(SIZES[name])})
-    if name not in AMAZON and name != "custom":
-        raise _unknown(name)
-    folder = _source_folder(name, source).resolve()
-    if name == "custom":
-        return _Inputs({"--source": folder}, (_one_of(folder, "interactions"), _one_of(folder, "items")))
-    from .amazon import default_image_cache, source_files
-
-    folders = {"--source": folder}
-    if images is not None:
-        folders["--images"] = Path(images).expanduser().resolve()
-    elif download_images:
-        folders["the image cache"] = default_image_cache(name).resolve()
-    return _Inputs(folders, source_files(name, folder, recipe)[1])
-
-
-def _check_out(out: Path, inputs: _Inputs) -> None:
+def _check_out(out: Path, inputs: Inputs) -> None:
     """Refuse an `out` whose replacement would destroy what no preparation wrote, before touching it."""
     target = out.resolve()
     for option, folder in inputs.folders.items():
@@ -153,7 +259,7 @@ def _check_out(out: Path, inputs: _Inputs) -> None:
         )
 
 
-def _stale(out: Path, name: str, params: PrepareParams, inputs: _Inputs) -> str | None:
+def _stale(out: Path, name: str, params: PrepareParams, inputs: Inputs) -> str | None:
     """Why `out` must be prepared (again), or None when it can be reused as it is."""
     card = read_card(out)
     if card is None:
@@ -177,7 +283,7 @@ def _stale(out: Path, name: str, params: PrepareParams, inputs: _Inputs) -> str 
     return "changed since it was prepared: " + ", ".join(changed) if changed else None
 
 
-def _fingerprint(inputs: _Inputs, folder: Path) -> dict:
+def _fingerprint(inputs: Inputs, folder: Path) -> dict:
     """Size and modification time of each source table, and a summary of each image folder read
     (the --images folder or cache, and the folders of the images the items in `folder` point to),
     so a corrected file, a new or replaced image is noticed."""
@@ -200,28 +306,17 @@ def _listing(folder: Path) -> list[int] | None:
     return [len(stats), sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0)]
 
 
-def _check_recipe(name: str, recipe: str) -> None:
+def _check_recipe(name: str, kind: str, recipe: str) -> None:
     """The recipe "sda" filters raw Amazon reviews; other sources come as they are."""
     if recipe not in RECIPES:
         raise DataError(f"unknown recipe {recipe!r}: choose one of {', '.join(RECIPES)}")
-    if recipe == "sda" and name in (*TOY, "custom"):
+    allowed = DATASETS[kind].recipes
+    if recipe not in allowed:
+        amazon = [n for n in DATASETS if isinstance(DATASETS[n], AmazonSource)]
         raise DataError(
-            f"recipe 'sda' is the SDA authors' filter of the raw Amazon review files ({', '.join(AMAZON)}); "
-            f"{name} data is prepared as it comes: use recipe '5core' (--recipe 5core)"
+            f"recipe {recipe!r} is the SDA authors' filter of the raw Amazon review files ({', '.join(amazon)}); "
+            f"{name} data is prepared as it comes: use recipe {allowed[0]!r} (--recipe {allowed[0]})"
         )
-
-
-def _source_folder(name: str, source: str | Path | None) -> Path:
-    if source is None:
-        raise DataError(_needs_source(name))
-    folder = Path(source).expanduser()
-    if not folder.is_dir():
-        raise DataError(f"source folder {folder} does not exist. {_needs_source(name)}")
-    return folder
-
-
-def _unknown(name: str) -> DataError:
-    return DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
 
 
 def _one_of(folder: Path, stem: str) -> Path:
@@ -229,15 +324,3 @@ def _one_of(folder: Path, stem: str) -> Path:
         if (folder / f"{stem}{ext}").exists():
             return folder / f"{stem}{ext}"
     raise DataError(f"{folder} holds no {stem}.csv or {stem}.parquet (see the README, 'custom data')")
-
-
-def _needs_source(name: str) -> str:
-    if name == "custom":
-        return ("custom needs --source DIR holding interactions.csv|parquet (user, item, timestamp) "
-                "and items.csv|parquet (item, text columns, optional image_path)")
-    from .amazon import CATEGORIES
-
-    cat = CATEGORIES[name]
-    return (f"{name} needs --source DIR holding either reviews_{cat}_5.json.gz and meta_{cat}.json.gz "
-            f"(raw form) or {cat}.txt and items.jsonl (preprocessed form); recipe 'sda' reads "
-            f"reviews_{cat}.json.gz (all reviews) or reviews_{cat}_5.json.gz, and meta_{cat}.json.gz")

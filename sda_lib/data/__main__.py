@@ -31,7 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sda_lib.data", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("prepare", help="prepare a dataset into outputs/<name>/data")
-    p.add_argument("name", help=f"one of: {', '.join(DATASETS)}")
+    p.add_argument("dataset", help=f"a registered dataset ({', '.join(DATASETS)}) or one prepared before under "
+                                   "its own --name")
+    p.add_argument("--name", help="prepare your own dataset of this kind under this name (outputs/<name>/data), "
+                                  "e.g. `prepare custom --name mystore --source DIR`")
     p.add_argument("--source", type=Path, help="folder with the raw or preprocessed files (not for toy)")
     p.add_argument("--out", type=Path, help="output folder (default outputs/<name>/data)")
     p.add_argument("--images", type=Path, help="folder of item images named by item id (ASIN)")
@@ -58,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.download_images:
         load_kw["download_images"] = True
     try:
-        out = prepare_dataset(args.name, args.source, args.out, params, force=args.force, **load_kw)
+        name, kind = (args.name, args.dataset) if args.name else (args.dataset, None)
+        out = prepare_dataset(name, args.source, args.out, params, force=args.force, kind=kind, **load_kw)
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
