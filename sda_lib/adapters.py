@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
+from peft import LoraConfig, PeftConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -164,25 +164,13 @@ class SharedLoRA(AdapterKind):
         return any(isinstance(m, LoraLayer) for m in model.modules())
 
     def save(self, model, folder, backbone_id):
-        config = LoraConfig(**_lora_settings(model.peft_config["default"]), base_model_name_or_path=backbone_id)
-        return _save_peft(get_peft_model_state_dict(model), config, folder)
+        return save_peft(model, folder, backbone_id)
 
     def saved_in(self, folder):
-        return (folder / PEFT_CONFIG).is_file()
+        return peft_type(folder) == "LORA"
 
     def load(self, model, folder, backbone_id):
-        config = LoraConfig.from_pretrained(str(folder))
-        if config.base_model_name_or_path != backbone_id:
-            raise ValueError(f"the LoRA adapter in {folder} was trained on backbone "
-                             f"{config.base_model_name_or_path!r}, not on {backbone_id!r}; load it into the "
-                             "backbone it was trained on")
-        inject_adapter_in_model(config, model)
-        saved = {k.removeprefix(PEFT_PREFIX): v for k, v in load_file(str(folder / PEFT_WEIGHTS)).items()}
-        result = set_peft_model_state_dict(model, saved)
-        missing = [n for n in result.missing_keys if "lora_" in n]
-        if missing or result.unexpected_keys:
-            raise ValueError(f"the LoRA adapter in {folder} does not fit this backbone: missing {missing[:3]}, "
-                             f"unexpected {result.unexpected_keys[:3]}")
+        load_peft(model, folder, backbone_id)
 
     def weights_file(self, folder):
         return folder / PEFT_WEIGHTS
@@ -289,18 +277,46 @@ def export_peft(model: nn.Module, folder: str | Path, backbone_id: str) -> dict[
     return out
 
 
-def _save_peft(state: dict[str, torch.Tensor], config: LoraConfig, folder: str | Path) -> Path:
+def peft_type(folder: Path) -> str | None:
+    """The peft_type ("LORA", "IA3", ...) of the peft adapter saved in `folder`, or None."""
+    config = folder / PEFT_CONFIG
+    return json.loads(config.read_text()).get("peft_type") if config.is_file() else None
+
+
+def save_peft(model: nn.Module, folder: str | Path, backbone_id: str) -> Path:
+    """The peft adapter injected into `model` (inject_adapter_in_model), in peft's own layout, with
+    the backbone it was trained on as base_model_name_or_path. Any peft tuner saves this way."""
+    config = model.peft_config["default"]
+    config.base_model_name_or_path = backbone_id
+    # save_embedding_layers=False: the embeddings are frozen, and peft's check would look the base id up online
+    return _save_peft(get_peft_model_state_dict(model, save_embedding_layers=False), config, folder)
+
+
+def load_peft(model: nn.Module, folder: str | Path, backbone_id: str) -> None:
+    """Inject the peft adapter saved in `folder` into `model` and load its weights, refusing one
+    trained on another backbone or whose tensors do not fit."""
+    folder = Path(folder)
+    config = PeftConfig.from_pretrained(str(folder))
+    if config.base_model_name_or_path != backbone_id:
+        raise ValueError(f"the {config.peft_type} adapter in {folder} was trained on backbone "
+                         f"{config.base_model_name_or_path!r}, not on {backbone_id!r}; load it into the "
+                         "backbone it was trained on")
+    inject_adapter_in_model(config, model)
+    saved = {k.removeprefix(PEFT_PREFIX): v for k, v in load_file(str(folder / PEFT_WEIGHTS)).items()}
+    missing = sorted(set(get_peft_model_state_dict(model, save_embedding_layers=False)) - set(saved))
+    result = set_peft_model_state_dict(model, saved)
+    if missing or result.unexpected_keys:
+        raise ValueError(f"the {config.peft_type} adapter in {folder} does not fit this backbone: missing "
+                         f"{missing[:3]}, unexpected {result.unexpected_keys[:3]}")
+
+
+def _save_peft(state: dict[str, torch.Tensor], config: PeftConfig, folder: str | Path) -> Path:
     """peft's file layout (what PeftModel.save_pretrained writes), so stock peft opens it."""
     folder = Path(folder)
     with atomic_dir(folder) as tmp:
         config.save_pretrained(str(tmp))
         save_file({PEFT_PREFIX + k: v.contiguous() for k, v in state.items()}, str(tmp / PEFT_WEIGHTS))
     return folder
-
-
-def _lora_settings(config: LoraConfig) -> dict:
-    return dict(r=config.r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                target_modules=config.target_modules)
 
 
 def checksum(folder: str | Path) -> str:

@@ -166,21 +166,23 @@ class PooledEncoder(nn.Module):
     get mask-aware 3-D positions from the model).
     """
 
-    def __init__(self, base: nn.Module):
+    def __init__(self, base: nn.Module, pooling: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = mean_pool):
         super().__init__()
-        self.base = base
+        self.base, self.pooling = base, pooling
 
     def forward(self, **inputs) -> torch.Tensor:
         hidden = self.base(**inputs, use_cache=False).last_hidden_state
-        return mean_pool(hidden, inputs["attention_mask"])
+        return self.pooling(hidden, inputs["attention_mask"])
 
 
 @dataclass
 class Backbone:
     """A loaded LVLM with its processor. `id` names the weights (checked when adapters are reloaded).
 
-    `targets` (the regex of the linears adapters go into) and `attention` (see QWEN_ATTENTION) are
-    what differs per architecture; the defaults are Qwen2.5-VL's, sda_lib.mini sets its own."""
+    `targets` (the regex of the linears adapters go into), `attention` (see QWEN_ATTENTION) and
+    `pooling` (final hidden states and attention mask -> one vector per row) are what differs per
+    architecture; the defaults are Qwen2.5-VL's and the paper's masked mean, sda_lib.mini sets its
+    own. `dataclasses.replace(backbone, pooling=...)` gives the same model pooled another way."""
 
     model: Qwen2_5_VLForConditionalGeneration
     processor: ImageTextProcessor
@@ -191,9 +193,10 @@ class Backbone:
     targets: str = LANGUAGE_TARGETS
     attention: tuple[str, str] = QWEN_ATTENTION
     prompts: Prompts = Prompts()  # the authors' neutral template; sda_lib.prompts.item_prompts per dataset
+    pooling: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = mean_pool
 
     def __post_init__(self):
-        self.encoder = PooledEncoder(self.model.model)
+        self.encoder = PooledEncoder(self.model.model, self.pooling)
 
     def inputs(self, texts: list[dict] | None = None, images: list | None = None) -> BatchFeature:
         """A padded batch: one row per item text-field dict, then one row per PIL image.
@@ -326,14 +329,14 @@ def _no_variant(name: str, options: LoadOptions) -> None:
 @BACKBONES.register(SHAPED)
 def _load_shaped(options: LoadOptions) -> Backbone:
     layers = _shaped_layers(options.variant)
-    return _random_backbone(f"{SHAPED}:{layers}", shaped_config(layers), options.dtype or torch.bfloat16,
+    return random_backbone(f"{SHAPED}:{layers}", shaped_config(layers), options.dtype or torch.bfloat16,
                             options.device, options.seed, options.image_processor_kwargs, options.prompts)
 
 
 def _register_preset(preset: str) -> None:
     def load(options: LoadOptions) -> Backbone:
         _no_variant(preset, options)
-        return _random_backbone(preset, preset_config(preset), options.dtype or torch.float32, options.device,
+        return random_backbone(preset, preset_config(preset), options.dtype or torch.float32, options.device,
                                 options.seed, options.image_processor_kwargs, options.prompts)
     BACKBONES.register(preset, load)
 
@@ -416,8 +419,9 @@ def shaped_config(layers: int = 28) -> Qwen2_5_VLConfig:
     return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False)
 
 
-def _random_backbone(name: str, config: Qwen2_5_VLConfig, dtype, device, seed, image_processor_kwargs,
-                     prompts: Prompts) -> Backbone:
+def random_backbone(name: str, config: Qwen2_5_VLConfig, dtype, device, seed, image_processor_kwargs,
+                    prompts: Prompts) -> Backbone:
+    """A Qwen2.5-VL of `config`'s shape with seeded random weights and the presets' processor."""
     if name in PRESETS:  # tiny / small keep HF's init, so their weights stay what they have always been
         with torch.random.fork_rng(devices=[]):  # seed the init without moving the caller's RNG
             torch.manual_seed(seed)

@@ -55,6 +55,9 @@ def last_layer_b(model: torch.nn.Module, attention: tuple[str, str] = QWEN_ATTEN
             b = match and kind.last_b(module)
             if b:
                 found[int(match[1]), projection] = AdapterB(projection, *b)
+    if not found and not any(kind.last_b(m) for m in model.modules()):
+        raise ValueError(f"adapter kind {name!r} exposes no B matrix (AdapterKind.last_b), so the gradient-"
+                         "conflict probe does not apply to it; turn the probe off (conflict_every=0)")
     if not found:
         raise ValueError(f"no adapter on the attention's query or key projections ({attention}): "
                          "attach one first (sda_lib.adapters.attach)")
