@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import logging
 import re
 import shutil
 import time
@@ -37,6 +38,7 @@ from .features import item_order_checksum
 from .io import atomic_path, ensure_writable, read_json, write_json
 from .moda import IMAGE, TEXT
 
+log = logging.getLogger(__name__)
 LOSSES = ("cmsa", "infonce", "text-views")
 PRECISIONS = ("auto", "bf16", "no")
 KEEP_CHECKPOINTS = 2
@@ -196,7 +198,8 @@ def train_adapter(backbone, dataset, config: AdaptConfig, out: str | Path, resum
     checkpoints = _Checkpoints(accelerator, out / "checkpoints", run)
     start, history = checkpoints.resume() if resume else checkpoints.clear()
     if start:
-        accelerator.print(f"resuming from step {start} of {config.steps} ({checkpoints.folder})")
+        if accelerator.is_main_process:
+            log.info(f"resuming from step {start} of {config.steps} ({checkpoints.folder})")
 
     fields, paths = dataset.item_fields(), dataset.image_paths()
     model.train()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from .adapt import load_image
 from .features import FeatureTable, item_order_checksum
 from .io import atomic_path, read_json, write_json
 from .moda import IMAGE, TEXT
+
+log = logging.getLogger(__name__)
 
 
 def embed_items(backbone, dataset, items=None, batch_size: int = 32, progress: bool = True):
@@ -80,7 +83,7 @@ def export_embeddings(backbone, dataset, out: str | Path, adapter: str | Path | 
     parts = out.with_name(out.name + ".parts")
     if state.is_main_process:
         if parts.exists() and read_json(parts / "plan.json") != plan:
-            print(f"discarding {parts}: made with another backbone, adapter or dataset")
+            log.info(f"discarding {parts}: made with another backbone, adapter or dataset")
             shutil.rmtree(parts)
         parts.mkdir(parents=True, exist_ok=True)
         write_json(parts / "plan.json", plan)
@@ -90,7 +93,7 @@ def export_embeddings(backbone, dataset, out: str | Path, adapter: str | Path | 
     mine = starts[state.process_index :: state.num_processes]
     todo = [s for s in mine if not (parts / f"{s:08d}.npz").exists()]
     if len(todo) < len(mine):
-        print(f"resuming: {len(mine) - len(todo)} of {len(mine)} chunks already exported")
+        log.info(f"resuming: {len(mine) - len(todo)} of {len(mine)} chunks already exported")
     show = progress and state.is_main_process
     for s in tqdm(todo, desc=f"export {name or out.name}", disable=not show or len(starts) == 1):
         text, image = embed_items(backbone, dataset, np.arange(s, min(s + chunk, dataset.n_items)),

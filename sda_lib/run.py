@@ -33,6 +33,7 @@ import ast
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -46,6 +47,7 @@ from .paths import REPO_ROOT, data_dir, run_dir
 from .profiles import PROFILES, default_profile, profile_parameters
 from .report import build_report
 
+log = logging.getLogger(__name__)
 NOTEBOOKS = REPO_ROOT / "notebooks"
 LIBRARY = Path(__file__).resolve().parent  # its *.py files are part of every stage's key
 RESERVED = {"dataset": "--dataset", "out_dir": "--out"}  # set by the runner itself
@@ -278,7 +280,7 @@ def run_stages(dataset: str, stages: list[str] | None = None, out: Path | None =
         outputs = _fingerprints(out, stage, full[stage])
         if (not force and before and before["key"] == key and before.get("outputs") == outputs
                 and all(outputs.values()) and executed.exists()):
-            print(f"[{i}/{len(stages)}] {stage}: up to date, skipped ({executed})")
+            log.info(f"[{i}/{len(stages)}] {stage}: up to date, skipped ({executed})")
             continue
         if before and _changed(before, inputs, stage_params, spec.grows):
             for folder in spec.resumes_from(full[stage]):
@@ -288,7 +290,7 @@ def run_stages(dataset: str, stages: list[str] | None = None, out: Path | None =
         prefix = spec.notebook.split("_")[0]
         for old in [*out.glob(f"tables/{prefix}-*.csv"), *out.glob(f"figures/{prefix}-*.json")]:
             old.unlink()
-        print(f"[{i}/{len(stages)}] {stage}: running {notebook.relative_to(REPO_ROOT)}", flush=True)
+        log.info(f"[{i}/{len(stages)}] {stage}: running {notebook.relative_to(REPO_ROOT)}")
         start = time.perf_counter()
         try:
             pm.execute_notebook(str(notebook), str(executed), parameters=stage_params, cwd=str(NOTEBOOKS),
@@ -305,9 +307,9 @@ def run_stages(dataset: str, stages: list[str] | None = None, out: Path | None =
                          "outputs": _fingerprints(out, stage, full[stage]), "seconds": round(seconds, 1),
                          "completed": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
         write_json(record_path, record)
-        print(f"[{i}/{len(stages)}] {stage}: done in {seconds:.1f} s", flush=True)
+        log.info(f"[{i}/{len(stages)}] {stage}: done in {seconds:.1f} s")
     report = build_report(out)
-    print(f"report: {report}")
+    log.info(f"report: {report}")
     return out
 
 

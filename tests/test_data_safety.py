@@ -170,7 +170,7 @@ def test_damaged_folder_is_named_and_prepared_again(tmp_path, capsys, damage):
     assert problem in message and f"python -m sda_lib.data prepare toy-tiny --out {out}" in message
     capsys.readouterr()
     assert main(["prepare", "toy-tiny", "--out", str(out)]) == 0
-    assert problem in capsys.readouterr().out  # says why it prepares again
+    assert problem in capsys.readouterr().err  # says why it prepares again
     again = load_prepared(out)
     assert again.items.equals(expected.items) and (again.negatives == expected.negatives).all()
 
@@ -183,7 +183,7 @@ def test_folder_prepared_before_recipe_and_placeholder_existed_is_prepared_again
     (out / "card.json").write_text(json.dumps(card))
     capsys.readouterr()
     prepare_dataset("toy-tiny", out=out)
-    assert "parameters changed: recipe None -> 5core, placeholder None -> noise" in capsys.readouterr().out
+    assert "parameters changed: recipe None -> 5core, placeholder None -> noise" in capsys.readouterr().err
     assert load_prepared(out).card["params"]["placeholder"] == "noise"
 
 
@@ -203,7 +203,7 @@ def test_reuse_is_announced_with_the_way_out(tmp_path, capsys):
     stamp = card_mtime(out)
     capsys.readouterr()
     assert main(["prepare", "toy-tiny", "--out", str(out)]) == 0
-    first = capsys.readouterr().out.splitlines()[0]
+    first = capsys.readouterr().err.splitlines()[0]
     assert "up to date" in first and "--force" in first and card_mtime(out) == stamp
     assert main(["prepare", "toy-tiny", "--out", str(out), "--force"]) == 0
     assert card_mtime(out) != stamp

@@ -29,7 +29,7 @@ def _write_notebook(folder, filename, parameters, code):
 
 def _ran(capsys) -> list[str]:
     """The stages a run executed, from its progress lines."""
-    return re.findall(r"\] (\w+): running", capsys.readouterr().out)
+    return re.findall(r"\] (\w+): running", capsys.readouterr().err)
 
 
 # ---------------------------------------------------------------- the real stages, on toy-tiny

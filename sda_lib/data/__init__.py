@@ -11,6 +11,7 @@ prepared, that name works everywhere a dataset name does. A new kind of source i
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import asdict, dataclass
@@ -29,6 +30,7 @@ from .prepared import IMAGES_DIR, PreparedDataset, damage, foreign_entries, read
 __all__ = ["DATASETS", "RECIPES", "Catalogue", "DataError", "DatasetSource", "Inputs", "PrepareParams",
            "PreparedDataset", "default_tail_count_on", "load_catalogue", "prepare_dataset", "load_prepared"]
 
+log = logging.getLogger(__name__)
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a dataset name is one folder under outputs/
 
 
@@ -206,10 +208,10 @@ def prepare_dataset(name: str, source: str | Path | None = None, out: str | Path
     _check_out(out, inputs)
     why = "force=True (--force)" if force else _stale(out, name, params, inputs)
     if why is None:
-        print(f"{out} is up to date (same parameters, inputs unchanged, every file in place): reused; "
-              f"--force (force=True) prepares it again")
+        log.info(f"{out} is up to date (same parameters, inputs unchanged, every file in place): reused; "
+                 f"--force (force=True) prepares it again")
         return out
-    print(f"preparing {name} into {out}: {why}")
+    log.info(f"preparing {name} into {out}: {why}")
     with atomic_dir(out) as tmp:
         catalogue = DATASETS[found.kind].load(found.name, found.source, tmp / IMAGES_DIR, params.seed,
                                               params.recipe, **load_kw)
