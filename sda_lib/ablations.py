@@ -52,8 +52,17 @@ def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
-def variant_features(name: str, dataset, backbone: str, base: AdaptConfig, folder: Path, seed: int,
-                     d: int = 768, progress: bool = True, prompts: Prompts = Prompts()) -> Path | None:
+def variant_features(
+    name: str,
+    dataset,
+    backbone: str,
+    base: AdaptConfig,
+    folder: Path,
+    seed: int,
+    d: int = 768,
+    progress: bool = True,
+    prompts: Prompts = Prompts(),
+) -> Path | None:
     """Adapt (unless zero-shot) and export one variant for one seed; returns its feature folder
     (None for the ID-only row)."""
     if name not in VARIANTS:
@@ -69,29 +78,57 @@ def variant_features(name: str, dataset, backbone: str, base: AdaptConfig, folde
     if changes is not None:
         config = replace(base, seed=seed, **changes)
         if not (folder / "adapt.json").exists():
-            train_adapter(load_backbone(backbone, seed=seed, prompts=prompts), dataset, config, folder,
-                          progress=progress)
+            train_adapter(
+                load_backbone(backbone, seed=seed, prompts=prompts), dataset, config, folder, progress=progress
+            )
         adapter = folder / "adapter"
-    export_embeddings(load_backbone(backbone, seed=seed, prompts=prompts), dataset, features, adapter=adapter, d=d,
-                      progress=progress, name=slug(name))
+    export_embeddings(
+        load_backbone(backbone, seed=seed, prompts=prompts),
+        dataset,
+        features,
+        adapter=adapter,
+        d=d,
+        progress=progress,
+        name=slug(name),
+    )
     return features
 
 
-def run_ablations(dataset, backbone: str, run_dir: str | Path, variants=CORE, base: AdaptConfig = AdaptConfig(),
-                  seeds=(0,), model: str = "sasrec", train: TrainConfig | None = None, d: int = 768,
-                  progress: bool = True, prompts: Prompts = Prompts(), model_params: dict | None = None,
-                  item_repr: str | None = None) -> tuple[pd.DataFrame, dict]:
+def run_ablations(
+    dataset,
+    backbone: str,
+    run_dir: str | Path,
+    variants=CORE,
+    base: AdaptConfig = AdaptConfig(),
+    seeds=(0,),
+    model: str = "sasrec",
+    train: TrainConfig | None = None,
+    d: int = 768,
+    progress: bool = True,
+    prompts: Prompts = Prompts(),
+    model_params: dict | None = None,
+    item_repr: str | None = None,
+) -> tuple[pd.DataFrame, dict]:
     """Tidy recommender results (features column = variant) and per-user frames, for every
     variant and seed. Each seed seeds both the adaptation and the recommender; `model_params` and
     `item_repr` configure the recommender (see sda_lib.recsys.presets)."""
     folder = Path(run_dir) / "ablations"
     frames, per_user = [], {}
     for seed in seeds:
-        tables = {name: variant_features(name, dataset, backbone, base, folder, seed, d, progress, prompts)
-                  for name in variants}
-        results, users = train_grid(dataset, models=(model,), features=tables, seeds=(seed,), train=train,
-                                    item_repr=item_repr, model_params={model: model_params or {}},
-                                    out=folder / "recsys")
+        tables = {
+            name: variant_features(name, dataset, backbone, base, folder, seed, d, progress, prompts)
+            for name in variants
+        }
+        results, users = train_grid(
+            dataset,
+            models=(model,),
+            features=tables,
+            seeds=(seed,),
+            train=train,
+            item_repr=item_repr,
+            model_params={model: model_params or {}},
+            out=folder / "recsys",
+        )
         frames.append(results)
         per_user |= users
     return pd.concat(frames, ignore_index=True), per_user
@@ -124,6 +161,8 @@ def table2(results: pd.DataFrame, protocol: str = "sampled", reference: str = FU
     else:
         out = out.loc[paper]
     out.index.name = "variant"
-    out.attrs["notes"] = [f"Δ: mean relative change of H@10 and N@10 against {reference} ({protocol} protocol)",
-                          *table.attrs.get("notes", [])]
+    out.attrs["notes"] = [
+        f"Δ: mean relative change of H@10 and N@10 against {reference} ({protocol} protocol)",
+        *table.attrs.get("notes", []),
+    ]
     return out.sort_index(axis=1, level=0, sort_remaining=False)

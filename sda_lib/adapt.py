@@ -23,8 +23,13 @@ import torch
 import torch.distributed as dist
 import torch.distributed.nn as dist_nn
 from accelerate import Accelerator
-from accelerate.utils import (DistributedType, InitProcessGroupKwargs, ProjectConfiguration, parse_flag_from_env,
-                               set_seed)
+from accelerate.utils import (
+    DistributedType,
+    InitProcessGroupKwargs,
+    ProjectConfiguration,
+    parse_flag_from_env,
+    set_seed,
+)
 from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
@@ -121,7 +126,9 @@ def pair_batch(backbone, fields, paths, items, config: AdaptConfig, step: int):
     texts = [fields[i] for i in items]
     if config.loss == "text-views":
         rng = np.random.default_rng([config.seed, step, 1])
-        views = [text_view(f, rng, config.view_drop) for f in texts] + [text_view(f, rng, config.view_drop) for f in texts]
+        views = [text_view(f, rng, config.view_drop) for f in texts] + [
+            text_view(f, rng, config.view_drop) for f in texts
+        ]
         return backbone.inputs(texts=views), [TEXT] * len(views)
     images = [load_image(paths[i]) for i in items]
     return backbone.inputs(texts=texts, images=images), [TEXT] * len(texts) + [IMAGE] * len(images)
@@ -167,8 +174,16 @@ def local_share(items: np.ndarray, accelerator) -> np.ndarray:
     return np.array_split(items, accelerator.num_processes)[accelerator.process_index]
 
 
-def train_adapter(backbone, dataset, config: AdaptConfig, out: str | Path, resume: bool = True,
-                  progress: bool = True, gather: bool = True, on_step=None) -> dict:
+def train_adapter(
+    backbone,
+    dataset,
+    config: AdaptConfig,
+    out: str | Path,
+    resume: bool = True,
+    progress: bool = True,
+    gather: bool = True,
+    on_step=None,
+) -> dict:
     """Attach a fresh adapter to `backbone`, train it on `dataset`'s items and save it in `out`.
 
     Writes `out/adapter/` (weights + config), `out/loss.csv`, `out/adapt.json`; checkpoints under
@@ -180,8 +195,16 @@ def train_adapter(backbone, dataset, config: AdaptConfig, out: str | Path, resum
     out = ensure_writable(out)  # now, not after the last step has been paid for
     set_seed(config.seed)
     model = backbone.model
-    report = adapters.attach(model, config.adapter, config.r, config.experts, config.alpha, config.dropout,
-                             config.adapt_vision, targets=backbone.targets)
+    report = adapters.attach(
+        model,
+        config.adapter,
+        config.r,
+        config.experts,
+        config.alpha,
+        config.dropout,
+        config.adapt_vision,
+        targets=backbone.targets,
+    )
     if config.gradient_checkpointing:
         adapters.enable_gradient_checkpointing(model)
     objective = AlignmentObjective(backbone, config, gather)
@@ -193,8 +216,13 @@ def train_adapter(backbone, dataset, config: AdaptConfig, out: str | Path, resum
     objective, optimizer, scheduler = accelerator.prepare(objective, optimizer, scheduler)
     plain = accelerator.unwrap_model(objective)
 
-    run = {"config": asdict(config), "backbone": backbone.id, "dataset": dataset.name,
-           "item_order": item_order_checksum(dataset.items["item_id"]), "processes": accelerator.num_processes}
+    run = {
+        "config": asdict(config),
+        "backbone": backbone.id,
+        "dataset": dataset.name,
+        "item_order": item_order_checksum(dataset.items["item_id"]),
+        "processes": accelerator.num_processes,
+    }
     checkpoints = _Checkpoints(accelerator, out / "checkpoints", run)
     start, history = checkpoints.resume() if resume else checkpoints.clear()
     if start:
@@ -204,8 +232,13 @@ def train_adapter(backbone, dataset, config: AdaptConfig, out: str | Path, resum
     fields, paths = dataset.item_fields(), dataset.image_paths()
     model.train()
     begin = time.perf_counter()
-    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="adapt",
-               disable=not (progress and accelerator.is_main_process))
+    bar = tqdm(
+        range(start, config.steps),
+        initial=start,
+        total=config.steps,
+        desc="adapt",
+        disable=not (progress and accelerator.is_main_process),
+    )
     for step in bar:
         total = 0.0
         for micro in range(config.grad_accum):
@@ -215,16 +248,23 @@ def train_adapter(backbone, dataset, config: AdaptConfig, out: str | Path, resum
                 try:
                     loss = objective(torch.tensor(ids, device=accelerator.device), **inputs)
                 except FloatingPointError as err:
-                    raise FloatingPointError(f"step {step}: {err}. Lower lr (now {config.lr}) or fix tau "
-                                             "(learn_tau=False)") from None
+                    raise FloatingPointError(
+                        f"step {step}: {err}. Lower lr (now {config.lr}) or fix tau (learn_tau=False)"
+                    ) from None
                 accelerator.backward(loss)  # divided by grad_accum there (by DeepSpeed under ZeRO)
             total += loss.item() / config.grad_accum
         accelerator.clip_grad_norm_(params, config.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        history.append({"step": step + 1, "loss": total, "tau": float(plain.temperature().item()),
-                        "lr": scheduler.get_last_lr()[0]})
+        history.append(
+            {
+                "step": step + 1,
+                "loss": total,
+                "tau": float(plain.temperature().item()),
+                "lr": scheduler.get_last_lr()[0],
+            }
+        )
         bar.set_postfix(loss=f"{total:.4f}", tau=f"{history[-1]['tau']:.3f}")
         if on_step is not None:
             on_step(step + 1, plain)
@@ -269,8 +309,10 @@ def _accelerator(config: AdaptConfig, out: Path) -> Accelerator:
         mixed_precision=_mixed_precision(config.precision),
         gradient_accumulation_steps=config.grad_accum,
         step_scheduler_with_optimizer=False,
-        project_config=ProjectConfiguration(project_dir=str(out), automatic_checkpoint_naming=True,
-                                            total_limit=KEEP_CHECKPOINTS))
+        project_config=ProjectConfiguration(
+            project_dir=str(out), automatic_checkpoint_naming=True, total_limit=KEEP_CHECKPOINTS
+        ),
+    )
 
 
 def _mixed_precision(precision: str) -> str:
@@ -310,8 +352,11 @@ class _Checkpoints:
         accelerator.register_load_state_pre_hook(_load_trainable)
 
     def _complete(self) -> list[tuple[int, Path]]:
-        found = [(int(m[1]), p) for p in self.folder.glob("checkpoint_*")
-                 if (m := re.fullmatch(r"checkpoint_(\d+)", p.name)) and (p / CHECKPOINT_STATE).exists()]
+        found = [
+            (int(m[1]), p)
+            for p in self.folder.glob("checkpoint_*")
+            if (m := re.fullmatch(r"checkpoint_(\d+)", p.name)) and (p / CHECKPOINT_STATE).exists()
+        ]
         return sorted(found)
 
     def _drop(self, keep) -> None:
@@ -333,12 +378,13 @@ class _Checkpoints:
         number, latest = complete[-1]
         meta = read_json(latest / CHECKPOINT_STATE)
         differs = {k: (v, meta.get(k)) for k, v in self.run.items() if k != "config" and meta.get(k) != v}
-        differs |= {k: (v, meta["config"].get(k)) for k, v in self.run["config"].items()
-                    if meta["config"].get(k) != v}
+        differs |= {k: (v, meta["config"].get(k)) for k, v in self.run["config"].items() if meta["config"].get(k) != v}
         if differs:
-            raise ValueError(f"checkpoint {latest} belongs to another run ({differs}, now vs then): resume it "
-                             f"with what it was started with, or delete {self.folder} (or pass resume=False) "
-                             "to start afresh")
+            raise ValueError(
+                f"checkpoint {latest} belongs to another run ({differs}, now vs then): resume it "
+                f"with what it was started with, or delete {self.folder} (or pass resume=False) "
+                "to start afresh"
+            )
         self._drop(keep={p for _, p in complete})  # incomplete ones would block the next save's name
         self.accelerator.project_configuration.iteration = number + 1
         self.accelerator.load_state(str(latest), **({"load_module_strict": False} if self._deepspeed else {}))
@@ -373,8 +419,10 @@ def _load_trainable(models, input_dir) -> None:
         path = Path(input_dir) / ("model.safetensors" if i == 0 else f"model_{i}.safetensors")
         saved, params = load_file(str(path)), dict(model.named_parameters())
         if saved.keys() != _trainable_names(model):
-            raise ValueError(f"checkpoint {input_dir} does not fit this adapter ({len(saved)} tensors saved, "
-                             f"{len(_trainable_names(model))} trainable); delete it to start afresh")
+            raise ValueError(
+                f"checkpoint {input_dir} does not fit this adapter ({len(saved)} tensors saved, "
+                f"{len(_trainable_names(model))} trainable); delete it to start afresh"
+            )
         with torch.no_grad():
             for name, tensor in saved.items():
                 params[name].copy_(tensor)
@@ -398,8 +446,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="sda", help="adapters/<name>/ in the run folder")
     parser.add_argument("--out-dir", type=Path, help="run folder (default outputs/<dataset>/default)")
     parser.add_argument("--per-process-loss", action="store_true", help="do not gather the batch across processes")
-    parser.add_argument("-p", dest="params", action="append", type=parse_param, default=[], metavar="KEY=VALUE",
-                        help=f"AdaptConfig field: {', '.join(f.name for f in fields(AdaptConfig))}")
+    parser.add_argument(
+        "-p",
+        dest="params",
+        action="append",
+        type=parse_param,
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"AdaptConfig field: {', '.join(f.name for f in fields(AdaptConfig))}",
+    )
     args = parser.parse_args(argv)
     known = {f.name for f in fields(AdaptConfig)}
     unknown = [k for k, _ in args.params if k not in known]
@@ -407,8 +462,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown setting(s) {unknown}; AdaptConfig fields are: {', '.join(sorted(known))}")
     config = AdaptConfig(**dict(args.params))
     out = ensure_writable((args.out_dir or run_dir(args.dataset)) / "adapters" / args.name)
-    record = train_adapter(load_backbone(args.backbone, seed=config.seed), load_prepared(args.dataset), config, out,
-                           gather=not args.per_process_loss)
+    record = train_adapter(
+        load_backbone(args.backbone, seed=config.seed),
+        load_prepared(args.dataset),
+        config,
+        out,
+        gather=not args.per_process_loss,
+    )
     print(json.dumps({k: record[k] for k in ("final_loss", "final_tau", "seconds", "processes")}))
     return 0
 

@@ -104,14 +104,23 @@ class MoDAKind(AdapterKind):
         self.routing = routing
 
     def attach(self, model, settings):
-        if settings.adapt_vision and not any(isinstance(m, nn.Linear) and re.fullmatch(moda.VISION_TARGETS, name)
-                                             for name, m in model.named_modules()):
-            raise ValueError("adapt_vision=True, but no linear layer of this model matches the vision-tower pattern "
-                             f"{moda.VISION_TARGETS!r} (a Qwen2.5-VL vision tower): this backbone's vision encoder "
-                             "has nothing to adapt; train with adapt_vision=False")
-        config = moda.MoDAConfig(r=settings.r, num_experts=settings.experts, alpha=settings.alpha,
-                                 dropout=settings.dropout, target_modules=settings.targets,
-                                 adapt_vision=settings.adapt_vision, routing=self.routing)
+        if settings.adapt_vision and not any(
+            isinstance(m, nn.Linear) and re.fullmatch(moda.VISION_TARGETS, name) for name, m in model.named_modules()
+        ):
+            raise ValueError(
+                "adapt_vision=True, but no linear layer of this model matches the vision-tower pattern "
+                f"{moda.VISION_TARGETS!r} (a Qwen2.5-VL vision tower): this backbone's vision encoder "
+                "has nothing to adapt; train with adapt_vision=False"
+            )
+        config = moda.MoDAConfig(
+            r=settings.r,
+            num_experts=settings.experts,
+            alpha=settings.alpha,
+            dropout=settings.dropout,
+            target_modules=settings.targets,
+            adapt_vision=settings.adapt_vision,
+            routing=self.routing,
+        )
         return moda.inject_moda(model, config)
 
     def owns(self, model):
@@ -157,8 +166,9 @@ class SharedLoRA(AdapterKind):
     for inference: peft merges in place and unmerges by subtraction, which drifts in bf16."""
 
     def attach(self, model, settings):
-        return moda.inject_lora(model, r=settings.r, alpha=settings.alpha, dropout=settings.dropout,
-                                target_modules=settings.pattern)
+        return moda.inject_lora(
+            model, r=settings.r, alpha=settings.alpha, dropout=settings.dropout, target_modules=settings.pattern
+        )
 
     def owns(self, model):
         return any(isinstance(m, LoraLayer) for m in model.modules())
@@ -184,9 +194,16 @@ KINDS.register("independent", MoDAKind("hard"))
 KINDS.register("lora", SharedLoRA())
 
 
-def attach(model: nn.Module, kind: str, r: int = 8, experts: int = 8, alpha: float = 32,
-           dropout: float = 0.1, adapt_vision: bool = False,
-           targets: str = moda.LANGUAGE_TARGETS) -> moda.AdapterReport:
+def attach(
+    model: nn.Module,
+    kind: str,
+    r: int = 8,
+    experts: int = 8,
+    alpha: float = 32,
+    dropout: float = 0.1,
+    adapt_vision: bool = False,
+    targets: str = moda.LANGUAGE_TARGETS,
+) -> moda.AdapterReport:
     """Freeze `model` and add a trainable adapter of `kind` to the linears whose names fully match
     `targets` (a Backbone's `targets`; default Qwen2.5-VL's language model)."""
     return KINDS[kind].attach(model, AdapterSettings(r, experts, alpha, dropout, adapt_vision, targets))
@@ -237,8 +254,10 @@ def save(model: nn.Module, folder: str | Path, backbone_id: str) -> Path:
 def _saved_kind(folder: Path) -> str:
     name = next((name for name in KINDS if KINDS[name].saved_in(folder)), None)
     if name is None:
-        raise FileNotFoundError(f"no adapter in {folder}: expected {moda.CONFIG_FILE} (MoDA) or {PEFT_CONFIG} (peft "
-                                "LoRA); train one with notebooks/03_adapt.ipynb")
+        raise FileNotFoundError(
+            f"no adapter in {folder}: expected {moda.CONFIG_FILE} (MoDA) or {PEFT_CONFIG} (peft "
+            "LoRA); train one with notebooks/03_adapt.ipynb"
+        )
     return name
 
 
@@ -271,8 +290,13 @@ def export_peft(model: nn.Module, folder: str | Path, backbone_id: str) -> dict[
                 state[f"{name}.lora_A.weight"] = layer.lora_A.detach().cpu()
                 state[f"{name}.lora_B.weight"] = (layer.lora_B * weights.repeat_interleave(layer.expert_rank)).cpu()
         rank = next(iter(layers.values())).lora_A.shape[0]
-        peft_config = LoraConfig(r=rank, lora_alpha=config.alpha * rank / config.r, lora_dropout=config.dropout,
-                                 target_modules=sorted(layers), base_model_name_or_path=backbone_id)
+        peft_config = LoraConfig(
+            r=rank,
+            lora_alpha=config.alpha * rank / config.r,
+            lora_dropout=config.dropout,
+            target_modules=sorted(layers),
+            base_model_name_or_path=backbone_id,
+        )
         out[label] = _save_peft(state, peft_config, Path(folder) / label)
     return out
 
@@ -298,16 +322,20 @@ def load_peft(model: nn.Module, folder: str | Path, backbone_id: str) -> None:
     folder = Path(folder)
     config = PeftConfig.from_pretrained(str(folder))
     if config.base_model_name_or_path != backbone_id:
-        raise ValueError(f"the {config.peft_type} adapter in {folder} was trained on backbone "
-                         f"{config.base_model_name_or_path!r}, not on {backbone_id!r}; load it into the "
-                         "backbone it was trained on")
+        raise ValueError(
+            f"the {config.peft_type} adapter in {folder} was trained on backbone "
+            f"{config.base_model_name_or_path!r}, not on {backbone_id!r}; load it into the "
+            "backbone it was trained on"
+        )
     inject_adapter_in_model(config, model)
     saved = {k.removeprefix(PEFT_PREFIX): v for k, v in load_file(str(folder / PEFT_WEIGHTS)).items()}
     missing = sorted(set(get_peft_model_state_dict(model, save_embedding_layers=False)) - set(saved))
     result = set_peft_model_state_dict(model, saved)
     if missing or result.unexpected_keys:
-        raise ValueError(f"the {config.peft_type} adapter in {folder} does not fit this backbone: missing "
-                         f"{missing[:3]}, unexpected {result.unexpected_keys[:3]}")
+        raise ValueError(
+            f"the {config.peft_type} adapter in {folder} does not fit this backbone: missing "
+            f"{missing[:3]}, unexpected {result.unexpected_keys[:3]}"
+        )
 
 
 def _save_peft(state: dict[str, torch.Tensor], config: PeftConfig, folder: str | Path) -> Path:

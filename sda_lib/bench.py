@@ -37,9 +37,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 from . import __version__
 from .io import write_json
@@ -160,8 +160,12 @@ def in_fresh_process(target: str, kwargs: dict, threads: int = 1) -> dict:
     {"result": the function's dict (else None), "seconds": the call's time, "peak_rss_mb": ...}.
     """
     package_parent = str(Path(__file__).resolve().parents[1])
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-               PYTHONPATH=os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")])))
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS=str(threads),
+        MKL_NUM_THREADS=str(threads),
+        PYTHONPATH=os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")])),
+    )
     command = [sys.executable, "-c", _CHILD, target, json.dumps(kwargs)]
     last = None
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env) as child:
@@ -170,8 +174,9 @@ def in_fresh_process(target: str, kwargs: dict, threads: int = 1) -> dict:
                 print(last, end="", flush=True)
             last = line
     if child.returncode != 0 or last is None:
-        raise RuntimeError(f"{target} failed in a fresh interpreter (exit code {child.returncode}); "
-                           "its traceback is printed above")
+        raise RuntimeError(
+            f"{target} failed in a fresh interpreter (exit code {child.returncode}); its traceback is printed above"
+        )
     return json.loads(last)
 
 
@@ -180,14 +185,21 @@ def _ms(seconds: float) -> float:
 
 
 def _timing_row(label: str, samples: list[float], **extra) -> dict:
-    return {"unit": label, **extra, "median ms": _ms(statistics.median(samples)),
-            "min ms": _ms(min(samples)), "max ms": _ms(max(samples))}
+    return {
+        "unit": label,
+        **extra,
+        "median ms": _ms(statistics.median(samples)),
+        "min ms": _ms(min(samples)),
+        "max ms": _ms(max(samples)),
+    }
 
 
 def _verdict(ratio: float, target: float, what: str) -> tuple[dict, str]:
     status = "PASS" if ratio <= target else "ABOVE"
-    return ({"ratio": round(ratio, 4), "target": target, "status": status},
-            f"ratio {what} = {ratio:.3f} (target <= {target:.2f}): {status}")
+    return (
+        {"ratio": round(ratio, 4), "target": target, "status": status},
+        f"ratio {what} = {ratio:.3f} (target <= {target:.2f}): {status}",
+    )
 
 
 def synthetic_items(n: int, seed: int = 0) -> tuple[list[dict], list]:
@@ -197,9 +209,15 @@ def synthetic_items(n: int, seed: int = 0) -> tuple[list[dict], list]:
 
     rng = np.random.default_rng(seed)
     colours = ("red", "blue", "green", "black", "white", "yellow")
-    texts = [{"title": f"{colours[i % len(colours)]} stoneware mug no. {i}",
-              "categories": "Home > Kitchen > Mugs", "brand": f"Brand {i % 5}",
-              "description": "Sturdy dishwasher-safe mug for coffee and tea; holds 350 ml."} for i in range(n)]
+    texts = [
+        {
+            "title": f"{colours[i % len(colours)]} stoneware mug no. {i}",
+            "categories": "Home > Kitchen > Mugs",
+            "brand": f"Brand {i % 5}",
+            "description": "Sturdy dishwasher-safe mug for coffee and tea; holds 350 ml.",
+        }
+        for i in range(n)
+    ]
     images = [Image.fromarray(rng.integers(0, 256, (IMAGE_PX, IMAGE_PX, 3), dtype=np.uint8)) for _ in range(n)]
     return texts, images
 
@@ -241,14 +259,18 @@ def _export_defaults() -> dict:
 
 
 def _input_note(text, image, n: int) -> str:
-    return (f"inputs pre-built once (processor time excluded): {n} items = {n} text rows of "
-            f"{text['input_ids'].shape[1]} tokens + {n} image rows of {image['input_ids'].shape[1]} tokens "
-            f"({IMAGE_PX}x{IMAGE_PX} images)")
+    return (
+        f"inputs pre-built once (processor time excluded): {n} items = {n} text rows of "
+        f"{text['input_ids'].shape[1]} tokens + {n} image rows of {image['input_ids'].shape[1]} tokens "
+        f"({IMAGE_PX}x{IMAGE_PX} images)"
+    )
 
 
 def _hygiene_note(options: Options, preset: str) -> str:
-    return (f"preset {preset}, torch threads {options.threads}, {options.repeats} repeats after "
-            f"{options.warmup} warm-up, interleaved with the order swapped every repeat; medians")
+    return (
+        f"preset {preset}, torch threads {options.threads}, {options.repeats} repeats after "
+        f"{options.warmup} warm-up, interleaved with the order swapped every repeat; medians"
+    )
 
 
 # ----------------------------------------------------------------------------- benchmarks
@@ -268,17 +290,21 @@ def moda_vs_lora(options: Options) -> Measurement:
     backbones, reports = {}, {}
     for kind in ("moda", "lora"):
         backbones[kind] = load_backbone(preset, seed=config.seed)
-        reports[kind] = adapters.attach(backbones[kind].model, kind, config.r, config.experts, config.alpha,
-                                        config.dropout)
+        reports[kind] = adapters.attach(
+            backbones[kind].model, kind, config.r, config.experts, config.alpha, config.dropout
+        )
         backbones[kind].model.train()
     if set(reports["moda"].layers) != set(reports["lora"].layers):
-        raise RuntimeError("MoDA and LoRA adapt different layers, so their steps are not comparable: "
-                           f"{sorted(set(reports['moda'].layers) ^ set(reports['lora'].layers))[:3]}")
+        raise RuntimeError(
+            "MoDA and LoRA adapt different layers, so their steps are not comparable: "
+            f"{sorted(set(reports['moda'].layers) ^ set(reports['lora'].layers))[:3]}"
+        )
     text, image = synthetic_inputs(backbones["moda"], options.batch_size)
     temperature = Temperature(config.tau, config.learn_tau)
 
     def training_step(backbone):
         """Forward + backward of one CMSA batch, as adapt.batch_loss does."""
+
         def step():
             with adapters.modality(backbone.model, TEXT):
                 e_t = backbone.embed_batch(text)
@@ -287,22 +313,36 @@ def moda_vs_lora(options: Options) -> Measurement:
             cmsa_loss(e_t, e_v, temperature(), config.cmsa_form).backward()
             backbone.model.zero_grad(set_to_none=True)
             temperature.zero_grad(set_to_none=True)
+
         return step
 
-    samples = interleaved({kind: training_step(b) for kind, b in backbones.items()}, options.repeats,
-                          options.warmup)
+    samples = interleaved({kind: training_step(b) for kind, b in backbones.items()}, options.repeats, options.warmup)
     moda_s, lora_s = (statistics.median(samples[k]) for k in ("moda", "lora"))
     verdict, headline = _verdict(moda_s / lora_s, MODA_VS_LORA_TARGET, "MoDA / LoRA")
-    rows = [_timing_row(f"{kind} step", samples[kind], layers=len(reports[kind].layers),
-                        trainable=reports[kind].trainable) for kind in ("moda", "lora")]
-    values = {**verdict, "preset": preset, "moda_ms": _ms(moda_s), "lora_ms": _ms(lora_s),
-              "r": config.r, "experts": config.experts, "layers": len(reports["moda"].layers),
-              "batch_items": options.batch_size, "repeats": options.repeats, "warmup": options.warmup,
-              "moda_samples_ms": [_ms(s) for s in samples["moda"]],
-              "lora_samples_ms": [_ms(s) for s in samples["lora"]]}
-    notes = [_hygiene_note(options, preset), _input_note(text, image, options.batch_size),
-             f"both adapters: r={config.r} on the same {len(reports['moda'].layers)} language-model "
-             f"projections, MoDA with {config.experts} experts; step = text + image forward, CMSA, backward"]
+    rows = [
+        _timing_row(f"{kind} step", samples[kind], layers=len(reports[kind].layers), trainable=reports[kind].trainable)
+        for kind in ("moda", "lora")
+    ]
+    values = {
+        **verdict,
+        "preset": preset,
+        "moda_ms": _ms(moda_s),
+        "lora_ms": _ms(lora_s),
+        "r": config.r,
+        "experts": config.experts,
+        "layers": len(reports["moda"].layers),
+        "batch_items": options.batch_size,
+        "repeats": options.repeats,
+        "warmup": options.warmup,
+        "moda_samples_ms": [_ms(s) for s in samples["moda"]],
+        "lora_samples_ms": [_ms(s) for s in samples["lora"]],
+    }
+    notes = [
+        _hygiene_note(options, preset),
+        _input_note(text, image, options.batch_size),
+        f"both adapters: r={config.r} on the same {len(reports['moda'].layers)} language-model "
+        f"projections, MoDA with {config.experts} experts; step = text + image forward, CMSA, backward",
+    ]
     return Measurement(rows, values, headline, notes)
 
 
@@ -324,13 +364,15 @@ def export_overhead(options: Options) -> Measurement:
         def run():
             with torch.inference_mode():
                 backbone.embed_batch(batch)
+
         return run
 
     samples = {}
     for m, label, batch in ((TEXT, "text", text), (IMAGE, "image", image)):
         with adapters.merged(adapted.model, m):
-            pair = interleaved({"bare": embed(bare, batch), "merged": embed(adapted, batch)}, options.repeats,
-                               options.warmup)
+            pair = interleaved(
+                {"bare": embed(bare, batch), "merged": embed(adapted, batch)}, options.repeats, options.warmup
+            )
         samples[f"bare {label}"], samples[f"merged {label}"] = pair["bare"], pair["merged"]
 
     def merge_unmerge():
@@ -343,16 +385,26 @@ def export_overhead(options: Options) -> Measurement:
     merged_s = median["merged text"] + median["merged image"]
     verdict, headline = _verdict(merged_s / bare_s, EXPORT_OVERHEAD_TARGET, "merged MoDA / bare")
     rows = [_timing_row(label, s) for label, s in samples.items()] + [_timing_row("merge+unmerge", merge)]
-    values = {**verdict, "preset": preset, "bare_ms": _ms(bare_s), "merged_ms": _ms(merged_s),
-              "merge_unmerge_ms": _ms(statistics.median(merge)),
-              "text_ratio": round(median["merged text"] / median["bare text"], 4),
-              "image_ratio": round(median["merged image"] / median["bare image"], 4),
-              "batch_items": options.batch_size, "repeats": options.repeats, "warmup": options.warmup,
-              "samples_ms": {k: [_ms(s) for s in v] for k, v in samples.items()}}
-    notes = [_hygiene_note(options, preset), _input_note(text, image, options.batch_size),
-             "ratio = (merged text + merged image) / (bare text + bare image), inference mode, "
-             f"merge outside the timed unit: export merges once per modality per "
-             f"{_export_defaults()['chunk']}-item chunk, timed apart as merge+unmerge"]
+    values = {
+        **verdict,
+        "preset": preset,
+        "bare_ms": _ms(bare_s),
+        "merged_ms": _ms(merged_s),
+        "merge_unmerge_ms": _ms(statistics.median(merge)),
+        "text_ratio": round(median["merged text"] / median["bare text"], 4),
+        "image_ratio": round(median["merged image"] / median["bare image"], 4),
+        "batch_items": options.batch_size,
+        "repeats": options.repeats,
+        "warmup": options.warmup,
+        "samples_ms": {k: [_ms(s) for s in v] for k, v in samples.items()},
+    }
+    notes = [
+        _hygiene_note(options, preset),
+        _input_note(text, image, options.batch_size),
+        "ratio = (merged text + merged image) / (bare text + bare image), inference mode, "
+        f"merge outside the timed unit: export merges once per modality per "
+        f"{_export_defaults()['chunk']}-item chunk, timed apart as merge+unmerge",
+    ]
     return Measurement(rows, values, headline, notes)
 
 
@@ -369,22 +421,36 @@ def export_memory(options: Options) -> Measurement:
         backbone = load_backbone(preset)
         adapters.attach(backbone.model, "moda")
         adapters.save(backbone.model, adapter, backbone.id)
-        run = in_fresh_process("sda_lib.bench:_export", dict(preset=preset, data=str(data), adapter=str(adapter),
-                                                             out=str(Path(tmp) / "features")), options.threads)
+        run = in_fresh_process(
+            "sda_lib.bench:_export",
+            dict(preset=preset, data=str(data), adapter=str(adapter), out=str(Path(tmp) / "features")),
+            options.threads,
+        )
     loaded, peak = run["result"]["loaded_rss_mb"], run["peak_rss_mb"]
-    rows = [{"stage": "backbone + dataset loaded", "RSS high-water MiB": round(loaded, 1)},
-            {"stage": "after export (peak)", "RSS high-water MiB": round(peak, 1)},
-            {"stage": "raised by the export", "RSS high-water MiB": round(peak - loaded, 1)}]
-    values = {"preset": preset, "dataset": options.dataset, "items": run["result"]["items"],
-              "export_seconds": round(run["result"]["export_seconds"], 3),
-              "loaded_rss_mb": round(loaded, 1), "export_peak_rss_mb": round(peak, 1),
-              "export_increment_mb": round(peak - loaded, 1)}
-    headline = (f"export peak RSS {peak:.0f} MiB ({peak - loaded:+.0f} MiB over the loaded backbone), "
-                f"{values['items']} items in {values['export_seconds']:.1f} s")
-    notes = [f"preset {preset} with a MoDA adapter merged per modality, dataset {options.dataset}, "
-             f"export defaults (batch {_export_defaults()['batch_size']}, chunk {_export_defaults()['chunk']}), "
-             f"torch threads {options.threads}, "
-             "measured in a fresh interpreter"]
+    rows = [
+        {"stage": "backbone + dataset loaded", "RSS high-water MiB": round(loaded, 1)},
+        {"stage": "after export (peak)", "RSS high-water MiB": round(peak, 1)},
+        {"stage": "raised by the export", "RSS high-water MiB": round(peak - loaded, 1)},
+    ]
+    values = {
+        "preset": preset,
+        "dataset": options.dataset,
+        "items": run["result"]["items"],
+        "export_seconds": round(run["result"]["export_seconds"], 3),
+        "loaded_rss_mb": round(loaded, 1),
+        "export_peak_rss_mb": round(peak, 1),
+        "export_increment_mb": round(peak - loaded, 1),
+    }
+    headline = (
+        f"export peak RSS {peak:.0f} MiB ({peak - loaded:+.0f} MiB over the loaded backbone), "
+        f"{values['items']} items in {values['export_seconds']:.1f} s"
+    )
+    notes = [
+        f"preset {preset} with a MoDA adapter merged per modality, dataset {options.dataset}, "
+        f"export defaults (batch {_export_defaults()['batch_size']}, chunk {_export_defaults()['chunk']}), "
+        f"torch threads {options.threads}, "
+        "measured in a fresh interpreter"
+    ]
     return Measurement(rows, values, headline, notes)
 
 
@@ -413,15 +479,20 @@ def data_prepare(options: Options) -> Measurement:
     with tempfile.TemporaryDirectory() as tmp:
         for label, kwargs in jobs.items():
             out = Path(tmp) / label
-            run = in_fresh_process("sda_lib.data:prepare_dataset", dict(kwargs, out=str(out), force=True),
-                                   options.threads)
+            run = in_fresh_process(
+                "sda_lib.data:prepare_dataset", dict(kwargs, out=str(out), force=True), options.threads
+            )
             card = json.loads((out / "card.json").read_text())
-            values[label] = {"seconds": round(run["seconds"], 3), "peak_rss_mb": round(run["peak_rss_mb"], 1),
-                             "items": card["items"], "users": card["users"], "interactions": card["interactions"]}
+            values[label] = {
+                "seconds": round(run["seconds"], 3),
+                "peak_rss_mb": round(run["peak_rss_mb"], 1),
+                "items": card["items"],
+                "users": card["users"],
+                "interactions": card["interactions"],
+            }
             rows.append({"dataset": label, **values[label]})
     headline = "; ".join(f"{k} {v['seconds']:.1f} s, peak {v['peak_rss_mb']:.0f} MiB" for k, v in values.items())
-    notes.append("prepare_dataset(..., force=True) into a temporary folder; "
-                 "peak = the child's RSS high-water mark")
+    notes.append("prepare_dataset(..., force=True) into a temporary folder; peak = the child's RSS high-water mark")
     return Measurement(rows, {"datasets": values}, headline, notes)
 
 
@@ -438,8 +509,9 @@ def seconds_of(target: str, repeat_arg: str, **kwargs) -> Callable[[Options], Me
         folder = prepare_dataset(options.dataset)  # its usual place under outputs/, reused when current
         seconds = function(folder, threads=options.threads, **{repeat_arg: options.repeats}, **kwargs)
         values = {"dataset": options.dataset, **kwargs, "repeats": options.repeats, "seconds": round(seconds, 4)}
-        notes = [f"{name} on {options.dataset}, mean over {options.repeats} {repeat_arg}, "
-                 f"torch threads {options.threads}"]
+        notes = [
+            f"{name} on {options.dataset}, mean over {options.repeats} {repeat_arg}, torch threads {options.threads}"
+        ]
         return Measurement([values], values, f"{seconds:.3f} s ({name} on {options.dataset})", notes)
 
     benchmark.__doc__ = f"Seconds of {name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) on --dataset."
@@ -458,19 +530,35 @@ def recbole_vs_ours(options: Options) -> Measurement:
         return Measurement([], {"skipped": note}, "skipped: RecBole absent", [note])
     options = options.defaults(**CPU_ROUNDS)
     folder = prepare_dataset(options.dataset)
-    ours = {"epoch": time_epoch(folder, threads=options.threads, epochs=options.repeats),
-            "eval": time_full_eval(folder, threads=options.threads, repeats=options.repeats)}
+    ours = {
+        "epoch": time_epoch(folder, threads=options.threads, epochs=options.repeats),
+        "eval": time_full_eval(folder, threads=options.threads, repeats=options.repeats),
+    }
     peer = recbole_sasrec_timing(folder, epochs=1, threads=options.threads)
     theirs = {"epoch": peer["epoch_seconds"], "eval": peer["eval_seconds"]}
-    rows = [{"what": what, "ours_s": round(ours[what], 3), "recbole_s": round(theirs[what], 3),
-             "recbole/ours": round(theirs[what] / ours[what], 2)} for what in ("epoch", "eval")]
-    notes = [f"SASRec hidden 64, 2 layers, 2 heads, max length 50, on {options.dataset}; torch threads "
-             f"{options.threads}. An epoch is each library's own: ours one pass per user predicting every "
-             f"next item ({peer['users']} users), RecBole's every prefix ({peer['train_sequences']} sequences)."]
-    values = {"dataset": options.dataset, **{f"{r['what']}_ratio": r["recbole/ours"] for r in rows},
-              "ours": ours, "recbole": theirs}
-    return Measurement(rows, values, f"RecBole/ours: epoch {rows[0]['recbole/ours']}x, "
-                                     f"full ranking {rows[1]['recbole/ours']}x", notes)
+    rows = [
+        {
+            "what": what,
+            "ours_s": round(ours[what], 3),
+            "recbole_s": round(theirs[what], 3),
+            "recbole/ours": round(theirs[what] / ours[what], 2),
+        }
+        for what in ("epoch", "eval")
+    ]
+    notes = [
+        f"SASRec hidden 64, 2 layers, 2 heads, max length 50, on {options.dataset}; torch threads "
+        f"{options.threads}. An epoch is each library's own: ours one pass per user predicting every "
+        f"next item ({peer['users']} users), RecBole's every prefix ({peer['train_sequences']} sequences)."
+    ]
+    values = {
+        "dataset": options.dataset,
+        **{f"{r['what']}_ratio": r["recbole/ours"] for r in rows},
+        "ours": ours,
+        "recbole": theirs,
+    }
+    return Measurement(
+        rows, values, f"RecBole/ours: epoch {rows[0]['recbole/ours']}x, full ranking {rows[1]['recbole/ours']}x", notes
+    )
 
 
 def gpu_check(options: Options) -> Measurement:
@@ -484,21 +572,31 @@ def gpu_check(options: Options) -> Measurement:
     device = _check_device(options)
     options = options.defaults(**GPU_ROUNDS)
     if options.warmup < 1:
-        raise ValueError("the gpu check needs --warmup >= 1: step times are read between steps, so the "
-                         "first step is never timed")
+        raise ValueError(
+            "the gpu check needs --warmup >= 1: step times are read between steps, so the first step is never timed"
+        )
     preset = options.preset or SHAPED
-    labels = {(adapter, checkpointing): f"{adapter} step" + (", checkpointing" if checkpointing else "")
-              for adapter in ("moda", "lora") for checkpointing in (False, True)}
+    labels = {
+        (adapter, checkpointing): f"{adapter} step" + (", checkpointing" if checkpointing else "")
+        for adapter in ("moda", "lora")
+        for checkpointing in (False, True)
+    }
     runs, folders = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         dataset = synthetic_dataset(GPU_ITEMS, Path(tmp) / "items")
 
         def train(adapter: str, checkpointing: bool) -> dict:
             label = labels[adapter, checkpointing]
-            print(f"[gpu] {label}: building {preset} on {device}, training {options.warmup} + {options.repeats} "
-                  "steps", flush=True)
-            config = AdaptConfig(adapter=adapter, gradient_checkpointing=checkpointing,
-                                 batch_size=options.batch_size, steps=options.warmup + options.repeats)
+            print(
+                f"[gpu] {label}: building {preset} on {device}, training {options.warmup} + {options.repeats} steps",
+                flush=True,
+            )
+            config = AdaptConfig(
+                adapter=adapter,
+                gradient_checkpointing=checkpointing,
+                batch_size=options.batch_size,
+                steps=options.warmup + options.repeats,
+            )
             folders[label] = Path(tmp) / f"run-{len(folders)}"
             runs[label], shape = _adaptation_run(preset, device, dataset, config, folders[label], options.warmup)
             print(f"[gpu] {label}: {json.dumps(runs[label])}", flush=True)  # kept should a later run crash
@@ -508,8 +606,14 @@ def gpu_check(options: Options) -> Measurement:
         train("lora", True)
         train("lora", False)
         print(f"[gpu] export: {GPU_ITEMS} items, MoDA adapter merged per modality", flush=True)
-        export = _export_run(preset, device, dataset, folders["moda step, checkpointing"] / "adapter",
-                             Path(tmp) / "features", options.batch_size)
+        export = _export_run(
+            preset,
+            device,
+            dataset,
+            folders["moda step, checkpointing"] / "adapter",
+            Path(tmp) / "features",
+            options.batch_size,
+        )
         print(f"[gpu] export: {json.dumps(export)}", flush=True)
         # Last: at 32 items a step MoDA without checkpointing does not fit one GPU (see the README's
         # GPU host section), and running out of memory is the failure likeliest to leave CUDA unusable.
@@ -518,38 +622,63 @@ def gpu_check(options: Options) -> Measurement:
     rows = []
     for label in labels.values():
         run, extra = runs[label], {"peak GiB": runs[label]["peak_gib"], "build s": runs[label]["build_s"]}
-        rows.append({"unit": label, "out of memory": True, **extra} if "out_of_memory" in run
-                    else _timing_row(label, run["samples_s"], **extra))
-    rows.append({"unit": "export", "items/s": export["items_per_s"], "seconds": export["seconds"],
-                 "peak GiB": export["peak_gib"]})
+        rows.append(
+            {"unit": label, "out of memory": True, **extra}
+            if "out_of_memory" in run
+            else _timing_row(label, run["samples_s"], **extra)
+        )
+    rows.append(
+        {
+            "unit": "export",
+            "items/s": export["items_per_s"],
+            "seconds": export["seconds"],
+            "peak GiB": export["peak_gib"],
+        }
+    )
     rows += [{"unit": f"embed {m}", "items/s": export[f"{m}_items_per_s"]} for m in ("text", "image")]
 
     runs = {label: runs[label] for label in labels.values()}  # in the table's order
     median = {label: run.get("median_s") for label, run in runs.items()}
-    verdict, ratio_line = _verdict(median["moda step, checkpointing"] / median["lora step, checkpointing"],
-                                   MODA_VS_LORA_TARGET, "MoDA / LoRA step (checkpointing)")
+    verdict, ratio_line = _verdict(
+        median["moda step, checkpointing"] / median["lora step, checkpointing"],
+        MODA_VS_LORA_TARGET,
+        "MoDA / LoRA step (checkpointing)",
+    )
     plain = median["moda step"] / median["lora step"] if median["moda step"] and median["lora step"] else None
-    values = {**verdict, "ratio_without_checkpointing": plain and round(plain, 4), "preset": preset,
-              "device": _device_name(device), **shape, "batch_items": options.batch_size, "warmup": options.warmup,
-              "repeats": options.repeats, "runs": runs, "export": export}
+    values = {
+        **verdict,
+        "ratio_without_checkpointing": plain and round(plain, 4),
+        "preset": preset,
+        "device": _device_name(device),
+        **shape,
+        "batch_items": options.batch_size,
+        "warmup": options.warmup,
+        "repeats": options.repeats,
+        "runs": runs,
+        "export": export,
+    }
 
     def summary(label):
         run = runs[label]
         time_ = "out of memory" if "out_of_memory" in run else f"{run['median_s']:.2f} s"
         return time_ + ("" if run["peak_gib"] is None else f" (peak {run['peak_gib']} GiB)")
 
-    headline = (f"MoDA step {summary('moda step')}, with checkpointing {summary('moda step, checkpointing')}; "
-                f"{ratio_line}; export {export['items_per_s']:.1f} items/s")
-    notes = [f"preset {preset} ({shape['params_b']} B parameters, {shape['dtype']}, {shape['weights_gib']} GiB), "
-             f"built on {_device_name(device)}; each run builds a fresh backbone",
-             f"train_adapter with AdaptConfig's defaults, {options.batch_size} items a step = "
-             f"{shape['tokens_per_step']} tokens ({shape['padded_tokens_per_step']} padded) + "
-             f"{shape['image_patches_per_step']} image patches, {GPU_ITEMS} synthetic items ({IMAGE_PX} px images); "
-             f"{options.warmup} warm-up + {options.repeats} timed steps, processor included",
-             "peak GiB of each run (model built, trained or exported): torch.cuda.max_memory_allocated on a GPU, "
-             "the process's resident high-water mark (VmHWM) on CPU, reset before each run",
-             f"export_embeddings of all {GPU_ITEMS} items (batch {options.batch_size}); embed text / image: "
-             "the same items per modality, adapter merged"]
+    headline = (
+        f"MoDA step {summary('moda step')}, with checkpointing {summary('moda step, checkpointing')}; "
+        f"{ratio_line}; export {export['items_per_s']:.1f} items/s"
+    )
+    notes = [
+        f"preset {preset} ({shape['params_b']} B parameters, {shape['dtype']}, {shape['weights_gib']} GiB), "
+        f"built on {_device_name(device)}; each run builds a fresh backbone",
+        f"train_adapter with AdaptConfig's defaults, {options.batch_size} items a step = "
+        f"{shape['tokens_per_step']} tokens ({shape['padded_tokens_per_step']} padded) + "
+        f"{shape['image_patches_per_step']} image patches, {GPU_ITEMS} synthetic items ({IMAGE_PX} px images); "
+        f"{options.warmup} warm-up + {options.repeats} timed steps, processor included",
+        "peak GiB of each run (model built, trained or exported): torch.cuda.max_memory_allocated on a GPU, "
+        "the process's resident high-water mark (VmHWM) on CPU, reset before each run",
+        f"export_embeddings of all {GPU_ITEMS} items (batch {options.batch_size}); embed text / image: "
+        "the same items per modality, adapter merged",
+    ]
     return Measurement(rows, values, headline, notes)
 
 
@@ -562,7 +691,8 @@ def _check_device(options: Options):
         raise Unavailable(
             "no CUDA device here. The gpu check builds the full 7B shape (8.29 B parameters, 15.4 GiB in "
             "bf16) and is meant for a GPU host; to try the script on CPU, run "
-            "`python -m sda_lib.bench gpu --preset small --device cpu`")
+            "`python -m sda_lib.bench gpu --preset small --device cpu`"
+        )
     return device
 
 
@@ -617,7 +747,7 @@ def _adaptation_run(preset: str, device, dataset, config, out: Path, warmup: int
     _sync(device)
     build_s = time.perf_counter() - start
     params = list(backbone.model.parameters())
-    fields, images = dataset.item_fields()[:config.batch_size], dataset.image_paths()[:config.batch_size]
+    fields, images = dataset.item_fields()[: config.batch_size], dataset.image_paths()[: config.batch_size]
     step = backbone.inputs(texts=fields, images=[load_image(p) for p in images])  # as train_adapter batches
     ends = []
 
@@ -633,14 +763,17 @@ def _adaptation_run(preset: str, device, dataset, config, out: Path, warmup: int
             raise
         run["out_of_memory"] = str(err).splitlines()[0]
     else:
-        run["samples_s"] = [round(b - a, 4) for a, b in zip(ends[warmup - 1:], ends[warmup:])]
+        run["samples_s"] = [round(b - a, 4) for a, b in zip(ends[warmup - 1 :], ends[warmup:])]
         run["median_s"] = statistics.median(run["samples_s"])
     run["peak_gib"] = _peak_gib(device) if windowed else None
-    shape = {"params_b": round(sum(p.numel() for p in params) / 1e9, 3),
-             "weights_gib": round(sum(p.numel() * p.element_size() for p in params) / 2**30, 2),
-             "dtype": str(backbone.dtype).removeprefix("torch."),
-             "tokens_per_step": int(step["attention_mask"].sum()), "padded_tokens_per_step": step["input_ids"].numel(),
-             "image_patches_per_step": int(step["pixel_values"].shape[0])}
+    shape = {
+        "params_b": round(sum(p.numel() for p in params) / 1e9, 3),
+        "weights_gib": round(sum(p.numel() * p.element_size() for p in params) / 2**30, 2),
+        "dtype": str(backbone.dtype).removeprefix("torch."),
+        "tokens_per_step": int(step["attention_mask"].sum()),
+        "padded_tokens_per_step": step["input_ids"].numel(),
+        "image_patches_per_step": int(step["pixel_values"].shape[0]),
+    }
     return run, shape
 
 
@@ -660,14 +793,20 @@ def _export_run(preset: str, device, dataset, adapter: Path, out: Path, batch_si
     _sync(device)
     seconds = time.perf_counter() - start
     n = dataset.n_items
-    record = {"items": n, "seconds": round(seconds, 2), "items_per_s": round(n / seconds, 2),
-              "peak_gib": _peak_gib(device) if windowed else None, "dims": table.manifest["dims"]}
+    record = {
+        "items": n,
+        "seconds": round(seconds, 2),
+        "items_per_s": round(n / seconds, 2),
+        "peak_gib": _peak_gib(device) if windowed else None,
+        "dims": table.manifest["dims"],
+    }
     fields, images = dataset.item_fields(), [load_image(p) for p in dataset.image_paths()]
     for m, label in ((TEXT, "text"), (IMAGE, "image")):
         with adapters.merged(backbone.model, m):
             start = time.perf_counter()
-            backbone.embed(fields, images if m == IMAGE else None, modality=label, batch_size=batch_size,
-                           progress=False)
+            backbone.embed(
+                fields, images if m == IMAGE else None, modality=label, batch_size=batch_size, progress=False
+            )
             _sync(device)
         record[f"{label}_items_per_s"] = round(n / (time.perf_counter() - start), 2)
     return record
@@ -712,8 +851,14 @@ def run_benchmark(name: str, **options) -> dict:
         found = BENCHMARKS[name](opts)
     except Unavailable as err:
         found = Measurement([], {"unavailable": str(err)}, f"unavailable: {err}")
-    record = {"benchmark": name, "headline": found.headline, **found.values, "threads": opts.threads,
-              "wall_seconds": round(time.perf_counter() - start, 2), "peak_rss_mb": round(peak_rss_mb(), 1)}
+    record = {
+        "benchmark": name,
+        "headline": found.headline,
+        **found.values,
+        "threads": opts.threads,
+        "wall_seconds": round(time.perf_counter() - start, 2),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
     print(f"\n== {name}: {about(name)}")
     if found.rows:
         print(format_table(found.rows))
@@ -754,43 +899,74 @@ def run_suite(options: Options) -> tuple[Path, dict]:
     results = {}
     for name in BENCHMARKS:
         try:
-            results[name] = in_fresh_process("sda_lib.bench:run_benchmark", dict(name=name, **asdict(options)),
-                                             options.threads)["result"]
+            results[name] = in_fresh_process(
+                "sda_lib.bench:run_benchmark", dict(name=name, **asdict(options)), options.threads
+            )["result"]
         except RuntimeError as err:
             results[name] = {"benchmark": name, "error": str(err)}
-    created = dt.datetime.now(dt.timezone.utc)
+    created = dt.datetime.now(dt.UTC)
     path = outputs_root() / "bench" / f"{created:%Y%m%d-%H%M%S}.json"
-    write_json(path, {"created": created.isoformat(timespec="seconds"), "machine": machine,
-                      "options": asdict(options), "results": results})
+    write_json(
+        path,
+        {
+            "created": created.isoformat(timespec="seconds"),
+            "machine": machine,
+            "options": asdict(options),
+            "results": results,
+        },
+    )
     print("\n== summary")
-    print(format_table([{"benchmark": name, "result": r.get("headline", "FAILED: " + r.get("error", "")),
-                         "peak RSS MiB": r.get("peak_rss_mb"), "wall s": r.get("wall_seconds")}
-                        for name, r in results.items()]))
-    print(f"machine: {machine['platform']}, {machine['cpu_count']} CPUs, torch {machine['torch']}, "
-          f"torch threads {options.threads}; written to {path}")
+    print(
+        format_table(
+            [
+                {
+                    "benchmark": name,
+                    "result": r.get("headline", "FAILED: " + r.get("error", "")),
+                    "peak RSS MiB": r.get("peak_rss_mb"),
+                    "wall s": r.get("wall_seconds"),
+                }
+                for name, r in results.items()
+            ]
+        )
+    )
+    print(
+        f"machine: {machine['platform']}, {machine['cpu_count']} CPUs, torch {machine['torch']}, "
+        f"torch threads {options.threads}; written to {path}"
+    )
     return path, results
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sda_lib.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("name", nargs="?", choices=list(BENCHMARKS), metavar="NAME",
-                        help=f"one of {', '.join(BENCHMARKS)}; "
-                             "none: run all and write outputs/bench/<timestamp>.json")
+    parser.add_argument(
+        "name",
+        nargs="?",
+        choices=list(BENCHMARKS),
+        metavar="NAME",
+        help=f"one of {', '.join(BENCHMARKS)}; none: run all and write outputs/bench/<timestamp>.json",
+    )
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     defaults = Options()
-    parser.add_argument("--preset", help="backbone: tiny, small, 7b-shaped[:layers], 7b, a hub id or a folder "
-                                         "(default: small for the ratios, tiny for export-memory, 7b-shaped for gpu)")
+    parser.add_argument(
+        "--preset",
+        help="backbone: tiny, small, 7b-shaped[:layers], 7b, a hub id or a folder "
+        "(default: small for the ratios, tiny for export-memory, 7b-shaped for gpu)",
+    )
     rounds = ", ".join(f"{k} {CPU_ROUNDS[k]}, gpu {GPU_ROUNDS[k]}" for k in ("repeats", "warmup", "batch_size"))
     parser.add_argument("--repeats", type=int, help="timed repetitions")
     parser.add_argument("--warmup", type=int, help="untimed repetitions first")
     parser.add_argument("--threads", type=int, default=defaults.threads, help="torch threads (default 1)")
-    parser.add_argument("--batch-size", type=int,
-                        help=f"items per timed batch (each gives a text row and an image row). Defaults: {rounds}")
-    parser.add_argument("--dataset", default=defaults.dataset,
-                        help="dataset of the data and recommender benchmarks")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        help=f"items per timed batch (each gives a text row and an image row). Defaults: {rounds}",
+    )
+    parser.add_argument("--dataset", default=defaults.dataset, help="dataset of the data and recommender benchmarks")
     parser.add_argument("--beauty", default=defaults.beauty, help="Amazon beauty source folder for data-prepare")
-    parser.add_argument("--device", help="gpu: cuda (default; refused without CUDA) or cpu, to try the script "
-                                         "here with a small --preset")
+    parser.add_argument(
+        "--device",
+        help="gpu: cuda (default; refused without CUDA) or cpu, to try the script here with a small --preset",
+    )
     args = parser.parse_args(argv)
     if args.list:
         for name in BENCHMARKS:

@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 FORMS = ("authors", "paper", "stable")
 PROJECTED_DIM = 768
 
@@ -88,16 +87,18 @@ def cmsa_loss(e_t: torch.Tensor, e_v: torch.Tensor, tau: float | torch.Tensor, f
     if form == "stable":
         log_teacher = F.log_softmax(teacher_logits.detach(), dim=1)
         log_columns = F.log_softmax(teacher_logits.detach(), dim=0).T
-        loss = (F.kl_div(log_text_rows, log_teacher, reduction="sum", log_target=True)
-                + F.kl_div(log_image_rows, log_columns, reduction="sum", log_target=True))
+        loss = F.kl_div(log_text_rows, log_teacher, reduction="sum", log_target=True) + F.kl_div(
+            log_image_rows, log_columns, reduction="sum", log_target=True
+        )
     else:
         teacher = torch.softmax(teacher_logits, dim=1)
         if form == "authors":
             loss = -((teacher * log_image_rows).sum() + (teacher.T * log_text_rows).sum())
         else:
             log_teacher = torch.log_softmax(teacher_logits, dim=1)
-            loss = ((teacher * (log_teacher - log_text_rows)).sum()
-                    + (teacher.T * (log_teacher.T - log_image_rows)).sum())
+            loss = (teacher * (log_teacher - log_text_rows)).sum() + (
+                teacher.T * (log_teacher.T - log_image_rows)
+            ).sum()
     loss = loss / (2 * e_t.shape[0])
     _check_finite(loss, tau, "CMSA")
     return loss

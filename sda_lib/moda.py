@@ -44,9 +44,7 @@ LANGUAGE_TARGETS = (
     r"(?:.*\.)?language_model\.layers\.\d+\."
     r"(?:self_attn\.(?:q_proj|k_proj|v_proj|o_proj)|mlp\.(?:gate_proj|up_proj|down_proj))"
 )
-VISION_TARGETS = (
-    r"(?:.*\.)?visual\.blocks\.\d+\.(?:attn\.(?:qkv|proj)|mlp\.(?:gate_proj|up_proj|down_proj))"
-)
+VISION_TARGETS = r"(?:.*\.)?visual\.blocks\.\d+\.(?:attn\.(?:qkv|proj)|mlp\.(?:gate_proj|up_proj|down_proj))"
 # Anything inside the vision tower only ever sees image patches.
 _VISION_TOWER = re.compile(r"(?:.*\.)?visual\..*")
 
@@ -80,8 +78,11 @@ class MoDAConfig:
     dropout_masks: str = "per-expert"
 
     def __post_init__(self):
-        for name, allowed in (("routing", ("soft", "hard")), ("init", ("normal", "kaiming")),
-                              ("dropout_masks", ("per-expert", "shared"))):
+        for name, allowed in (
+            ("routing", ("soft", "hard")),
+            ("init", ("normal", "kaiming")),
+            ("dropout_masks", ("per-expert", "shared")),
+        ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"MoDAConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("r", "num_experts", "modality_dim", "num_modalities"):
@@ -89,8 +90,7 @@ class MoDAConfig:
                 raise ValueError(f"MoDAConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.num_modalities <= IMAGE:
             raise ValueError(
-                f"MoDAConfig.num_modalities must be >= {IMAGE + 1} (0 = text, 1 = image), "
-                f"got {self.num_modalities}"
+                f"MoDAConfig.num_modalities must be >= {IMAGE + 1} (0 = text, 1 = image), got {self.num_modalities}"
             )
         if self.routing == "soft" and self.r % self.num_experts:
             raise ValueError(
@@ -227,8 +227,7 @@ class MoDALinear(nn.Module):
         of each adapted weight while merged, for inference only."""
         if self.merged_modality is not None:
             raise RuntimeError(
-                f"MoDA layer {self.name} is already merged for modality {self.merged_modality}; "
-                "call unmerge_moda first"
+                f"MoDA layer {self.name} is already merged for modality {self.merged_modality}; call unmerge_moda first"
             )
         modality = self.fixed_modality if self.fixed_modality is not None else modality
         weight = self.base.weight

@@ -36,7 +36,12 @@ def profile_parameters(profile: str, dataset: str) -> dict[str, dict]:
         "adapt": {**lvlm, "steps": steps, "gradient_checkpointing": True, "checkpoint_every": 500},
         "export": lvlm,
         "recommend": {"recsys_preset": "authors"},  # sda_lib.recsys.presets: their sizes, budget, features alone
-        "ablations": {**lvlm, "ablation_steps": steps, "gradient_checkpointing": True, "recsys_preset": "authors",
-                      "ablation_epochs": 200},
+        "ablations": {
+            **lvlm,
+            "ablation_steps": steps,
+            "gradient_checkpointing": True,
+            "recsys_preset": "authors",
+            "ablation_epochs": 200,
+        },
         "gradient_conflict": lvlm,
     }

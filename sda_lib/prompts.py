@@ -75,7 +75,9 @@ def item_prompts(style: str = "authors", dataset: str = "") -> Prompts:
 def _values(fields: dict[str, str]):
     for key, value in fields.items():
         if not isinstance(value, str):
-            raise TypeError(f"text field {key!r} is {type(value).__name__} ({value!r}), not str; pass only the "
-                            "item's text fields, with '' where a field is missing")
+            raise TypeError(
+                f"text field {key!r} is {type(value).__name__} ({value!r}), not str; pass only the "
+                "item's text fields, with '' where a field is missing"
+            )
         if value.strip():
             yield key, value.strip()

@@ -32,20 +32,26 @@ class Registry(Generic[T]):
     def register(self, name: str, obj: T | None = None) -> Callable[[T], T] | T:
         """`registry.register("name", obj)`, or `@registry.register("name")` above a class or function.
         Registering a name twice is refused unless it is the same object (a module imported again)."""
+
         def add(obj: T) -> T:
             known = self._entries.get(name)
             if known is not None and _qualname(known) != _qualname(obj):
-                raise ValueError(f"{self.what} {name!r} is already registered ({_qualname(known)}); "
-                                 f"choose another name for {_qualname(obj)}")
+                raise ValueError(
+                    f"{self.what} {name!r} is already registered ({_qualname(known)}); "
+                    f"choose another name for {_qualname(obj)}"
+                )
             self._entries[name] = obj
             return obj
+
         return add if obj is None else add(obj)
 
     def __getitem__(self, name: str) -> T:
         load_plugins()
         if name not in self._entries:
-            raise ValueError(f"unknown {self.what} {name!r}; registered: {', '.join(self._entries)} "
-                             f"(add one with sda_lib's registries, see the README's Extending section)")
+            raise ValueError(
+                f"unknown {self.what} {name!r}; registered: {', '.join(self._entries)} "
+                f"(add one with sda_lib's registries, see the README's Extending section)"
+            )
         return self._entries[name]
 
     def __contains__(self, name: object) -> bool:

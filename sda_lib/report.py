@@ -22,8 +22,18 @@ import pandas as pd
 from .io import atomic_path, read_json
 from .paths import REPO_ROOT
 
-PACKAGES = ("torch", "transformers", "peft", "accelerate", "numpy", "pandas", "scikit-learn", "umap-learn",
-            "plotly", "papermill")
+PACKAGES = (
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "numpy",
+    "pandas",
+    "scikit-learn",
+    "umap-learn",
+    "plotly",
+    "papermill",
+)
 
 
 def _slug(title: str) -> str:
@@ -84,12 +94,19 @@ def build_report(run_dir: str | Path, data_dir: str | Path | None = None) -> Pat
             body = df.to_html(float_format=lambda x: f"{x:.4g}", border=0, classes="t", na_rep="", index=False)
             notes = path.with_suffix(".notes.txt")
             if notes.exists():
-                body += "".join(f'<p class="note">{html.escape(line)}</p>'
-                                for line in notes.read_text().splitlines() if line.strip())
+                body += "".join(
+                    f'<p class="note">{html.escape(line)}</p>'
+                    for line in notes.read_text().splitlines()
+                    if line.strip()
+                )
         else:
             fig = pio.from_json(path.read_text())
-            body = fig.to_html(full_html=False, include_plotlyjs="inline" if first_figure else False,
-                               default_width="100%", default_height="420px")
+            body = fig.to_html(
+                full_html=False,
+                include_plotlyjs="inline" if first_figure else False,
+                default_width="100%",
+                default_height="420px",
+            )
             first_figure = False
         sections.append((title, body))
     sections.append(("Parameters", _params_table(stages)))
@@ -105,7 +122,8 @@ def build_report(run_dir: str | Path, data_dir: str | Path | None = None) -> Pat
         profile=", ".join(sorted(map(str, profiles))),
         fidelity=fidelity.as_uri() if fidelity.exists() else None,
         sections=[{"title": t, "body": b} for t, b in sections],
-        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    )
     out = run_dir / "report.html"
     with atomic_path(out) as tmp:
         tmp.write_text(page)
@@ -123,17 +141,26 @@ def report_numbers(path: str | Path) -> dict[str, int]:
         except ValueError:
             if c.lower() in ("nan", "inf", "-inf"):
                 numbers.append(float(c))
-    return {"tables": text.count("<table"), "figures": text.count('class="plotly-graph-div"'),
-            "numbers": len(numbers), "non_finite": int(sum(not np.isfinite(x) for x in numbers))}
+    return {
+        "tables": text.count("<table"),
+        "figures": text.count('class="plotly-graph-div"'),
+        "numbers": len(numbers),
+        "non_finite": int(sum(not np.isfinite(x) for x in numbers)),
+    }
 
 
 def _card_table(card: dict) -> str:
     rows = {
-        "users": card["users"], "items": card["items"], "interactions": card["interactions"],
-        "density": round(card["density"], 6), "mean sequence length": round(card["sequence_length"]["mean"], 2),
-        "tail items": card["tail_items"], "tail item share": round(card["tail_item_share"], 4),
+        "users": card["users"],
+        "items": card["items"],
+        "interactions": card["interactions"],
+        "density": round(card["density"], 6),
+        "mean sequence length": round(card["sequence_length"]["mean"], 2),
+        "tail items": card["tail_items"],
+        "tail item share": round(card["tail_item_share"], 4),
         "tail share of test targets": round(card["tail_test_share"], 4),
-        "items without image": card["missing_images"], "items without title": card["missing_titles"],
+        "items without image": card["missing_images"],
+        "items without title": card["missing_titles"],
         "negatives per user": card["params"]["n_negatives_used"],
     }
     shown = {k: f"{v:,}" if isinstance(v, int) else f"{v:.4f}" for k, v in rows.items()}
@@ -141,8 +168,10 @@ def _card_table(card: dict) -> str:
 
 
 def _params_table(stages: dict) -> str:
-    rows = [{"stage": s, "seconds": v.get("seconds"), **{k: str(x) for k, x in v["params"].items() if k != "out_dir"}}
-            for s, v in stages.items()]
+    rows = [
+        {"stage": s, "seconds": v.get("seconds"), **{k: str(x) for k, x in v["params"].items() if k != "out_dir"}}
+        for s, v in stages.items()
+    ]
     if not rows:
         return "<p>no stage record</p>"
     return pd.DataFrame(rows).set_index("stage").fillna("").to_html(border=0, classes="t")

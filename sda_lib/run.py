@@ -38,9 +38,9 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from .io import write_json
 from .paths import REPO_ROOT, data_dir, run_dir
@@ -81,25 +81,46 @@ def _export_folders(p: dict) -> list[str]:
 
 STAGES: dict[str, Stage] = {
     "data": Stage("01_data.ipynb", outputs=lambda p: [data_dir(p["dataset"]) / "card.json"]),
-    "zero_shot": Stage("02_zero_shot.ipynb", reads=("data",),
-                       outputs=lambda p: ["embeddings/zero-shot/manifest.json"],
-                       resumes_from=lambda p: ["embeddings/zero-shot", "embeddings/zero-shot.parts"]),
-    "adapt": Stage("03_adapt.ipynb", reads=("data",),
-                   outputs=lambda p: [f"adapters/{p['adapter_name']}/adapt.json"],
-                   resumes_from=lambda p: [f"adapters/{p['adapter_name']}"]),
-    "export": Stage("04_export.ipynb", reads=("data", "zero_shot", "adapt"),
-                    outputs=_export_outputs, resumes_from=_export_folders),
-    "recommend": Stage("05_recommend.ipynb", reads=("data", "zero_shot", "export"),
-                       outputs=lambda p: ["recsys/results.parquet"], resumes_from=lambda p: ["recsys"],
-                       grows=("models", "features", "seeds", "protocol", "reference")),
-    "ablations": Stage("06_ablations.ipynb", reads=("data",),
-                       outputs=lambda p: ["ablations/recsys/results.parquet"], resumes_from=lambda p: ["ablations"],
-                       grows=("variants", "seeds", "model", "protocol")),
-    "gradient_conflict": Stage("07_gradient_conflict.ipynb", reads=("data", "adapt"),
-                               outputs=lambda p: ["tables/07-gradient-conflict-summary.csv"],
-                               resumes_from=lambda p: ["analysis/gradient-conflict"]),
-    "alignment": Stage("08_alignment.ipynb", reads=("data", "zero_shot", "adapt", "export"),
-                       outputs=lambda p: ["tables/08-alignment-zero-shot-vs-adapted.csv"]),
+    "zero_shot": Stage(
+        "02_zero_shot.ipynb",
+        reads=("data",),
+        outputs=lambda p: ["embeddings/zero-shot/manifest.json"],
+        resumes_from=lambda p: ["embeddings/zero-shot", "embeddings/zero-shot.parts"],
+    ),
+    "adapt": Stage(
+        "03_adapt.ipynb",
+        reads=("data",),
+        outputs=lambda p: [f"adapters/{p['adapter_name']}/adapt.json"],
+        resumes_from=lambda p: [f"adapters/{p['adapter_name']}"],
+    ),
+    "export": Stage(
+        "04_export.ipynb", reads=("data", "zero_shot", "adapt"), outputs=_export_outputs, resumes_from=_export_folders
+    ),
+    "recommend": Stage(
+        "05_recommend.ipynb",
+        reads=("data", "zero_shot", "export"),
+        outputs=lambda p: ["recsys/results.parquet"],
+        resumes_from=lambda p: ["recsys"],
+        grows=("models", "features", "seeds", "protocol", "reference"),
+    ),
+    "ablations": Stage(
+        "06_ablations.ipynb",
+        reads=("data",),
+        outputs=lambda p: ["ablations/recsys/results.parquet"],
+        resumes_from=lambda p: ["ablations"],
+        grows=("variants", "seeds", "model", "protocol"),
+    ),
+    "gradient_conflict": Stage(
+        "07_gradient_conflict.ipynb",
+        reads=("data", "adapt"),
+        outputs=lambda p: ["tables/07-gradient-conflict-summary.csv"],
+        resumes_from=lambda p: ["analysis/gradient-conflict"],
+    ),
+    "alignment": Stage(
+        "08_alignment.ipynb",
+        reads=("data", "zero_shot", "adapt", "export"),
+        outputs=lambda p: ["tables/08-alignment-zero-shot-vs-adapted.csv"],
+    ),
 }
 
 
@@ -132,8 +153,9 @@ def notebook_parameters(stage: str) -> dict[str, object]:
     return defaults
 
 
-def stage_parameters(params: dict, stages: list[str] | None = None,
-                     declared: dict[str, dict] | None = None) -> dict[str, dict]:
+def stage_parameters(
+    params: dict, stages: list[str] | None = None, declared: dict[str, dict] | None = None
+) -> dict[str, dict]:
     """{stage: the parameters it gets} for every stage of STAGES, from `-p` values keyed `key` or
     `stage.key`. Raises ParameterError for reserved names, unknown stages or keys, keys only
     stages outside `stages` (default all) declare, and values unlike the notebook's default."""
@@ -153,8 +175,9 @@ def stage_parameters(params: dict, stages: list[str] | None = None,
             if scope not in stages:
                 raise ParameterError(f"-p {name}: stage {scope!r} is not run here (stages: {', '.join(stages)})")
             if key not in declared[scope]:
-                raise ParameterError(f"-p {name}: stage {scope!r} has no parameter {key!r}; its parameters: "
-                                     f"{_names(declared[scope])}")
+                raise ParameterError(
+                    f"-p {name}: stage {scope!r} has no parameter {key!r}; its parameters: {_names(declared[scope])}"
+                )
             targets = [scope]
         else:
             targets = [s for s in STAGES if key in declared[s]]
@@ -166,13 +189,15 @@ def stage_parameters(params: dict, stages: list[str] | None = None,
             given[stage][key] = value
     if unknown:
         listing = "\n".join(f"  {s}: {_names(declared[s])}" for s in stages)
-        raise ParameterError(f"parameter(s) {', '.join(unknown)} are declared by none of the stages run; "
-                             f"their parameters:\n{listing}")
+        raise ParameterError(
+            f"parameter(s) {', '.join(unknown)} are declared by none of the stages run; their parameters:\n{listing}"
+        )
     return given
 
 
-def profiled_parameters(dataset: str, params: dict, stages: list[str],
-                        declared: dict[str, dict]) -> tuple[str, dict[str, dict]]:
+def profiled_parameters(
+    dataset: str, params: dict, stages: list[str], declared: dict[str, dict]
+) -> tuple[str, dict[str, dict]]:
     """(profile, {stage: parameters}): the command line's `-p` values (see stage_parameters), then
     the profile's values for whatever they leave open. `-p profile=...` names the profile; the
     default depends on the dataset (sda_lib.profiles)."""
@@ -202,8 +227,10 @@ def _check_type(name: str, value, stage: str, default) -> None:
         ok = True
     if not ok:
         hint = f" (quote a string: -p {name}=\"'{value}'\")" if expected is str else ""
-        raise ParameterError(f"-p {name}={value!r}: stage {stage!r} expects {expected.__name__} for {name.split('.')[-1]} "
-                             f"(default {default!r}), got {type(value).__name__}{hint}")
+        raise ParameterError(
+            f"-p {name}={value!r}: stage {stage!r} expects {expected.__name__} for {name.split('.')[-1]} "
+            f"(default {default!r}), got {type(value).__name__}{hint}"
+        )
 
 
 def library_version() -> str:
@@ -245,8 +272,16 @@ def _kernel_manager(env: dict[str, str]):
     return KernelManager
 
 
-def run_stages(dataset: str, stages: list[str] | None = None, out: Path | None = None, run: str = "default",
-               params: dict | None = None, force: bool = False, progress: bool = True, threads: int = 1) -> Path:
+def run_stages(
+    dataset: str,
+    stages: list[str] | None = None,
+    out: Path | None = None,
+    run: str = "default",
+    params: dict | None = None,
+    force: bool = False,
+    progress: bool = True,
+    threads: int = 1,
+) -> Path:
     """Run `stages` (default: all, in STAGES order) for `dataset` and return the run folder.
     Stages that are current are skipped (see the module docstring); `force` reruns them anyway.
     Each notebook kernel runs with `threads` torch/OpenMP threads (the offline presets run fastest
@@ -272,14 +307,23 @@ def run_stages(dataset: str, stages: list[str] | None = None, out: Path | None =
         spec = STAGES[stage]
         notebook = NOTEBOOKS / spec.notebook
         stage_params = {"dataset": dataset, "out_dir": str(out), **given[stage]}
-        inputs = _digest(hashlib.sha256(notebook.read_bytes()).hexdigest(), library,
-                         {s: _fingerprints(out, s, full[s]) for s in spec.reads})
+        inputs = _digest(
+            hashlib.sha256(notebook.read_bytes()).hexdigest(),
+            library,
+            {s: _fingerprints(out, s, full[s]) for s in spec.reads},
+        )
         key = _digest(inputs, stage_params)
         executed = out / notebook.name
         before = record.get(stage)
         outputs = _fingerprints(out, stage, full[stage])
-        if (not force and before and before["key"] == key and before.get("outputs") == outputs
-                and all(outputs.values()) and executed.exists()):
+        if (
+            not force
+            and before
+            and before["key"] == key
+            and before.get("outputs") == outputs
+            and all(outputs.values())
+            and executed.exists()
+        ):
             log.info(f"[{i}/{len(stages)}] {stage}: up to date, skipped ({executed})")
             continue
         if before and _changed(before, inputs, stage_params, spec.grows):
@@ -293,8 +337,15 @@ def run_stages(dataset: str, stages: list[str] | None = None, out: Path | None =
         log.info(f"[{i}/{len(stages)}] {stage}: running {notebook.relative_to(REPO_ROOT)}")
         start = time.perf_counter()
         try:
-            pm.execute_notebook(str(notebook), str(executed), parameters=stage_params, cwd=str(NOTEBOOKS),
-                                progress_bar=progress, kernel_name="python3", kernel_manager_class=kernels)
+            pm.execute_notebook(
+                str(notebook),
+                str(executed),
+                parameters=stage_params,
+                cwd=str(NOTEBOOKS),
+                progress_bar=progress,
+                kernel_name="python3",
+                kernel_manager_class=kernels,
+            )
         except pm.PapermillExecutionError as err:
             first_line = next((ln for ln in err.source.splitlines() if ln.strip()), "")
             raise StageFailed(
@@ -303,9 +354,15 @@ def run_stages(dataset: str, stages: list[str] | None = None, out: Path | None =
                 f"  the executed copy with the full traceback: {executed}"
             ) from None
         seconds = time.perf_counter() - start
-        record[stage] = {"key": key, "inputs": inputs, "params": stage_params, "profile": profile,
-                         "outputs": _fingerprints(out, stage, full[stage]), "seconds": round(seconds, 1),
-                         "completed": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+        record[stage] = {
+            "key": key,
+            "inputs": inputs,
+            "params": stage_params,
+            "profile": profile,
+            "outputs": _fingerprints(out, stage, full[stage]),
+            "seconds": round(seconds, 1),
+            "completed": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
         write_json(record_path, record)
         log.info(f"[{i}/{len(stages)}] {stage}: done in {seconds:.1f} s")
     report = build_report(out)
@@ -316,6 +373,7 @@ def run_stages(dataset: str, stages: list[str] | None = None, out: Path | None =
 def _changed(before: dict, inputs: str, params: dict, grows: tuple[str, ...]) -> bool:
     """Whether what the stage computed last time is stale: other inputs, or other parameters
     beyond those that only add settings."""
+
     def kept(p):
         return json.loads(json.dumps({k: v for k, v in p.items() if k not in grows}, default=str))
 
@@ -335,25 +393,40 @@ def parse_param(text: str) -> tuple[str, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sda_lib.run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m sda_lib.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--dataset", default="toy")
-    parser.add_argument("--stages", type=lambda s: [x for x in s.split(",") if x],
-                        help=f"comma-separated subset of: {', '.join(STAGES)}")
+    parser.add_argument(
+        "--stages",
+        type=lambda s: [x for x in s.split(",") if x],
+        help=f"comma-separated subset of: {', '.join(STAGES)}",
+    )
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--run", default="default", help="run name: outputs/<dataset>/<run>")
     where.add_argument("--out", type=Path, help="run folder (instead of outputs/<dataset>/<run>)")
-    parser.add_argument("-p", dest="params", action="append", type=parse_param, default=[],
-                        metavar="[STAGE.]KEY=VALUE",
-                        help="notebook parameter, passed to every stage declaring it (or to STAGE only)")
+    parser.add_argument(
+        "-p",
+        dest="params",
+        action="append",
+        type=parse_param,
+        default=[],
+        metavar="[STAGE.]KEY=VALUE",
+        help="notebook parameter, passed to every stage declaring it (or to STAGE only)",
+    )
     parser.add_argument("--force", action="store_true", help="rerun stages even if up to date")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch/OpenMP threads in each notebook kernel (default 1: the small presets "
-                             "run fastest on one, and a shared machine does not thrash)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch/OpenMP threads in each notebook kernel (default 1: the small presets "
+        "run fastest on one, and a shared machine does not thrash)",
+    )
     args = parser.parse_args(argv)
     try:
-        out = run_stages(args.dataset, args.stages, args.out, args.run, dict(args.params), args.force,
-                         threads=args.threads)
+        out = run_stages(
+            args.dataset, args.stages, args.out, args.run, dict(args.params), args.force, threads=args.threads
+        )
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -31,8 +31,10 @@ def shaped():
     """Built once; the last test exports with it, which attaches that test's adapter."""
     start = time.perf_counter()
     backbone = load_backbone("7b-shaped", layers=LAYERS, device="cpu")
-    print(f"\n7b-shaped:{LAYERS} built in {time.perf_counter() - start:.1f} s; "
-          f"process RSS peak {bench.peak_rss_mb() / 2**10:.2f} GiB")
+    print(
+        f"\n7b-shaped:{LAYERS} built in {time.perf_counter() - start:.1f} s; "
+        f"process RSS peak {bench.peak_rss_mb() / 2**10:.2f} GiB"
+    )
     return backbone
 
 
@@ -54,9 +56,12 @@ def test_layout_is_the_7b_with_fewer_layers(shaped):
     assert lm.embed_tokens.weight.data_ptr() != model.lm_head.weight.data_ptr()  # untied, as in the 7B
     attention, mlp = lm.layers[0].self_attn, lm.layers[0].mlp
     assert attention.head_dim == HEAD_DIM and HEADS * HEAD_DIM == HIDDEN
-    assert (attention.q_proj.weight.shape, attention.k_proj.weight.shape, attention.v_proj.weight.shape,
-            attention.o_proj.weight.shape) == ((HIDDEN, HIDDEN), (KV_HEADS * HEAD_DIM, HIDDEN),
-                                               (KV_HEADS * HEAD_DIM, HIDDEN), (HIDDEN, HIDDEN))
+    assert (
+        attention.q_proj.weight.shape,
+        attention.k_proj.weight.shape,
+        attention.v_proj.weight.shape,
+        attention.o_proj.weight.shape,
+    ) == ((HIDDEN, HIDDEN), (KV_HEADS * HEAD_DIM, HIDDEN), (KV_HEADS * HEAD_DIM, HIDDEN), (HIDDEN, HIDDEN))
     assert mlp.up_proj.weight.shape == mlp.gate_proj.weight.shape == (INTERMEDIATE, HIDDEN)
     assert visual.blocks[0].attn.qkv.weight.shape == (3 * VISION_HIDDEN, VISION_HIDDEN)
     # The full 7B less 26 decoder layers and 30 vision blocks: the widths are all the 7B's.
@@ -98,8 +103,9 @@ def test_one_adaptation_step_then_a_16_item_export(shaped, toy_tiny, tmp_path):
 
     bench.reset_peak_rss()
     before, cpu = bench.peak_rss_mb() / 2**10, time.process_time()
-    record = train_adapter(trained, items, AdaptConfig(steps=1, batch_size=4, **precision), tmp_path / "adapt",
-                           progress=False)
+    record = train_adapter(
+        trained, items, AdaptConfig(steps=1, batch_size=4, **precision), tmp_path / "adapt", progress=False
+    )
     step_peak, step_cpu = bench.peak_rss_mb() / 2**10, time.process_time() - cpu
     assert np.isfinite(record["final_loss"])
     assert 0 < record["trainable_parameters"] < 1e-3 * record["total_parameters"]
@@ -108,14 +114,23 @@ def test_one_adaptation_step_then_a_16_item_export(shaped, toy_tiny, tmp_path):
 
     bench.reset_peak_rss()
     start = time.perf_counter()
-    table = export_embeddings(shaped, items, tmp_path / "features", adapter=tmp_path / "adapt" / "adapter",
-                              batch_size=8, chunk=16, progress=False)
+    table = export_embeddings(
+        shaped,
+        items,
+        tmp_path / "features",
+        adapter=tmp_path / "adapt" / "adapter",
+        batch_size=8,
+        chunk=16,
+        progress=False,
+    )
     export_s = time.perf_counter() - start
     export_peak = bench.peak_rss_mb() / 2**10
-    print(f"\n7b-shaped:{LAYERS} bf16 on CPU ({torch.get_num_threads()} thread(s)), weights {weights_gib:.2f} GiB: "
-          f"adaptation step of 4 items {record['seconds']:.1f} s ({step_cpu:.1f} s of CPU for all of "
-          f"train_adapter), RSS {before:.2f} GiB before it, peak "
-          f"{step_peak:.2f} GiB; export of 16 items {export_s:.1f} s, peak {export_peak:.2f} GiB")
+    print(
+        f"\n7b-shaped:{LAYERS} bf16 on CPU ({torch.get_num_threads()} thread(s)), weights {weights_gib:.2f} GiB: "
+        f"adaptation step of 4 items {record['seconds']:.1f} s ({step_cpu:.1f} s of CPU for all of "
+        f"train_adapter), RSS {before:.2f} GiB before it, peak "
+        f"{step_peak:.2f} GiB; export of 16 items {export_s:.1f} s, peak {export_peak:.2f} GiB"
+    )
 
     assert table.text.shape == table.image.shape == (16, HIDDEN) and table.text.dtype == np.float32
     assert np.isfinite(table.text).all() and np.isfinite(table.image).all()

@@ -13,15 +13,33 @@ def tidy(values: dict[str, tuple[float, float]], seed=0) -> pd.DataFrame:
     for variant, (hr, ndcg) in values.items():
         for subset, scale in (("overall", 1.0), ("tail", 0.5)):
             for metric, value in (("HR@10", hr), ("NDCG@10", ndcg)):
-                rows.append({"dataset": "toy", "model": "sasrec", "features": variant, "item_repr": "features",
-                             "seed": seed, "protocol": "sampled", "subset": subset, "metric": metric,
-                             "value": value * scale, "users": 10})
+                rows.append(
+                    {
+                        "dataset": "toy",
+                        "model": "sasrec",
+                        "features": variant,
+                        "item_repr": "features",
+                        "seed": seed,
+                        "protocol": "sampled",
+                        "subset": subset,
+                        "metric": metric,
+                        "value": value * scale,
+                        "users": 10,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
 def test_table2_rows_and_delta_by_hand():
-    results = tidy({FULL: (0.50, 0.30), "w/o MoDA": (0.45, 0.24), "2 experts": (0.55, 0.30),
-                    ID_ONLY: (0.40, 0.21), "w/o CMSA": (0.48, 0.27)})
+    results = tidy(
+        {
+            FULL: (0.50, 0.30),
+            "w/o MoDA": (0.45, 0.24),
+            "2 experts": (0.55, 0.30),
+            ID_ONLY: (0.40, 0.21),
+            "w/o CMSA": (0.48, 0.27),
+        }
+    )
     table = table2(results)
     assert list(table.index) == [FULL, "w/o CMSA", "w/o MoDA", ID_ONLY, "further variants", "2 experts"]
     # Δ = mean of (0.45 / 0.50 - 1, 0.24 / 0.30 - 1) = mean(-0.10, -0.20)
@@ -34,8 +52,12 @@ def test_table2_rows_and_delta_by_hand():
 
 
 def test_table2_spread_over_seeds():
-    results = pd.concat([tidy({FULL: (0.50, 0.30), "w/o MoDA": (0.40, 0.20)}, seed=0),
-                         tidy({FULL: (0.60, 0.30), "w/o MoDA": (0.40, 0.20)}, seed=1)])
+    results = pd.concat(
+        [
+            tidy({FULL: (0.50, 0.30), "w/o MoDA": (0.40, 0.20)}, seed=0),
+            tidy({FULL: (0.60, 0.30), "w/o MoDA": (0.40, 0.20)}, seed=1),
+        ]
+    )
     table = table2(results)
     assert table.loc[FULL, ("overall", "H@10")] == pytest.approx(0.55)
     assert table.loc[FULL, ("overall", "H@10 std")] == pytest.approx(np.std([0.5, 0.6], ddof=1))

@@ -146,10 +146,12 @@ def test_gradient_checkpointing_gives_the_same_step(toy_tiny, tmp_path, kind):
     records = {}
     try:
         for checkpointing in (False, True):
-            config = AdaptConfig(**{**FAST, "steps": 2, "adapter": kind, "dropout": 0.0,
-                                    "gradient_checkpointing": checkpointing})
-            records[checkpointing] = train_adapter(load_backbone("tiny"), toy_tiny, config,
-                                                   tmp_path / str(checkpointing), progress=False)
+            config = AdaptConfig(
+                **{**FAST, "steps": 2, "adapter": kind, "dropout": 0.0, "gradient_checkpointing": checkpointing}
+            )
+            records[checkpointing] = train_adapter(
+                load_backbone("tiny"), toy_tiny, config, tmp_path / str(checkpointing), progress=False
+            )
     finally:
         handle.remove()
     assert records[True]["final_loss"] == pytest.approx(records[False]["final_loss"], rel=1e-6)
@@ -179,6 +181,11 @@ def test_dataset_not_prepared(outputs):
 
 @pytest.mark.parametrize("kind,loss", [("lora", "infonce"), ("independent", "text-views")])
 def test_variants_train(toy_tiny, tmp_path, kind, loss):
-    record = train_adapter(load_backbone("tiny"), toy_tiny, AdaptConfig(**{**FAST, "adapter": kind, "loss": loss}),
-                           tmp_path, progress=False)
+    record = train_adapter(
+        load_backbone("tiny"),
+        toy_tiny,
+        AdaptConfig(**{**FAST, "adapter": kind, "loss": loss}),
+        tmp_path,
+        progress=False,
+    )
     assert np.isfinite(record["final_loss"]) and (tmp_path / "adapter").is_dir()

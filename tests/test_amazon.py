@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import functools
 import gzip
-from collections import Counter
 import http.server
 import io
 import json
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -31,14 +31,29 @@ REVIEWS = [  # file order is not time order; ties (u1 at 300) must keep file ord
 ]
 LONG_DESCRIPTION = "word " * 300
 META = [  # Python literals, as the authors distribute them: single quotes, asin not always first
-    {"asin": "A1", "title": "Tom &amp; Jerry", "price": 12.5, "imUrl": "{server}/good.jpg",
-     "categories": [["Beauty", "Makeup", "Nails"], ["Beauty", "Tools"]], "brand": "OPI",
-     "description": LONG_DESCRIPTION, "related": {"also_bought": ["A2", "ZZ"]}},
+    {
+        "asin": "A1",
+        "title": "Tom &amp; Jerry",
+        "price": 12.5,
+        "imUrl": "{server}/good.jpg",
+        "categories": [["Beauty", "Makeup", "Nails"], ["Beauty", "Tools"]],
+        "brand": "OPI",
+        "description": LONG_DESCRIPTION,
+        "related": {"also_bought": ["A2", "ZZ"]},
+    },
     {"asin": "UNREVIEWED", "title": "never reviewed", "categories": [["Beauty"]]},
-    {"categories": [["Beauty", "Skin Care"]], "asin": "A2", "imUrl": "{server}/not-an-image.jpg",
-     "description": "Gentle\n  cleanser"},
-    {"asin": "B3", "title": "Brush set", "categories": [["Beauty", "Tools & Accessories"]],
-     "imUrl": "{server}/missing.jpg"},
+    {
+        "categories": [["Beauty", "Skin Care"]],
+        "asin": "A2",
+        "imUrl": "{server}/not-an-image.jpg",
+        "description": "Gentle\n  cleanser",
+    },
+    {
+        "asin": "B3",
+        "title": "Brush set",
+        "categories": [["Beauty", "Tools & Accessories"]],
+        "imUrl": "{server}/missing.jpg",
+    },
 ]
 
 
@@ -71,6 +86,7 @@ def jpeg_bytes() -> bytes:
 
 # ---- raw form ------------------------------------------------------------------------------------
 
+
 def test_raw_form_items_interactions_and_counts(tmp_path):
     catalogue = load_amazon("beauty", write_raw(tmp_path / "raw"))
 
@@ -87,8 +103,13 @@ def test_raw_form_items_interactions_and_counts(tmp_path):
     assert LONG_DESCRIPTION.startswith(description[:-1])
     assert items.loc["A1", "image_url"] == "http://127.0.0.1:9/good.jpg"
     assert items.loc["A2"].to_dict() == {
-        "title": "", "categories": "Beauty > Skin Care", "brand": "", "description": "Gentle cleanser",
-        "price": "", "image_url": "http://127.0.0.1:9/not-an-image.jpg", "image_path": None,
+        "title": "",
+        "categories": "Beauty > Skin Care",
+        "brand": "",
+        "description": "Gentle cleanser",
+        "price": "",
+        "image_url": "http://127.0.0.1:9/not-an-image.jpg",
+        "image_path": None,
     }
     assert items.loc["B3", "categories"] == "Beauty > Tools & Accessories"
 
@@ -129,12 +150,21 @@ def test_file_that_is_not_gzip(tmp_path):
 @pytest.mark.parametrize(
     ("file", "lines", "message"),
     [
-        ("reviews_Beauty_5.json.gz", [json.dumps(REVIEWS[0]), '{"reviewerID": "u2", "asin"'],
-         r"reviews_Beauty_5\.json\.gz:2: line is not a JSON object: '\{\"reviewerID\": \"u2\", \"asin\"'"),
-        ("reviews_Beauty_5.json.gz", [json.dumps(REVIEWS[0]), "", json.dumps({"reviewerID": "u2", "asin": "A1"})],
-         r"reviews_Beauty_5\.json\.gz:3: line has no 'unixReviewTime' key"),
-        ("meta_Beauty.json.gz", [repr(m) for m in META[:2]] + ["{'asin': 'A2', 'title': 'unterminated}"],
-         r"meta_Beauty\.json\.gz:3: line is not a Python dict literal"),
+        (
+            "reviews_Beauty_5.json.gz",
+            [json.dumps(REVIEWS[0]), '{"reviewerID": "u2", "asin"'],
+            r"reviews_Beauty_5\.json\.gz:2: line is not a JSON object: '\{\"reviewerID\": \"u2\", \"asin\"'",
+        ),
+        (
+            "reviews_Beauty_5.json.gz",
+            [json.dumps(REVIEWS[0]), "", json.dumps({"reviewerID": "u2", "asin": "A1"})],
+            r"reviews_Beauty_5\.json\.gz:3: line has no 'unixReviewTime' key",
+        ),
+        (
+            "meta_Beauty.json.gz",
+            [repr(m) for m in META[:2]] + ["{'asin': 'A2', 'title': 'unterminated}"],
+            r"meta_Beauty\.json\.gz:3: line is not a Python dict literal",
+        ),
         ("meta_Beauty.json.gz", ["{'title': 'no asin'}"], r"meta_Beauty\.json\.gz:1: line has no 'asin' key"),
         ("meta_Beauty.json.gz", ["__import__('os').system('false')"], r"meta_Beauty\.json\.gz:1: line is not"),
         ("reviews_Beauty_5.json.gz", [], r"reviews_Beauty_5\.json\.gz: file is empty"),
@@ -159,12 +189,19 @@ def test_no_data_lists_the_files_looked_for(tmp_path):
         load_amazon("toys", tmp_path)
     message = str(error.value)
     assert str(tmp_path) in message
-    for name in ("reviews_Toys_and_Games_5.json.gz", "meta_Toys_and_Games.json.gz", "Toys_and_Games.txt",
-                 "items.jsonl", "jmcauley.ucsd.edu", "CIKM2020-S3Rec"):
+    for name in (
+        "reviews_Toys_and_Games_5.json.gz",
+        "meta_Toys_and_Games.json.gz",
+        "Toys_and_Games.txt",
+        "items.jsonl",
+        "jmcauley.ucsd.edu",
+        "CIKM2020-S3Rec",
+    ):
         assert name in message
 
 
 # ---- images ----------------------------------------------------------------------------------------
+
 
 def test_find_images_checks_every_file(tmp_path):
     write_png(tmp_path / "good.PNG")
@@ -176,8 +213,12 @@ def test_find_images_checks_every_file(tmp_path):
 
     paths, counts = find_images(["good", "text", "cut", "both", "absent", "other"], tmp_path)
     assert paths == {
-        "good": str(tmp_path / "good.PNG"), "text": None, "cut": None,
-        "both": str(tmp_path / "both.png"), "absent": None, "other": None,
+        "good": str(tmp_path / "good.PNG"),
+        "text": None,
+        "cut": None,
+        "both": str(tmp_path / "both.png"),
+        "absent": None,
+        "other": None,
     }
     assert counts == {"missing_images": 4, "corrupt_images": 3, "extreme_aspect_images": 0}
     assert "does not decode" in usable_image(tmp_path / "cut.jpg")
@@ -197,8 +238,10 @@ def test_raw_form_with_image_folder(tmp_path):
     assert catalogue.counts["corrupt_images"] == 1
 
 
-@pytest.mark.parametrize(("size", "usable"), [((1, 200), True), ((200, 1), True), ((1, 201), False),
-                                             ((3000, 1), False), ((14, 2801), False), ((1, 1), True)])
+@pytest.mark.parametrize(
+    ("size", "usable"),
+    [((1, 200), True), ((200, 1), True), ((1, 201), False), ((3000, 1), False), ((14, 2801), False), ((1, 1), True)],
+)
 def test_images_too_elongated_for_qwen_are_unusable(tmp_path, size, usable):
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
@@ -276,12 +319,19 @@ def test_raw_form_downloads_image_urls(tmp_path, image_server):
     paths = dict(zip(catalogue.items["item_id"], catalogue.items["image_path"]))
     assert paths == {"A1": str(cache / "A1.jpg"), "B3": None, "A2": None}
     assert catalogue.counts == {
-        "html_unescaped_titles": 1, "missing_titles": 1, "downloaded": 1, "already_present": 0,
-        "download_failures": 2, "missing_images": 2, "corrupt_images": 0, "extreme_aspect_images": 0,
+        "html_unescaped_titles": 1,
+        "missing_titles": 1,
+        "downloaded": 1,
+        "already_present": 0,
+        "download_failures": 2,
+        "missing_images": 2,
+        "corrupt_images": 0,
+        "extreme_aspect_images": 0,
     }
 
 
 # ---- preprocessed form ---------------------------------------------------------------------------
+
 
 def write_preprocessed(folder: Path, sequences: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
@@ -327,8 +377,11 @@ def test_preprocessed_images_by_asin(tmp_path):
 
 def test_preprocessed_unknown_item_names_line_and_item(tmp_path):
     folder = write_preprocessed(tmp_path, "1 1 2\n2 4 9 1\n")
-    with pytest.raises(DataError, match=r"Beauty\.txt:2: item '9' is not in .*items\.jsonl: the two files do not "
-                                        r"belong together"):
+    with pytest.raises(
+        DataError,
+        match=r"Beauty\.txt:2: item '9' is not in .*items\.jsonl: the two files do not "
+        r"belong together",
+    ):
         load_amazon("beauty", folder)
 
 
@@ -346,24 +399,64 @@ def test_preprocessed_user_without_items(tmp_path):
 # ---- the authors' recipe (recipe="sda") ------------------------------------------------------------
 
 SDA_REVIEWS = [  # (user, item, time) in file order; what each user and item is for: test_sda_recipe_by_hand
-    ("zed", "X", 100), ("bob", "A", 5), ("amy", "A", 1), ("zed", "B", 20), ("zed", "A", 10),
-    ("amy", "B", 2), ("bob", "B", 6), ("zed", "D", 30), ("zed", "C", 30), ("amy", "C", 3),
-    ("amy", "C", 9), ("bob", "C", 7), ("zed", "E", 50), ("amy", "D", 4), ("bob", "D", 8),
-    ("bob", "E", 9), ("bob", "F", 10), ("cat", "F", 1), ("cat", "A", 2), ("cat", "B", 3),
-    ("cat", "X", 4), ("dan", "A", 1), ("dan", "G", 2), ("dan", "B", 3), ("dan", "C", 4),
-    ("dan", "E", 5), ("dan", "F", 6), ("eve", "G", 1), ("eve", "D", 2), ("eve", "E", 3),
-    ("eve", "F", 4), ("eve", "B", 5), ("fay", "X", 1), ("fay", "X", 2), ("fay", "D", 3),
-    ("fay", "E", 4), ("fay", "F", 5), ("fay", "G", 6), ("zed", "G", 60), ("bob", "G", 11),
-    ("gus", "H", 1), ("zed", "H", 70), ("hal", "H", 2), ("dan", "H", 7), ("ivy", "H", 3),
+    ("zed", "X", 100),
+    ("bob", "A", 5),
+    ("amy", "A", 1),
+    ("zed", "B", 20),
+    ("zed", "A", 10),
+    ("amy", "B", 2),
+    ("bob", "B", 6),
+    ("zed", "D", 30),
+    ("zed", "C", 30),
+    ("amy", "C", 3),
+    ("amy", "C", 9),
+    ("bob", "C", 7),
+    ("zed", "E", 50),
+    ("amy", "D", 4),
+    ("bob", "D", 8),
+    ("bob", "E", 9),
+    ("bob", "F", 10),
+    ("cat", "F", 1),
+    ("cat", "A", 2),
+    ("cat", "B", 3),
+    ("cat", "X", 4),
+    ("dan", "A", 1),
+    ("dan", "G", 2),
+    ("dan", "B", 3),
+    ("dan", "C", 4),
+    ("dan", "E", 5),
+    ("dan", "F", 6),
+    ("eve", "G", 1),
+    ("eve", "D", 2),
+    ("eve", "E", 3),
+    ("eve", "F", 4),
+    ("eve", "B", 5),
+    ("fay", "X", 1),
+    ("fay", "X", 2),
+    ("fay", "D", 3),
+    ("fay", "E", 4),
+    ("fay", "F", 5),
+    ("fay", "G", 6),
+    ("zed", "G", 60),
+    ("bob", "G", 11),
+    ("gus", "H", 1),
+    ("zed", "H", 70),
+    ("hal", "H", 2),
+    ("dan", "H", 7),
+    ("ivy", "H", 3),
 ]
 
 
 def write_reviews(folder: Path, rows, meta_asins, file="reviews_Beauty.json.gz") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    write_gz(folder / file, [json.dumps({"reviewerID": u, "asin": i, "overall": 5.0, "unixReviewTime": t})
-                             for u, i, t in rows])
-    write_gz(folder / "meta_Beauty.json.gz",
-             [repr({"asin": a, "title": f"Item {a}", "categories": [["Beauty"]]}) for a in meta_asins])
+    write_gz(
+        folder / file,
+        [json.dumps({"reviewerID": u, "asin": i, "overall": 5.0, "unixReviewTime": t}) for u, i, t in rows],
+    )
+    write_gz(
+        folder / "meta_Beauty.json.gz",
+        [repr({"asin": a, "title": f"Item {a}", "categories": [["Beauty"]]}) for a in meta_asins],
+    )
     return folder
 
 
@@ -381,8 +474,30 @@ def test_sda_recipe_by_hand(tmp_path):
     interactions = catalogue.interactions
     assert interactions["user_id"].tolist() == ["bob"] * 6 + ["zed"] * 6 + ["dan"] * 6 + ["eve"] * 4
     assert interactions["item_id"].tolist() == [*"ABCDEF", *"ABDCEH", *"ABCEFH", *"DEFB"]
-    assert interactions["timestamp"].tolist() == [5, 6, 7, 8, 9, 10, 10, 20, 30, 30, 50, 70, 1, 3, 4, 5, 6, 7,
-                                                  2, 3, 4, 5]
+    assert interactions["timestamp"].tolist() == [
+        5,
+        6,
+        7,
+        8,
+        9,
+        10,
+        10,
+        20,
+        30,
+        30,
+        50,
+        70,
+        1,
+        3,
+        4,
+        5,
+        6,
+        7,
+        2,
+        3,
+        4,
+        5,
+    ]
     # items in order of first appearance in the sequences (C before D), not of first review (D first)
     assert catalogue.items["item_id"].tolist() == list("ABCDEFH")
     assert {k: v for k, v in catalogue.counts.items() if k.startswith("sda_")} == {
@@ -406,8 +521,12 @@ def test_sda_recipe_prepared_keeps_the_authors_numbering_and_tail(tmp_path):
     # user u and item i are the authors' ids u + 1 and i + 1
     assert pd.read_parquet(out / "users.parquet")["user_id"].tolist() == ["bob", "zed", "dan", "eve"]
     assert prepared.items["item_id"].tolist() == list("ABCDEFH")
-    assert [list(s) for s in prepared.sequences("test")] == [[0, 1, 2, 3, 4, 5], [0, 1, 3, 2, 4, 6],
-                                                             [0, 1, 2, 4, 5, 6], [3, 4, 5, 1]]
+    assert [list(s) for s in prepared.sequences("test")] == [
+        [0, 1, 2, 3, 4, 5],
+        [0, 1, 3, 2, 4, 6],
+        [0, 1, 2, 4, 5, 6],
+        [3, 4, 5, 1],
+    ]
     # the authors' popularity (users holding the item) and tail (< 4): A has 5 raw reviews, 3 left
     assert prepared.items["popularity_all"].tolist() == [3, 4, 3, 3, 4, 3, 2]
     assert prepared.items["is_tail"].tolist() == [True, False, True, True, False, True, True]
@@ -422,15 +541,17 @@ def authors_recipe_by_loops(rows, with_meta):
     """The recipe step by step over (user, item, time) rows, as the research notes describe it."""
     user_rows, item_rows = Counter(u for u, _, _ in rows), Counter(i for _, i, _ in rows)
     kept = {}
-    for user, item, time in rows:
+    for user, item, when in rows:
         if user_rows[user] >= 5 and item_rows[item] >= 5:
             history = kept.setdefault(user, [])
             if item not in [seen for seen, _ in history]:
-                history.append((item, time))
-    sequences = {user: [item for item, _ in sorted(history, key=lambda pair: pair[1])]
-                 for user, history in kept.items()}
-    sequences = {user: [item for item in items if item in with_meta]
-                 for user, items in sequences.items() if len(items) >= 5}
+                history.append((item, when))
+    sequences = {
+        user: [item for item, _ in sorted(history, key=lambda pair: pair[1])] for user, history in kept.items()
+    }
+    sequences = {
+        user: [item for item in items if item in with_meta] for user, items in sequences.items() if len(items) >= 5
+    }
     return {user: items for user, items in sequences.items() if items}
 
 
@@ -470,27 +591,38 @@ def test_sda_recipe_reads_the_5core_file_when_the_full_one_is_absent(tmp_path):
 
 def test_recipes_name_the_files_they_need(tmp_path):
     full_only = write_reviews(tmp_path / "full", SDA_REVIEWS, "ABCDEFHX")
-    with pytest.raises(DataError, match=r"reviews_Beauty\.json\.gz \(all reviews\) is there: the recipe 'sda' "
-                                        r"\(--recipe sda\) reads it"):
+    with pytest.raises(
+        DataError,
+        match=r"reviews_Beauty\.json\.gz \(all reviews\) is there: the recipe 'sda' "
+        r"\(--recipe sda\) reads it",
+    ):
         load_amazon("beauty", full_only)
     preprocessed = write_preprocessed(tmp_path / "pre", "1 1 4 2\n")
     with pytest.raises(DataError) as error:
         load_amazon("beauty", preprocessed, recipe="sda")
     message = str(error.value)
-    for text in ("reviews_Beauty.json.gz (missing)", "reviews_Beauty_5.json.gz (missing)",
-                 "meta_Beauty.json.gz (missing)", "recipe '5core' (--recipe 5core)"):
+    for text in (
+        "reviews_Beauty.json.gz (missing)",
+        "reviews_Beauty_5.json.gz (missing)",
+        "meta_Beauty.json.gz (missing)",
+        "recipe '5core' (--recipe 5core)",
+    ):
         assert text in message
 
 
 def test_sda_recipe_that_keeps_nothing_names_the_file(tmp_path):
     folder = write_raw(tmp_path)  # 4 reviews: no user or item has 5
     (folder / "reviews_Beauty_5.json.gz").rename(folder / "reviews_Beauty.json.gz")
-    with pytest.raises(DataError, match=r"reviews_Beauty\.json\.gz: no user has 5 or more reviews of items with 5 "
-                                        r"or more reviews \(4 reviews read\)"):
+    with pytest.raises(
+        DataError,
+        match=r"reviews_Beauty\.json\.gz: no user has 5 or more reviews of items with 5 "
+        r"or more reviews \(4 reviews read\)",
+    ):
         load_amazon("beauty", folder, recipe="sda")
 
 
 # ---- real data -----------------------------------------------------------------------------------
+
 
 @pytest.mark.skipif(not REAL_DATA.is_dir(), reason="../shared/data not found; real-data count checks skipped")
 @pytest.mark.parametrize(
@@ -517,5 +649,9 @@ def test_sda_filter_keeps_the_5core_data_whole(name, users, items, interactions)
     the 5-core counts."""
     kept, counts = sda_filter(load_amazon(name, REAL_DATA / name).interactions)
     assert (kept["user_id"].nunique(), kept["item_id"].nunique(), len(kept)) == (users, items, interactions)
-    assert counts == {"sda_reviews_read": interactions, "sda_reviews_below_core": 0, "sda_duplicates_dropped": 0,
-                      "sda_users_below_min_length": 0}
+    assert counts == {
+        "sda_reviews_read": interactions,
+        "sda_reviews_below_core": 0,
+        "sda_duplicates_dropped": 0,
+        "sda_users_below_min_length": 0,
+    }

@@ -48,8 +48,10 @@ def test_presets_build_offline_and_are_seeded(preset, hidden, layers):
         assert torch.equal(x, y), name
     if preset == "tiny":
         c = load_backbone(preset, device="cpu", seed=1)
-        assert not torch.equal(a.model.model.language_model.layers[0].self_attn.q_proj.weight,
-                               c.model.model.language_model.layers[0].self_attn.q_proj.weight)
+        assert not torch.equal(
+            a.model.model.language_model.layers[0].self_attn.q_proj.weight,
+            c.model.model.language_model.layers[0].self_attn.q_proj.weight,
+        )
 
 
 def test_processor_gives_one_image_token_per_merged_patch(tiny):
@@ -75,10 +77,15 @@ def test_describe_caps_values_and_skips_empty_fields():
 
 
 def test_authors_prompts_as_released():
-    fields = {"title": "Nail; polish\nred", "brand": "", "categories": "Beauty > Makeup > Nails | Beauty > Tools",
-              "description": "d" * 150}
+    fields = {
+        "title": "Nail; polish\nred",
+        "brand": "",
+        "categories": "Beauty > Makeup > Nails | Beauty > Tools",
+        "description": "d" * 150,
+    }
     assert authors_attributes(fields) == (
-        f"title is Nail. polish red; categories is Beauty, Makeup, Nails; description is {'d' * 100}")
+        f"title is Nail. polish red; categories is Beauty, Makeup, Nails; description is {'d' * 100}"
+    )
     beauty = item_prompts("authors", "beauty")
     assert beauty.text({"title": "X"}) == "The beauty item has the following attributes: \n title is X"
     assert beauty.image_sentence == "The beauty product has the image: "
@@ -218,15 +225,35 @@ def test_7b_shaped_at_28_layers_is_the_released_7b():
 
     config = shaped_config(28)
     text, vision = config.text_config, config.vision_config
-    assert (text.hidden_size, text.intermediate_size, text.num_hidden_layers, text.num_attention_heads,
-            text.num_key_value_heads, text.vocab_size, text.max_position_embeddings) == (
-        3584, 18944, 28, 28, 4, 152064, 128000)
-    assert (text.rms_norm_eps, text.hidden_act, text.rope_parameters["rope_theta"],
-            text.rope_parameters["mrope_section"]) == (1e-6, "silu", 1e6, [16, 24, 24])
+    assert (
+        text.hidden_size,
+        text.intermediate_size,
+        text.num_hidden_layers,
+        text.num_attention_heads,
+        text.num_key_value_heads,
+        text.vocab_size,
+        text.max_position_embeddings,
+    ) == (3584, 18944, 28, 28, 4, 152064, 128000)
+    assert (
+        text.rms_norm_eps,
+        text.hidden_act,
+        text.rope_parameters["rope_theta"],
+        text.rope_parameters["mrope_section"],
+    ) == (1e-6, "silu", 1e6, [16, 24, 24])
     assert config.tie_word_embeddings is False and set(text.layer_types) == {"full_attention"}
-    assert (vision.depth, vision.hidden_size, vision.intermediate_size, vision.num_heads, vision.out_hidden_size,
-            vision.patch_size, vision.spatial_merge_size, vision.temporal_patch_size, vision.window_size,
-            vision.hidden_act, vision.tokens_per_second) == (32, 1280, 3420, 16, 3584, 14, 2, 2, 112, "silu", 2)
+    assert (
+        vision.depth,
+        vision.hidden_size,
+        vision.intermediate_size,
+        vision.num_heads,
+        vision.out_hidden_size,
+        vision.patch_size,
+        vision.spatial_merge_size,
+        vision.temporal_patch_size,
+        vision.window_size,
+        vision.hidden_act,
+        vision.tokens_per_second,
+    ) == (32, 1280, 3420, 16, 3584, 14, 2, 2, 112, "silu", 2)
     assert list(vision.fullatt_block_indexes) == [7, 15, 23, 31]
     with torch.device("meta"):
         model = Qwen2_5_VLForConditionalGeneration(config)
@@ -234,8 +261,10 @@ def test_7b_shaped_at_28_layers_is_the_released_7b():
     assert sum(p.numel() for p in model.model.visual.parameters()) == 676_550_144
 
 
-@pytest.mark.parametrize("layers, depth, full", [(1, 1, [0]), (2, 2, [1]), (3, 3, [2]), (7, 8, [7]),
-                                                  (14, 16, [7, 15]), (20, 23, [6, 14, 22])])
+@pytest.mark.parametrize(
+    "layers, depth, full",
+    [(1, 1, [0]), (2, 2, [1]), (3, 3, [2]), (7, 8, [7]), (14, 16, [7, 15]), (20, 23, [6, 14, 22])],
+)
 def test_7b_shaped_vision_tower_scales_with_the_layers(layers, depth, full):
     from sda_lib.backbone import shaped_config
 
@@ -245,12 +274,15 @@ def test_7b_shaped_vision_tower_scales_with_the_layers(layers, depth, full):
     assert config.text_config.hidden_size == config.vision_config.out_hidden_size == 3584
 
 
-@pytest.mark.parametrize("name, layers, message", [
-    ("7b-shaped:two", None, "must be a whole number"),
-    ("7b-shaped:0", None, "at least 1 decoder layer"),
-    ("7b-shaped:2", 3, "names 2 layers but layers=3"),
-    ("tiny", 2, "applies only to the 7b-shaped preset"),
-])
+@pytest.mark.parametrize(
+    "name, layers, message",
+    [
+        ("7b-shaped:two", None, "must be a whole number"),
+        ("7b-shaped:0", None, "at least 1 decoder layer"),
+        ("7b-shaped:2", 3, "names 2 layers but layers=3"),
+        ("tiny", 2, "applies only to the 7b-shaped preset"),
+    ],
+)
 def test_7b_shaped_layer_count_errors(name, layers, message):
     with pytest.raises(ValueError, match=message):
         load_backbone(name, layers=layers, device="cpu")

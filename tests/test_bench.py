@@ -105,8 +105,7 @@ assert abs(bench.peak_rss_mb() - rss_mb()) <= 4, (bench.peak_rss_mb(), rss_mb())
 
 def test_interleaved_swaps_the_order_and_drops_warmup():
     calls = []
-    samples = bench.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
-                                repeats=3, warmup=1)
+    samples = bench.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=1)
     assert calls == ["a", "b", "b", "a", "a", "b", "b", "a"]
     assert [len(s) for s in samples.values()] == [3, 3]
     assert all(t >= 0 for s in samples.values() for t in s)
@@ -157,7 +156,11 @@ def test_gpu_check_dry_run_on_cpu(monkeypatch, capsys):
     assert record["image_patches_per_step"] == 4 * 256
     assert record["tokens_per_step"] <= record["padded_tokens_per_step"]
     export = record["export"]
-    assert export["items"] == 12 and export["dims"] == {"text": 64, "image": 64, "features_text": 12,
-                                                          "features_image": 12}
+    assert export["items"] == 12 and export["dims"] == {
+        "text": 64,
+        "image": 64,
+        "features_text": 12,
+        "features_image": 12,
+    }
     assert min(export["items_per_s"], export["text_items_per_s"], export["image_items_per_s"]) > 0
     assert any(line.strip().startswith("lora step, checkpointing") for line in lines)

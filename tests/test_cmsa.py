@@ -54,7 +54,7 @@ def numpy_cmsa(et, ev, tau, form, d=768):
 
 
 def numpy_student_grad(et, ev, tau):
-    """"stable" without its normalisation: dL/de_t, dL/de_v and dL/dτ with the teacher held
+    """ "stable" without its normalisation: dL/de_t, dL/de_v and dL/dτ with the teacher held
     constant: dL/dS = (P - T_rows + Qᵀ - T_cols) / 2N, and S = e_t e_vᵀ / τ."""
     n = len(et)
     s = et @ ev.T / tau
@@ -147,10 +147,12 @@ def test_teacher_in_the_graph_gives_the_full_derivative(et, ev, tau, form):
     e_t, e_v = t64(et).requires_grad_(), t64(ev).requires_grad_()
     tau_t = torch.tensor(tau, dtype=torch.float64, requires_grad=True)
     cmsa_loss(e_t, e_v, tau_t, form).backward()
-    np.testing.assert_allclose(e_t.grad.numpy(), _numeric_grad(lambda x: numpy_cmsa(x, ev, tau, form), et),
-                               rtol=1e-5, atol=1e-8)
-    np.testing.assert_allclose(e_v.grad.numpy(), _numeric_grad(lambda x: numpy_cmsa(et, x, tau, form), ev),
-                               rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(
+        e_t.grad.numpy(), _numeric_grad(lambda x: numpy_cmsa(x, ev, tau, form), et), rtol=1e-5, atol=1e-8
+    )
+    np.testing.assert_allclose(
+        e_v.grad.numpy(), _numeric_grad(lambda x: numpy_cmsa(et, x, tau, form), ev), rtol=1e-5, atol=1e-8
+    )
     numeric_tau = (numpy_cmsa(et, ev, tau + 1e-6, form) - numpy_cmsa(et, ev, tau - 1e-6, form)) / 2e-6
     assert tau_t.grad.item() == pytest.approx(numeric_tau, rel=1e-5)
     assert not np.allclose(e_t.grad.numpy(), numpy_student_grad(et, ev, tau)[0], atol=1e-6)
@@ -166,7 +168,10 @@ def test_stable_detached_teacher_gives_student_only_gradient(et, ev, tau):
     a, b = unit(et), unit(ev)
     # d unit(x)/dx applied to the student gradient at the unit vectors
     g_a, g_b, g_tau = numpy_student_grad(a, b, tau)
-    project = lambda x, g: (g - (g * unit(x)).sum(1, keepdims=True) * unit(x)) / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+
+    def project(x, g):
+        return (g - (g * unit(x)).sum(1, keepdims=True) * unit(x)) / np.linalg.norm(x, axis=1, keepdims=True)
+
     np.testing.assert_allclose(e_t.grad.numpy(), project(et, g_a), rtol=1e-8, atol=1e-12)
     np.testing.assert_allclose(e_v.grad.numpy(), project(ev, g_b), rtol=1e-8, atol=1e-12)
     assert log_tau.grad.item() == pytest.approx(tau * g_tau, rel=1e-8)

@@ -12,18 +12,22 @@ from PIL import Image
 from sda_lib.data.catalogue import DataError
 from sda_lib.data.custom import load_custom
 
-INTERACTIONS = pd.DataFrame({
-    "user": ["alice", "bob", "alice", "007"],
-    "item": ["i1", "i2", "i2", "i1"],
-    "timestamp": [1_400_000_300, 1_400_000_100, 1_400_000_300, 1_400_000_200],
-})
-ITEMS = pd.DataFrame({
-    "item": ["i1", "i2", "i3"],
-    "title": ["Red lipstick", "Brush", "Never bought"],
-    "price": [9.5, 3.0, 1.25],
-    "image_path": ["img/i1.png", "img/i2.jpg", ""],
-    "brand": ["Acme", None, "Other"],
-})
+INTERACTIONS = pd.DataFrame(
+    {
+        "user": ["alice", "bob", "alice", "007"],
+        "item": ["i1", "i2", "i2", "i1"],
+        "timestamp": [1_400_000_300, 1_400_000_100, 1_400_000_300, 1_400_000_200],
+    }
+)
+ITEMS = pd.DataFrame(
+    {
+        "item": ["i1", "i2", "i3"],
+        "title": ["Red lipstick", "Brush", "Never bought"],
+        "price": [9.5, 3.0, 1.25],
+        "image_path": ["img/i1.png", "img/i2.jpg", ""],
+        "brand": ["Acme", None, "Other"],
+    }
+)
 
 
 def write(table: pd.DataFrame, path: Path) -> Path:
@@ -61,15 +65,22 @@ def test_round_trip(tmp_path, suffix):
         "timestamp": [1_400_000_300, 1_400_000_100, 1_400_000_300, 1_400_000_200],
     }
     assert catalogue.interactions["timestamp"].dtype == np.int64
-    assert catalogue.counts == {"missing_images": 2, "corrupt_images": 1, "extreme_aspect_images": 0,
-                                "items_without_interactions": 1}
+    assert catalogue.counts == {
+        "missing_images": 2,
+        "corrupt_images": 1,
+        "extreme_aspect_images": 0,
+        "items_without_interactions": 1,
+    }
 
 
 def test_datetime_strings_and_numeric_ids(tmp_path):
-    interactions = pd.DataFrame({
-        "user": [10, 11], "item": [1, 2],
-        "timestamp": ["2014-01-02 00:00:00+00:00", "2014-01-01 01:00:00+01:00"],
-    })
+    interactions = pd.DataFrame(
+        {
+            "user": [10, 11],
+            "item": [1, 2],
+            "timestamp": ["2014-01-02 00:00:00+00:00", "2014-01-01 01:00:00+01:00"],
+        }
+    )
     catalogue = load_custom(
         write(interactions, tmp_path / "i.csv"), write(pd.DataFrame({"item": [1, 2]}), tmp_path / "items.parquet")
     )
@@ -95,8 +106,9 @@ def test_missing_column_names_file_columns_and_schema(tmp_path):
 
 
 def test_unknown_items_are_named_and_counted(tmp_path):
-    interactions = pd.concat([INTERACTIONS, pd.DataFrame({"user": ["x", "y", "z"], "item": ["i9", "i8", "i9"],
-                                                          "timestamp": [1, 2, 3]})])
+    interactions = pd.concat(
+        [INTERACTIONS, pd.DataFrame({"user": ["x", "y", "z"], "item": ["i9", "i8", "i9"], "timestamp": [1, 2, 3]})]
+    )
     items = write(ITEMS.drop(columns="image_path"), tmp_path / "items.csv")
     with pytest.raises(DataError, match=r"item 'i9' is not in .*items\.csv \(2 interaction items are not\)"):
         load_custom(write(interactions, tmp_path / "interactions.csv"), items)
@@ -138,4 +150,3 @@ def test_image_paths_that_all_miss_point_at_the_base_folder(tmp_path):
     items = write(ITEMS, tmp_path / "elsewhere" / "items.csv")  # images are not next to it
     with pytest.raises(DataError, match=r"none of the 2 files in column 'image_path' exists.*elsewhere"):
         load_custom(write(INTERACTIONS, tmp_path / "interactions.csv"), items)
-

@@ -19,16 +19,20 @@ SMALL = PrepareParams(n_negatives=1)
 def write_shop(folder: Path) -> Path:
     """A custom source: two users, four items, images beside the tables (relative paths)."""
     folder.mkdir(parents=True)
-    pd.DataFrame({
-        "user": ["a"] * 3 + ["b"] * 3,
-        "item": ["i1", "i2", "i3", "i2", "i3", "i4"],
-        "timestamp": [1, 2, 3, 1, 2, 3],
-    }).to_csv(folder / "interactions.csv", index=False)
-    pd.DataFrame({
-        "item": ["i1", "i2", "i3", "i4"],
-        "title": ["Lipstick", "Brush", "Mirror", "Comb"],
-        "image_path": ["i1.png", "i2.png", "", ""],
-    }).to_csv(folder / "items.csv", index=False)
+    pd.DataFrame(
+        {
+            "user": ["a"] * 3 + ["b"] * 3,
+            "item": ["i1", "i2", "i3", "i2", "i3", "i4"],
+            "timestamp": [1, 2, 3, 1, 2, 3],
+        }
+    ).to_csv(folder / "interactions.csv", index=False)
+    pd.DataFrame(
+        {
+            "item": ["i1", "i2", "i3", "i4"],
+            "title": ["Lipstick", "Brush", "Mirror", "Comb"],
+            "image_path": ["i1.png", "i2.png", "", ""],
+        }
+    ).to_csv(folder / "items.csv", index=False)
     for item in ("i1", "i2"):
         Image.new("RGB", (16, 16), (200, 30, 30)).save(folder / f"{item}.png")
     return folder
@@ -43,6 +47,7 @@ def card_mtime(out: Path) -> int:
 
 
 # ---- 1. --out holding anything else is refused, not emptied ----------------------------------------
+
 
 def test_out_with_other_files_is_refused_and_left_alone(tmp_path, capsys):
     out = tmp_path / "thesis"
@@ -100,6 +105,7 @@ def test_our_file_names_without_a_card_are_not_taken_for_ours(tmp_path):
 
 # ---- 2. --out on or above an input is refused before anything is touched ---------------------------
 
+
 @pytest.mark.parametrize("where", ["source", "above-source"])
 def test_out_on_or_above_the_source_is_refused(tmp_path, where):
     source = write_shop(tmp_path / "raw" / "shop")
@@ -135,6 +141,7 @@ def test_out_inside_the_source_is_fine(tmp_path):
 
 
 # ---- 3. a folder with a missing or damaged file is neither loaded nor reused -----------------------
+
 
 def _delete_negatives(out):
     (out / "negatives.npy").unlink()
@@ -211,6 +218,7 @@ def test_reuse_is_announced_with_the_way_out(tmp_path, capsys):
 
 # ---- 4. a changed source is prepared again ---------------------------------------------------------
 
+
 def test_corrected_source_table_is_prepared_again(tmp_path):
     source = write_shop(tmp_path / "shop")
     out = prepare_dataset("custom", source, out=tmp_path / "d", params=SMALL)
@@ -273,12 +281,15 @@ def test_own_dataset_gets_its_own_name_folder_and_remembers_its_source(tmp_path,
     assert (first / "card.json").read_bytes() == before
 
 
-@pytest.mark.parametrize("name, kind, message", [
-    ("../../escape", "custom", "not a plain folder name"),
-    ("beauty", "custom", "the name of a registered dataset"),
-    ("neverprepared", None, r"prepare custom --name neverprepared --source DIR"),
-    ("mystore", "nosuchkind", "unknown dataset 'nosuchkind'"),
-])
+@pytest.mark.parametrize(
+    "name, kind, message",
+    [
+        ("../../escape", "custom", "not a plain folder name"),
+        ("beauty", "custom", "the name of a registered dataset"),
+        ("neverprepared", None, r"prepare custom --name neverprepared --source DIR"),
+        ("mystore", "nosuchkind", "unknown dataset 'nosuchkind'"),
+    ],
+)
 def test_bad_dataset_names_are_refused_before_anything_is_written(tmp_path, monkeypatch, name, kind, message):
     monkeypatch.setenv("SDA_OUTPUTS", str(tmp_path / "outputs"))
     with pytest.raises(ValueError, match=message):  # DataError is one
@@ -290,8 +301,21 @@ def test_cli_prepares_a_named_custom_dataset(tmp_path, monkeypatch, capsys):
     from sda_lib.data.__main__ import main
 
     monkeypatch.setenv("SDA_OUTPUTS", str(tmp_path / "outputs"))
-    assert main(["prepare", "custom", "--name", "mystore", "--source", str(write_shop(tmp_path / "shop")),
-                 "--n-negatives", "1"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                "custom",
+                "--name",
+                "mystore",
+                "--source",
+                str(write_shop(tmp_path / "shop")),
+                "--n-negatives",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert load_prepared("mystore").card["dataset"] == "mystore"
     assert main(["prepare", "../x", "--n-negatives", "1"]) == 2
     assert "not a plain folder name" in capsys.readouterr().err

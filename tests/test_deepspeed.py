@@ -32,8 +32,9 @@ from sda_lib.adapt import AdaptConfig, _fill_deepspeed_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "env" / "accelerate").glob("*.yaml"))
-DDP, ZERO2, ZERO2_HOSTS = (ROOT / "env" / "accelerate" / f"{name}.yaml"
-                           for name in ("ddp-1host-8gpu", "zero2-1host-8gpu", "zero2-2hosts-8gpu"))
+DDP, ZERO2, ZERO2_HOSTS = (
+    ROOT / "env" / "accelerate" / f"{name}.yaml" for name in ("ddp-1host-8gpu", "zero2-1host-8gpu", "zero2-2hosts-8gpu")
+)
 LAUNCHERS = ("deepspeed_launcher", "multi_gpu_launcher", "simple_launcher")
 
 
@@ -41,11 +42,12 @@ def launched(config: Path) -> tuple[str, object]:
     """Which launcher `accelerate launch --config_file config` picks, and the arguments it gets
     (the launcher itself is not run)."""
     args = launch.launch_command_parser().parse_args(
-        ["--config_file", str(config), "--main_process_port", "0", "-m", "sda_lib.adapt"])
+        ["--config_file", str(config), "--main_process_port", "0", "-m", "sda_lib.adapt"]
+    )
     calls = {}
     with mock.patch.multiple(launch, **{name: functools.partial(calls.__setitem__, name) for name in LAUNCHERS}):
         launch.launch_command(args)
-    (name, launcher_args), = calls.items()
+    ((name, launcher_args),) = calls.items()
     return name, launcher_args
 
 
@@ -75,15 +77,18 @@ def test_zero2_configuration_is_complete_once_the_run_fills_it(config):
     """What the processes of the configuration, as written, hand DeepSpeed."""
     _, args = launched(config)
     cmd, env = prepare_deepspeed_cmd_env(args)
-    assert cmd is None, (f"{config.name} starts `{cmd[0]}` with a hostfile; for the same accelerate command on "
-                         "every host, set deepspeed_multinode_launcher: standard")
+    assert cmd is None, (
+        f"{config.name} starts `{cmd[0]}` with a hostfile; for the same accelerate command on "
+        "every host, set deepspeed_multinode_launcher: standard"
+    )
     with mock.patch.dict(os.environ, {k: v for k, v in env.items() if k.startswith("ACCELERATE_")}):
         plugin = DeepSpeedPlugin()
     plugin.set_mixed_precision(env["ACCELERATE_MIXED_PRECISION"])
     run = AdaptConfig(batch_size=64, grad_accum=2, max_grad_norm=0.5)
     processes = int(args.num_processes)
-    _fill_deepspeed_config(SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=plugin), num_processes=processes),
-                           run)
+    _fill_deepspeed_config(
+        SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=plugin), num_processes=processes), run
+    )
     ds = plugin.deepspeed_config
     left = [key for key, value in _flatten(ds) if value == "auto"]
     assert not left, f"{config.name}: {left} still 'auto' after the run filled the configuration"
@@ -107,7 +112,9 @@ def deepspeed_installed():
 def adapt(data, out: Path, *launch_options: str, log: Path | None = None) -> subprocess.Popen:
     """Start `[accelerate launch OPTIONS] python -m sda_lib.adapt` on toy-tiny, writing `out`; the
     output goes to `log` (default: beside `out`)."""
-    runner = [sys.executable, "-m", "accelerate.commands.launch", *launch_options] if launch_options else [sys.executable]
+    runner = (
+        [sys.executable, "-m", "accelerate.commands.launch", *launch_options] if launch_options else [sys.executable]
+    )
     command = [*runner, "-m", "sda_lib.adapt", "--dataset", str(data.folder), *RUN, "--out-dir", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     log = log or out.with_suffix(".log")
@@ -155,16 +162,18 @@ def ddp_two(deepspeed_installed, toy_tiny, tmp_path_factory):
 @pytest.mark.slow
 def test_zero2_one_process_trains_the_plain_runs_adapter(deepspeed_installed, toy_tiny, tmp_path):
     run(toy_tiny, tmp_path / "plain")
-    record = run(toy_tiny, tmp_path / "zero2", "--config_file", str(ZERO2), "--num_processes", "1",
-                 "--main_process_port", "0")
+    record = run(
+        toy_tiny, tmp_path / "zero2", "--config_file", str(ZERO2), "--num_processes", "1", "--main_process_port", "0"
+    )
     assert record["processes"] == 1
     assert_same_adapter(tmp_path / "zero2", tmp_path / "plain")
 
 
 @pytest.mark.slow
 def test_zero2_two_processes_train_the_ddp_adapter(deepspeed_installed, toy_tiny, ddp_two, tmp_path):
-    record = run(toy_tiny, tmp_path / "zero2", "--config_file", str(ZERO2), "--num_processes", "2",
-                 "--main_process_port", "0")
+    record = run(
+        toy_tiny, tmp_path / "zero2", "--config_file", str(ZERO2), "--num_processes", "2", "--main_process_port", "0"
+    )
     assert record["processes"] == 2, "DeepSpeed ran, but accelerate saw one process: name gloo on CPU hosts"
     assert_same_adapter(tmp_path / "zero2", ddp_two)
 
@@ -176,9 +185,24 @@ def test_zero2_two_host_configuration_on_localhost(deepspeed_installed, toy_tiny
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])
     out = tmp_path / "zero2"
-    hosts = [adapt(toy_tiny, out, "--config_file", str(ZERO2_HOSTS), "--num_processes", "2", "--machine_rank", str(rank),
-                   "--main_process_ip", "127.0.0.1", "--main_process_port", port, log=tmp_path / f"host{rank}.log")
-             for rank in (0, 1)]
+    hosts = [
+        adapt(
+            toy_tiny,
+            out,
+            "--config_file",
+            str(ZERO2_HOSTS),
+            "--num_processes",
+            "2",
+            "--machine_rank",
+            str(rank),
+            "--main_process_ip",
+            "127.0.0.1",
+            "--main_process_port",
+            port,
+            log=tmp_path / f"host{rank}.log",
+        )
+        for rank in (0, 1)
+    ]
     records = [finished(host, out) for host in hosts]
     assert records[0]["processes"] == 2
     assert_same_adapter(out, ddp_two)

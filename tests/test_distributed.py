@@ -5,12 +5,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from safetensors.torch import load_file
 from accelerate import Accelerator, debug_launcher
 from accelerate.state import AcceleratorState, PartialState
+from safetensors.torch import load_file
 
-from sda_lib import adapters
-from sda_lib import adapt
+from sda_lib import adapt, adapters
 from sda_lib.adapt import AdaptConfig, AlignmentObjective, batch_items, local_share, pair_batch, train_adapter
 from sda_lib.backbone import load_backbone
 from sda_lib.data import load_prepared
@@ -61,8 +60,9 @@ def one_step(data_folder, out_file, gather=True, loss="cmsa"):
 def export_adapted(data_folder, adapter_folder, out):
     _fresh_accelerate_state()
     torch.set_num_threads(1)
-    export_embeddings(load_backbone("tiny"), load_prepared(data_folder), out, adapter=adapter_folder, chunk=16,
-                      progress=False)
+    export_embeddings(
+        load_backbone("tiny"), load_prepared(data_folder), out, adapter=adapter_folder, chunk=16, progress=False
+    )
 
 
 @pytest.mark.parametrize("loss", ["cmsa", "infonce"])
@@ -123,12 +123,14 @@ def train_two_processes(data_folder, out, stop_at_call=None):
 
 def test_two_process_resume_reaches_the_same_adapter(toy_tiny, tmp_path):
     debug_launcher(train_two_processes, args=(toy_tiny.folder, tmp_path / "full"), num_processes=2)
-    with pytest.raises(Exception):
+    with pytest.raises(Exception, match="interrupted"):  # the workers' error, re-raised by the launcher
         debug_launcher(train_two_processes, args=(toy_tiny.folder, tmp_path / "cut", 4), num_processes=2)
     assert not (tmp_path / "cut" / "adapter").exists()
     assert sorted(p.name for p in (tmp_path / "cut" / "checkpoints").iterdir()) == ["checkpoint_0"]
     assert {p.name for p in (tmp_path / "cut" / "checkpoints" / "checkpoint_0").glob("random_states_*")} == {
-        "random_states_0.pkl", "random_states_1.pkl"}, "each process keeps its own generators"
+        "random_states_0.pkl",
+        "random_states_1.pkl",
+    }, "each process keeps its own generators"
     debug_launcher(train_two_processes, args=(toy_tiny.folder, tmp_path / "cut"), num_processes=2)
     # the schedule steps once per step, not once per process: lr decays linearly from 1e-3 over 4 steps
     lrs = pd.read_csv(tmp_path / "full" / "loss.csv")["lr"].to_numpy()

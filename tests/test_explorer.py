@@ -27,8 +27,12 @@ def data(tmp_path):
     for i, colour in enumerate(["red", "green", "blue", "yellow", "purple"]):
         paths.append(tmp_path / f"{i}.png")
         Image.new("RGB", (16, 16), colour).save(paths[-1])
-    return explorer.ExplorerData(TITLES, paths, ["cat a", "cat b", "cat a", "cat b", "cat a"],
-                                 {"zero-shot": (TEXT, IMAGE), "adapted": (3 * TEXT, IMAGE[[1, 0, 2, 3, 4]])})
+    return explorer.ExplorerData(
+        TITLES,
+        paths,
+        ["cat a", "cat b", "cat a", "cat b", "cat a"],
+        {"zero-shot": (TEXT, IMAGE), "adapted": (3 * TEXT, IMAGE[[1, 0, 2, 3, 4]])},
+    )
 
 
 def softmax(x):
@@ -102,10 +106,13 @@ def test_explorer_data_checks_its_input(data):
 
 
 def test_from_dataset_reads_titles_and_notes(data):
-    dataset = SimpleNamespace(name="two", n_items=2, image_paths=lambda: data.image_paths[:2],
-                              items=pd.DataFrame({"title": ["Amber mug", None], "latent_category": ["a", "b"]}))
-    built = explorer.ExplorerData.from_dataset(dataset, {"v": (3 * TEXT[:2], IMAGE[:2])},
-                                               note_column="latent_category")
+    dataset = SimpleNamespace(
+        name="two",
+        n_items=2,
+        image_paths=lambda: data.image_paths[:2],
+        items=pd.DataFrame({"title": ["Amber mug", None], "latent_category": ["a", "b"]}),
+    )
+    built = explorer.ExplorerData.from_dataset(dataset, {"v": (3 * TEXT[:2], IMAGE[:2])}, note_column="latent_category")
     assert built.titles == ["Amber mug", "(no title)"] and built.notes == ["a", "b"]
     np.testing.assert_allclose(np.linalg.norm(built.spaces["v"][0], axis=1), 1.0, rtol=1e-6)
     with pytest.raises(ValueError, match="note_column 'brand' is not an items column of 'two'"):
@@ -121,16 +128,27 @@ def test_widget_redraws_the_panel_when_the_item_moves(data):
 
 
 def test_umap_figure_links_each_pair():
-    layout = pd.DataFrame({"version": ["a"] * 4 + ["b"] * 4, "modality": ["text", "text", "image", "image"] * 2,
-                           "item": [0, 1, 0, 1] * 2, "x": [0.0, 1, 2, 3, 4, 5, 6, 7], "y": [0.0] * 8})
+    layout = pd.DataFrame(
+        {
+            "version": ["a"] * 4 + ["b"] * 4,
+            "modality": ["text", "text", "image", "image"] * 2,
+            "item": [0, 1, 0, 1] * 2,
+            "x": [0.0, 1, 2, 3, 4, 5, 6, 7],
+            "y": [0.0] * 8,
+        }
+    )
     items = pd.DataFrame({"title": ["A", "B"], "popularity": [3, 40], "is_tail": [True, False]})
     fig = umap_figure(layout, items, "is_tail")
     lines = [trace for trace in fig.data if trace.mode == "lines"]
     assert fig.data[:2] == tuple(lines)  # drawn first, under the points
     np.testing.assert_array_equal(lines[0].x, [0, 2, np.nan, 1, 3, np.nan])  # text -> image of each item
     np.testing.assert_array_equal(lines[1].x, [4, 6, np.nan, 5, 7, np.nan])
-    assert {trace.name for trace in fig.data if trace.mode != "lines"} == {"True, text", "True, image",
-                                                                          "False, text", "False, image"}
+    assert {trace.name for trace in fig.data if trace.mode != "lines"} == {
+        "True, text",
+        "True, image",
+        "False, text",
+        "False, image",
+    }
     capped = umap_figure(layout, items, "popularity").layout.coloraxis
     assert (capped.cmin, capped.cmax) == pytest.approx((3, items["popularity"].quantile(0.95)))
     with pytest.raises(ValueError, match="cannot colour by 'colour'"):

@@ -18,8 +18,15 @@ import nbformat
 import pytest
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 SCREENSHOT = Path("/tmp/sda-explorer-browser.png")
 TOKEN = "sda-explorer-test"
 
@@ -64,8 +71,10 @@ def wait_for_server(url: str, server: subprocess.Popen, log: Path, timeout: floa
 def sync_api():
     if not Path(CHROMIUM).exists():
         pytest.skip("chromium not found (apt-get install -y chromium): browser check of the explorer skipped")
-    return pytest.importorskip("playwright.sync_api", reason="playwright not installed "
-                               "(pip install playwright==1.65.2): browser check of the explorer skipped")
+    return pytest.importorskip(
+        "playwright.sync_api",
+        reason="playwright not installed (pip install playwright==1.65.2): browser check of the explorer skipped",
+    )
 
 
 @pytest.fixture
@@ -75,18 +84,37 @@ def jupyter_lab(sync_api, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     port = free_port()
-    env = os.environ | {"JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
-                        "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "OMP_NUM_THREADS": "1"}
+    env = os.environ | {
+        "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+        "OMP_NUM_THREADS": "1",
+    }
     log = tmp_path / "server.log"
     with open(log, "w") as out:
         server = subprocess.Popen(
-            [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-             f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={work}", "--ServerApp.allow_root=True",
-             "--ServerApp.terminals_enabled=False", "--LabApp.extension_manager=readonly",
-             "--LabApp.expose_app_in_browser=True",
-             f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}",
-             f"--LabApp.user_settings_dir={tmp_path / 'settings'}"],
-            cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "jupyter",
+                "lab",
+                "--no-browser",
+                "--ip=127.0.0.1",
+                f"--port={port}",
+                f"--IdentityProvider.token={TOKEN}",
+                f"--ServerApp.root_dir={work}",
+                "--ServerApp.allow_root=True",
+                "--ServerApp.terminals_enabled=False",
+                "--LabApp.extension_manager=readonly",
+                "--LabApp.expose_app_in_browser=True",
+                f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}",
+                f"--LabApp.user_settings_dir={tmp_path / 'settings'}",
+            ],
+            cwd=work,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         wait_for_server(f"http://127.0.0.1:{port}/api/status?token={TOKEN}", server, log)
         yield f"http://127.0.0.1:{port}", work
@@ -115,8 +143,12 @@ def test_item_slider_changes_the_neighbour_panel(sync_api, jupyter_lab, tmp_path
 
     with sync_api.sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS,
-            viewport={"width": 1280, "height": 1100})
+            str(tmp_path / "chromium-profile"),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": 1280, "height": 1100},
+        )
         try:
             page = context.new_page()
             page.set_default_timeout(60_000)
@@ -124,7 +156,8 @@ def test_item_slider_changes_the_neighbour_panel(sync_api, jupyter_lab, tmp_path
             page.wait_for_function("() => window.jupyterapp && document.querySelector('.jp-Notebook .jp-Cell')")
             page.wait_for_function(  # a kernel is attached and idle
                 "() => !document.querySelector('.jp-KernelName').textContent.includes('No Kernel')"
-                " && document.querySelector('.jp-Notebook-ExecutionIndicator[data-status=\"idle\"]')")
+                " && document.querySelector('.jp-Notebook-ExecutionIndicator[data-status=\"idle\"]')"
+            )
             page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
             page.wait_for_selector(".sda-explorer-panel")
             before = panel_text(page)
@@ -137,7 +170,8 @@ def test_item_slider_changes_the_neighbour_panel(sync_api, jupyter_lab, tmp_path
             after = panel_text(page)
             page.wait_for_function(  # the T_i / P_i bars follow as well
                 "() => [...document.querySelectorAll('.js-plotly-plot .gtitle')]"
-                ".some(t => t.textContent.startsWith('Item #1:'))")
+                ".some(t => t.textContent.startsWith('Item #1:'))"
+            )
             page.screenshot(path=str(SCREENSHOT), full_page=True)
         finally:
             context.close()

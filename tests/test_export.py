@@ -19,7 +19,7 @@ def _trained(kind, folder):
     adapters.attach(lvlm.model, kind)
     torch.manual_seed(1)
     with torch.no_grad():
-        for name, p in lvlm.model.named_parameters():
+        for p in lvlm.model.parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.05)
     adapters.save(lvlm.model, folder, lvlm.id)
@@ -65,8 +65,9 @@ def test_moda_as_two_stock_peft_adapters(toy_tiny, tmp_path, kind):
     peft_model.set_adapter("text")
     got_t = base.embed([fields[i] for i in items], progress=False)
     peft_model.set_adapter("image")
-    got_v = base.embed([fields[i] for i in items], images=[load_image(paths[i]) for i in items], modality="image",
-                       progress=False)
+    got_v = base.embed(
+        [fields[i] for i in items], images=[load_image(paths[i]) for i in items], modality="image", progress=False
+    )
     np.testing.assert_allclose(got_t, want_t, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(got_v, want_v, rtol=1e-4, atol=1e-4)
     assert not np.allclose(got_t, load_backbone("tiny").embed([fields[i] for i in items], progress=False), atol=1e-3)
@@ -98,8 +99,9 @@ def test_adapter_for_another_backbone(tmp_path):
 def test_interrupted_export_resumes_without_recomputing(toy_tiny, tmp_path, monkeypatch):
     lvlm = _trained("moda", tmp_path / "a")
     out = tmp_path / "emb"
-    full = export.export_embeddings(load_backbone("tiny"), toy_tiny, tmp_path / "full", adapter=tmp_path / "a",
-                                    chunk=32, progress=False)
+    full = export.export_embeddings(
+        load_backbone("tiny"), toy_tiny, tmp_path / "full", adapter=tmp_path / "a", chunk=32, progress=False
+    )
     real, calls, fail_at = export.embed_items, [], {"start": 32}
 
     def flaky(backbone, dataset, items, *a, **kw):
@@ -114,8 +116,9 @@ def test_interrupted_export_resumes_without_recomputing(toy_tiny, tmp_path, monk
     assert not out.exists() and len(list(out.with_name("emb.parts").glob("*.npz"))) == 1
     calls.clear()
     fail_at["start"] = None
-    table = export.export_embeddings(load_backbone("tiny"), toy_tiny, out, adapter=tmp_path / "a", chunk=32,
-                                     progress=False)
+    table = export.export_embeddings(
+        load_backbone("tiny"), toy_tiny, out, adapter=tmp_path / "a", chunk=32, progress=False
+    )
     assert calls == [32, 64], "finished chunks were recomputed"
     assert not out.with_name("emb.parts").exists()
     np.testing.assert_allclose(table.text, full.text, atol=1e-6)
@@ -131,8 +134,9 @@ def test_bf16_path_adapts_merges_and_exports(toy_tiny, tmp_path, monkeypatch):
     from sda_lib.adapt import AdaptConfig, train_adapter
 
     config = AdaptConfig(steps=3, batch_size=8, lr=1e-2, precision="bf16", checkpoint_every=10)
-    record = train_adapter(load_backbone("tiny", dtype=torch.bfloat16), toy_tiny, config, tmp_path / "a",
-                           progress=False)
+    record = train_adapter(
+        load_backbone("tiny", dtype=torch.bfloat16), toy_tiny, config, tmp_path / "a", progress=False
+    )
     assert np.isfinite(record["final_loss"])
     adapter = tmp_path / "a" / "adapter"
 
@@ -148,8 +152,14 @@ def test_bf16_path_adapts_merges_and_exports(toy_tiny, tmp_path, monkeypatch):
     relative = np.abs(merged_t - routed_t).max() / np.abs(routed_t).max()
     assert relative < 3e-2, relative
 
-    full = export.export_embeddings(load_backbone("tiny", dtype=torch.bfloat16), toy_tiny, tmp_path / "full",
-                                    adapter=adapter, chunk=16, progress=False)
+    full = export.export_embeddings(
+        load_backbone("tiny", dtype=torch.bfloat16),
+        toy_tiny,
+        tmp_path / "full",
+        adapter=adapter,
+        chunk=16,
+        progress=False,
+    )
     real = export.embed_items
 
     def interrupted(backbone, dataset, items, *a, **kw):
@@ -159,11 +169,23 @@ def test_bf16_path_adapts_merges_and_exports(toy_tiny, tmp_path, monkeypatch):
 
     monkeypatch.setattr(export, "embed_items", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        export.export_embeddings(load_backbone("tiny", dtype=torch.bfloat16), toy_tiny, tmp_path / "cut",
-                                 adapter=adapter, chunk=16, progress=False)
+        export.export_embeddings(
+            load_backbone("tiny", dtype=torch.bfloat16),
+            toy_tiny,
+            tmp_path / "cut",
+            adapter=adapter,
+            chunk=16,
+            progress=False,
+        )
     monkeypatch.setattr(export, "embed_items", real)
-    resumed = export.export_embeddings(load_backbone("tiny", dtype=torch.bfloat16), toy_tiny, tmp_path / "cut",
-                                       adapter=adapter, chunk=16, progress=False)
+    resumed = export.export_embeddings(
+        load_backbone("tiny", dtype=torch.bfloat16),
+        toy_tiny,
+        tmp_path / "cut",
+        adapter=adapter,
+        chunk=16,
+        progress=False,
+    )
     assert np.array_equal(resumed.text, full.text) and np.array_equal(resumed.image, full.image)
     assert full.features.shape == (toy_tiny.n_items, 128)
 
@@ -183,9 +205,12 @@ def test_an_image_that_fails_names_its_item_and_file(toy_tiny, tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(paths[2].read_bytes()[:40])
     items.loc[3, "image_path"] = str(broken)
-    with pytest.raises(export.ImageError, match=rf"item '{items.loc[3, 'item_id']}': its image {broken} cannot be read"):
-        export.embed_items(load_backbone("tiny"), dataclasses.replace(toy_tiny, items=items), np.arange(8),
-                           progress=False)
+    with pytest.raises(
+        export.ImageError, match=rf"item '{items.loc[3, 'item_id']}': its image {broken} cannot be read"
+    ):
+        export.embed_items(
+            load_backbone("tiny"), dataclasses.replace(toy_tiny, items=items), np.arange(8), progress=False
+        )
 
 
 def test_feature_table_refuses_wrong_data(toy_tiny, tmp_path):

@@ -35,8 +35,15 @@ def write_shop_events(folder: Path, users: int = 40, items: int = 30, per_user: 
         category = u % len(categories)
         pool = [i for i in range(items) if i % len(categories) == category]
         for t, i in enumerate(rng.choice(pool, per_user, replace=False)):
-            rows.append({"user": f"u{u}", "item": f"i{i}", "time": 1000 * u + t,
-                         "title": f"{categories[i % 3]} thing number {i}", "category": categories[i % 3]})
+            rows.append(
+                {
+                    "user": f"u{u}",
+                    "item": f"i{i}",
+                    "time": 1000 * u + t,
+                    "title": f"{categories[i % 3]} thing number {i}",
+                    "category": categories[i % 3],
+                }
+            )
     folder.mkdir(parents=True)
     pd.DataFrame(rows).to_json(folder / "events.jsonl", orient="records", lines=True)
     return folder
@@ -84,12 +91,21 @@ def test_runner_uses_each_registered_extension(plugins, outputs, tmp_path):
     from sda_lib.data import load_prepared
 
     source = write_shop_events(tmp_path / "shop-files")
-    params = {"source": str(source), "backbone": "tiny-last-token", "adapter": "ia3", "steps": 4,
-              "conflict_every": 0,  # the gradient-conflict probe reads LoRA-style B matrices, which IA3 has not
-              "models": ["bpr-mf"], "features": ["id", "zero-shot", "sda"], "baselines": [], "epochs": 2,
-              "figure3": False}
-    out = runner.run_stages("shop", ["data", "zero_shot", "adapt", "export", "recommend"], params=params,
-                            progress=False)
+    params = {
+        "source": str(source),
+        "backbone": "tiny-last-token",
+        "adapter": "ia3",
+        "steps": 4,
+        "conflict_every": 0,  # the gradient-conflict probe reads LoRA-style B matrices, which IA3 has not
+        "models": ["bpr-mf"],
+        "features": ["id", "zero-shot", "sda"],
+        "baselines": [],
+        "epochs": 2,
+        "figure3": False,
+    }
+    out = runner.run_stages(
+        "shop", ["data", "zero_shot", "adapt", "export", "recommend"], params=params, progress=False
+    )
     data = load_prepared("shop")
     assert data.card["kind"] == "shop" and data.card["users"] == 40
     adapter = out / "adapters" / "sda" / "adapter"

@@ -16,9 +16,16 @@ from sda_lib.backbone import load_backbone
 from sda_lib.cmsa import cmsa_loss
 from sda_lib.moda import IMAGE, TEXT
 
-TEXTS = [{"title": f"{colour} {noun}", "brand": brand}
-         for colour, noun, brand in [("red", "mug", "Acme"), ("blue", "vase", "Borel"), ("green", "lamp", "Acme"),
-                                     ("red", "plate", "Corto"), ("white", "cushion", "Borel")]]
+TEXTS = [
+    {"title": f"{colour} {noun}", "brand": brand}
+    for colour, noun, brand in [
+        ("red", "mug", "Acme"),
+        ("blue", "vase", "Borel"),
+        ("green", "lamp", "Acme"),
+        ("red", "plate", "Corto"),
+        ("white", "cushion", "Borel"),
+    ]
+]
 
 
 def images(n, seed=0):
@@ -68,8 +75,9 @@ def test_path_gradients_equal_hand_computed_vector_jacobian_products(kind):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-10)
 
     # The two paths add up to the gradient of the whole loss.
-    full = torch.autograd.grad(cmsa_loss(embed_rows(backbone, TEXT, texts=TEXTS),
-                                         embed_rows(backbone, IMAGE, images=pics), 0.7), weights)
+    full = torch.autograd.grad(
+        cmsa_loss(embed_rows(backbone, TEXT, texts=TEXTS), embed_rows(backbone, IMAGE, images=pics), 0.7), weights
+    )
     for t, v, f in zip(text_path, image_path, full):
         torch.testing.assert_close(t + v, f, rtol=1e-4, atol=1e-10)
 
@@ -78,8 +86,9 @@ def test_b_gets_gradient_at_init_while_a_does_not():
     backbone = adapted("moda")
     layer = backbone.model.get_submodule("model.language_model.layers.1.self_attn.q_proj")
     assert torch.count_nonzero(layer.lora_B) == 0
-    text_path, image_path = gradients.path_gradients(backbone, TEXTS, images(len(TEXTS)), 3.0,
-                                                     [layer.lora_B, layer.lora_A])
+    text_path, image_path = gradients.path_gradients(
+        backbone, TEXTS, images(len(TEXTS)), 3.0, [layer.lora_B, layer.lora_A]
+    )
     # dL/dB = dL/dy (A x)^T is non-zero through A x; dL/dA = B^T dL/dy vanishes with B = 0.
     assert text_path[0].norm() > 0 and image_path[0].norm() > 0
     assert torch.count_nonzero(text_path[1]) == 0 and torch.count_nonzero(image_path[1]) == 0
@@ -90,7 +99,7 @@ def test_cosine():
     assert gradients.cosine(a, a.clone()) == pytest.approx(1.0)
     assert gradients.cosine(a, -2 * a) == pytest.approx(-1.0)
     assert gradients.cosine(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 5.0])) == pytest.approx(0.0)
-    by_hand = 5 / (5 ** 0.5 * 10 ** 0.5)  # (1*3 + 2*1) / (|(1, 2)| |(3, 1)|)
+    by_hand = 5 / (5**0.5 * 10**0.5)  # (1*3 + 2*1) / (|(1, 2)| |(3, 1)|)
     assert gradients.cosine(torch.tensor([1.0, 2.0]), torch.tensor([3.0, 1.0])) == pytest.approx(by_hand)
     assert np.isnan(gradients.cosine(a, torch.zeros_like(a)))
 
@@ -110,8 +119,10 @@ def test_last_layer_b_finds_the_last_decoder_layer():
     layer = "model.language_model.layers.1.self_attn"
     model = adapted("lora").model
     lora_b = gradients.last_layer_b(model)
-    assert [(b.projection, tuple(b.weight.shape), b.expert_rank) for b in moda_b] == \
-        [("q_proj", (64, 8), 2), ("k_proj", (32, 8), 2)]
+    assert [(b.projection, tuple(b.weight.shape), b.expert_rank) for b in moda_b] == [
+        ("q_proj", (64, 8), 2),
+        ("k_proj", (32, 8), 2),
+    ]
     assert lora_b[0].weight is model.get_submodule(f"{layer}.q_proj").lora_B["default"].weight
     assert lora_b[1].expert_rank is None
     with pytest.raises(ValueError, match="attach one first"):
@@ -131,8 +142,10 @@ def test_conflict_rows_per_projection_and_expert():
 def frame(moda_cos, lora_cos):
     rows = []
     for adapter, part, values in (("moda", "expert 0", moda_cos), ("lora", "B", lora_cos)):
-        rows += [{"adapter": adapter, "part": part, "projection": "q_proj+k_proj", "step": 10 * s, "cosine": c}
-                 for s, c in enumerate(values)]
+        rows += [
+            {"adapter": adapter, "part": part, "projection": "q_proj+k_proj", "step": 10 * s, "cosine": c}
+            for s, c in enumerate(values)
+        ]
     return pd.DataFrame(rows)
 
 
@@ -155,8 +168,13 @@ def tiny_dataset(tmp_path):
     for i, img in enumerate(images(len(TEXTS), seed=3)):
         paths.append(tmp_path / f"{i}.png")
         img.save(paths[-1])
-    return SimpleNamespace(name="five", n_items=len(TEXTS), item_fields=lambda: TEXTS, image_paths=lambda: paths,
-                           items=pd.DataFrame({"item_id": [f"i{k}" for k in range(len(TEXTS))]}))
+    return SimpleNamespace(
+        name="five",
+        n_items=len(TEXTS),
+        item_fields=lambda: TEXTS,
+        image_paths=lambda: paths,
+        items=pd.DataFrame({"item_id": [f"i{k}" for k in range(len(TEXTS))]}),
+    )
 
 
 def test_track_conflict_does_not_disturb_training(tiny_dataset, tmp_path):
@@ -173,8 +191,9 @@ def test_track_conflict_does_not_disturb_training(tiny_dataset, tmp_path):
     train_adapter(reference, tiny_dataset, config, tmp_path / "reference", progress=False)
     b = gradients.last_layer_b(tracked.model)[0].weight
     assert torch.count_nonzero(b) == b.numel()  # trained away from B = 0
-    for (name, got), (_, want) in zip(adapters.trainable_state(tracked.model).items(),
-                                      adapters.trainable_state(reference.model).items()):
+    for (name, got), (_, want) in zip(
+        adapters.trainable_state(tracked.model).items(), adapters.trainable_state(reference.model).items()
+    ):
         torch.testing.assert_close(got, want, msg=name)
 
 

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from sda_lib import adapters, mini, moda
 from sda_lib.adapt import AdaptConfig, train_adapter
@@ -22,8 +21,12 @@ from sda_lib.export import export_embeddings
 from sda_lib.extractors import minilm_folder
 from sda_lib.prompts import describe
 
-ITEMS = [{"title": "Red ceramic mug", "brand": "Acme"}, {"title": "Blue glass vase", "brand": "Lumen"},
-         {"title": "", "categories": "Home > Decor"}, {"title": "Striped cushion " * 80, "brand": "Marlow"}]
+ITEMS = [
+    {"title": "Red ceramic mug", "brand": "Acme"},
+    {"title": "Blue glass vase", "brand": "Lumen"},
+    {"title": "", "categories": "Home > Decor"},
+    {"title": "Striped cushion " * 80, "brand": "Marlow"},
+]
 
 
 @functools.cache
@@ -42,8 +45,10 @@ def pictures(n, seed=0):
 
 
 def test_loads_offline_from_the_committed_connector():
-    code = ("from sda_lib.backbone import load_backbone; b = load_backbone('mini', device='cpu'); "
-            "print(b.id, b.hidden_size, b.embed([{'title': 'mug'}], progress=False).shape)")
+    code = (
+        "from sda_lib.backbone import load_backbone; b = load_backbone('mini', device='cpu'); "
+        "print(b.id, b.hidden_size, b.embed([{'title': 'mug'}], progress=False).shape)"
+    )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -99,10 +104,14 @@ def test_zero_shot_neighbourhoods_beat_chance(toy_tiny):
 
     text, image = embed_items(backbone(), toy_tiny, progress=False)
     items = toy_tiny.items
-    shares = {(space, a): (neighbour_share(x, items[f"latent_{a}"].to_numpy()), base_rate(items[f"latent_{a}"]))
-              for space, x, attributes in (("text", text, ("category", "colour", "brand", "material")),
-                                           ("image", image, ("shape", "pattern")))
-              for a in attributes}
+    shares = {
+        (space, a): (neighbour_share(x, items[f"latent_{a}"].to_numpy()), base_rate(items[f"latent_{a}"]))
+        for space, x, attributes in (
+            ("text", text, ("category", "colour", "brand", "material")),
+            ("image", image, ("shape", "pattern")),
+        )
+        for a in attributes
+    }
     for key, (share, base) in shares.items():
         assert share > 1.25 * base, (key, share, base, shares)
 
@@ -112,8 +121,13 @@ def test_moda_goes_into_the_36_encoder_linears_and_refuses_the_vision_tower():
     report = adapters.attach(model, "moda", targets=mini.TARGETS)
     assert len(report.layers) == 36 and all(".text.encoder.layer." in f".{n}" for n in report.layers)
     assert {n.rsplit("layer.", 1)[1].split(".", 1)[1] for n in report.layers} == {
-        "attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
-        "intermediate.dense", "output.dense"}
+        "attention.self.query",
+        "attention.self.key",
+        "attention.self.value",
+        "attention.output.dense",
+        "intermediate.dense",
+        "output.dense",
+    }
     with pytest.raises(ValueError, match="vision encoder has nothing to adapt"):
         adapters.attach(fresh().model, "moda", targets=mini.TARGETS, adapt_vision=True)
 
@@ -129,12 +143,12 @@ def test_adapt_save_load_and_export(kind, toy_tiny, tmp_path):
     reloaded = fresh()
     assert adapters.load(reloaded.model, tmp_path / "adapter" / "adapter", b.id) == kind
     reloaded.model.eval()  # peft's new modules start in training mode
-    with torch.inference_mode(), adapters.modality(b.model, moda.IMAGE), \
-            adapters.modality(reloaded.model, moda.IMAGE):
+    with torch.inference_mode(), adapters.modality(b.model, moda.IMAGE), adapters.modality(reloaded.model, moda.IMAGE):
         batch = b.inputs(images=pictures(2))
         assert torch.allclose(b.embed_batch(batch), reloaded.embed_batch(batch), atol=1e-6)
-    table = export_embeddings(fresh(), toy_tiny, tmp_path / "features", adapter=tmp_path / "adapter" / "adapter",
-                              d=16, progress=False)
+    table = export_embeddings(
+        fresh(), toy_tiny, tmp_path / "features", adapter=tmp_path / "adapter" / "adapter", d=16, progress=False
+    )
     assert table.text.shape == table.image.shape == (toy_tiny.n_items, 384)
     assert table.manifest["backbone"] == b.id and table.manifest["adapter"]["kind"] == kind
 
@@ -174,8 +188,9 @@ def test_pretraining_is_reproducible(tmp_path):
     cards = [mini.pretrain_connector(TINY_RECIPE, tmp_path / f"{run}.safetensors") for run in "ab"]
     assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
     assert cards[0]["sha256"] == cards[1]["sha256"] and cards[0]["recipe"]["px"] == 64
-    assert cards[0]["command"] == ("python -m sda_lib.mini pretrain --px 64 --train-images 16 --test-images 8 "
-                                   "--steps 2 --batch-size 4")
+    assert cards[0]["command"] == (
+        "python -m sda_lib.mini pretrain --px 64 --train-images 16 --test-images 8 --steps 2 --batch-size 4"
+    )
     loaded = load_backbone("mini", device="cpu").model.connector  # the committed weights
     assert mini.load_connector(loaded, tmp_path / "a.safetensors") == cards[0]["sha256"]
 
@@ -190,8 +205,11 @@ def test_committed_connector_card():
 
 def test_missing_or_corrupt_connector_names_the_file_and_the_rebuild(tmp_path):
     connector = mini.new_connector()
-    with pytest.raises(FileNotFoundError, match=r"missing\.safetensors is missing: rebuild it with "
-                                                r"`python -m sda_lib\.mini pretrain --out"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"missing\.safetensors is missing: rebuild it with "
+        r"`python -m sda_lib\.mini pretrain --out",
+    ):
         mini.load_connector(connector, tmp_path / "missing.safetensors")
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(mini.CONNECTOR.read_bytes()[:-10])

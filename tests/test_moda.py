@@ -19,8 +19,8 @@ from sda_lib.moda import (
     inject_moda,
     load_moda,
     merge_moda,
-    modality,
     moda_layers,
+    modality,
     save_moda,
     unmerge_moda,
 )
@@ -33,23 +33,44 @@ def tiny_qwen(intermediate=INTERMEDIATE):
     torch.manual_seed(0)
     config = Qwen2_5_VLConfig(
         text_config=dict(
-            hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=4, num_key_value_heads=2,
-            intermediate_size=intermediate, vocab_size=1000, bos_token_id=0, eos_token_id=1,
+            hidden_size=HIDDEN,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=intermediate,
+            vocab_size=1000,
+            bos_token_id=0,
+            eos_token_id=1,
             rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
         ),
         vision_config=dict(
-            depth=2, hidden_size=32, num_heads=2, intermediate_size=64, out_hidden_size=HIDDEN,
-            patch_size=14, spatial_merge_size=2,
+            depth=2,
+            hidden_size=32,
+            num_heads=2,
+            intermediate_size=64,
+            out_hidden_size=HIDDEN,
+            patch_size=14,
+            spatial_merge_size=2,
         ),
-        image_token_id=IMAGE_TOKEN, vision_start_token_id=VISION_START, vision_end_token_id=VISION_END,
-        video_token_id=996, tie_word_embeddings=True,
+        image_token_id=IMAGE_TOKEN,
+        vision_start_token_id=VISION_START,
+        vision_end_token_id=VISION_END,
+        video_token_id=996,
+        tie_word_embeddings=True,
     )
     return Qwen2_5_VLForConditionalGeneration(config).eval()
 
 
 # (in, out) of every language-model projection of tiny_qwen, per layer.
-LANGUAGE_SHAPES = [(HIDDEN, HIDDEN), (HIDDEN, KV_DIM), (HIDDEN, KV_DIM), (HIDDEN, HIDDEN),
-                   (HIDDEN, INTERMEDIATE), (HIDDEN, INTERMEDIATE), (INTERMEDIATE, HIDDEN)]
+LANGUAGE_SHAPES = [
+    (HIDDEN, HIDDEN),
+    (HIDDEN, KV_DIM),
+    (HIDDEN, KV_DIM),
+    (HIDDEN, HIDDEN),
+    (HIDDEN, INTERMEDIATE),
+    (HIDDEN, INTERMEDIATE),
+    (INTERMEDIATE, HIDDEN),
+]
 
 
 def text_inputs(rows=2, length=9):
@@ -126,7 +147,7 @@ def test_fused_output_equals_per_expert_loop(gate_bias):
             xv = x[row, t].numpy()
             want = w0 @ xv + b0
             for i in range(config.num_experts):
-                want += config.alpha / config.r * w[i] * (b[:, i * k:(i + 1) * k] @ (a[i * k:(i + 1) * k] @ xv))
+                want += config.alpha / config.r * w[i] * (b[:, i * k : (i + 1) * k] @ (a[i * k : (i + 1) * k] @ xv))
             np.testing.assert_allclose(got[row, t], want, rtol=1e-5, atol=1e-5)
 
 
@@ -138,7 +159,7 @@ def test_hard_routing_equals_per_modality_loras():
     layer.state.ids = torch.tensor([IMAGE, TEXT])
     got = layer(x).detach()
     for row, m in enumerate([IMAGE, TEXT]):
-        a_m, b_m = layer.lora_A[m * 4:(m + 1) * 4].detach(), layer.lora_B[:, m * 4:(m + 1) * 4].detach()
+        a_m, b_m = layer.lora_A[m * 4 : (m + 1) * 4].detach(), layer.lora_B[:, m * 4 : (m + 1) * 4].detach()
         want = layer.base(x[row]).detach() + 8 / 4 * x[row] @ a_m.T @ b_m.T
         torch.testing.assert_close(got[row], want)
 

@@ -30,8 +30,9 @@ def normalize(name: str) -> str:
 def declared(extras=None) -> set[str]:
     """Distributions pyproject.toml declares: the dependencies and the given extras (all if None)."""
     optional = PROJECT.get("optional-dependencies", {})
-    requirements = PROJECT["dependencies"] + [r for e in (optional if extras is None else extras)
-                                              for r in optional.get(e, [])]
+    requirements = PROJECT["dependencies"] + [
+        r for e in (optional if extras is None else extras) for r in optional.get(e, [])
+    ]
     return {normalize(re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", r)[0]) for r in requirements}
 
 
@@ -69,8 +70,11 @@ def third_party(sources: dict[str, str], local: set[str]) -> dict[str, set[str]]
 
 
 def missing(needed: dict[str, set[str]], have: set[str]) -> str:
-    return "; ".join(f"{dist} (imported by {', '.join(sorted(files)[:3])})"
-                     for dist, files in sorted(needed.items()) if dist not in have)
+    return "; ".join(
+        f"{dist} (imported by {', '.join(sorted(files)[:3])})"
+        for dist, files in sorted(needed.items())
+        if dist not in have
+    )
 
 
 def test_pyproject_declares_what_sda_lib_and_the_notebooks_import():
@@ -90,8 +94,11 @@ def test_pyproject_declares_what_the_tests_import():
 def test_every_declared_dependency_is_pinned():
     """setup.sh installs with env/requirements*.txt as constraints: a declared dependency without a
     pin there would take whatever version is newest on the day."""
-    pins = {normalize(m[1]): m[2] for path in ("env/requirements-torch.txt", "env/requirements.txt")
-            for m in re.finditer(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", (ROOT / path).read_text(), re.M)}
+    pins = {
+        normalize(m[1]): m[2]
+        for path in ("env/requirements-torch.txt", "env/requirements.txt")
+        for m in re.finditer(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", (ROOT / path).read_text(), re.M)
+    }
     unpinned = sorted(declared() - pins.keys())
     assert not unpinned, f"pin these in env/requirements.txt (name==version): {', '.join(unpinned)}"
 

@@ -10,27 +10,35 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from sda_lib.data import (Catalogue, DataError, PrepareParams, default_tail_count_on, load_prepared,
-                          prepare_dataset)
+from sda_lib.data import Catalogue, DataError, PrepareParams, default_tail_count_on, load_prepared, prepare_dataset
 from sda_lib.data.card import format_card
 from sda_lib.data.prepare import leave_one_out, prepare_catalogue, sample_negatives
 
 
 def catalogue(interactions, n_items=8, **kw):
-    items = pd.DataFrame({
-        "item_id": [f"i{k}" for k in range(n_items)],
-        "title": [f"Item {k}" for k in range(n_items)],
-        "image_path": [None] * n_items,
-    })
+    items = pd.DataFrame(
+        {
+            "item_id": [f"i{k}" for k in range(n_items)],
+            "title": [f"Item {k}" for k in range(n_items)],
+            "image_path": [None] * n_items,
+        }
+    )
     inter = pd.DataFrame(interactions, columns=["user_id", "item_id", "timestamp"])
     return Catalogue("hand", items, inter, ["title"], **kw)
 
 
 HAND = [
     # user a: 4 items, with an exact duplicate (a, i1) that must go; file order is not time order
-    ("a", "i2", 30), ("a", "i0", 10), ("a", "i1", 20), ("a", "i1", 25), ("a", "i3", 40),
-    ("b", "i0", 5), ("b", "i2", 6), ("b", "i4", 7),
-    ("c", "i0", 1), ("c", "i5", 2),  # too short: dropped
+    ("a", "i2", 30),
+    ("a", "i0", 10),
+    ("a", "i1", 20),
+    ("a", "i1", 25),
+    ("a", "i3", 40),
+    ("b", "i0", 5),
+    ("b", "i2", 6),
+    ("b", "i4", 7),
+    ("c", "i0", 1),
+    ("c", "i5", 2),  # too short: dropped
 ]
 
 
@@ -69,24 +77,28 @@ def test_tail_counted_on_all(tmp_path):
 # six users buy i0, i1, i2, then two of i3, i4, i5 (each pair in both orders): every item has at
 # least 4 interactions in all, but i3, i4 and i5 are always a validation or test item, so none in training
 ENDINGS = [(3, 4), (4, 3), (3, 5), (5, 3), (4, 5), (5, 4)]
-EVERYONE_BUYS_ALL = [(f"u{u}", f"i{k}", t)
-                     for u, ending in enumerate(ENDINGS) for t, k in enumerate((0, 1, 2, *ending))]
+EVERYONE_BUYS_ALL = [
+    (f"u{u}", f"i{k}", t) for u, ending in enumerate(ENDINGS) for t, k in enumerate((0, 1, 2, *ending))
+]
 
 
 def test_authors_tail_rule_and_its_empty_tail_are_named(tmp_path):
     (tmp_path / "all").mkdir()
     (tmp_path / "train").mkdir()
-    card = prepare_catalogue(catalogue(EVERYONE_BUYS_ALL, n_items=6), tmp_path / "all",
-                             PrepareParams(tail_count_on="all", n_negatives=1))
+    card = prepare_catalogue(
+        catalogue(EVERYONE_BUYS_ALL, n_items=6), tmp_path / "all", PrepareParams(tail_count_on="all", n_negatives=1)
+    )
     assert card["tail_rule"] == "< 4 interactions over all data (the authors' rule)"
     assert card["tail_items"] == 0 and card["tail_test_share"] == 0
     assert card["tail_note"] == (
         "no tail items under the rule '< 4 interactions over all data (the authors' rule)': every item has at "
-        "least 4; use tail_count_on='train' (--tail-count-on train) for a training-count tail")
+        "least 4; use tail_count_on='train' (--tail-count-on train) for a training-count tail"
+    )
     assert f"rule: {card['tail_rule']}\n              {card['tail_note']}\n" in format_card(card)
 
-    card = prepare_catalogue(catalogue(EVERYONE_BUYS_ALL, n_items=6), tmp_path / "train",
-                             PrepareParams(tail_count_on="train", n_negatives=1))
+    card = prepare_catalogue(
+        catalogue(EVERYONE_BUYS_ALL, n_items=6), tmp_path / "train", PrepareParams(tail_count_on="train", n_negatives=1)
+    )
     assert card["tail_rule"] == "< 4 training interactions"
     assert list(load_prepared(tmp_path / "train").items["is_tail"]) == [False, False, False, True, True, True]
     assert card["tail_test_share"] == 1.0 and card["tail_note"] is None
@@ -97,13 +109,16 @@ def test_tail_items_that_are_never_a_test_target_are_named(tmp_path):
     rows = EVERYONE_BUYS_ALL + [("u0", "i6", -2), ("u1", "i7", -1)]
     card = prepare_catalogue(catalogue(rows, n_items=8), tmp_path, PrepareParams(n_negatives=1))
     assert card["tail_items"] == 2 and card["tail_test_share"] == 0
-    assert card["tail_note"] == ("no test target is a tail item under the rule '< 4 interactions over all data "
-                                 "(the authors' rule)': the tail metrics are empty")
+    assert card["tail_note"] == (
+        "no test target is a tail item under the rule '< 4 interactions over all data "
+        "(the authors' rule)': the tail metrics are empty"
+    )
 
 
 def test_default_tail_rule_per_dataset():
-    assert {name: default_tail_count_on(name) for name in ("beauty", "sports", "toys", "custom", "toy", "toy-tiny")} \
-        == {"beauty": "all", "sports": "all", "toys": "all", "custom": "all", "toy": "train", "toy-tiny": "train"}
+    assert {
+        name: default_tail_count_on(name) for name in ("beauty", "sports", "toys", "custom", "toy", "toy-tiny")
+    } == {"beauty": "all", "sports": "all", "toys": "all", "custom": "all", "toy": "train", "toy-tiny": "train"}
     assert PrepareParams().for_dataset("toy").tail_count_on == "train"
     assert PrepareParams().for_dataset("beauty").tail_count_on == "all"
     assert PrepareParams(tail_count_on="train").for_dataset("beauty").tail_count_on == "train"
@@ -198,21 +213,32 @@ def test_unknown_dataset(tmp_path):
         prepare_dataset("beuty", out=tmp_path / "x")
 
 
-@pytest.mark.parametrize(("field", "value", "message"), [
-    ("n_negatives", 0, "n_negatives must be an integer >= 1, got 0"),
-    ("tail_threshold", 2.5, "tail_threshold must be an integer >= 1, got 2.5"),
-    ("seed", -1, "seed must be an integer >= 0, got -1"),
-    ("tail_count_on", "test", "tail_count_on must be 'train', 'all' or None, got 'test'"),
-    ("recipe", "10core", "recipe must be one of 5core, sda, got '10core'"),
-    ("placeholder", "black", "placeholder must be one of noise, grey, got 'black'"),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("n_negatives", 0, "n_negatives must be an integer >= 1, got 0"),
+        ("tail_threshold", 2.5, "tail_threshold must be an integer >= 1, got 2.5"),
+        ("seed", -1, "seed must be an integer >= 0, got -1"),
+        ("tail_count_on", "test", "tail_count_on must be 'train', 'all' or None, got 'test'"),
+        ("recipe", "10core", "recipe must be one of 5core, sda, got '10core'"),
+        ("placeholder", "black", "placeholder must be one of noise, grey, got 'black'"),
+    ],
+)
 def test_bad_parameters_are_named(field, value, message):
     with pytest.raises(ValueError, match=message):
         PrepareParams(**{field: value})
 
 
-@pytest.mark.parametrize("argv", [["--n-negatives", "0"], ["--tail-threshold", "0"], ["--seed", "-1"],
-                                  ["--n-negatives", "many"], ["--recipe", "10core"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--n-negatives", "0"],
+        ["--tail-threshold", "0"],
+        ["--seed", "-1"],
+        ["--n-negatives", "many"],
+        ["--recipe", "10core"],
+    ],
+)
 def test_cli_bad_parameter_is_a_usage_error(tmp_path, capsys, argv):
     from sda_lib.data.__main__ import main
 

@@ -8,14 +8,14 @@ import pytest
 import torch
 from scipy import stats
 
-from sda_lib.data import PrepareParams, PreparedDataset
+from sda_lib.data import PreparedDataset, PrepareParams
 from sda_lib.data.catalogue import Catalogue
 from sda_lib.data.prepare import prepare_catalogue
 from sda_lib.recsys import InteractionData, Recommender, evaluate, metrics_from_ranks, rank_targets, summarize
 from sda_lib.recsys.base import Tables
 from sda_lib.recsys.evaluate import draw_negatives
-from sda_lib.recsys.sampling import sample_distinct_outside, sequence_keys
 from sda_lib.recsys.report import gains_by_popularity, paired_ttest, table1
+from sda_lib.recsys.sampling import sample_distinct_outside, sequence_keys
 
 # Item ids "a".."f" become items 0..5 in first-seen order of the items table.
 SEQUENCES = {"u0": "abcd", "u1": "eaf", "u2": "bcefa"}
@@ -25,9 +25,15 @@ SEQUENCES = {"u0": "abcd", "u1": "eaf", "u2": "bcefa"}
 def data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("hand")
     items = pd.DataFrame({"item_id": list("abcdef"), "title": list("ABCDEF"), "image_path": [None] * 6})
-    inter = pd.DataFrame([(u, i, t) for u, seq in SEQUENCES.items() for t, i in enumerate(seq)],
-                         columns=["user_id", "item_id", "timestamp"])
-    prepare_catalogue(Catalogue("hand", items, inter, ["title"]), folder, PrepareParams(n_negatives=1, tail_threshold=2, tail_count_on="train"))
+    inter = pd.DataFrame(
+        [(u, i, t) for u, seq in SEQUENCES.items() for t, i in enumerate(seq)],
+        columns=["user_id", "item_id", "timestamp"],
+    )
+    prepare_catalogue(
+        Catalogue("hand", items, inter, ["title"]),
+        folder,
+        PrepareParams(n_negatives=1, tail_threshold=2, tail_count_on="train"),
+    )
     return InteractionData.from_prepared(PreparedDataset.load(folder))
 
 
@@ -51,7 +57,7 @@ def test_dataset_layout(data):
     assert data.targets("test").tolist() == [3, 5, 0]
     assert data.targets("valid").tolist() == [2, 0, 5]
     items, offsets = data.history("test")
-    assert [items[offsets[u]:offsets[u + 1]].tolist() for u in range(3)] == [[0, 1, 2], [4, 0], [1, 2, 4, 5]]
+    assert [items[offsets[u] : offsets[u + 1]].tolist() for u in range(3)] == [[0, 1, 2], [4, 0], [1, 2, 4, 5]]
     # training counts a1 b2 c1 (u0's c is its validation item) d0 e2 f0; tail means fewer than 2
     assert data.popularity.tolist() == [1, 2, 1, 0, 2, 0]
     assert data.is_tail.tolist() == [True, False, True, True, False, True]
@@ -64,21 +70,24 @@ def test_metrics_from_ranks_match_hand_computation():
     assert m["HR@5"].tolist() == [1, 1, 1, 0, 0, 0, 0, 0]
     assert m["HR@10"].tolist() == [1, 1, 1, 1, 1, 0, 0, 0]
     assert m["HR@20"].tolist() == [1, 1, 1, 1, 1, 1, 1, 0]
-    np.testing.assert_allclose(m["NDCG@10"], [1, 1 / math.log2(3), 1 / math.log2(6), 1 / math.log2(7),
-                                              1 / math.log2(11), 0, 0, 0])
+    np.testing.assert_allclose(
+        m["NDCG@10"], [1, 1 / math.log2(3), 1 / math.log2(6), 1 / math.log2(7), 1 / math.log2(11), 0, 0, 0]
+    )
     np.testing.assert_allclose(m["NDCG@5"][:3], [1, 1 / math.log2(3), 1 / math.log2(6)])
     np.testing.assert_allclose(m["MRR"], 1 / np.array([1, 2, 5, 6, 10, 11, 20, 21]))
 
 
 def test_full_ranking_excludes_history_but_not_target(data):
-    scores = np.array([
-        # u0: history a b c, target d (0.5); e 0.9 and f 0.5 (tie) count, a b c do not
-        [9.0, 9.0, 9.0, 0.5, 0.9, 0.5],
-        # u1: history e a, target f (0.1); b c d all higher
-        [9.0, 0.2, 0.3, 0.4, 9.0, 0.1],
-        # u2: history b c e f, target a (0.7); d lower: rank 0
-        [0.7, 5.0, 5.0, 0.1, 5.0, 5.0],
-    ])
+    scores = np.array(
+        [
+            # u0: history a b c, target d (0.5); e 0.9 and f 0.5 (tie) count, a b c do not
+            [9.0, 9.0, 9.0, 0.5, 0.9, 0.5],
+            # u1: history e a, target f (0.1); b c d all higher
+            [9.0, 0.2, 0.3, 0.4, 9.0, 0.1],
+            # u2: history b c e f, target a (0.7); d lower: rank 0
+            [0.7, 5.0, 5.0, 0.1, 5.0, 5.0],
+        ]
+    )
     ranks = rank_targets(FixedScores(data, scores), data, "test", "full")
     assert ranks.tolist() == [2, 3, 0]
     # validation: u0's history is a b only; its target c (9.0) ties them, but they are excluded
@@ -137,10 +146,15 @@ def test_nan_scores_are_an_error(data):
 
 def _frame(values, is_tail=None, popularity=None):
     n = len(values)
-    return pd.DataFrame({"user": np.arange(n), "target": np.arange(n) % 3,
-                         "is_tail": is_tail if is_tail is not None else np.zeros(n, bool),
-                         "popularity": popularity if popularity is not None else np.arange(n),
-                         "NDCG@10": values})
+    return pd.DataFrame(
+        {
+            "user": np.arange(n),
+            "target": np.arange(n) % 3,
+            "is_tail": is_tail if is_tail is not None else np.zeros(n, bool),
+            "popularity": popularity if popularity is not None else np.arange(n),
+            "NDCG@10": values,
+        }
+    )
 
 
 def test_paired_ttest_matches_hand_computation():
@@ -168,9 +182,19 @@ def test_table1_gains_relative_to_baseline():
         for seed, value in enumerate(seeds):
             for subset, scale in (("overall", 1.0), ("tail", 0.5)):
                 for metric in ("HR@10", "NDCG@10"):
-                    rows.append({"dataset": "d", "model": "sasrec", "features": features, "item_repr": "x",
-                                 "seed": seed, "protocol": "full", "subset": subset, "metric": metric,
-                                 "value": value * scale})
+                    rows.append(
+                        {
+                            "dataset": "d",
+                            "model": "sasrec",
+                            "features": features,
+                            "item_repr": "x",
+                            "seed": seed,
+                            "protocol": "full",
+                            "subset": subset,
+                            "metric": metric,
+                            "value": value * scale,
+                        }
+                    )
     table = table1(pd.DataFrame(rows))
     assert table.loc[("d", "sasrec", "id"), ("overall", "HR@10")] == pytest.approx(0.11)
     assert table.loc[("d", "sasrec", "sda"), ("overall", "HR@10 gain")] == pytest.approx(0.15 / 0.11 - 1)

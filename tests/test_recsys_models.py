@@ -11,11 +11,22 @@ import torch
 
 from sda_lib.data import DataError, PreparedDataset, prepare_dataset
 from sda_lib.features import FeatureError, FeatureTable, item_order_checksum
-from sda_lib.recsys import (RECOMMENDERS, InteractionData, RunKey, TrainConfig, build_model, fit, model_train_config,
-                            part_settings, run_experiment, table1, train_grid)
+from sda_lib.recsys import (
+    RECOMMENDERS,
+    InteractionData,
+    RunKey,
+    TrainConfig,
+    build_model,
+    fit,
+    model_train_config,
+    part_settings,
+    run_experiment,
+    table1,
+    train_grid,
+)
 from sda_lib.recsys.base import PAD, FeatureAdapter, ItemEncoder, resolve_features
 from sda_lib.recsys.peers import write_atomic_file
-from sda_lib.recsys.slmrec import _SymmetricProduct, _normalised_graph
+from sda_lib.recsys.slmrec import _normalised_graph, _SymmetricProduct
 from sda_lib.recsys.train import seed_everything
 
 FAST = TrainConfig(epochs=2, batch_size=64, progress=False)
@@ -39,9 +50,12 @@ def make_table(dataset, rows=None, name=None, d_text=6, d_image=4, seed=0) -> Fe
     rng = np.random.default_rng(seed)
     text, image = (rng.normal(size=(n, d)).astype(np.float32) for d in (d_text, d_image))
     text, image = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (text, image))  # unit rows, as extractors
-    manifest = {"dataset": name or dataset.name, "item_order": item_order_checksum(dataset.items["item_id"]),
-                "extractor": "random", "dims": {"text": d_text, "image": d_image,
-                                                "features_text": d_text, "features_image": d_image}}
+    manifest = {
+        "dataset": name or dataset.name,
+        "item_order": item_order_checksum(dataset.items["item_id"]),
+        "extractor": "random",
+        "dims": {"text": d_text, "image": d_image, "features_text": d_text, "features_image": d_image},
+    }
     return FeatureTable(text=text, image=image, features=np.concatenate([text, image], 1), manifest=manifest)
 
 
@@ -80,10 +94,10 @@ def test_packed_encoding_equals_encoding_each_window_alone(data):
     lengths = [1, 20, 3, 9, 17, 5, 2]
     tokens = torch.zeros(len(lengths), 20, dtype=torch.long)
     for row, n in enumerate(lengths):
-        tokens[row, 20 - n:] = torch.from_numpy(rng.integers(1, data.n_items + 1, n))
+        tokens[row, 20 - n :] = torch.from_numpy(rng.integers(1, data.n_items + 1, n))
     packed = model.encode(tokens, items)
     # each window alone and unpadded: no grouping, no padding, same positions (right-aligned)
-    alone = torch.cat([model.encode(tokens[row:row + 1, 20 - n:], items) for row, n in enumerate(lengths)])
+    alone = torch.cat([model.encode(tokens[row : row + 1, 20 - n :], items) for row, n in enumerate(lengths)])
     assert packed.shape == (sum(lengths), 64)
     torch.testing.assert_close(packed, alone)
 
@@ -181,14 +195,26 @@ def hand_data(n_users: int, n_items: int, sequences) -> InteractionData:
     """An InteractionData from sequences given by hand (last item test, the one before valid)."""
     items = np.concatenate([np.asarray(s) for s in sequences]).astype(np.int64)
     offsets = np.concatenate([[0], np.cumsum([len(s) for s in sequences])]).astype(np.int64)
-    return InteractionData("hand", n_users, n_items, items, offsets, np.zeros(n_items, bool),
-                           np.ones(n_items, np.int64), np.zeros((n_users, 1), np.int64))
+    return InteractionData(
+        "hand",
+        n_users,
+        n_items,
+        items,
+        offsets,
+        np.zeros(n_items, bool),
+        np.ones(n_items, np.int64),
+        np.zeros((n_users, 1), np.int64),
+    )
 
 
 def hand_table(text, image) -> FeatureTable:
     text, image = np.asarray(text, np.float32), np.asarray(image, np.float32)
-    dims = {"text": text.shape[1], "image": image.shape[1], "features_text": text.shape[1],
-            "features_image": image.shape[1]}
+    dims = {
+        "text": text.shape[1],
+        "image": image.shape[1],
+        "features_text": text.shape[1],
+        "features_image": image.shape[1],
+    }
     return FeatureTable(text, image, np.concatenate([text, image], 1), {"dataset": "hand", "dims": dims})
 
 
@@ -280,8 +306,9 @@ def test_models_bring_their_training_settings(dataset):
     assert (sampled.monitor, sampled.monitor_protocol) == ("NDCG@10", "sampled")
     run = run_experiment(dataset, "slmrec", train=replace(FAST, epochs=1), model_params={"dim": 8})
     assert run.config["train"]["lr"] == 1e-4 and run.config["train"]["monitor"] == "HR@20"
-    plain = run_experiment(dataset, "slmrec", train=replace(FAST, epochs=1), model_params={"dim": 8},
-                           model_defaults=False)
+    plain = run_experiment(
+        dataset, "slmrec", train=replace(FAST, epochs=1), model_params={"dim": 8}, model_defaults=False
+    )
     assert plain.config["train"]["lr"] == 1e-3
 
 
@@ -362,8 +389,10 @@ def test_train_grid_table_and_rerun(dataset, tmp_path):
     p = table.loc[("toy-tiny", "sasrec", "random"), ("tail", "HR@10 p")]
     assert 0 <= p <= 1 or np.isnan(p)
     # per-user results are keyed by named RunKeys, which are still plain 5-tuples
-    assert list(per_user) == [RunKey("toy-tiny", "sasrec", "id", "id", 0),
-                              RunKey("toy-tiny", "sasrec", "random", "id+features", 0)]
+    assert list(per_user) == [
+        RunKey("toy-tiny", "sasrec", "id", "id", 0),
+        RunKey("toy-tiny", "sasrec", "random", "id+features", 0),
+    ]
     key = list(per_user)[1]
     assert (key.features, key.item_repr, key.seed) == ("random", "id+features", 0) and key == tuple(key)
     assert set(per_user[key]) == {"full", "sampled"}

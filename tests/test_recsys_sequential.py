@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from sda_lib.data import PrepareParams, PreparedDataset
+from sda_lib.data import PreparedDataset, PrepareParams
 from sda_lib.data.catalogue import Catalogue
 from sda_lib.data.prepare import prepare_catalogue
 from sda_lib.features import FeatureTable
@@ -36,12 +36,15 @@ SEQUENCES = {"u0": "abcdef", "u1": "ghabc", "u2": "dgha", "u3": "hbfcgd"}
 def hand(tmp_path_factory):
     folder = tmp_path_factory.mktemp("hand-seq")
     items = pd.DataFrame({"item_id": list("abcdefgh"), "title": list("ABCDEFGH"), "image_path": [None] * 8})
-    inter = pd.DataFrame([(u, i, t) for u, seq in SEQUENCES.items() for t, i in enumerate(seq)],
-                         columns=["user_id", "item_id", "timestamp"])
+    inter = pd.DataFrame(
+        [(u, i, t) for u, seq in SEQUENCES.items() for t, i in enumerate(seq)],
+        columns=["user_id", "item_id", "timestamp"],
+    )
     with warnings.catch_warnings():  # 8 items cannot give every user 2 stored negatives outside its sequence
         warnings.simplefilter("ignore", UserWarning)
-        prepare_catalogue(Catalogue("hand", items, inter, ["title"]), folder,
-                          PrepareParams(n_negatives=1, tail_count_on="train"))
+        prepare_catalogue(
+            Catalogue("hand", items, inter, ["title"]), folder, PrepareParams(n_negatives=1, tail_count_on="train")
+        )
     return InteractionData.from_prepared(PreparedDataset.load(folder))
 
 
@@ -54,8 +57,9 @@ def features(n_items, width=12, seed=0):
     """A random feature table, half text, half image."""
     array = np.random.default_rng(seed).normal(size=(n_items, width)).astype(np.float32)
     half = width // 2
-    return FeatureTable(array[:, :half], array[:, half:], array,
-                        {"dims": {"features_text": half, "features_image": width - half}})
+    return FeatureTable(
+        array[:, :half], array[:, half:], array, {"dims": {"features_text": half, "features_image": width - half}}
+    )
 
 
 # ---------------------------------------------------------------- early stopping
@@ -103,12 +107,15 @@ def scripted(monkeypatch):
     return seen
 
 
-@pytest.mark.parametrize("monitor, improve, best, epochs_run", [
-    (("HR@5", "NDCG@5"), "any", 5, 7),  # improves at 1 2 3 5; stops after 6 and 7
-    (("HR@5", "NDCG@5"), "all", 1, 3),  # 2 and 3 each lower one metric
-    ("HR@5", "any", 2, 4),
-    ("NDCG@5", "any", 1, 3),
-])
+@pytest.mark.parametrize(
+    "monitor, improve, best, epochs_run",
+    [
+        (("HR@5", "NDCG@5"), "any", 5, 7),  # improves at 1 2 3 5; stops after 6 and 7
+        (("HR@5", "NDCG@5"), "all", 1, 3),  # 2 and 3 each lower one metric
+        ("HR@5", "any", 2, 4),
+        ("NDCG@5", "any", 1, 3),
+    ],
+)
 def test_stopping_rules_on_a_scripted_validation(scripted, monitor, improve, best, epochs_run):
     config = TrainConfig(epochs=len(SCRIPT), patience=2, monitor=monitor, improve=improve, progress=False)
     model = Drifting()
@@ -133,9 +140,12 @@ def test_bad_stopping_settings_name_the_value():
 
 def test_several_rules_over_one_training_equal_separate_fits(tiny, tmp_path):
     base = TrainConfig(epochs=10, batch_size=64, lr=1e-2, progress=False)
-    rules = {"full": replace(base, patience=1, monitor=("HR@10", "NDCG@10")),
-             "sampled": replace(base, patience=3, monitor="MRR", monitor_protocol="sampled",
-                                monitor_negatives=20, fresh_negatives=True)}
+    rules = {
+        "full": replace(base, patience=1, monitor=("HR@10", "NDCG@10")),
+        "sampled": replace(
+            base, patience=3, monitor="MRR", monitor_protocol="sampled", monitor_negatives=20, fresh_negatives=True
+        ),
+    }
 
     def model():
         seed_everything(0)
@@ -149,15 +159,17 @@ def test_several_rules_over_one_training_equal_separate_fits(tiny, tmp_path):
     fit_rules(model(), tiny, {k: replace(r, epochs=2) for k, r in rules.items()}, tmp_path / "resumed")
     resumed = fit_rules(model(), tiny, rules, tmp_path / "resumed")
     for name in rules:
-        pd.testing.assert_frame_equal(together[name][0].history.drop(columns="seconds"),
-                                      resumed[name][0].history.drop(columns="seconds"))
+        pd.testing.assert_frame_equal(
+            together[name][0].history.drop(columns="seconds"), resumed[name][0].history.drop(columns="seconds")
+        )
     with pytest.raises(ValueError, match="written for other stopping rules"):
         fit_rules(model(), tiny, {"full": rules["full"]}, tmp_path / "resumed")
     for name, rule in rules.items():
         alone = model()
         result = fit(alone, tiny, rule)
-        pd.testing.assert_frame_equal(together[name][0].history.drop(columns="seconds"),
-                                      result.history.drop(columns="seconds"))
+        pd.testing.assert_frame_equal(
+            together[name][0].history.drop(columns="seconds"), result.history.drop(columns="seconds")
+        )
         assert together[name][0].best_epoch == result.best_epoch
         for key, value in alone.state_dict().items():
             torch.testing.assert_close(together[name][1][key], value)
@@ -247,8 +259,7 @@ def test_bert4rec_cloze_variants(tiny):
         # labels put back give every training window twice: once cloze, once last-item-masked
         restored = np.where(labels != PAD, labels, inputs)
         assert sorted(map(tuple, restored.tolist())) == sorted(map(tuple, np.concatenate([windows, windows]).tolist()))
-        copies = ((labels[:, :-1] == PAD).all(1) & (inputs[:, -1] == token)
-                  & (inputs[:, :-1] == restored[:, :-1]).all(1))
+        copies = (labels[:, :-1] == PAD).all(1) & (inputs[:, -1] == token) & (inputs[:, :-1] == restored[:, :-1]).all(1)
         assert copies.sum() >= n
         chosen = labels != PAD
         shown["mask"] += (inputs[chosen] == token).sum() - n  # less the copies' masks
@@ -276,6 +287,7 @@ def test_bert4rec_defaults_draw_as_before(tiny):
 
 def contrastive_loss2(X, Y, tau):
     """numpy transcription of liuqidong07/LLMEmb models/utils.py Contrastive_Loss2(X, Y)."""
+
     def log_softmax(z):
         z = z - z.max(1, keepdims=True)
         return z - np.log(np.exp(z).sum(1, keepdims=True))
@@ -292,8 +304,17 @@ def contrastive_loss2(X, Y, tau):
 def test_alignment_loss_equals_the_authors_formula(tiny, model_class, item_repr):
     reference = np.random.default_rng(1).normal(size=(tiny.n_items, 8)).astype(np.float32)
     seed_everything(0)
-    model = model_class(tiny, item_repr, features(tiny.n_items), dim=8, n_heads=1, dropout=0.0,
-                        align_items=reference, align_weight=0.3, align_tau=2.0)
+    model = model_class(
+        tiny,
+        item_repr,
+        features(tiny.n_items),
+        dim=8,
+        n_heads=1,
+        dropout=0.0,
+        align_items=reference,
+        align_weight=0.3,
+        align_tau=2.0,
+    )
     batch = next(iter(model.train_batches(32, np.random.default_rng(0))))
     inputs, labels = batch[0], batch[1]
     targets = (labels[inputs != PAD] if model_class is SASRec else labels[labels != PAD]) - 1
@@ -329,8 +350,9 @@ def test_presets_build_and_train_one_epoch(tiny, name, model_name):
     model = RECOMMENDERS[model_name](tiny, preset.item_repr or "id", table, **preset.params(model_name))
     # toy-tiny stores 50 negatives per user, fewer than S3-Rec's 99
     stored = preset.train.monitor_protocol == "sampled" and not preset.train.fresh_negatives
-    result = fit(model, tiny, preset.training(epochs=1, progress=False,
-                                              **({"monitor_negatives": 50} if stored else {})))
+    result = fit(
+        model, tiny, preset.training(epochs=1, progress=False, **({"monitor_negatives": 50} if stored else {}))
+    )
     assert len(result.history) == 1 and np.isfinite(result.history["loss"]).all()
 
 
@@ -351,8 +373,16 @@ def test_authors_preset_with_alignment_to_a_pretrained_id_model(tiny, toy_tiny, 
 
 
 def test_seed_summary_mean_spread_and_published():
-    runs = pd.DataFrame({"seed": [0, 1, 2], "protocol": "full", "metric": "HR@10",
-                         "value": [0.058, 0.060, 0.062], "best_epoch": [40, 50, 60], "epochs_run": [50, 60, 70]})
+    runs = pd.DataFrame(
+        {
+            "seed": [0, 1, 2],
+            "protocol": "full",
+            "metric": "HR@10",
+            "value": [0.058, 0.060, 0.062],
+            "best_epoch": [40, 50, 60],
+            "epochs_run": [50, 60, 70],
+        }
+    )
     row = summarize_seeds(runs, "beauty", "sasrec").iloc[0]
     assert row["mean"] == pytest.approx(0.060) and row["std"] == pytest.approx(0.002)
     assert row["published"] == 0.0605 and row["relative"] == pytest.approx(0.060 / 0.0605 - 1)

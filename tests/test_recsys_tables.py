@@ -10,8 +10,18 @@ import pytest
 from scipy import stats
 
 from sda_lib.features import FeatureTable, item_order_checksum
-from sda_lib.recsys import (RunKey, TrainConfig, figure3, format_table1, headline, paper_table1, part_settings,
-                            results_table, tail_definition, train_grid)
+from sda_lib.recsys import (
+    RunKey,
+    TrainConfig,
+    figure3,
+    format_table1,
+    headline,
+    paper_table1,
+    part_settings,
+    results_table,
+    tail_definition,
+    train_grid,
+)
 from sda_lib.recsys.evaluate import metrics_from_ranks
 from sda_lib.recsys.experiment import tidy_metrics
 from sda_lib.recsys.published import ABSTRACT
@@ -26,8 +36,16 @@ def frame(hits, dataset="beauty", rank_of_hit=0):
     ranks = np.full(N_USERS, 50)
     ranks[list(hits)] = rank_of_hit
     is_tail = np.isin(np.arange(N_USERS), list(TAIL_USERS)) if dataset == "beauty" else np.zeros(N_USERS, bool)
-    return pd.DataFrame({"user": np.arange(N_USERS), "target": np.arange(N_USERS) % 7, "is_tail": is_tail,
-                         "popularity": np.arange(N_USERS), "rank": ranks, **metrics_from_ranks(ranks)})
+    return pd.DataFrame(
+        {
+            "user": np.arange(N_USERS),
+            "target": np.arange(N_USERS) % 7,
+            "is_tail": is_tail,
+            "popularity": np.arange(N_USERS),
+            "rank": ranks,
+            **metrics_from_ranks(ranks),
+        }
+    )
 
 
 def hits(head: int, tail: int) -> list[int]:
@@ -37,8 +55,13 @@ def hits(head: int, tail: int) -> list[int]:
 
 # (dataset, model) -> feature label -> per-seed (head hits, tail hits[, rank of the hits])
 GRID = {
-    ("beauty", "sasrec"): {"id": [(8, 2)], "clip": [(10, 3)], "zero-shot": [(7, 4)], "pretrained": [(5, 0)],
-                           "sda": [(20, 6), (22, 6)]},
+    ("beauty", "sasrec"): {
+        "id": [(8, 2)],
+        "clip": [(10, 3)],
+        "zero-shot": [(7, 4)],
+        "pretrained": [(5, 0)],
+        "sda": [(20, 6), (22, 6)],
+    },
     ("beauty", "slmrec"): {"id": [(10, 0)], "clip": [(11, 0)], "zero-shot": [(13, 0)], "sda": [(12, 2, 1)]},
     ("toys", "sasrec"): {"id": [(8, 2)], "clip": [(10, 3)], "zero-shot": [(7, 4)], "sda": [(20, 6)]},
 }
@@ -65,7 +88,11 @@ def test_table1_rows_in_the_papers_order(grid):
     assert list(table.loc[("beauty", "SASRec")].index) == ["Base", "CLIP", "QwenVL", "pretrained", "SDA"]
     assert list(table.loc[("beauty", "SLMRec")].index) == ["Base", "CLIP", "QwenVL", "SDA"]
     assert [c for c in table.columns if c[1] in ("H@10", "N@10")] == [
-        ("overall", "H@10"), ("overall", "N@10"), ("tail", "H@10"), ("tail", "N@10")]
+        ("overall", "H@10"),
+        ("overall", "N@10"),
+        ("tail", "H@10"),
+        ("tail", "N@10"),
+    ]
     # seed means: SDA hits 26 and 28 of 40 users overall, 6 of the 10 tail users in both seeds
     assert table.loc[("beauty", "SASRec", "SDA"), ("overall", "H@10")] == pytest.approx(27 / 40)
     assert table.loc[("beauty", "SASRec", "CLIP"), ("overall", "H@10")] == pytest.approx(13 / 40)
@@ -84,16 +111,20 @@ def test_table1_gains_over_the_best_other_row_and_marks(grid):
     assert sda[("tail", "H@10 gain")] == pytest.approx(0.6 / 0.4 - 1)
     # p: paired t-test of SDA (seed-averaged per user) against that row
     _, per_user = grid
-    sda_users = (per_user[RunKey("beauty", "sasrec", "sda", "id+features", 0)]["sampled"]["HR@10"].to_numpy()
-                 + per_user[RunKey("beauty", "sasrec", "sda", "id+features", 1)]["sampled"]["HR@10"].to_numpy()) / 2
+    sda_users = (
+        per_user[RunKey("beauty", "sasrec", "sda", "id+features", 0)]["sampled"]["HR@10"].to_numpy()
+        + per_user[RunKey("beauty", "sasrec", "sda", "id+features", 1)]["sampled"]["HR@10"].to_numpy()
+    ) / 2
     clip = per_user[RunKey("beauty", "sasrec", "clip", "id+features", 0)]["sampled"]["HR@10"].to_numpy()
     assert sda[("overall", "H@10 p")] == pytest.approx(stats.ttest_rel(sda_users, clip).pvalue)
     zero_shot = per_user[RunKey("beauty", "sasrec", "zero-shot", "id+features", 0)]["sampled"]["HR@10"].to_numpy()
     tail_p = stats.ttest_rel(sda_users[:10], zero_shot[:10]).pvalue  # differences: 2 users of 10 gain a hit
     assert sda[("tail", "H@10 p")] == pytest.approx(tail_p) and tail_p > 0.05
     # baselines carry no gain; a negative gain stays negative (SLMRec's N@10: hits at rank 1)
-    assert table.loc[("beauty", "SASRec", "CLIP"), ("overall", "H@10 gain")] != table.loc[
-        ("beauty", "SASRec", "CLIP"), ("overall", "H@10 gain")]  # NaN
+    assert (
+        table.loc[("beauty", "SASRec", "CLIP"), ("overall", "H@10 gain")]
+        != table.loc[("beauty", "SASRec", "CLIP"), ("overall", "H@10 gain")]
+    )  # NaN
     slm = table.loc[("beauty", "SLMRec", "SDA")]
     assert slm[("overall", "N@10 vs")] == "QwenVL"
     assert slm[("overall", "N@10 gain")] == pytest.approx((14 * LOG3 / 40) / (13 / 40) - 1)
@@ -132,8 +163,10 @@ def test_table1_says_when_a_dataset_has_no_tail_items(grid):
     assert "fewer than 4 training interactions" in notes
     assert format_table1(table).loc[("toys", "SASRec", "SDA"), ("tail", "N@10")] == "—"
     generic = results_table(grid[0])  # the generic table says so too
-    assert generic.loc[("toys", "sasrec", "sda"), ("tail", "HR@10")] != generic.loc[
-        ("toys", "sasrec", "sda"), ("tail", "HR@10")]
+    assert (
+        generic.loc[("toys", "sasrec", "sda"), ("tail", "HR@10")]
+        != generic.loc[("toys", "sasrec", "sda"), ("tail", "HR@10")]
+    )
     assert any("toys: no test target is a tail item" in n for n in generic.attrs["notes"])
 
 
@@ -169,8 +202,12 @@ def test_figure3_bars_by_hand():
     both, base = (np.isin(range(40), hits(*h)).astype(float) for h in ((14, 4), (8, 2)))
     assert hr.loc["Both", "p"] == pytest.approx(stats.ttest_rel(both, base).pvalue)
     assert np.isnan(hr.loc["Base", "gain"])
-    assert [t.name for t in fig.data] == ["HR@10", "NDCG@10"] and list(fig.data[0].x) == ["Base", "Text", "Image",
-                                                                                         "Both"]
+    assert [t.name for t in fig.data] == ["HR@10", "NDCG@10"] and list(fig.data[0].x) == [
+        "Base",
+        "Text",
+        "Image",
+        "Both",
+    ]
     tail, _ = figure3(per_user, subset="tail")
     assert tail[tail["metric"] == "HR@10"]["value"].tolist() == pytest.approx([0.2, 0.2, 0.2, 0.4])
     del per_user[RunKey("toys", "slmrec", "sda-image", "id+features", 0)]
@@ -184,15 +221,20 @@ def test_grid_of_feature_parts_end_to_end(toy_tiny, tmp_path):
     keys survive the grid and feed Figure 3 and Table 1."""
     rng = np.random.default_rng(0)
     text, image = rng.normal(size=(toy_tiny.n_items, 6)), rng.normal(size=(toy_tiny.n_items, 4))
-    manifest = {"dataset": toy_tiny.name, "item_order": item_order_checksum(toy_tiny.items["item_id"]),
-                "extractor": "random", "dims": {"text": 6, "image": 4, "features_text": 6, "features_image": 4}}
+    manifest = {
+        "dataset": toy_tiny.name,
+        "item_order": item_order_checksum(toy_tiny.items["item_id"]),
+        "extractor": "random",
+        "dims": {"text": 6, "image": 4, "features_text": 6, "features_image": 4},
+    }
     table = FeatureTable(text, image, np.concatenate([text, image], 1), manifest)
     settings = {"id": None, **part_settings(table, toy_tiny)}
     train = TrainConfig(epochs=1, batch_size=256, progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        results, per_user = train_grid(toy_tiny, ["slmrec"], settings, train=train, out=tmp_path,
-                                       model_params={"slmrec": {"dim": 8}})
+        results, per_user = train_grid(
+            toy_tiny, ["slmrec"], settings, train=train, out=tmp_path, model_params={"slmrec": {"dim": 8}}
+        )
     assert [k.features for k in per_user] == ["id", "sda-text", "sda-image", "sda"]
     config = pd.read_json(tmp_path / "slmrec" / "sda-text" / "seed0" / "config.json", typ="series")
     assert config["parts"] == ["text"] and config["train"]["lr"] == 1e-4

@@ -19,10 +19,12 @@ NOTEBOOK_FILES = sorted(runner.NOTEBOOKS.glob("*.ipynb"))
 
 
 def _write_notebook(folder, filename, parameters, code):
-    nb = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell(code),
-    ])
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]}),
+            nbformat.v4.new_code_cell(code),
+        ]
+    )
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, folder / filename)
 
@@ -33,6 +35,7 @@ def _ran(capsys) -> list[str]:
 
 
 # ---------------------------------------------------------------- the real stages, on toy-tiny
+
 
 @pytest.fixture
 def library_as_now(monkeypatch):
@@ -77,9 +80,20 @@ def test_whole_runner_on_toy_tiny_builds_the_report(outputs, library_as_now, cap
     assert numbers["non_finite"] == 0
     assert numbers["tables"] >= 9 and numbers["figures"] >= 9, numbers
     html = (out / "report.html").read_text()
-    for section in ("Data card", "Table 1 sampled ranking", "Headline aggregates beside the published ones",
-                    "Figure 3 slmrec on feature parts", "Table 2 ablations", "Gradient conflict during adaptation",
-                    "Gradient conflict", "Alignment", "Umap", "Parameters", "Software", "Executed notebooks"):
+    for section in (
+        "Data card",
+        "Table 1 sampled ranking",
+        "Headline aggregates beside the published ones",
+        "Figure 3 slmrec on feature parts",
+        "Table 2 ablations",
+        "Gradient conflict during adaptation",
+        "Gradient conflict",
+        "Alignment",
+        "Umap",
+        "Parameters",
+        "Software",
+        "Executed notebooks",
+    ):
         assert section.lower() in html.lower(), f"report lacks {section!r}"
     assert all(f'href="{stage.notebook}"' in html for stage in runner.STAGES.values())
 
@@ -121,8 +135,9 @@ result = {"value": json.loads(cache.read_text())["value"], "label": label, "thre
 
 @pytest.fixture
 def two_stages(outputs, tmp_path, monkeypatch):
-    """`make` writes a data file (standing for the data card) from `value`; `use` reads it (through a cache it reads back, as
-    the recommender grid does) into use/result.json. The library is a one-file folder of its own."""
+    """`make` writes a data file (standing for the data card) from `value`; `use` reads it (through a
+    cache it reads back, as the recommender grid does) into use/result.json. The library is a
+    one-file folder of its own."""
     folder = tmp_path / "nb"
     folder.mkdir()
     _write_notebook(folder, "91_make.ipynb", 'dataset = "x"\nout_dir = None\nvalue = 1', MAKE)
@@ -133,11 +148,20 @@ def two_stages(outputs, tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "NOTEBOOKS", folder)
     monkeypatch.setattr(runner, "REPO_ROOT", tmp_path)
     monkeypatch.setattr(runner, "LIBRARY", library)
-    monkeypatch.setattr(runner, "STAGES", {
-        "make": runner.Stage("91_make.ipynb", outputs=lambda p: [data_dir(p["dataset"]) / "made.json"]),
-        "use": runner.Stage("92_use.ipynb", reads=("make",), outputs=lambda p: ["use/result.json"],
-                            resumes_from=lambda p: ["use/cache"], grows=("label",)),
-    })
+    monkeypatch.setattr(
+        runner,
+        "STAGES",
+        {
+            "make": runner.Stage("91_make.ipynb", outputs=lambda p: [data_dir(p["dataset"]) / "made.json"]),
+            "use": runner.Stage(
+                "92_use.ipynb",
+                reads=("make",),
+                outputs=lambda p: ["use/result.json"],
+                resumes_from=lambda p: ["use/cache"],
+                grows=("label",),
+            ),
+        },
+    )
     return outputs / "toy-tiny" / "default"
 
 
@@ -231,12 +255,16 @@ def test_failure_names_notebook_and_cell(outputs, tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "NOTEBOOKS", broken)
     monkeypatch.setattr(runner, "REPO_ROOT", tmp_path)
     monkeypatch.setattr(runner, "STAGES", {"broken": runner.Stage("99_broken.ipynb")})
-    with pytest.raises(runner.StageFailed, match=r"stage 'broken' failed in nb/99_broken.ipynb, in the cell starting '1 / 0' .*ZeroDivisionError"):
+    with pytest.raises(
+        runner.StageFailed,
+        match=r"stage 'broken' failed in nb/99_broken.ipynb, in the cell starting '1 / 0' .*ZeroDivisionError",
+    ):
         runner.run_stages("toy-tiny", progress=False)
     assert not (outputs / "toy-tiny" / "default" / "stages.json").exists()
 
 
 # ---------------------------------------------------------------- parameters
+
 
 def test_scoped_parameter_reaches_only_its_stage():
     given = runner.stage_parameters({"adapt.steps": 800, "seeds": [0, 1]})
@@ -309,6 +337,7 @@ def test_parse_param():
 
 # ---------------------------------------------------------------- the notebooks' parameters
 
+
 def _parameters(path) -> dict:
     nb = nbformat.read(path, as_version=4)
     cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
@@ -322,7 +351,9 @@ def test_notebooks_are_committed_without_outputs_with_one_parameters_cell():
         nb = nbformat.read(path, as_version=4)
         tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
         assert len(tagged) == 1, path.name
-        assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code"), path.name
+        assert all(
+            not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code"
+        ), path.name
 
 
 def test_a_parameter_name_means_one_thing_with_one_default():
@@ -337,11 +368,21 @@ def test_a_parameter_name_means_one_thing_with_one_default():
     for notebook, params in declared.items():
         assert "name" not in params and "batch_size" not in params, notebook
     uses_adapter = {n for n, p in declared.items() if "adapter_name" in p}
-    assert uses_adapter == {"03_adapt.ipynb", "04_export.ipynb", "05_recommend.ipynb", "07_gradient_conflict.ipynb",
-                            "08_alignment.ipynb"}
+    assert uses_adapter == {
+        "03_adapt.ipynb",
+        "04_export.ipynb",
+        "05_recommend.ipynb",
+        "07_gradient_conflict.ipynb",
+        "08_alignment.ipynb",
+    }
     given = runner.stage_parameters({"adapter_name": "v2"})
     assert {s for s, p in given.items() if p.get("adapter_name") == "v2"} == {
-        "adapt", "export", "recommend", "gradient_conflict", "alignment"}
+        "adapt",
+        "export",
+        "recommend",
+        "gradient_conflict",
+        "alignment",
+    }
     assert "embed_batch_size" in declared["02_zero_shot.ipynb"] and "embed_batch_size" in declared["04_export.ipynb"]
     assert "train_batch_size" in declared["03_adapt.ipynb"] and "train_batch_size" in declared["06_ablations.ipynb"]
 

@@ -136,8 +136,20 @@ def test_content_predicts_the_next_item(toy):
 
 
 def test_image_only_attributes_are_never_written(tiny, toy):
-    words = {*SHAPES, *PATTERNS, "round", "circular", "triangular", "hexagonal", "striped", "dotted",
-             "spotted", "checked", "checkered", "polka"}
+    words = {
+        *SHAPES,
+        *PATTERNS,
+        "round",
+        "circular",
+        "triangular",
+        "hexagonal",
+        "striped",
+        "dotted",
+        "spotted",
+        "checked",
+        "checkered",
+        "polka",
+    }
     pattern = re.compile(rf"\b({'|'.join(words)})\b", re.IGNORECASE)
     for catalogue in (tiny, toy):
         texts = catalogue.items[catalogue.text_fields].to_numpy().ravel()
@@ -146,9 +158,11 @@ def test_image_only_attributes_are_never_written(tiny, toy):
 
 def test_images_show_colour_category_shape_and_pattern(tiny):
     """Each pixel is labelled by its nearest reference colour (fills, backdrops, pattern inks)."""
-    references = {**{("fill", k): v for k, v in COLOURS.items()},
-                  **{("backdrop", c.path): c.backdrop for c in CATEGORIES},
-                  **{("ink", k): v for k, v in PATTERN_INK.items()}}
+    references = {
+        **{("fill", k): v for k, v in COLOURS.items()},
+        **{("backdrop", c.path): c.backdrop for c in CATEGORIES},
+        **{("ink", k): v for k, v in PATTERN_INK.items()},
+    }
     keys, palette = list(references), np.array(list(references.values()), dtype=float)
     kind = np.array([k[0] for k in keys])
     drawn = tiny.items[tiny.items["image_path"].notna()]

@@ -25,5 +25,6 @@ def last_token_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch
 @BACKBONES.register("tiny-last-token")
 def load_tiny_last_token(options: LoadOptions):
     tiny = BACKBONES["tiny"](options)
-    return dataclasses.replace(tiny, id=tiny.id.replace("tiny", "tiny-last-token", 1), pooling=last_token_pool,
-                               targets=ATTENTION_ONLY)
+    return dataclasses.replace(
+        tiny, id=tiny.id.replace("tiny", "tiny-last-token", 1), pooling=last_token_pool, targets=ATTENTION_ONLY
+    )

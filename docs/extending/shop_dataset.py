@@ -27,10 +27,17 @@ class ShopEvents(DatasetSource):
         missing = {"user", "item", "time", *FIELDS} - set(events.columns)
         if missing:
             raise DataError(f"{path}: no {', '.join(sorted(missing))} field in its events")
-        items = (events.drop_duplicates("item")[["item", *FIELDS]].rename(columns={"item": "item_id"})
-                 .fillna("").astype(str).assign(image_path=None).reset_index(drop=True))
-        interactions = (events.rename(columns={"user": "user_id", "item": "item_id", "time": "timestamp"})
-                        [["user_id", "item_id", "timestamp"]].astype({"timestamp": "int64"}))
+        items = (
+            events.drop_duplicates("item")[["item", *FIELDS]]
+            .rename(columns={"item": "item_id"})
+            .fillna("")
+            .astype(str)
+            .assign(image_path=None)
+            .reset_index(drop=True)
+        )
+        interactions = events.rename(columns={"user": "user_id", "item": "item_id", "time": "timestamp"})[
+            ["user_id", "item_id", "timestamp"]
+        ].astype({"timestamp": "int64"})
         return Catalogue(name, items, interactions, FIELDS, {"missing_images": len(items)}, str(source))
 
 

@@ -77,19 +77,23 @@ def pair_cosines(e_t: np.ndarray, e_v: np.ndarray, seed: int = 0) -> pd.DataFram
     t, v = l2_normalise(e_t), l2_normalise(e_v)
     n = len(t)
     other = (np.arange(n) + np.random.default_rng(seed).integers(1, n, size=n)) % n
-    return pd.DataFrame({
-        "cosine": np.concatenate([(t * v).sum(1), (t * v[other]).sum(1)]),
-        "pair": ["matched"] * n + ["random"] * n,
-    })
+    return pd.DataFrame(
+        {
+            "cosine": np.concatenate([(t * v).sum(1), (t * v[other]).sum(1)]),
+            "pair": ["matched"] * n + ["random"] * n,
+        }
+    )
 
 
 def verdict(before: dict, after: dict, k: int = 10) -> str:
     """One sentence per headline metric saying plainly whether adaptation improved it."""
     lines = []
-    for key, label in ((f"t2i_recall@{k}", f"text-to-image Recall@{k}"),
-                       ("matched_cosine_centred", "matched-pair cosine (centred)"),
-                       ("cosine_gap", "matched-minus-random cosine gap"),
-                       ("matched_cosine", "raw matched-pair cosine")):
+    for key, label in (
+        (f"t2i_recall@{k}", f"text-to-image Recall@{k}"),
+        ("matched_cosine_centred", "matched-pair cosine (centred)"),
+        ("cosine_gap", "matched-minus-random cosine gap"),
+        ("matched_cosine", "raw matched-pair cosine"),
+    ):
         b, a = before[key], after[key]
         word = "improved" if a > b else "did NOT improve"
         lines.append(f"{label}: {b:.4f} -> {a:.4f} ({word})")

@@ -38,14 +38,17 @@ class ExplorerData:
     def __post_init__(self):
         n = len(self.titles)
         if len(self.image_paths) != n or len(self.notes) != n:
-            raise ValueError(f"{n} titles but {len(self.image_paths)} image paths and {len(self.notes)} notes; "
-                             "give one of each per item")
+            raise ValueError(
+                f"{n} titles but {len(self.image_paths)} image paths and {len(self.notes)} notes; "
+                "give one of each per item"
+            )
         if not self.spaces:
             raise ValueError("no embeddings: pass spaces={'zero-shot': (text, image), ...}")
         for version, (t, v) in self.spaces.items():
             if t.ndim != 2 or t.shape[0] != n or v.ndim != 2 or v.shape[0] != n:
-                raise ValueError(f"embeddings {version!r}: text {t.shape} and image {v.shape} must both be "
-                                 f"[{n} items, d]")
+                raise ValueError(
+                    f"embeddings {version!r}: text {t.shape} and image {v.shape} must both be [{n} items, d]"
+                )
         self.spaces = {k: (l2_normalise(t), l2_normalise(v)) for k, (t, v) in self.spaces.items()}
 
     @property
@@ -53,13 +56,16 @@ class ExplorerData:
         return len(self.titles)
 
     @classmethod
-    def from_dataset(cls, dataset, spaces: dict[str, tuple[np.ndarray, np.ndarray]],
-                     note_column: str | None = None) -> ExplorerData:
+    def from_dataset(
+        cls, dataset, spaces: dict[str, tuple[np.ndarray, np.ndarray]], note_column: str | None = None
+    ) -> ExplorerData:
         """From a PreparedDataset; `note_column` (e.g. latent_category, categories) labels each card."""
         items = dataset.items
         if note_column is not None and note_column not in items:
-            raise ValueError(f"note_column {note_column!r} is not an items column of {dataset.name!r}; "
-                             f"columns: {', '.join(items.columns)}")
+            raise ValueError(
+                f"note_column {note_column!r} is not an items column of {dataset.name!r}; "
+                f"columns: {', '.join(items.columns)}"
+            )
         raw = items["title"].fillna("").astype(str) if "title" in items else [""] * dataset.n_items
         titles = [t or "(no title)" for t in raw]
         notes = [str(x) for x in items[note_column]] if note_column else [""] * dataset.n_items
@@ -110,9 +116,11 @@ def panel_html(data: ExplorerData, i: int, k: int = 5) -> str:
         return item_card_html(data.image_paths[j], data.titles[j], note)
 
     found = {version: neighbours(t, v, i, k) for version, (t, v) in data.spaces.items()}
-    parts = [f'<div class="{PANEL_CLASS}" style="font:12px sans-serif">',
-             f"<b>item #{i}</b>: {html.escape(data.titles[i])}<br>",
-             card(i, data.notes[i])]
+    parts = [
+        f'<div class="{PANEL_CLASS}" style="font:12px sans-serif">',
+        f"<b>item #{i}</b>: {html.escape(data.titles[i])}<br>",
+        card(i, data.notes[i]),
+    ]
     for space in SPACES:
         parts.append(f"<h4 style='margin:8px 0 2px'>{space} neighbours</h4>")
         for version, (t, v) in data.spaces.items():
@@ -120,8 +128,10 @@ def panel_html(data: ExplorerData, i: int, k: int = 5) -> str:
             header = html.escape(version)
             if space == "cross-modal":
                 header += f" (own image ranked #{own_image_rank(t, v, i)} of {data.n_items})"
-            cards = "".join(card(j, f"#{j} · cos {keys[j] @ query:.3f}" + (" · own image" if j == i else ""))
-                            for j in found[version][space])
+            cards = "".join(
+                card(j, f"#{j} · cos {keys[j] @ query:.3f}" + (" · own image" if j == i else ""))
+                for j in found[version][space]
+            )
             parts.append(f"<div><i>{header}</i><br>{cards}</div>")
     parts.append("</div>")
     return "".join(parts)
@@ -134,15 +144,21 @@ def rows_figure(data: ExplorerData, i: int, tau: float, top: int = 10) -> go.Fig
     rows = {ver: (teacher_row(t, v, i, tau), cross_modal_row(t, v, i, tau)) for ver, (t, v) in data.spaces.items()}
     titles = [f"{ver}: KL(T‖P) = {rel_entr(T, P).sum():.4f}" for ver, (T, P) in rows.items()]
     fig = make_subplots(rows=1, cols=len(rows), subplot_titles=titles)
-    for col, (ver, (T, P)) in enumerate(rows.items(), 1):
+    for col, (T, P) in enumerate(rows.values(), 1):
         shown = np.unique(np.concatenate([np.argsort(-T)[:top], np.argsort(-P)[:top]]))
         shown = shown[np.argsort(-T[shown])]
         labels = [f"#{j} {data.titles[j][:18]}" for j in shown]
         for name, values, colour in (("T_i (soft teacher)", T, "#1f77b4"), ("P_i (cross-modal)", P, "#ff7f0e")):
-            fig.add_trace(go.Bar(x=labels, y=values[shown], name=name, marker_color=colour, legendgroup=name,
-                                 showlegend=col == 1), row=1, col=col)
-    fig.update_layout(barmode="group", height=420,
-                      title=f"Item #{i}: soft-teacher row vs cross-modal row, tau={tau:.3g}")
+            fig.add_trace(
+                go.Bar(
+                    x=labels, y=values[shown], name=name, marker_color=colour, legendgroup=name, showlegend=col == 1
+                ),
+                row=1,
+                col=col,
+            )
+    fig.update_layout(
+        barmode="group", height=420, title=f"Item #{i}: soft-teacher row vs cross-modal row, tau={tau:.3g}"
+    )
     fig.update_xaxes(tickangle=45)
     return fig
 
@@ -152,12 +168,15 @@ def explorer_widget(data: ExplorerData, item: int = 0, k: int = 5, tau: float = 
     import ipywidgets as widgets
     from IPython.display import clear_output, display
 
-    item_slider = widgets.IntSlider(value=item, min=0, max=data.n_items - 1, description="item",
-                                    continuous_update=False)
-    k_slider = widgets.IntSlider(value=k, min=1, max=max(1, min(20, data.n_items - 1)), description="k",
-                                 continuous_update=False)
-    tau_slider = widgets.FloatLogSlider(value=tau, base=10, min=-2, max=1, step=0.05, description="tau",
-                                        continuous_update=False)
+    item_slider = widgets.IntSlider(
+        value=item, min=0, max=data.n_items - 1, description="item", continuous_update=False
+    )
+    k_slider = widgets.IntSlider(
+        value=k, min=1, max=max(1, min(20, data.n_items - 1)), description="k", continuous_update=False
+    )
+    tau_slider = widgets.FloatLogSlider(
+        value=tau, base=10, min=-2, max=1, step=0.05, description="tau", continuous_update=False
+    )
     panel = widgets.HTML()
     figure = widgets.Output()
 

@@ -43,7 +43,8 @@ class AdapterB:
 
 def last_layer_b(model: torch.nn.Module, attention: tuple[str, str] = QWEN_ATTENTION) -> list[AdapterB]:
     """The B matrices of the query and key projections (labelled PROJECTIONS) in the last layer, for
-    any adapter kind that exposes them (AdapterKind.last_b). `attention` holds a Backbone's regexes of the two projections."""
+    any adapter kind that exposes them (AdapterKind.last_b). `attention` holds a Backbone's regexes
+    of the two projections."""
     patterns = dict(zip(PROJECTIONS, map(re.compile, attention)))
     name = adapters.kind_of(model)
     if name is None:
@@ -56,11 +57,15 @@ def last_layer_b(model: torch.nn.Module, attention: tuple[str, str] = QWEN_ATTEN
             if b:
                 found[int(match[1]), projection] = AdapterB(projection, *b)
     if not found and not any(kind.last_b(m) for m in model.modules()):
-        raise ValueError(f"adapter kind {name!r} exposes no B matrix (AdapterKind.last_b), so the gradient-"
-                         "conflict probe does not apply to it; turn the probe off (conflict_every=0)")
+        raise ValueError(
+            f"adapter kind {name!r} exposes no B matrix (AdapterKind.last_b), so the gradient-"
+            "conflict probe does not apply to it; turn the probe off (conflict_every=0)"
+        )
     if not found:
-        raise ValueError(f"no adapter on the attention's query or key projections ({attention}): "
-                         "attach one first (sda_lib.adapters.attach)")
+        raise ValueError(
+            f"no adapter on the attention's query or key projections ({attention}): "
+            "attach one first (sda_lib.adapters.attach)"
+        )
     last = max(layer for layer, _ in found)
     missing = [p for p in PROJECTIONS if (last, p) not in found]
     if missing:
@@ -68,8 +73,14 @@ def last_layer_b(model: torch.nn.Module, attention: tuple[str, str] = QWEN_ATTEN
     return [found[last, p] for p in PROJECTIONS]
 
 
-def path_gradients(backbone, texts: list[dict], images: list, tau: float | torch.Tensor,
-                   weights: list[torch.Tensor], form: str = "authors") -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def path_gradients(
+    backbone,
+    texts: list[dict],
+    images: list,
+    tau: float | torch.Tensor,
+    weights: list[torch.Tensor],
+    form: str = "authors",
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Gradients of the CMSA loss on one batch w.r.t. `weights`, through the text path only (image
     embeddings detached) and through the image path only (text embeddings detached).
 
@@ -88,7 +99,7 @@ def expert_blocks(b: torch.Tensor, expert_rank: int | None) -> dict[str, torch.T
     parts = {"B": b}
     if expert_rank is not None:
         for j in range(b.shape[1] // expert_rank):
-            parts[f"expert {j}"] = b[:, j * expert_rank:(j + 1) * expert_rank]
+            parts[f"expert {j}"] = b[:, j * expert_rank : (j + 1) * expert_rank]
     return parts
 
 
@@ -99,8 +110,9 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(a @ b / denom) if denom > 0 else float("nan")
 
 
-def conflict(backbone, texts: list[dict], images: list, tau: float | torch.Tensor,
-             form: str = "authors") -> pd.DataFrame:
+def conflict(
+    backbone, texts: list[dict], images: list, tau: float | torch.Tensor, form: str = "authors"
+) -> pd.DataFrame:
     """Text-path vs image-path gradient cosine on one batch, for q_proj, k_proj and both together,
     over the whole B and each expert. Measured in eval mode (no dropout), so it is deterministic.
 
@@ -111,20 +123,26 @@ def conflict(backbone, texts: list[dict], images: list, tau: float | torch.Tenso
     was_training = model.training
     model.eval()
     try:
-        grads_t, grads_v = path_gradients(backbone, texts, images, tau, [b.weight for b in targets],
-                                          form)
+        grads_t, grads_v = path_gradients(backbone, texts, images, tau, [b.weight for b in targets], form)
     finally:
         model.train(was_training)
     text = {b.projection: expert_blocks(g, b.expert_rank) for b, g in zip(targets, grads_t)}
     image = {b.projection: expert_blocks(g, b.expert_rank) for b, g in zip(targets, grads_v)}
     for side in (text, image):
         side[BOTH] = {part: torch.cat([side[p][part].flatten() for p in PROJECTIONS]) for part in side[PROJECTIONS[0]]}
-    return pd.DataFrame([
-        {"projection": projection, "part": part, "cosine": cosine(text[projection][part], image[projection][part]),
-         "norm_text": float(text[projection][part].norm()), "norm_image": float(image[projection][part].norm())}
-        for projection in text
-        for part in text[projection]
-    ])
+    return pd.DataFrame(
+        [
+            {
+                "projection": projection,
+                "part": part,
+                "cosine": cosine(text[projection][part], image[projection][part]),
+                "norm_text": float(text[projection][part].norm()),
+                "norm_image": float(image[projection][part].norm()),
+            }
+            for projection in text
+            for part in text[projection]
+        ]
+    )
 
 
 class ConflictProbe:
@@ -144,7 +162,8 @@ class ConflictProbe:
             raise ValueError(f"every must be >= 1, got {every}")
         fields, paths = dataset.item_fields(), dataset.image_paths()
         probe = np.random.default_rng([config.seed, 7]).choice(
-            dataset.n_items, size=min(probe_size or config.batch_size, dataset.n_items), replace=False)
+            dataset.n_items, size=min(probe_size or config.batch_size, dataset.n_items), replace=False
+        )
         self.texts, self.images = [fields[i] for i in probe], [load_image(paths[i]) for i in probe]
         self.backbone, self.config, self.every, self.frames = backbone, config, every, []
 
@@ -156,12 +175,20 @@ class ConflictProbe:
 
     def frame(self, losses: pd.DataFrame) -> pd.DataFrame:
         """The measurements joined with the loss of their step (train_adapter's loss.csv)."""
-        return pd.concat(self.frames, ignore_index=True).merge(losses[["step", "loss"]], on="step",
-                                                               how="left")[self.COLUMNS]
+        return pd.concat(self.frames, ignore_index=True).merge(losses[["step", "loss"]], on="step", how="left")[
+            self.COLUMNS
+        ]
 
 
-def track_conflict(backbone, dataset, config: AdaptConfig, out: str | Path, every: int = 10,
-                   probe_size: int | None = None, progress: bool = True) -> pd.DataFrame:
+def track_conflict(
+    backbone,
+    dataset,
+    config: AdaptConfig,
+    out: str | Path,
+    every: int = 10,
+    probe_size: int | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
     """Train a fresh `config.adapter` with train_adapter (saved in `out`, from scratch) under a
     `ConflictProbe`; returns its frame."""
     probe = ConflictProbe(backbone, dataset, config, every, probe_size)
@@ -187,18 +214,23 @@ def conflict_statement(df: pd.DataFrame, projection: str = BOTH) -> str:
     for adapter, part in (("moda", "expert 0"), ("lora", "B")):
         picked = rows[(rows["adapter"] == adapter) & (rows["part"] == part)]
         if picked.empty:
-            raise ValueError(f"no {adapter} {part!r} rows for projection {projection!r}: track both adapters "
-                             "with track_conflict first")
+            raise ValueError(
+                f"no {adapter} {part!r} rows for projection {projection!r}: track both adapters "
+                "with track_conflict first"
+            )
         series[adapter] = picked.set_index("step")["cosine"]
     diff = (series["moda"] - series["lora"]).dropna()
     margin = 2 * diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("inf")
-    numbers = (f"mean text/image gradient cosine over training ({projection}, last layer): MoDA first expert "
-               f"{series['moda'].mean():.3f}, shared LoRA {series['lora'].mean():.3f}; MoDA higher at "
-               f"{int((diff > 0).sum())} of {len(diff)} measured steps, mean difference {diff.mean():+.3f} "
-               f"(± {margin:.3f}, two standard errors)")
+    numbers = (
+        f"mean text/image gradient cosine over training ({projection}, last layer): MoDA first expert "
+        f"{series['moda'].mean():.3f}, shared LoRA {series['lora'].mean():.3f}; MoDA higher at "
+        f"{int((diff > 0).sum())} of {len(diff)} measured steps, mean difference {diff.mean():+.3f} "
+        f"(± {margin:.3f}, two standard errors)"
+    )
     if diff.mean() > margin:
-        return ("MoDA's first expert shows less gradient conflict than the shared LoRA, as the paper reports: "
-                f"{numbers}.")
+        return (
+            f"MoDA's first expert shows less gradient conflict than the shared LoRA, as the paper reports: {numbers}."
+        )
     if diff.mean() < -margin:
         verdict = "MoDA's first expert shows MORE gradient conflict than the shared LoRA"
     else:
@@ -209,9 +241,16 @@ def conflict_statement(df: pd.DataFrame, projection: str = BOTH) -> str:
 def conflict_figure(df: pd.DataFrame):
     """Cosine vs step, one line per adapter and part, one panel per projection."""
     data = df.assign(series=df["adapter"] + " · " + df["part"])
-    fig = px.line(data, x="step", y="cosine", color="series", facet_col="projection", markers=True,
-                  category_orders={"projection": [*PROJECTIONS, BOTH]},
-                  title="Cosine between the text-path and image-path gradients of B (last decoder layer)")
+    fig = px.line(
+        data,
+        x="step",
+        y="cosine",
+        color="series",
+        facet_col="projection",
+        markers=True,
+        category_orders={"projection": [*PROJECTIONS, BOTH]},
+        title="Cosine between the text-path and image-path gradients of B (last decoder layer)",
+    )
     fig.add_hline(y=0, line_dash="dot", line_color="grey")
     fig.for_each_annotation(lambda a: a.update(text=a.text.removeprefix("projection=")))
     return fig
@@ -224,9 +263,18 @@ def gate_heatmap(model: torch.nn.Module):
         raise ValueError("the model has no MoDA layers, hence no gate weights")
     names = [n.removeprefix("model.").replace("language_model.", "") for n in gates]
     cube = torch.stack(list(gates.values()), dim=1).numpy()  # [modality, layer, expert]
-    fig = px.imshow(cube, facet_col=0, zmin=0, zmax=1, color_continuous_scale="Viridis", aspect="auto",
-                    labels={"x": "expert", "y": "layer", "color": "weight"}, y=names,
-                    x=[f"expert {j}" for j in range(cube.shape[2])], title="MoDA gate weights per layer")
+    fig = px.imshow(
+        cube,
+        facet_col=0,
+        zmin=0,
+        zmax=1,
+        color_continuous_scale="Viridis",
+        aspect="auto",
+        labels={"x": "expert", "y": "layer", "color": "weight"},
+        y=names,
+        x=[f"expert {j}" for j in range(cube.shape[2])],
+        title="MoDA gate weights per layer",
+    )
     for annotation, label in zip(fig.layout.annotations, ("text", "image", *map(str, range(2, len(cube))))):
         annotation.text = label
     fig.update_layout(height=max(300, 22 * len(names) + 120))

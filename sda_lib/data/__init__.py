@@ -27,8 +27,20 @@ from .catalogue import Catalogue, DataError
 from .prepare import RECIPES, PrepareParams, default_tail_count_on, prepare_catalogue
 from .prepared import IMAGES_DIR, PreparedDataset, damage, foreign_entries, read_card
 
-__all__ = ["DATASETS", "RECIPES", "Catalogue", "DataError", "DatasetSource", "Inputs", "PrepareParams",
-           "PreparedDataset", "default_tail_count_on", "load_catalogue", "prepare_dataset", "load_prepared"]
+__all__ = [
+    "DATASETS",
+    "RECIPES",
+    "Catalogue",
+    "DataError",
+    "DatasetSource",
+    "Inputs",
+    "PrepareParams",
+    "PreparedDataset",
+    "default_tail_count_on",
+    "load_catalogue",
+    "prepare_dataset",
+    "load_prepared",
+]
 
 log = logging.getLogger(__name__)
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a dataset name is one folder under outputs/
@@ -54,8 +66,7 @@ class DatasetSource:
     def inputs(self, name: str, source: Path | None, recipe: str, **load_kw) -> Inputs:
         raise NotImplementedError
 
-    def load(self, name: str, source: Path | None, image_dir: Path, seed: int, recipe: str,
-             **load_kw) -> Catalogue:
+    def load(self, name: str, source: Path | None, image_dir: Path, seed: int, recipe: str, **load_kw) -> Catalogue:
         raise NotImplementedError
 
 
@@ -102,16 +113,20 @@ class AmazonSource(DatasetSource):
         from .amazon import CATEGORIES
 
         cat = CATEGORIES[name]
-        return (f"{name} needs --source DIR holding either reviews_{cat}_5.json.gz and meta_{cat}.json.gz "
-                f"(raw form) or {cat}.txt and items.jsonl (preprocessed form); recipe 'sda' reads "
-                f"reviews_{cat}.json.gz (all reviews) or reviews_{cat}_5.json.gz, and meta_{cat}.json.gz")
+        return (
+            f"{name} needs --source DIR holding either reviews_{cat}_5.json.gz and meta_{cat}.json.gz "
+            f"(raw form) or {cat}.txt and items.jsonl (preprocessed form); recipe 'sda' reads "
+            f"reviews_{cat}.json.gz (all reviews) or reviews_{cat}_5.json.gz, and meta_{cat}.json.gz"
+        )
 
 
 class CustomSource(DatasetSource):
     """A user's own interactions and items tables (sda_lib.data.custom)."""
 
-    source_help = ("needs --source DIR holding interactions.csv|parquet (user, item, timestamp) and "
-                   "items.csv|parquet (item, text columns, optional image_path)")
+    source_help = (
+        "needs --source DIR holding interactions.csv|parquet (user, item, timestamp) and "
+        "items.csv|parquet (item, text columns, optional image_path)"
+    )
 
     def inputs(self, name, source, recipe, **load_kw):
         return Inputs({"--source": source}, (_one_of(source, "interactions"), _one_of(source, "items")))
@@ -152,17 +167,21 @@ def _resolve(name: str, kind: str | None, source: str | Path | None, out: Path |
     user's dataset prepared before (its card in `out` gives the kind and, unless given, the source).
     The recipe is checked against the kind before the source is looked at."""
     if not NAME.fullmatch(name):
-        raise DataError(f"dataset name {name!r} is not a plain folder name: use letters, digits, '.', '_' or '-', "
-                        "starting with a letter or digit")
+        raise DataError(
+            f"dataset name {name!r} is not a plain folder name: use letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
     if kind is None:
         if name in DATASETS:
             kind = name
         else:
             card = (read_card(out) if out is not None else None) or {}
             if "kind" not in card:
-                raise DataError(f"unknown dataset {name!r}; registered: {', '.join(DATASETS)}. For your own "
-                                f"tables: `python -m sda_lib.data prepare custom --name {name} --source DIR` "
-                                "(or kind='custom')")
+                raise DataError(
+                    f"unknown dataset {name!r}; registered: {', '.join(DATASETS)}. For your own "
+                    f"tables: `python -m sda_lib.data prepare custom --name {name} --source DIR` "
+                    "(or kind='custom')"
+                )
             kind, source = card["kind"], source or card.get("source") or None
     elif name != kind and name in DATASETS:
         raise DataError(f"{name!r} is the name of a registered dataset; give your {kind} dataset another name")
@@ -178,17 +197,30 @@ def _resolve(name: str, kind: str | None, source: str | Path | None, out: Path |
     return _Resolved(name, kind, folder.resolve())
 
 
-def load_catalogue(name: str, source: str | Path | None = None, image_dir: Path | None = None,
-                   seed: int = 0, recipe: str = "5core", kind: str | None = None, **load_kw) -> Catalogue:
+def load_catalogue(
+    name: str,
+    source: str | Path | None = None,
+    image_dir: Path | None = None,
+    seed: int = 0,
+    recipe: str = "5core",
+    kind: str | None = None,
+    **load_kw,
+) -> Catalogue:
     """Load dataset `name` (of source kind `kind`, default the name) from its source, filtered by
     `recipe` (see RECIPES). `image_dir` receives generated images."""
     found = _resolve(name, kind, source, data_dir(name) if NAME.fullmatch(name) else None, recipe)
     return DATASETS[found.kind].load(found.name, found.source, image_dir, seed, recipe, **load_kw)
 
 
-def prepare_dataset(name: str, source: str | Path | None = None, out: str | Path | None = None,
-                    params: PrepareParams = PrepareParams(), force: bool = False, kind: str | None = None,
-                    **load_kw) -> Path:
+def prepare_dataset(
+    name: str,
+    source: str | Path | None = None,
+    out: str | Path | None = None,
+    params: PrepareParams = PrepareParams(),
+    force: bool = False,
+    kind: str | None = None,
+    **load_kw,
+) -> Path:
     """Prepare `name` into `out` (default outputs/<name>/data) and return the folder.
 
     `kind` names the registered source that reads it, for a dataset of your own
@@ -208,13 +240,16 @@ def prepare_dataset(name: str, source: str | Path | None = None, out: str | Path
     _check_out(out, inputs)
     why = "force=True (--force)" if force else _stale(out, name, params, inputs)
     if why is None:
-        log.info(f"{out} is up to date (same parameters, inputs unchanged, every file in place): reused; "
-                 f"--force (force=True) prepares it again")
+        log.info(
+            f"{out} is up to date (same parameters, inputs unchanged, every file in place): reused; "
+            f"--force (force=True) prepares it again"
+        )
         return out
     log.info(f"preparing {name} into {out}: {why}")
     with atomic_dir(out) as tmp:
-        catalogue = DATASETS[found.kind].load(found.name, found.source, tmp / IMAGES_DIR, params.seed,
-                                              params.recipe, **load_kw)
+        catalogue = DATASETS[found.kind].load(
+            found.name, found.source, tmp / IMAGES_DIR, params.seed, params.recipe, **load_kw
+        )
         catalogue.name = found.name
         if found.source is not None:
             catalogue.source = str(found.source)
@@ -248,8 +283,10 @@ def _check_out(out: Path, inputs: Inputs) -> None:
         raise DataError(f"{out} is a file, not a folder: choose a new or empty folder for --out")
     if not out.is_dir() or not any(out.iterdir()):
         return
-    refuse = ("preparing replaces the whole --out folder, so it will not use this one. Choose a new or "
-              "empty folder for --out, or")
+    refuse = (
+        "preparing replaces the whole --out folder, so it will not use this one. Choose a new or "
+        "empty folder for --out, or"
+    )
     foreign = foreign_entries(out)
     if foreign:
         listed = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
@@ -278,8 +315,12 @@ def _stale(out: Path, name: str, params: PrepareParams, inputs: Inputs) -> str |
     recorded, now = card.get("inputs"), _fingerprint(inputs, out)
     if not recorded:
         return "its card does not record its inputs"
-    changed = [path for kind in ("files", "image_folders") for path in {**recorded[kind], **now[kind]}
-               if recorded[kind].get(path) != now[kind].get(path)]
+    changed = [
+        path
+        for kind in ("files", "image_folders")
+        for path in {**recorded[kind], **now[kind]}
+        if recorded[kind].get(path) != now[kind].get(path)
+    ]
     if recorded["generator"] != now["generator"]:
         changed.append("the toy generator")
     return "changed since it was prepared: " + ", ".join(changed) if changed else None

@@ -170,11 +170,14 @@ def _load_raw_sda(reviews_path: Path, meta_path: Path):
     counts["sda_items_without_meta"] = len(kept) - len(meta)
     counts["sda_interactions_without_meta"] = int((~with_meta).sum())
     counts["sda_users_left_without_items"] = (
-        interactions["user_id"].nunique() - interactions.loc[with_meta, "user_id"].nunique())
+        interactions["user_id"].nunique() - interactions.loc[with_meta, "user_id"].nunique()
+    )
     interactions = interactions[with_meta].reset_index(drop=True)
     if interactions.empty:
-        raise DataError(f"{meta_path}: none of the {len(kept)} items kept from {reviews_path.name} has a "
-                        f"metadata line: the two files are from different categories or releases")
+        raise DataError(
+            f"{meta_path}: none of the {len(kept)} items kept from {reviews_path.name} has a "
+            f"metadata line: the two files are from different categories or releases"
+        )
     counts |= {"html_unescaped_titles": 0, "missing_titles": 0}
     items = _item_rows(list(dict.fromkeys(interactions["item_id"])), meta, counts)
     return items, interactions, counts
@@ -257,9 +260,7 @@ def _load_preprocessed(sequences_path: Path, items_path: Path):
     for number, line in _lines(sequences_path):
         user, *sequence = line.split()
         if not sequence:
-            raise DataError(
-                f"{sequences_path}:{number}: expected 'user_id item_id item_id ...', got {line[:80]!r}"
-            )
+            raise DataError(f"{sequences_path}:{number}: expected 'user_id item_id item_id ...', got {line[:80]!r}")
         if not records.keys() >= set(sequence):
             item = next(item for item in sequence if item not in records)
             raise DataError(
@@ -285,6 +286,7 @@ def _interactions(users: list[str], item_ids: list[str], times: list[int]) -> pd
 
 
 # ---- reading lines -------------------------------------------------------------------------------
+
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
     """(line number, line) for each non-blank line of a text or .gz file; read failures as DataError.
@@ -352,6 +354,7 @@ def _integer(value, key: str, path: Path, number: int) -> int:
 
 # ---- item text -----------------------------------------------------------------------------------
 
+
 def _text_row(record: dict, fields: list[str], counts: dict[str, int]) -> dict[str, str]:
     """The readable text fields of one item; counts unescaped and missing titles."""
     row = {field: _FORMATTERS[field](record.get(field)) for field in fields}
@@ -401,8 +404,14 @@ _FORMATTERS: dict[str, Callable[[object], str]] = {
 }
 
 
-def _not_found(folder: Path, category: str, recipe: str, full: tuple[Path, Path], five: tuple[Path, Path],
-               preprocessed: tuple[Path, Path]) -> str:
+def _not_found(
+    folder: Path,
+    category: str,
+    recipe: str,
+    full: tuple[Path, Path],
+    five: tuple[Path, Path],
+    preprocessed: tuple[Path, Path],
+) -> str:
     def listed(paths):
         return ", ".join(f"{p.name} ({'found' if p.is_file() else 'missing'})" for p in paths)
 
@@ -422,8 +431,10 @@ def _not_found(folder: Path, category: str, recipe: str, full: tuple[Path, Path]
         )
     hint = ""
     if full[0].is_file():
-        hint = (f"\n{full[0].name} (all reviews) is there: the recipe 'sda' (--recipe sda) reads it, "
-                f"the recipe '5core' reads only the 5-core file.")
+        hint = (
+            f"\n{full[0].name} (all reviews) is there: the recipe 'sda' (--recipe sda) reads it, "
+            f"the recipe '5core' reads only the 5-core file."
+        )
     return (
         f"no Amazon 2014 {category} data in {where}. Looked for either\n"
         f"  raw form:          {listed(five)}\n"

@@ -13,8 +13,9 @@ import pandas as pd
 from .. import __version__
 
 
-def data_card(name: str, items: pd.DataFrame, inter: pd.DataFrame, text_fields: list[str],
-              counts: dict, params, n_negatives: int) -> dict:
+def data_card(
+    name: str, items: pd.DataFrame, inter: pd.DataFrame, text_fields: list[str], counts: dict, params, n_negatives: int
+) -> dict:
     n_users, n_items, n_inter = int(inter["user"].nunique()), len(items), len(inter)
     seq = inter.groupby("user").size().to_numpy()
     pop = items["popularity_all"].to_numpy()
@@ -28,8 +29,7 @@ def data_card(name: str, items: pd.DataFrame, inter: pd.DataFrame, text_fields: 
         "interactions": n_inter,
         "density": n_inter / (n_users * n_items),
         "sequence_length": _summary(seq),
-        "item_popularity": {**_summary(pop), "gini": _gini(pop),
-                            "top10pct_share": _top_share(pop, 0.10)},
+        "item_popularity": {**_summary(pop), "gini": _gini(pop), "top10pct_share": _top_share(pop, 0.10)},
         "tail_rule": tail_rule(params),
         "tail_items": int(items["is_tail"].sum()),
         "tail_item_share": float(items["is_tail"].mean()),
@@ -40,7 +40,7 @@ def data_card(name: str, items: pd.DataFrame, inter: pd.DataFrame, text_fields: 
         "text_fields": list(text_fields),
         "counts": {k: int(v) for k, v in sorted(counts.items())},
         "params": {**asdict(params), "n_negatives_used": int(n_negatives)},
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "sda_lib": __version__,
     }
 
@@ -58,8 +58,11 @@ def _tail_note(items: pd.DataFrame, params, tail_test_share: float) -> str | Non
     counted = items["popularity_all" if params.tail_count_on == "all" else "popularity"]
     rule = tail_rule(params)
     if not items["is_tail"].any():
-        other = ("use tail_count_on='train' (--tail-count-on train) for a training-count tail"
-                 if params.tail_count_on == "all" else "raise tail_threshold for a tail")
+        other = (
+            "use tail_count_on='train' (--tail-count-on train) for a training-count tail"
+            if params.tail_count_on == "all"
+            else "raise tail_threshold for a tail"
+        )
         return f"no tail items under the rule '{rule}': every item has at least {int(counted.min())}; {other}"
     if tail_test_share == 0:
         return f"no test target is a tail item under the rule '{rule}': the tail metrics are empty"
@@ -100,15 +103,27 @@ def card_figures(items: pd.DataFrame, inter: pd.DataFrame):
     fig_seq = px.histogram(seq, x="sequence length", log_y=True, title="Sequence length per user")
     pop = items.sort_values("popularity_all", ascending=False).reset_index(drop=True)
     pop["rank"] = np.arange(1, len(pop) + 1)
-    fig_pop = px.scatter(pop, x="rank", y="popularity_all", color="is_tail", log_x=True, log_y=True,
-                         labels={"popularity_all": "interactions", "is_tail": "tail item"},
-                         title="Item popularity by rank (long tail)")
+    fig_pop = px.scatter(
+        pop,
+        x="rank",
+        y="popularity_all",
+        color="is_tail",
+        log_x=True,
+        log_y=True,
+        labels={"popularity_all": "interactions", "is_tail": "tail item"},
+        title="Item popularity by rank (long tail)",
+    )
     return fig_seq, fig_pop
 
 
 def _summary(x: np.ndarray) -> dict:
-    return {"mean": float(x.mean()), "median": float(np.median(x)), "min": int(x.min()),
-            "p90": float(np.percentile(x, 90)), "max": int(x.max())}
+    return {
+        "mean": float(x.mean()),
+        "median": float(np.median(x)),
+        "min": int(x.min()),
+        "p90": float(np.percentile(x, 90)),
+        "max": int(x.max()),
+    }
 
 
 def _gini(x: np.ndarray) -> float:

@@ -42,9 +42,7 @@ _SCHEMA = (
 )
 
 
-def load_custom(
-    interactions: str | os.PathLike, items: str | os.PathLike, name: str = "custom"
-) -> Catalogue:
+def load_custom(interactions: str | os.PathLike, items: str | os.PathLike, name: str = "custom") -> Catalogue:
     """Load a user-supplied dataset (schema in the module docstring) as a `Catalogue`."""
     interactions_path, items_path = Path(interactions).expanduser(), Path(items).expanduser()
     events = _read_table(interactions_path, INTERACTION_COLUMNS)
@@ -78,11 +76,13 @@ def load_custom(
     image_paths, counts = _image_paths(table, item_ids, items_path)
     catalogue_items[IMAGE_COLUMN] = pd.Series(image_paths, dtype=object)
 
-    catalogue_interactions = pd.DataFrame({
-        "user_id": _ids(events, "user", interactions_path),
-        "item_id": interaction_items,
-        "timestamp": _timestamps(events["timestamp"], interactions_path),
-    })
+    catalogue_interactions = pd.DataFrame(
+        {
+            "user_id": _ids(events, "user", interactions_path),
+            "item_id": interaction_items,
+            "timestamp": _timestamps(events["timestamp"], interactions_path),
+        }
+    )
     counts["items_without_interactions"] = int((~item_ids.isin(interaction_items)).sum())
     return Catalogue(
         name=name,
@@ -116,10 +116,7 @@ def _read_table(path: Path, required: list[str]) -> pd.DataFrame:
         raise DataError(f"{path}: file is empty (no rows); {_SCHEMA}")
     missing = [column for column in required if column not in table.columns]
     if missing:
-        raise DataError(
-            f"{path}: missing column {missing[0]!r} (columns found: {list(table.columns)}); "
-            f"{_SCHEMA}"
-        )
+        raise DataError(f"{path}: missing column {missing[0]!r} (columns found: {list(table.columns)}); {_SCHEMA}")
     return table.reset_index(drop=True)
 
 

@@ -117,13 +117,20 @@ def check_images(
         results = list(
             tqdm(
                 pool.map(first_valid, (candidates[i] for i in items)),
-                total=len(items), desc="checking images", unit=" items", leave=False,
+                total=len(items),
+                desc="checking images",
+                unit=" items",
+                leave=False,
             )
         )
     paths = {item: path for item, (path, _) in zip(items, results)}
     rejections = Counter(kind for _, rejected in results for kind in rejected)
-    counts = {"missing_images": sum(path is None for path, _ in results), "corrupt_images": 0,
-              "extreme_aspect_images": 0, **rejections}
+    counts = {
+        "missing_images": sum(path is None for path, _ in results),
+        "corrupt_images": 0,
+        "extreme_aspect_images": 0,
+        **rejections,
+    }
     return paths, counts
 
 
@@ -147,9 +154,7 @@ def find_images(
     """
     folder = Path(folder).expanduser()
     if not folder.is_dir():
-        raise DataError(
-            f"image folder {folder} not found: pass a folder of <item id>.jpg (or .png, .webp...) files"
-        )
+        raise DataError(f"image folder {folder} not found: pass a folder of <item id>.jpg (or .png, .webp...) files")
     by_stem = _files_by_stem(folder)
     return check_images({item: by_stem.get(item, []) for item in item_ids}, workers)
 
@@ -195,6 +200,7 @@ def download_images(
     if counts["download_failures"]:
         log.warning(
             "%d of %d image downloads failed (see DEBUG log for each URL); those items have no image",
-            counts["download_failures"], len(urls),
+            counts["download_failures"],
+            len(urls),
         )
     return counts

@@ -25,11 +25,10 @@ MIN_INTERACTIONS = 3  # one train, one validation and one test item at least
 # How the interactions are filtered before the split, in the words the card records. The "sda"
 # filter itself runs in the loader that reads the raw reviews (`amazon.sda_filter`).
 RECIPES = {
-    "5core": "the source as given (Amazon 5-core or S3-Rec files, toy or custom data); users numbered in "
-             "id order",
+    "5core": "the source as given (Amazon 5-core or S3-Rec files, toy or custom data); users numbered in id order",
     "sda": "the SDA authors' data_process on the raw reviews: one pass keeping reviews whose user and item "
-           "each have >= 5, first review of each item per user, time order, users with < 5 items and items "
-           "without meta dropped; users and items numbered in order of first appearance",
+    "each have >= 5, first review of each item per user, time order, users with < 5 items and items "
+    "without meta dropped; users and items numbered in order of first appearance",
 }
 
 # Which interactions count towards an item's popularity for the tail flag, per dataset. The
@@ -143,8 +142,9 @@ def leave_one_out(users: np.ndarray) -> pd.Categorical:
     return pd.Categorical(labels, categories=["train", "valid", "test"])
 
 
-def sample_negatives(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int,
-                     params: PrepareParams) -> np.ndarray:
+def sample_negatives(
+    users: np.ndarray, items: np.ndarray, n_users: int, n_items: int, params: PrepareParams
+) -> np.ndarray:
     """For each user, `n_negatives` distinct items drawn uniformly from those never interacted with.
 
     Draws k distinct ranks in the complement of the user's history and maps rank -> item id with one

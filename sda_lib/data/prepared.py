@@ -60,8 +60,11 @@ def foreign_entries(folder: Path) -> list[str]:
     foreign = []
     for entry in sorted(folder.iterdir()):
         if entry.name == IMAGES_DIR and entry.is_dir() and not entry.is_symlink():
-            foreign += [f"{IMAGES_DIR}/{e.name}" for e in sorted(entry.iterdir())
-                        if not (e.suffix == ".png" and e.is_file() and not e.is_symlink())]
+            foreign += [
+                f"{IMAGES_DIR}/{e.name}"
+                for e in sorted(entry.iterdir())
+                if not (e.suffix == ".png" and e.is_file() and not e.is_symlink())
+            ]
         elif not (entry.name in ours and entry.is_file() and not entry.is_symlink()):
             foreign.append(entry.name)
     return foreign

@@ -77,14 +77,37 @@ COLOURS = {
 PATTERN_INK = {"light": (245, 245, 245), "dark": (35, 35, 35)}  # drawn over the fill
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "hexagon")
 PATTERNS = ("plain", "stripes", "dots", "grid")
-BRANDS = ("Northwind", "Acme", "Lumen", "Kestrel", "Marlow",
-          "Tidewell", "Pinecraft", "Velora", "Harbor & Co", "Fenwick")
-ADJECTIVES = ("a handmade", "a modern", "a rustic", "a minimalist",
-              "a vintage", "a sturdy", "a lightweight", "an elegant")
+BRANDS = (
+    "Northwind",
+    "Acme",
+    "Lumen",
+    "Kestrel",
+    "Marlow",
+    "Tidewell",
+    "Pinecraft",
+    "Velora",
+    "Harbor & Co",
+    "Fenwick",
+)
+ADJECTIVES = (
+    "a handmade",
+    "a modern",
+    "a rustic",
+    "a minimalist",
+    "a vintage",
+    "a sturdy",
+    "a lightweight",
+    "an elegant",
+)
 SELLING_POINTS = (
-    "Made for everyday use.", "A thoughtful gift for friends and family.", "Easy to clean.",
-    "Built to last for years.", "Ships in recycled packaging.", "Designed in a small studio.",
-    "Pairs well with the rest of the range.", "Lovingly finished by hand.",
+    "Made for everyday use.",
+    "A thoughtful gift for friends and family.",
+    "Easy to clean.",
+    "Built to last for years.",
+    "Ships in recycled packaging.",
+    "Designed in a small studio.",
+    "Pairs well with the rest of the range.",
+    "Lovingly finished by hand.",
 )
 
 # Noise rates, per item.
@@ -138,8 +161,12 @@ def generate_toy(size: str, image_dir: Path, seed: int = 0) -> Catalogue:
     items["latent_popularity"] = latent["popularity"]
     interactions = _timed_interactions(sequences, item_ids, rng)
     return Catalogue(
-        name=size, items=items, interactions=interactions, text_fields=list(TEXT_FIELDS),
-        counts=counts, source=f"synthetic: sda_lib.data.toy.generate_toy(size={size!r}, seed={seed})",
+        name=size,
+        items=items,
+        interactions=interactions,
+        text_fields=list(TEXT_FIELDS),
+        counts=counts,
+        source=f"synthetic: sda_lib.data.toy.generate_toy(size={size!r}, seed={seed})",
     )
 
 
@@ -213,8 +240,14 @@ def _render_images(latent: Latent, px: int, image_dir: Path, rng: np.random.Gene
         if missing:
             paths.append(None)
             continue
-        image = _draw_item(latent["shape"][i], latent["pattern"][i], COLOURS[latent["colour"][i]],
-                           backdrops[latent["category"][i]], px, rng)
+        image = _draw_item(
+            latent["shape"][i],
+            latent["pattern"][i],
+            COLOURS[latent["colour"][i]],
+            backdrops[latent["category"][i]],
+            px,
+            rng,
+        )
         path = image_dir / f"i{i:04d}.png"
         with atomic_path(path) as tmp:
             image.save(tmp, format="PNG")
@@ -222,8 +255,14 @@ def _render_images(latent: Latent, px: int, image_dir: Path, rng: np.random.Gene
     return paths
 
 
-def _draw_item(shape: str, pattern: str, colour: tuple[int, int, int], backdrop: tuple[int, int, int],
-               px: int, rng: np.random.Generator) -> Image.Image:
+def _draw_item(
+    shape: str,
+    pattern: str,
+    colour: tuple[int, int, int],
+    backdrop: tuple[int, int, int],
+    px: int,
+    rng: np.random.Generator,
+) -> Image.Image:
     """One product shot: a jittered coloured shape with its pattern, on the category's backdrop."""
     centre = px / 2 + rng.uniform(-0.08, 0.08, size=2) * px
     radius = px * rng.uniform(0.30, 0.40)

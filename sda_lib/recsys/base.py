@@ -8,10 +8,11 @@ can be padding (`PAD`); models that need more special tokens add them above n_it
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -54,8 +55,10 @@ class InteractionData:
         for name in ("train", "valid", "test"):
             count = int((split == name).sum())
             if count == 0:
-                raise DataError(f"{where}: the {name!r} split is empty; prepare the dataset again "
-                                "(every user needs train, valid and test interactions)")
+                raise DataError(
+                    f"{where}: the {name!r} split is empty; prepare the dataset again "
+                    "(every user needs train, valid and test interactions)"
+                )
         offsets = np.asarray(dataset.user_offsets, dtype=np.int64)
         lengths = np.diff(offsets)
         if (lengths < 3).any():
@@ -67,8 +70,10 @@ class InteractionData:
         wrong = np.flatnonzero(split != expected)
         if len(wrong):
             row = int(wrong[0])
-            raise DataError(f"{where}: interaction row {row} is in split {split[row]!r}, expected "
-                            f"{expected[row]!r} (last item test, second-to-last valid); prepare it again")
+            raise DataError(
+                f"{where}: interaction row {row} is in split {split[row]!r}, expected "
+                f"{expected[row]!r} (last item test, second-to-last valid); prepare it again"
+            )
         negatives = np.asarray(dataset.negatives, dtype=np.int64)
         if negatives.shape[0] != dataset.n_users:
             raise DataError(f"{where}: negatives.npy has {negatives.shape[0]} rows for {dataset.n_users} users")
@@ -87,7 +92,7 @@ class InteractionData:
     def first_users(self, n: int) -> InteractionData:
         """The same data restricted to users 0..n-1 (item statistics unchanged), for quick passes."""
         n = min(n, self.n_users)
-        return replace(self, n_users=n, offsets=self.offsets[:n + 1], negatives=self.negatives[:n])
+        return replace(self, n_users=n, offsets=self.offsets[: n + 1], negatives=self.negatives[:n])
 
     def target_index(self, split: str) -> np.ndarray:
         """Row of each user's held-out item for `split`; for "train", one past the training part."""
@@ -213,10 +218,12 @@ def content_channels(features: FeatureTable | None) -> dict[str, np.ndarray]:
         return {}
     d_text, d_image = features.split_dims
     if d_text + d_image != features.features.shape[1]:
-        raise FeatureError(f"feature table for {features.manifest.get('dataset')!r}: manifest dims say "
-                           f"{d_text} text + {d_image} image columns, features.npy has "
-                           f"{features.features.shape[1]}; export the table again")
-    parts = {"text": features.features[:, :d_text], "image": features.features[:, d_text:d_text + d_image]}
+        raise FeatureError(
+            f"feature table for {features.manifest.get('dataset')!r}: manifest dims say "
+            f"{d_text} text + {d_image} image columns, features.npy has "
+            f"{features.features.shape[1]}; export the table again"
+        )
+    parts = {"text": features.features[:, :d_text], "image": features.features[:, d_text : d_text + d_image]}
     return {name: p for name, p in parts.items() if p.shape[1] > 0}
 
 
@@ -228,8 +235,9 @@ def features_for(model: str, item_repr: str, features: FeatureTable | None) -> F
     if item_repr == "id":
         return None
     if features is None:
-        raise ValueError(f"{model} with item_repr={item_repr!r} needs a feature table; pass features "
-                         "or use item_repr='id'")
+        raise ValueError(
+            f"{model} with item_repr={item_repr!r} needs a feature table; pass features or use item_repr='id'"
+        )
     return features
 
 
@@ -241,8 +249,10 @@ def check_item_repr(model: str, item_repr: str, features: FeatureTable | None) -
         return {}
     channels = content_channels(features)
     if not channels:
-        raise ValueError(f"{model} with item_repr={item_repr!r}: the feature table has neither a text "
-                         "nor an image part (both widths are 0)")
+        raise ValueError(
+            f"{model} with item_repr={item_repr!r}: the feature table has neither a text "
+            "nor an image part (both widths are 0)"
+        )
     return channels
 
 
@@ -304,4 +314,4 @@ RECOMMENDERS: Registry[type[Recommender]] = Registry("recommender")
 def shuffled_chunks(n: int, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
     order = rng.permutation(n)
     for start in range(0, n, batch_size):
-        yield order[start:start + batch_size]
+        yield order[start : start + batch_size]

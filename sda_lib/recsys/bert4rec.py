@@ -16,7 +16,7 @@ authors do) and scored against the item table.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -36,20 +36,35 @@ class BERT4Rec(SequentialRecommender):
     causal = False
     n_special = 1  # the mask token
 
-    def __init__(self, data: InteractionData, item_repr: str = "id", features: FeatureTable | None = None,
-                 dim: int = 64, n_layers: int = 2, n_heads: int = 2, max_len: int = 50,
-                 dropout: float = 0.2, mask_prob: float = 0.2, random_prob: float = 0.0, keep_prob: float = 0.0,
-                 last_item_copies: bool = False, loss: str = "ce", head: bool = True,
-                 negatives: str = "train", **alignment):
+    def __init__(
+        self,
+        data: InteractionData,
+        item_repr: str = "id",
+        features: FeatureTable | None = None,
+        dim: int = 64,
+        n_layers: int = 2,
+        n_heads: int = 2,
+        max_len: int = 50,
+        dropout: float = 0.2,
+        mask_prob: float = 0.2,
+        random_prob: float = 0.0,
+        keep_prob: float = 0.0,
+        last_item_copies: bool = False,
+        loss: str = "ce",
+        head: bool = True,
+        negatives: str = "train",
+        **alignment,
+    ):
         if not 0 < mask_prob < 1:
             raise ValueError(f"mask_prob must lie in (0, 1), got {mask_prob}")
         if not (0 <= random_prob and 0 <= keep_prob and random_prob + keep_prob < 1):
-            raise ValueError(f"random_prob and keep_prob must be >= 0 and leave some chosen positions masked "
-                             f"(sum < 1), got {random_prob} and {keep_prob}")
+            raise ValueError(
+                f"random_prob and keep_prob must be >= 0 and leave some chosen positions masked "
+                f"(sum < 1), got {random_prob} and {keep_prob}"
+            )
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-        super().__init__(data, item_repr, features, dim, n_layers, n_heads, max_len, dropout, negatives,
-                         **alignment)
+        super().__init__(data, item_repr, features, dim, n_layers, n_heads, max_len, dropout, negatives, **alignment)
         self.mask_prob, self.random_prob, self.keep_prob = mask_prob, random_prob, keep_prob
         self.last_item_copies, self.loss_type = last_item_copies, loss
         self.mask_token = data.n_items + 1
@@ -68,8 +83,11 @@ class BERT4Rec(SequentialRecommender):
         shown = np.full_like(windows, self.mask_token)
         if self.random_prob or self.keep_prob:  # drawn only when asked: the plain stream stays as it was
             draw = rng.random(windows.shape)
-            shown = np.where(draw < self.random_prob, rng.integers(1, self.data.n_items + 1, windows.shape),
-                             np.where(draw < self.random_prob + self.keep_prob, windows, shown))
+            shown = np.where(
+                draw < self.random_prob,
+                rng.integers(1, self.data.n_items + 1, windows.shape),
+                np.where(draw < self.random_prob + self.keep_prob, windows, shown),
+            )
         inputs = np.where(chosen, shown, windows)
         labels = np.where(chosen, windows, PAD)
         if self.last_item_copies:

@@ -48,8 +48,10 @@ def sampled_candidates(data: InteractionData, n_negatives: int | None = None) ->
     if n_negatives is None:
         return data.negatives
     if not 1 <= n_negatives <= stored:
-        raise ValueError(f"n_negatives={n_negatives}, but {data.name!r} stores {stored} negatives per user; "
-                         f"choose 1..{stored} or prepare the dataset with more (--n-negatives)")
+        raise ValueError(
+            f"n_negatives={n_negatives}, but {data.name!r} stores {stored} negatives per user; "
+            f"choose 1..{stored} or prepare the dataset with more (--n-negatives)"
+        )
     return np.ascontiguousarray(data.negatives[:, :n_negatives])
 
 
@@ -60,15 +62,24 @@ def draw_negatives(data: InteractionData, split: str, n: int, rng: np.random.Gen
     keys = sequence_keys(data, split)
     room = data.n_items - int(np.bincount(keys // data.n_items, minlength=data.n_users).max())
     if room < n:
-        warnings.warn(f"{data.name!r}: only {room} items lie outside the longest {split} sequence; "
-                      f"drawing {room} fresh negatives per user instead of {n}", stacklevel=2)
+        warnings.warn(
+            f"{data.name!r}: only {room} items lie outside the longest {split} sequence; "
+            f"drawing {room} fresh negatives per user instead of {n}",
+            stacklevel=2,
+        )
     return sample_distinct_outside(keys, data.n_items, data.n_users, min(n, room), rng)
 
 
 @torch.no_grad()
-def rank_targets(model: Recommender, data: InteractionData, split: str = "test", protocol: str = "full",
-                 n_negatives: int | None = None, batch_size: int = 1024,
-                 candidates: np.ndarray | None = None) -> np.ndarray:
+def rank_targets(
+    model: Recommender,
+    data: InteractionData,
+    split: str = "test",
+    protocol: str = "full",
+    n_negatives: int | None = None,
+    batch_size: int = 1024,
+    candidates: np.ndarray | None = None,
+) -> np.ndarray:
     """0-based rank of every user's `split` target under `protocol` (see the module docstring)."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
@@ -96,10 +107,11 @@ def rank_targets(model: Recommender, data: InteractionData, split: str = "test",
         if protocol == "full":
             scores = vectors @ tables.items.T
             target_score = scores.gather(1, target[:, None])
-            counts = np.diff(seen_offsets[start:stop + 1])
-            rows = torch.repeat_interleave(torch.arange(stop - start, device=device),
-                                           torch.from_numpy(counts).to(device))
-            scores[rows, seen[seen_offsets[start]:seen_offsets[stop]]] = -torch.inf
+            counts = np.diff(seen_offsets[start : stop + 1])
+            rows = torch.repeat_interleave(
+                torch.arange(stop - start, device=device), torch.from_numpy(counts).to(device)
+            )
+            scores[rows, seen[seen_offsets[start] : seen_offsets[stop]]] = -torch.inf
             scores.scatter_(1, target[:, None], target_score)  # the target is never excluded
             # In place and summed as floats (exact below 2**24 items): several times faster than a
             # boolean mask plus an integer sum, and this line dominates the pass.
@@ -109,27 +121,37 @@ def rank_targets(model: Recommender, data: InteractionData, split: str = "test",
             target_score = (vectors * tables.items[target]).sum(-1, keepdim=True)
             rank = (torch.einsum("bkd,bd->bk", others, vectors) >= target_score).sum(1)
         if torch.isnan(target_score).any():
-            raise FloatingPointError(f"{model.name} produced NaN scores (users {start}..{stop - 1}); "
-                                     "the training diverged: lower the learning rate")
+            raise FloatingPointError(
+                f"{model.name} produced NaN scores (users {start}..{stop - 1}); "
+                "the training diverged: lower the learning rate"
+            )
         ranks[start:stop] = rank.cpu()
     model.train(was_training)
     return ranks.numpy()
 
 
-def evaluate(model: Recommender, data: InteractionData, split: str = "test", protocol: str = "full",
-             n_negatives: int | None = None, batch_size: int = 1024,
-             candidates: np.ndarray | None = None) -> pd.DataFrame:
+def evaluate(
+    model: Recommender,
+    data: InteractionData,
+    split: str = "test",
+    protocol: str = "full",
+    n_negatives: int | None = None,
+    batch_size: int = 1024,
+    candidates: np.ndarray | None = None,
+) -> pd.DataFrame:
     """One row per user: user, target, is_tail, popularity (of the target, training count), rank
     and every metric in METRICS."""
     ranks = rank_targets(model, data, split, protocol, n_negatives, batch_size, candidates)
     targets = data.targets(split)
-    frame = pd.DataFrame({
-        "user": np.arange(data.n_users),
-        "target": targets,
-        "is_tail": data.is_tail[targets],
-        "popularity": data.popularity[targets],
-        "rank": ranks,
-    })
+    frame = pd.DataFrame(
+        {
+            "user": np.arange(data.n_users),
+            "target": targets,
+            "is_tail": data.is_tail[targets],
+            "popularity": data.popularity[targets],
+            "rank": ranks,
+        }
+    )
     return frame.assign(**metrics_from_ranks(ranks))
 
 

@@ -26,7 +26,6 @@ from .evaluate import PROTOCOLS, evaluate, rank_targets, sampled_candidates, sum
 from .train import FitResult, TrainConfig, fit, seed_everything, train_epoch
 
 
-
 class RunKey(NamedTuple):
     """Names one run in the per-user results: `train_grid` returns {RunKey: {protocol: frame}}.
     A tuple, so code that unpacks it by position keeps working."""
@@ -57,8 +56,14 @@ class RunResult:
         return RunKey.of(self.config)
 
 
-def build_model(model: str, data: InteractionData, features: FeatureTable | None = None, item_repr: str = "id",
-                parts: tuple[str, ...] | None = None, **params) -> Recommender:
+def build_model(
+    model: str,
+    data: InteractionData,
+    features: FeatureTable | None = None,
+    item_repr: str = "id",
+    parts: tuple[str, ...] | None = None,
+    **params,
+) -> Recommender:
     """A fresh model of the recommender registered as `model` (see Recommender for the contract).
 
     features:  a checked FeatureTable or None; every model takes what it needs from it: VBPR and
@@ -87,8 +92,11 @@ def model_train_config(model: str, train: TrainConfig | None = None) -> TrainCon
     train = train or TrainConfig()
     defaults = {f.name: f.default for f in fields(TrainConfig)}
     own_rule = any(getattr(train, k) != defaults[k] for k in STOPPING if k in defaults)
-    changes = {k: v for k, v in RECOMMENDERS[model].train_defaults.items()
-               if getattr(train, k) == defaults[k] and not (own_rule and k in STOPPING)}
+    changes = {
+        k: v
+        for k, v in RECOMMENDERS[model].train_defaults.items()
+        if getattr(train, k) == defaults[k] and not (own_rule and k in STOPPING)
+    }
     return replace(train, **changes)
 
 
@@ -104,8 +112,9 @@ def features_label(features) -> str:
     return f"{label}-{'+'.join(parts)}" if parts and len(parts) < len(PARTS) else label
 
 
-def part_settings(features, dataset, label: str = "sda",
-                  parts=(("text",), ("image",), ("text", "image"))) -> dict[str, FeatureTable]:
+def part_settings(
+    features, dataset, label: str = "sda", parts=(("text",), ("image",), ("text", "image"))
+) -> dict[str, FeatureTable]:
     """Feature settings for `train_grid` that differ only in the parts of one table (paper
     Figure 3: SLMRec on the text part, the image part and both): {"<label>-text": ...,
     "<label>-image": ..., "<label>": whole table}. `features` is a FeatureTable or a folder."""
@@ -119,10 +128,19 @@ def part_settings(features, dataset, label: str = "sda",
     return out
 
 
-def run_experiment(dataset, model: str = "sasrec", features=None, item_repr: str | None = None,
-                   seed: int = 0, model_params: dict | None = None, train: TrainConfig | None = None,
-                   n_negatives: int | None = None, out: str | Path | None = None,
-                   label: str | None = None, model_defaults: bool = True) -> RunResult:
+def run_experiment(
+    dataset,
+    model: str = "sasrec",
+    features=None,
+    item_repr: str | None = None,
+    seed: int = 0,
+    model_params: dict | None = None,
+    train: TrainConfig | None = None,
+    n_negatives: int | None = None,
+    out: str | Path | None = None,
+    label: str | None = None,
+    model_defaults: bool = True,
+) -> RunResult:
     """Train and test one model.
 
     dataset:        a PreparedDataset, a dataset name or a prepared folder.
@@ -148,14 +166,21 @@ def run_experiment(dataset, model: str = "sasrec", features=None, item_repr: str
     recommender = build_model(model, data, table, item_repr, **(model_params or {}))
     out = Path(out) if out is not None else None
     result = fit(recommender, data, config, checkpoint_dir=out / "checkpoint" if out else None)
-    per_user = {p: evaluate(recommender, data, "test", p, n_negatives if p == "sampled" else None)
-                for p in PROTOCOLS}
-    run = {"dataset": dataset.name, "model": model, "features": label or features_label(features),
-           "item_repr": item_repr, "seed": seed,
-           "parts": list(content_channels(table)) if table is not None and item_repr != "id" else [],
-           "params": model_params or {}, "train": asdict(config),
-           "n_negatives": n_negatives or int(data.negatives.shape[1]), "best_epoch": result.best_epoch,
-           "epochs_run": len(result.history), "valid_score": result.best_score}
+    per_user = {p: evaluate(recommender, data, "test", p, n_negatives if p == "sampled" else None) for p in PROTOCOLS}
+    run = {
+        "dataset": dataset.name,
+        "model": model,
+        "features": label or features_label(features),
+        "item_repr": item_repr,
+        "seed": seed,
+        "parts": list(content_channels(table)) if table is not None and item_repr != "id" else [],
+        "params": model_params or {},
+        "train": asdict(config),
+        "n_negatives": n_negatives or int(data.negatives.shape[1]),
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "valid_score": result.best_score,
+    }
     metrics = tidy_metrics(run, per_user)
     if out is not None:
         _write_run(out, run, result, metrics, per_user)
@@ -168,15 +193,25 @@ def tidy_metrics(run: dict, per_user: dict[str, pd.DataFrame]) -> pd.DataFrame:
     for protocol, frame in per_user.items():
         for subset, values in summarize(frame).items():
             users = values.pop("users")
-            rows += [{**keys, "protocol": protocol, "subset": subset, "metric": m, "value": v, "users": users}
-                     for m, v in values.items()]
+            rows += [
+                {**keys, "protocol": protocol, "subset": subset, "metric": m, "value": v, "users": users}
+                for m, v in values.items()
+            ]
     return pd.DataFrame(rows)
 
 
-def train_grid(dataset, models=("sasrec",), features: dict | None = None, seeds=(0,),
-               item_repr: str | None = None, model_params: dict | None = None,
-               train: TrainConfig | None = None, n_negatives: int | None = None,
-               out: str | Path | None = None, model_defaults: bool = True) -> tuple[pd.DataFrame, dict]:
+def train_grid(
+    dataset,
+    models=("sasrec",),
+    features: dict | None = None,
+    seeds=(0,),
+    item_repr: str | None = None,
+    model_params: dict | None = None,
+    train: TrainConfig | None = None,
+    n_negatives: int | None = None,
+    out: str | Path | None = None,
+    model_defaults: bool = True,
+) -> tuple[pd.DataFrame, dict]:
     """Every model x feature setting x seed.
 
     features:       {label: None | FeatureTable | folder}; default {"id": None}. `part_settings`
@@ -199,10 +234,19 @@ def train_grid(dataset, models=("sasrec",), features: dict | None = None, seeds=
                 if run_out is not None and (run_out / "metrics.csv").exists():
                     metrics, users = read_run(run_out)
                 else:
-                    run = run_experiment(dataset, model, table, item_repr if table is not None else None,
-                                         seed=seed, train=train, n_negatives=n_negatives,
-                                         model_params=(model_params or {}).get(model), out=run_out, label=label,
-                                         model_defaults=model_defaults)
+                    run = run_experiment(
+                        dataset,
+                        model,
+                        table,
+                        item_repr if table is not None else None,
+                        seed=seed,
+                        train=train,
+                        n_negatives=n_negatives,
+                        model_params=(model_params or {}).get(model),
+                        out=run_out,
+                        label=label,
+                        model_defaults=model_defaults,
+                    )
                     metrics, users = run.metrics, run.per_user
                 frames.append(metrics)
                 per_user[RunKey.of(metrics.iloc[0])] = users
@@ -232,9 +276,16 @@ def _write_run(out: Path, run: dict, result: FitResult, metrics: pd.DataFrame, p
             write(tmp, index=False)
 
 
-def time_epoch(dataset="beauty", model: str = "sasrec", features=None, epochs: int = 1,
-               batch_size: int | None = None, threads: int | None = None, seed: int = 0,
-               **model_params) -> float:
+def time_epoch(
+    dataset="beauty",
+    model: str = "sasrec",
+    features=None,
+    epochs: int = 1,
+    batch_size: int | None = None,
+    threads: int | None = None,
+    seed: int = 0,
+    **model_params,
+) -> float:
     """Seconds per training epoch (mean over `epochs`, after one untimed warm-up batch)."""
     data, recommender = _timed_setup(dataset, model, features, threads, seed, model_params)
     config = TrainConfig(batch_size=batch_size or recommender.batch_size, progress=False, seed=seed)
@@ -248,8 +299,16 @@ def time_epoch(dataset="beauty", model: str = "sasrec", features=None, epochs: i
     return (time.perf_counter() - start) / epochs
 
 
-def time_full_eval(dataset="beauty", model: str = "sasrec", features=None, split: str = "test",
-                   repeats: int = 1, threads: int | None = None, seed: int = 0, **model_params) -> float:
+def time_full_eval(
+    dataset="beauty",
+    model: str = "sasrec",
+    features=None,
+    split: str = "test",
+    repeats: int = 1,
+    threads: int | None = None,
+    seed: int = 0,
+    **model_params,
+) -> float:
     """Seconds for one full-ranking pass over all users (untrained weights: the cost does not depend
     on them), mean over `repeats` after a warm-up pass over the first 256 users."""
     data, recommender = _timed_setup(dataset, model, features, threads, seed, model_params)

@@ -58,8 +58,14 @@ print(json.dumps({"epoch_seconds": epoch_seconds, "eval_seconds": eval_seconds,
 """
 
 
-def recbole_sasrec_timing(dataset="beauty", epochs: int = 1, threads: int = 2, loss: str = "CE",
-                          python: str | Path = RECBOLE_PYTHON, timeout: float = 3600) -> dict:
+def recbole_sasrec_timing(
+    dataset="beauty",
+    epochs: int = 1,
+    threads: int = 2,
+    loss: str = "CE",
+    python: str | Path = RECBOLE_PYTHON,
+    timeout: float = 3600,
+) -> dict:
     """Seconds per RecBole SASRec training epoch and per full-ranking validation pass on `dataset`.
 
     Returns {"epoch_seconds", "eval_seconds", "valid" (RecBole's metrics after `epochs` epochs),
@@ -73,21 +79,40 @@ def recbole_sasrec_timing(dataset="beauty", epochs: int = 1, threads: int = 2, l
         name = dataset.name
         write_atomic_file(dataset, Path(tmp) / name / f"{name}.inter")
         config = {
-            "data_path": tmp, "checkpoint_dir": str(Path(tmp) / "saved"), "device": "cpu", "use_gpu": False,
-            "show_progress": False, "state": "WARNING", "seed": 0, "reproducibility": True,
+            "data_path": tmp,
+            "checkpoint_dir": str(Path(tmp) / "saved"),
+            "device": "cpu",
+            "use_gpu": False,
+            "show_progress": False,
+            "state": "WARNING",
+            "seed": 0,
+            "reproducibility": True,
             "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
-            "user_inter_num_interval": "[0,inf)", "item_inter_num_interval": "[0,inf)",
+            "user_inter_num_interval": "[0,inf)",
+            "item_inter_num_interval": "[0,inf)",
             "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full", "group_by": "user"},
-            "MAX_ITEM_LIST_LENGTH": 50, "hidden_size": 64, "inner_size": 256, "n_layers": 2, "n_heads": 2,
-            "hidden_dropout_prob": 0.5, "attn_dropout_prob": 0.5, "hidden_act": "gelu",
-            "loss_type": loss, "train_batch_size": 256, "eval_batch_size": 1024, "learning_rate": 1e-3,
+            "MAX_ITEM_LIST_LENGTH": 50,
+            "hidden_size": 64,
+            "inner_size": 256,
+            "n_layers": 2,
+            "n_heads": 2,
+            "hidden_dropout_prob": 0.5,
+            "attn_dropout_prob": 0.5,
+            "hidden_act": "gelu",
+            "loss_type": loss,
+            "train_batch_size": 256,
+            "eval_batch_size": 1024,
+            "learning_rate": 1e-3,
             "train_neg_sample_args": None if loss == "CE" else {"distribution": "uniform", "sample_num": 1},
-            "metrics": ["Hit", "NDCG"], "topk": [10], "valid_metric": "NDCG@10",
+            "metrics": ["Hit", "NDCG"],
+            "topk": [10],
+            "valid_metric": "NDCG@10",
         }
         env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
         args = json.dumps({"name": name, "threads": threads, "epochs": epochs, "config": config})
-        done = subprocess.run([str(python), "-c", _RUNNER, args], capture_output=True, text=True, env=env,
-                              timeout=timeout, cwd=tmp)
+        done = subprocess.run(
+            [str(python), "-c", _RUNNER, args], capture_output=True, text=True, env=env, timeout=timeout, cwd=tmp
+        )
     if done.returncode != 0:
         raise RuntimeError(f"RecBole run failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

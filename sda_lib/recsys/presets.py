@@ -123,8 +123,7 @@ PRESETS: dict[str, Preset] = {
         "s3rec-sampled",
         models={"sasrec": _S3REC_SASREC},
         # run_finetune_sample.py: early_stopping(scores[-1:]) = sampled MRR, 99 negatives
-        train=replace(_S3REC_TRAIN, monitor="MRR", improve="any", monitor_protocol="sampled",
-                      monitor_negatives=99),
+        train=replace(_S3REC_TRAIN, monitor="MRR", improve="any", monitor_protocol="sampled", monitor_negatives=99),
         notes="S3-Rec's sampled protocol: selected on sampled validation MRR (99 negatives)",
     ),
     "authors": Preset(
@@ -134,7 +133,7 @@ PRESETS: dict[str, Preset] = {
         item_repr="features",  # SDA models/Adapter.py SASRecPLUS/Bert4RecPLUS: frozen table replaces IDs
         align_weights=(0.01, 0.05, 0.1, 0.15, 0.2),  # --alpha swept in experiments/*/scft/CAMEL_qwen.bash
         notes="the SDA authors' SASRec/BERT4Rec settings; the authors' causal-mask omission and "
-              "feature-row shift are not reproduced (docs/FIDELITY.md); seed 42 there, one run per alpha",
+        "feature-row shift are not reproduced (docs/FIDELITY.md); seed 42 there, one run per alpha",
     ),
 }
 ALIGNMENT_PARAMS = ("align_items", "align_weight", "align_tau")
@@ -151,14 +150,21 @@ def get_preset(name: str) -> Preset:
     return PRESETS[name]
 
 
-def pretrain_id_items(dataset, model: str = "sasrec", preset: str = "authors", seed: int = 0,
-                      out: str | Path = "id-items", train: TrainConfig | None = None) -> Path:
+def pretrain_id_items(
+    dataset,
+    model: str = "sasrec",
+    preset: str = "authors",
+    seed: int = 0,
+    out: str | Path = "id-items",
+    train: TrainConfig | None = None,
+) -> Path:
     """Train `model` on ID embeddings with `preset`'s settings (alignment off) and save its item
     table [n_items, dim] as out/items.npy, the frozen reference of the alignment loss; a finished
     table is read back. `train` replaces the preset's training (its seed is set to `seed`)."""
     if not issubclass(RECOMMENDERS[model], SequentialRecommender):
-        raise ValueError(f"pretrain_id_items trains a sequential model ({', '.join(sequential_models())}), "
-                         f"got {model!r}")
+        raise ValueError(
+            f"pretrain_id_items trains a sequential model ({', '.join(sequential_models())}), got {model!r}"
+        )
     out = Path(out)
     table = out / "items.npy"
     if table.exists():

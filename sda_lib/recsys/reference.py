@@ -82,18 +82,52 @@ from .train import TrainConfig, fit_rules, seed_everything
 # Published S3-Rec numbers on exactly the shared files (S3-Rec paper, full ranking; S3-Rec
 # repository re-run, 99 sampled negatives).
 PUBLISHED = {
-    ("beauty", "sasrec", "full"): {"HR@5": 0.0387, "NDCG@5": 0.0249, "HR@10": 0.0605, "NDCG@10": 0.0318,
-                                   "HR@20": 0.0902, "NDCG@20": 0.0394},
-    ("beauty", "bert4rec", "full"): {"HR@5": 0.0203, "NDCG@5": 0.0124, "HR@10": 0.0347, "NDCG@10": 0.0170,
-                                     "HR@20": 0.0599, "NDCG@20": 0.0233},
-    ("toys", "sasrec", "full"): {"HR@5": 0.0463, "NDCG@5": 0.0306, "HR@10": 0.0675, "NDCG@10": 0.0374,
-                                 "HR@20": 0.0941, "NDCG@20": 0.0441},
-    ("toys", "bert4rec", "full"): {"HR@5": 0.0116, "NDCG@5": 0.0071, "HR@10": 0.0203, "NDCG@10": 0.0099,
-                                   "HR@20": 0.0358, "NDCG@20": 0.0138},
-    ("beauty", "sasrec", "sampled"): {"HR@5": 0.3721, "NDCG@5": 0.2843, "HR@10": 0.4651, "NDCG@10": 0.3142,
-                                      "MRR": 0.2850},
-    ("toys", "sasrec", "sampled"): {"HR@5": 0.3683, "NDCG@5": 0.2766, "HR@10": 0.4659, "NDCG@10": 0.3081,
-                                    "MRR": 0.2770},
+    ("beauty", "sasrec", "full"): {
+        "HR@5": 0.0387,
+        "NDCG@5": 0.0249,
+        "HR@10": 0.0605,
+        "NDCG@10": 0.0318,
+        "HR@20": 0.0902,
+        "NDCG@20": 0.0394,
+    },
+    ("beauty", "bert4rec", "full"): {
+        "HR@5": 0.0203,
+        "NDCG@5": 0.0124,
+        "HR@10": 0.0347,
+        "NDCG@10": 0.0170,
+        "HR@20": 0.0599,
+        "NDCG@20": 0.0233,
+    },
+    ("toys", "sasrec", "full"): {
+        "HR@5": 0.0463,
+        "NDCG@5": 0.0306,
+        "HR@10": 0.0675,
+        "NDCG@10": 0.0374,
+        "HR@20": 0.0941,
+        "NDCG@20": 0.0441,
+    },
+    ("toys", "bert4rec", "full"): {
+        "HR@5": 0.0116,
+        "NDCG@5": 0.0071,
+        "HR@10": 0.0203,
+        "NDCG@10": 0.0099,
+        "HR@20": 0.0358,
+        "NDCG@20": 0.0138,
+    },
+    ("beauty", "sasrec", "sampled"): {
+        "HR@5": 0.3721,
+        "NDCG@5": 0.2843,
+        "HR@10": 0.4651,
+        "NDCG@10": 0.3142,
+        "MRR": 0.2850,
+    },
+    ("toys", "sasrec", "sampled"): {
+        "HR@5": 0.3683,
+        "NDCG@5": 0.2766,
+        "HR@10": 0.4659,
+        "NDCG@10": 0.3081,
+        "MRR": 0.2770,
+    },
 }
 SAMPLED_NEGATIVES = 99
 # The content comparison keeps the selection its measured numbers (above) were made with:
@@ -104,8 +138,14 @@ CONTENT_TRAIN = PRESETS["s3rec"].training(monitor="NDCG@10", seed=42)
 SELECTION = {"full": "s3rec", "sampled": "s3rec-sampled"}
 
 
-def reproduce_s3rec(dataset: str = "beauty", model: str = "sasrec", loss: str = "bce",
-                    out: str | Path | None = None, seeds=(42,), threads: int | None = None) -> pd.DataFrame:
+def reproduce_s3rec(
+    dataset: str = "beauty",
+    model: str = "sasrec",
+    loss: str = "bce",
+    out: str | Path | None = None,
+    seeds=(42,),
+    threads: int | None = None,
+) -> pd.DataFrame:
     """Train and test the reference runs, one training per seed selected twice (`SELECTION`): the
     model kept by S3-Rec's full-ranking rule gives the full-ranking row, the one kept by its
     sampled rule the sampled row. Returns the numbers over seeds against the published ones
@@ -119,11 +159,21 @@ def reproduce_s3rec(dataset: str = "beauty", model: str = "sasrec", loss: str = 
         raise ValueError(f"the presets {list(SELECTION.values())} build {model} differently: {params}")
     rows = []
     for seed in seeds:
-        for protocol, result in _selected_runs(prepared, model, params[0], presets, seed,
-                                               out / f"seed{seed}", threads).items():
-            rows += [{"seed": seed, "protocol": protocol, "metric": m, "value": v,
-                      "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"]}
-                     for m, v in result["test"][protocol].items() if m != "users"]
+        for protocol, result in _selected_runs(
+            prepared, model, params[0], presets, seed, out / f"seed{seed}", threads
+        ).items():
+            rows += [
+                {
+                    "seed": seed,
+                    "protocol": protocol,
+                    "metric": m,
+                    "value": v,
+                    "best_epoch": result["best_epoch"],
+                    "epochs_run": result["epochs_run"],
+                }
+                for m, v in result["test"][protocol].items()
+                if m != "users"
+            ]
     runs = pd.DataFrame(rows)
     runs.to_csv(out / "runs.csv", index=False)
     table = summarize_seeds(runs, prepared.name, model)
@@ -131,8 +181,9 @@ def reproduce_s3rec(dataset: str = "beauty", model: str = "sasrec", loss: str = 
     return table
 
 
-def _selected_runs(prepared, model: str, params: dict, presets: dict, seed: int, out: Path,
-                   threads: int | None) -> dict[str, dict]:
+def _selected_runs(
+    prepared, model: str, params: dict, presets: dict, seed: int, out: Path, threads: int | None
+) -> dict[str, dict]:
     """One training of `model`, selected by each preset's stopping rule, each selection tested under
     both protocols: {protocol: result}, with out/<protocol>-selection/{result.json, history.csv,
     per_user_<protocol>.parquet}."""
@@ -146,12 +197,19 @@ def _selected_runs(prepared, model: str, params: dict, presets: dict, seed: int,
     results = {}
     for protocol, (fitted, weights) in fit_rules(recommender, data, rules, out / "checkpoint").items():
         recommender.load_state_dict(weights)
-        per_user = {p: evaluate(recommender, data, "test", p, SAMPLED_NEGATIVES if p == "sampled" else None)
-                    for p in PROTOCOLS}
-        results[protocol] = {"dataset": prepared.name, "model": model, "seed": seed, "params": params,
-                             "train": asdict(rules[protocol]), "best_epoch": fitted.best_epoch,
-                             "epochs_run": len(fitted.history),
-                             "test": {p: summarize(frame)["overall"] for p, frame in per_user.items()}}
+        per_user = {
+            p: evaluate(recommender, data, "test", p, SAMPLED_NEGATIVES if p == "sampled" else None) for p in PROTOCOLS
+        }
+        results[protocol] = {
+            "dataset": prepared.name,
+            "model": model,
+            "seed": seed,
+            "params": params,
+            "train": asdict(rules[protocol]),
+            "best_epoch": fitted.best_epoch,
+            "epochs_run": len(fitted.history),
+            "test": {p: summarize(frame)["overall"] for p, frame in per_user.items()},
+        }
         folder = folders[protocol]
         for p, frame in per_user.items():
             with atomic_path(folder / f"per_user_{p}.parquet") as tmp:
@@ -169,11 +227,18 @@ def summarize_seeds(runs: pd.DataFrame, dataset: str, model: str) -> pd.DataFram
     for (protocol, metric), group in runs.groupby(["protocol", "metric"], sort=False):
         published = PUBLISHED.get((dataset, model, protocol), {}).get(metric)
         mean = group["value"].mean()
-        rows.append({"protocol": protocol, "metric": metric, "mean": mean,
-                     "std": group["value"].std(ddof=1) if len(group) > 1 else np.nan,
-                     "seeds": len(group), "published": published,
-                     "relative": mean / published - 1 if published else np.nan,
-                     "best_epochs": " ".join(f"{b}/{e}" for b, e in zip(group["best_epoch"], group["epochs_run"]))})
+        rows.append(
+            {
+                "protocol": protocol,
+                "metric": metric,
+                "mean": mean,
+                "std": group["value"].std(ddof=1) if len(group) > 1 else np.nan,
+                "seeds": len(group),
+                "published": published,
+                "relative": mean / published - 1 if published else np.nan,
+                "best_epochs": " ".join(f"{b}/{e}" for b, e in zip(group["best_epoch"], group["epochs_run"])),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -181,20 +246,29 @@ def minilm_text_features(dataset) -> FeatureTable:
     """all-MiniLM-L6-v2 embeddings of each item's text fields ("title is ...; categories is ...;",
     the description the LVLM prompt uses), as a feature table with an empty image part (the shared
     Amazon copies have no images)."""
-    from ..prompts import describe
     from ..extractors import MiniLMEfficientNetExtractor
+    from ..prompts import describe
 
     extractor = MiniLMEfficientNetExtractor(batch_size=128, device="cpu")
     text = extractor.embed_texts([describe(fields) for fields in dataset.item_fields()])
     image = np.zeros((len(text), 0), dtype=np.float32)
-    manifest = {"dataset": dataset.name, "item_order": item_order_checksum(dataset.items["item_id"]),
-                "n_items": int(dataset.n_items), "extractor": "minilm-l6-v2-text",
-                "dims": {"text": text.shape[1], "image": 0, "features_text": text.shape[1], "features_image": 0}}
+    manifest = {
+        "dataset": dataset.name,
+        "item_order": item_order_checksum(dataset.items["item_id"]),
+        "n_items": int(dataset.n_items),
+        "extractor": "minilm-l6-v2-text",
+        "dims": {"text": text.shape[1], "image": 0, "features_text": text.shape[1], "features_image": 0},
+    }
     return FeatureTable(text=text, image=image, features=text.copy(), manifest=manifest)
 
 
-def content_comparison(dataset: str = "beauty", out: str | Path | None = None, loss: str = "bce",
-                       train: TrainConfig = CONTENT_TRAIN, n_negatives: int = SAMPLED_NEGATIVES) -> pd.DataFrame:
+def content_comparison(
+    dataset: str = "beauty",
+    out: str | Path | None = None,
+    loss: str = "bce",
+    train: TrainConfig = CONTENT_TRAIN,
+    n_negatives: int = SAMPLED_NEGATIVES,
+) -> pd.DataFrame:
     """SASRec with ID embeddings vs MiniLM text features alone and beside IDs (same seed)."""
     prepared = load_prepared(dataset)
     out = Path(out) if out is not None else run_dir(dataset, "reference") / f"content-{loss}"
@@ -203,11 +277,23 @@ def content_comparison(dataset: str = "beauty", out: str | Path | None = None, l
         minilm_text_features(prepared).save(feature_dir)
     table = FeatureTable.load(feature_dir, prepared)
     runs = {}
-    for label, features, item_repr in (("id", None, "id"), ("minilm", table, "features"),
-                                       ("id+minilm", table, "id+features")):
-        runs[label] = run_experiment(prepared, "sasrec", features, item_repr, seed=train.seed,
-                                     model_params={"loss": loss}, train=train, label=label,
-                                     n_negatives=n_negatives, out=out / label)
+    for label, features, item_repr in (
+        ("id", None, "id"),
+        ("minilm", table, "features"),
+        ("id+minilm", table, "id+features"),
+    ):
+        runs[label] = run_experiment(
+            prepared,
+            "sasrec",
+            features,
+            item_repr,
+            seed=train.seed,
+            model_params={"loss": loss},
+            train=train,
+            label=label,
+            n_negatives=n_negatives,
+            out=out / label,
+        )
     rows = []
     for label, run in runs.items():
         for protocol in ("full", "sampled"):
@@ -227,8 +313,11 @@ def content_comparison(dataset: str = "beauty", out: str | Path | None = None, l
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sda_lib.recsys.reference", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m sda_lib.recsys.reference",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("s3rec", help="reproduce S3-Rec's SASRec / BERT4Rec numbers")
     p.add_argument("--dataset", default="beauty")
@@ -246,8 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     pd.set_option("display.width", 160)
     if args.command == "s3rec":
         loss = args.loss if args.model == "sasrec" else "ce"
-        print(reproduce_s3rec(args.dataset, args.model, loss, args.out, args.seeds, args.threads)
-              .to_string(index=False))
+        print(
+            reproduce_s3rec(args.dataset, args.model, loss, args.out, args.seeds, args.threads).to_string(index=False)
+        )
     else:
         train = replace(CONTENT_TRAIN, threads=args.threads)
         print(content_comparison(args.dataset, args.out, args.loss, train).to_string(index=False))

@@ -40,13 +40,16 @@ FEW_TAIL_USERS = 30  # below this many tail test users, a table says the tail nu
 def _aligned(per_user_a: pd.DataFrame, per_user_b: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     a, b = per_user_a.set_index("user").sort_index(), per_user_b.set_index("user").sort_index()
     if not a.index.equals(b.index) or not np.array_equal(a["target"].to_numpy(), b["target"].to_numpy()):
-        raise ValueError("the two runs were not evaluated on the same users and targets "
-                         "(different datasets or splits); a paired test needs the same ones")
+        raise ValueError(
+            "the two runs were not evaluated on the same users and targets "
+            "(different datasets or splits); a paired test needs the same ones"
+        )
     return a, b
 
 
-def paired_ttest(per_user_a: pd.DataFrame, per_user_b: pd.DataFrame, metric: str = "NDCG@10",
-                 tail_only: bool = False) -> dict:
+def paired_ttest(
+    per_user_a: pd.DataFrame, per_user_b: pd.DataFrame, metric: str = "NDCG@10", tail_only: bool = False
+) -> dict:
     """Paired t-test of `metric` between run a and run b over the same users (only users with a
     tail target if `tail_only`). Returns n, mean_a, mean_b, gain (mean_b / mean_a - 1), t, p
     (two-sided; p is NaN when the two runs agree on every user)."""
@@ -59,8 +62,14 @@ def paired_ttest(per_user_a: pd.DataFrame, per_user_b: pd.DataFrame, metric: str
         t, p = np.nan, np.nan
     else:
         t, p = stats.ttest_rel(y, x)
-    return {"n": len(x), "mean_a": mean_a, "mean_b": mean_b,
-            "gain": mean_b / mean_a - 1 if mean_a else np.nan, "t": float(t), "p": float(p)}
+    return {
+        "n": len(x),
+        "mean_a": mean_a,
+        "mean_b": mean_b,
+        "gain": mean_b / mean_a - 1 if mean_a else np.nan,
+        "t": float(t),
+        "p": float(p),
+    }
 
 
 def _keys(per_user: dict) -> dict[RunKey, dict]:
@@ -68,12 +77,16 @@ def _keys(per_user: dict) -> dict[RunKey, dict]:
     return {RunKey.of(k): v for k, v in per_user.items()}
 
 
-def seed_averaged(per_user: dict, dataset: str, model: str, features: str, protocol: str,
-                  metrics=TABLE_METRICS) -> pd.DataFrame | None:
+def seed_averaged(
+    per_user: dict, dataset: str, model: str, features: str, protocol: str, metrics=TABLE_METRICS
+) -> pd.DataFrame | None:
     """One run's per-user frame with `metrics` averaged over every seed of (dataset, model,
     features); None when there is no such run."""
-    frames = [runs[protocol] for key, runs in _keys(per_user).items()
-              if (key.dataset, key.model, key.features) == (dataset, model, features)]
+    frames = [
+        runs[protocol]
+        for key, runs in _keys(per_user).items()
+        if (key.dataset, key.model, key.features) == (dataset, model, features)
+    ]
     if not frames:
         return None
     mean = frames[0].copy()
@@ -82,8 +95,9 @@ def seed_averaged(per_user: dict, dataset: str, model: str, features: str, proto
     return mean
 
 
-def _p_value(per_user: dict, dataset: str, model: str, a: str, b: str, protocol: str, metric: str,
-             subset: str) -> float:
+def _p_value(
+    per_user: dict, dataset: str, model: str, a: str, b: str, protocol: str, metric: str, subset: str
+) -> float:
     """Paired-test p of feature setting b against a (seed-averaged), NaN when either is missing."""
     if a == b:
         return np.nan
@@ -105,8 +119,10 @@ def _mean_table(results: pd.DataFrame, protocol: str, metrics) -> tuple[pd.DataF
         for dataset, users in tail.groupby("dataset")["users"].max().items():
             if users == 0:
                 rows = rows[~((rows["dataset"] == dataset) & (rows["subset"] == "tail"))]
-                notes.append(f"{dataset}: no test target is a tail item under the dataset's tail definition, "
-                             "so the tail columns are empty (not zero).")
+                notes.append(
+                    f"{dataset}: no test target is a tail item under the dataset's tail definition, "
+                    "so the tail columns are empty (not zero)."
+                )
             elif users < FEW_TAIL_USERS:
                 notes.append(f"{dataset}: only {int(users)} test users have a tail target; tail numbers are noisy.")
     means = rows.groupby(["dataset", "model", "features", "subset", "metric"])["value"].mean()
@@ -118,8 +134,13 @@ def _mean_table(results: pd.DataFrame, protocol: str, metrics) -> tuple[pd.DataF
     return table, notes
 
 
-def results_table(results: pd.DataFrame, baseline: str = "id", protocol: str = "full",
-                  per_user: dict | None = None, metrics=TABLE_METRICS) -> pd.DataFrame:
+def results_table(
+    results: pd.DataFrame,
+    baseline: str = "id",
+    protocol: str = "full",
+    per_user: dict | None = None,
+    metrics=TABLE_METRICS,
+) -> pd.DataFrame:
     """Rows (dataset, model, features); columns (subset, metric) with the mean over seeds, plus
     (subset, "<metric> gain"), the relative gain over the `baseline` feature setting of the same
     dataset and model, and with `per_user` ({RunKey: {protocol: frame}}, as `train_grid` returns)
@@ -140,7 +161,8 @@ def results_table(results: pd.DataFrame, baseline: str = "id", protocol: str = "
             if per_user is not None and base is not None:
                 columns[(subset, f"{metric} p")] = pd.Series(
                     [_p_value(per_user, d, m, baseline, f, protocol, metric, subset) for d, m, f in values.index],
-                    index=values.index)
+                    index=values.index,
+                )
     out = pd.DataFrame(columns)
     out.attrs["notes"] = notes
     return out
@@ -153,13 +175,22 @@ def tail_definition(card: dict) -> str:
     """The tail definition of a prepared dataset, in words, from its data card."""
     params = card.get("params", {})
     counted = {"train": "training interactions", "all": "interactions (train, valid and test)"}
-    return (f"tail items: fewer than {params.get('tail_threshold', '?')} "
-            f"{counted.get(params.get('tail_count_on'), 'interactions')}")
+    return (
+        f"tail items: fewer than {params.get('tail_threshold', '?')} "
+        f"{counted.get(params.get('tail_count_on'), 'interactions')}"
+    )
 
 
-def paper_table1(results: pd.DataFrame, per_user: dict | None = None, protocol: str = "sampled",
-                 sda: str = "sda", rows: dict | None = None, reference: str = "best", alpha: float = 0.05,
-                 tail: str | None = None) -> pd.DataFrame:
+def paper_table1(
+    results: pd.DataFrame,
+    per_user: dict | None = None,
+    protocol: str = "sampled",
+    sda: str = "sda",
+    rows: dict | None = None,
+    reference: str = "best",
+    alpha: float = 0.05,
+    tail: str | None = None,
+) -> pd.DataFrame:
     """The paper's Table 1 from tidy results.
 
     Rows (dataset, model, row): models in the paper's order (SLMRec, VBPR, SASRec, BERT4Rec, then
@@ -187,8 +218,9 @@ def paper_table1(results: pd.DataFrame, per_user: dict | None = None, protocol: 
     clash = pd.Series(list(row_of)).groupby(pd.Series(list(row_of.values()))).agg(list)
     clash = clash[clash.map(len) > 1]
     if len(clash):
-        raise ValueError(f"feature labels {clash.iloc[0]} would all be row {clash.index[0]!r}; "
-                         "keep one or rename rows with `rows=`")
+        raise ValueError(
+            f"feature labels {clash.iloc[0]} would all be row {clash.index[0]!r}; keep one or rename rows with `rows=`"
+        )
     if SDA_ROW not in row_of.values():
         notes.append(f"no SDA row: no results with feature label {sda!r}; gains are not computed.")
     reference_row = names.get(reference, reference)
@@ -218,27 +250,42 @@ def paper_table1(results: pd.DataFrame, per_user: dict | None = None, protocol: 
                     record[(subset, f"{short} vs")] = ref
                     if per_user is not None:
                         record[(subset, f"{short} p")] = (
-                            _p_value(per_user, dataset, model, label_of[ref], label_of[SDA_ROW], protocol, metric,
-                                     subset) if ref is not None else np.nan)
+                            _p_value(
+                                per_user, dataset, model, label_of[ref], label_of[SDA_ROW], protocol, metric, subset
+                            )
+                            if ref is not None
+                            else np.nan
+                        )
             records.append(record)
     table = pd.DataFrame.from_records(records)
     table.columns = pd.MultiIndex.from_tuples(table.columns)
-    key = {("", "model"): lambda s: s.map({PAPER_MODELS.get(m, m): i for i, m in enumerate(model_order)}),
-           ("", "row"): lambda s: s.map({r: i for i, r in enumerate(order)})}
-    table = table.sort_values([("", "dataset"), ("", "model"), ("", "row")],
-                              key=lambda s: key.get(s.name, lambda x: x)(s))
+    key = {
+        ("", "model"): lambda s: s.map({PAPER_MODELS.get(m, m): i for i, m in enumerate(model_order)}),
+        ("", "row"): lambda s: s.map({r: i for i, r in enumerate(order)}),
+    }
+    table = table.sort_values(
+        [("", "dataset"), ("", "model"), ("", "row")], key=lambda s: key.get(s.name, lambda x: x)(s)
+    )
     table = table.set_index([("", "dataset"), ("", "model"), ("", "row")]).rename_axis(["dataset", "model", "row"])
     table.index = _ordered(table.index)
     value_columns = [(s, m) for s in SUBSETS for m in PAPER_METRICS.values()]
-    extra = [c for s in SUBSETS for m in PAPER_METRICS.values() for c in
-             ((s, f"{m} gain"), (s, f"{m} p"), (s, f"{m} vs")) if c in table.columns]
+    extra = [
+        c
+        for s in SUBSETS
+        for m in PAPER_METRICS.values()
+        for c in ((s, f"{m} gain"), (s, f"{m} p"), (s, f"{m} vs"))
+        if c in table.columns
+    ]
     table = table[value_columns + extra]
     if reference == "best":
         definition = "gain = SDA / best other row of the same model (per subset and metric) - 1"
     else:
         definition = f"gain = SDA / {reference_row} of the same model - 1"
-    notes = [f"{protocol} protocol; means over seeds; {definition}; "
-             f"* = paired t-test p < {alpha} against that row."] + ([tail] if tail else []) + notes
+    notes = (
+        [f"{protocol} protocol; means over seeds; {definition}; * = paired t-test p < {alpha} against that row."]
+        + ([tail] if tail else [])
+        + notes
+    )
     table.attrs.update(notes=notes, reference=reference, alpha=alpha, protocol=protocol)
     return table
 
@@ -246,8 +293,10 @@ def paper_table1(results: pd.DataFrame, per_user: dict | None = None, protocol: 
 def _ordered(index: pd.MultiIndex) -> pd.MultiIndex:
     """The same index with each level's values ordered as they first appear, so the index is
     sorted (fast `.loc` on a prefix, no PerformanceWarning) while keeping the table's row order."""
-    arrays = [pd.Categorical(index.get_level_values(i), categories=pd.unique(index.get_level_values(i)))
-              for i in range(index.nlevels)]
+    arrays = [
+        pd.Categorical(index.get_level_values(i), categories=pd.unique(index.get_level_values(i)))
+        for i in range(index.nlevels)
+    ]
     return pd.MultiIndex.from_arrays(arrays, names=index.names)
 
 
@@ -296,21 +345,32 @@ def headline(table: pd.DataFrame) -> pd.DataFrame:
     against = "the best other row of the same model" if reference == "best" else f"the {reference} row"
     sda = table.xs(SDA_ROW, level="row") if SDA_ROW in table.index.get_level_values("row") else table.iloc[:0]
     rows = []
-    for kind, subset, metric in (("average", "overall", "H@10"), ("average", "overall", "N@10"),
-                                 ("largest", "tail", "H@10"), ("largest", "tail", "N@10")):
+    for kind, subset, metric in (
+        ("average", "overall", "H@10"),
+        ("average", "overall", "N@10"),
+        ("largest", "tail", "H@10"),
+        ("largest", "tail", "N@10"),
+    ):
         column = (subset, f"{metric} gain")
         gains = sda[column].dropna() if column in sda.columns else pd.Series(dtype=float)
         name = f"{kind} {'tail ' if subset == 'tail' else ''}{metric} gain"
         if kind == "average":
             value, where = (float(gains.mean()) if len(gains) else np.nan), ""
-            definition = (f"mean over dataset x model cells of SDA's relative {subset} {metric} gain over "
-                          f"{against}")
+            definition = f"mean over dataset x model cells of SDA's relative {subset} {metric} gain over {against}"
         else:
             value = float(gains.max()) if len(gains) else np.nan
             where = "/".join(map(str, gains.idxmax())) if len(gains) else ""
             definition = f"largest {subset} {metric} gain of SDA over {against}, over dataset x model cells"
-        rows.append({"aggregate": name, "workbench": value, "published": ABSTRACT[name], "cells": len(gains),
-                     "where": where, "definition": definition})
+        rows.append(
+            {
+                "aggregate": name,
+                "workbench": value,
+                "published": ABSTRACT[name],
+                "cells": len(gains),
+                "where": where,
+                "definition": definition,
+            }
+        )
     out = pd.DataFrame(rows).set_index("aggregate")
     notes = [f"published: {SOURCE}; the abstract does not define the baseline or the averaging."]
     if not len(sda):
@@ -319,9 +379,16 @@ def headline(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def figure3(per_user: dict, settings: dict | None = None, base: str | None = "id", model: str = "slmrec",
-            protocol: str = "sampled", metrics=TABLE_METRICS, subset: str = "overall",
-            dataset: str | None = None):
+def figure3(
+    per_user: dict,
+    settings: dict | None = None,
+    base: str | None = "id",
+    model: str = "slmrec",
+    protocol: str = "sampled",
+    metrics=TABLE_METRICS,
+    subset: str = "overall",
+    dataset: str | None = None,
+):
     """Paper Figure 3: `model` (SLMRec) on the text part, the image part and both parts of the SDA
     features, beside its ID-only base. Returns (table, plotly bar figure).
 
@@ -342,8 +409,11 @@ def figure3(per_user: dict, settings: dict | None = None, base: str | None = "id
         raise ValueError(f"no {model} runs in the per-user results")
     rows, notes = [], []
     for d in datasets:
-        available = {bar: label for bar, label in settings.items()
-                     if any((k.dataset, k.model, k.features) == (d, model, label) for k in runs)}
+        available = {
+            bar: label
+            for bar, label in settings.items()
+            if any((k.dataset, k.model, k.features) == (d, model, label) for k in runs)
+        }
         missing = [f"{bar} ({label})" for bar, label in settings.items() if bar not in available]
         if missing:
             notes.append(f"{d}: no {model} runs for {', '.join(missing)}.")
@@ -352,9 +422,17 @@ def figure3(per_user: dict, settings: dict | None = None, base: str | None = "id
             users = frame[frame["is_tail"]] if subset == "tail" else frame
             seeds = sum((k.dataset, k.model, k.features) == (d, model, available[bar]) for k in runs)
             for metric in metrics:
-                row = {"dataset": d, "bar": bar, "features": available[bar], "metric": metric,
-                       "value": float(users[metric].mean()) if len(users) else np.nan, "users": len(users),
-                       "seeds": seeds, "gain": np.nan, "p": np.nan}
+                row = {
+                    "dataset": d,
+                    "bar": bar,
+                    "features": available[bar],
+                    "metric": metric,
+                    "value": float(users[metric].mean()) if len(users) else np.nan,
+                    "users": len(users),
+                    "seeds": seeds,
+                    "gain": np.nan,
+                    "p": np.nan,
+                }
                 if "Base" in frames and bar != "Base":
                     test = paired_ttest(frames["Base"], frame, metric, tail_only=subset == "tail")
                     row["gain"], row["p"] = test["gain"], test["p"]
@@ -363,40 +441,63 @@ def figure3(per_user: dict, settings: dict | None = None, base: str | None = "id
             notes.append(f"{d}: no test target is a tail item; the tail bars are empty.")
     table = pd.DataFrame(rows)
     table.attrs["notes"] = notes
-    figure = px.bar(table, x="bar", y="value", color="metric", barmode="group",
-                    facet_col="dataset" if len(datasets) > 1 else None,
-                    category_orders={"bar": list(settings)}, hover_data=["features", "gain", "p", "seeds"],
-                    labels={"bar": "", "value": f"{subset} value ({protocol} protocol)"},
-                    title=f"{PAPER_MODELS.get(model, model)} on parts of the SDA features ({subset} users)")
+    figure = px.bar(
+        table,
+        x="bar",
+        y="value",
+        color="metric",
+        barmode="group",
+        facet_col="dataset" if len(datasets) > 1 else None,
+        category_orders={"bar": list(settings)},
+        hover_data=["features", "gain", "p", "seeds"],
+        labels={"bar": "", "value": f"{subset} value ({protocol} protocol)"},
+        title=f"{PAPER_MODELS.get(model, model)} on parts of the SDA features ({subset} users)",
+    )
     return table, figure
 
 
-def gains_by_popularity(per_user_a: pd.DataFrame, per_user_b: pd.DataFrame, metric: str = "NDCG@10",
-                        n_buckets: int = 5) -> pd.DataFrame:
+def gains_by_popularity(
+    per_user_a: pd.DataFrame, per_user_b: pd.DataFrame, metric: str = "NDCG@10", n_buckets: int = 5
+) -> pd.DataFrame:
     """Users split into `n_buckets` equal-sized buckets by their target's training popularity
     (least popular first); per bucket the popularity range, user count, tail share, both runs' mean
     `metric` and the relative gain of b over a."""
     a, b = _aligned(per_user_a, per_user_b)
     order = a["popularity"].rank(method="first")
     bucket = pd.qcut(order, n_buckets, labels=False)
-    frame = pd.DataFrame({"bucket": bucket, "popularity": a["popularity"], "is_tail": a["is_tail"],
-                          "a": a[metric], "b": b[metric]})
-    out = frame.groupby("bucket").agg(popularity_min=("popularity", "min"), popularity_max=("popularity", "max"),
-                                      users=("a", "size"), tail_share=("is_tail", "mean"),
-                                      mean_a=("a", "mean"), mean_b=("b", "mean")).reset_index()
+    frame = pd.DataFrame(
+        {"bucket": bucket, "popularity": a["popularity"], "is_tail": a["is_tail"], "a": a[metric], "b": b[metric]}
+    )
+    out = (
+        frame.groupby("bucket")
+        .agg(
+            popularity_min=("popularity", "min"),
+            popularity_max=("popularity", "max"),
+            users=("a", "size"),
+            tail_share=("is_tail", "mean"),
+            mean_a=("a", "mean"),
+            mean_b=("b", "mean"),
+        )
+        .reset_index()
+    )
     out["gain"] = out["mean_b"] / out["mean_a"].replace(0, np.nan) - 1
     return out
 
 
-def popularity_gains(per_user: dict, a: str, b: str, protocol: str = "sampled", metric: str = "NDCG@10",
-                     n_buckets: int = 5) -> pd.DataFrame:
+def popularity_gains(
+    per_user: dict, a: str, b: str, protocol: str = "sampled", metric: str = "NDCG@10", n_buckets: int = 5
+) -> pd.DataFrame:
     """`gains_by_popularity` of feature setting b over a for every dataset, model and seed that
     has both, from the per-user frames `train_grid` returns; one frame with `dataset`, `model` and
     `seed` columns."""
     runs = {(k.dataset, k.model, k.features, k.seed): frames for k, frames in _keys(per_user).items()}
-    frames = [gains_by_popularity(runs[(d, m, a, s)][protocol], runs[(d, m, b, s)][protocol], metric, n_buckets)
-              .assign(dataset=d, model=m, seed=s)
-              for (d, m, f, s) in runs if f == a and (d, m, b, s) in runs]
+    frames = [
+        gains_by_popularity(runs[(d, m, a, s)][protocol], runs[(d, m, b, s)][protocol], metric, n_buckets).assign(
+            dataset=d, model=m, seed=s
+        )
+        for (d, m, f, s) in runs
+        if f == a and (d, m, b, s) in runs
+    ]
     if not frames:
         raise ValueError(f"no model has runs with both feature settings {a!r} and {b!r}")
     return pd.concat(frames, ignore_index=True)

@@ -39,8 +39,9 @@ def sample_outside(keys: np.ndarray, n_items: int, users: np.ndarray, rng: np.ra
     return out
 
 
-def sample_distinct_outside(keys: np.ndarray, n_items: int, n_users: int, n: int,
-                            rng: np.random.Generator) -> np.ndarray:
+def sample_distinct_outside(
+    keys: np.ndarray, n_items: int, n_users: int, n: int, rng: np.random.Generator
+) -> np.ndarray:
     """[n_users, n]: for every user n distinct items outside its keys, uniformly, as the SDA authors
     draw evaluation candidates (each draw joins the excluded set). Every user needs at least n
     items outside its keys. Only rows with a collision or a repeat are redrawn."""

@@ -8,7 +8,7 @@ cross-entropy over all items, usually stronger).
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -26,13 +26,23 @@ class SASRec(SequentialRecommender):
     name = "sasrec"
     causal = True
 
-    def __init__(self, data: InteractionData, item_repr: str = "id", features: FeatureTable | None = None,
-                 dim: int = 64, n_layers: int = 2, n_heads: int = 2, max_len: int = 50,
-                 dropout: float = 0.5, loss: str = "bce", negatives: str = "train", **alignment):
+    def __init__(
+        self,
+        data: InteractionData,
+        item_repr: str = "id",
+        features: FeatureTable | None = None,
+        dim: int = 64,
+        n_layers: int = 2,
+        n_heads: int = 2,
+        max_len: int = 50,
+        dropout: float = 0.5,
+        loss: str = "bce",
+        negatives: str = "train",
+        **alignment,
+    ):
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-        super().__init__(data, item_repr, features, dim, n_layers, n_heads, max_len, dropout, negatives,
-                         **alignment)
+        super().__init__(data, item_repr, features, dim, n_layers, n_heads, max_len, dropout, negatives, **alignment)
         self.loss_type = loss
         # Inputs are the training sequence without its last item, targets the same shifted by one.
         ends = data.target_index("train")

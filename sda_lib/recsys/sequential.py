@@ -73,8 +73,9 @@ class TransformerBlock(nn.Module):
         for g in groups:
             grid = qkv.new_zeros(g.rows * g.width, 3 * dim).index_copy(0, g.slots, qkv[g.tokens])
             q, k, v = grid.view(g.rows, g.width, 3, self.n_heads, dim // self.n_heads).permute(2, 0, 3, 1, 4)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=g.allowed,
-                                                 dropout_p=self.p if self.training else 0.0)
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=g.allowed, dropout_p=self.p if self.training else 0.0
+            )
             attended.append(out.transpose(1, 2).reshape(g.rows * g.width, dim)[g.slots])
         x = self.norm1(x + self.drop(self.proj(torch.cat(attended))))
         return self.norm2(x + self.drop(self.ffn(x)))
@@ -92,10 +93,21 @@ class SequentialRecommender(Recommender):
     causal = True
     n_special = 0  # extra tokens above the items (BERT4Rec's mask)
 
-    def __init__(self, data: InteractionData, item_repr: str = "id", features: FeatureTable | None = None,
-                 dim: int = 64, n_layers: int = 2, n_heads: int = 2, max_len: int = 50, dropout: float = 0.5,
-                 negatives: str = "train", align_items: np.ndarray | str | Path | None = None,
-                 align_weight: float = 0.0, align_tau: float = 2.0):
+    def __init__(
+        self,
+        data: InteractionData,
+        item_repr: str = "id",
+        features: FeatureTable | None = None,
+        dim: int = 64,
+        n_layers: int = 2,
+        n_heads: int = 2,
+        max_len: int = 50,
+        dropout: float = 0.5,
+        negatives: str = "train",
+        align_items: np.ndarray | str | Path | None = None,
+        align_weight: float = 0.0,
+        align_tau: float = 2.0,
+    ):
         if negatives not in NEGATIVES:
             raise ValueError(f"negatives must be one of {tuple(NEGATIVES)}, got {negatives!r}")
         super().__init__(data)
@@ -149,7 +161,7 @@ class SequentialRecommender(Recommender):
         real = tokens != PAD
         where = real.flatten().nonzero().squeeze(1)
         table = torch.cat([items.new_zeros(1, items.shape[1]), items, self.special])
-        positions = self.position.weight[self.max_len - length:]  # the latest item is always last
+        positions = self.position.weight[self.max_len - length :]  # the latest item is always last
         x = self.drop(self.norm(table[tokens[real]] + positions[where % length]))
         groups = self._groups(real, lengths)
         for block in self.blocks:
@@ -165,13 +177,16 @@ class SequentialRecommender(Recommender):
         groups, row = [], 0
         for width, rows in zip(*torch.unique_consecutive(widths, return_counts=True)):
             width, rows = int(width), int(rows)
-            keys = real[row:row + rows, length - width:]
+            keys = real[row : row + rows, length - width :]
             allowed = keys[:, None, None, :] | torch.eye(width, dtype=torch.bool, device=real.device)
             if self.causal:
                 allowed = allowed & torch.ones(width, width, dtype=torch.bool, device=real.device).tril()
             start = bounds[row - 1] if row else 0
-            groups.append(AttentionGroup(slice(start, bounds[row + rows - 1]), rows, width,
-                                         keys.flatten().nonzero().squeeze(1), allowed))
+            groups.append(
+                AttentionGroup(
+                    slice(start, bounds[row + rows - 1]), rows, width, keys.flatten().nonzero().squeeze(1), allowed
+                )
+            )
             row += rows
         return groups
 
@@ -183,8 +198,9 @@ class SequentialRecommender(Recommender):
         return hidden[(tokens != PAD).sum(1).cumsum(0) - 1]
 
 
-def sampled_bce(hidden: torch.Tensor, items: torch.Tensor, positives: torch.Tensor,
-                negatives: torch.Tensor) -> torch.Tensor:
+def sampled_bce(
+    hidden: torch.Tensor, items: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor
+) -> torch.Tensor:
     """Binary cross-entropy of each row of `hidden` against its positive item and one sampled
     negative (0-based indices into `items`), averaged over rows: -log σ(h·e_p) - log(1 - σ(h·e_n)),
     written stably. S3-Rec's and the SDA authors' objective for both models."""
@@ -199,17 +215,23 @@ def _alignment_table(table, n_items: int, dim: int, item_repr: str, weight: floa
     if "features" not in item_repr:
         raise ValueError(f"{where} aligns adapted features, but item_repr={item_repr!r} has none")
     if table is None:
-        raise ValueError(f"{where} needs align_items: a pretrained ID model's item table "
-                         "(array or .npy file, e.g. presets.pretrain_id_items)")
+        raise ValueError(
+            f"{where} needs align_items: a pretrained ID model's item table "
+            "(array or .npy file, e.g. presets.pretrain_id_items)"
+        )
     if not tau > 0:
         raise ValueError(f"{where}: align_tau must be > 0, got {tau}")
     if dim > PROJECTED_DIM:
-        raise ValueError(f"{where}: dim {dim} > {PROJECTED_DIM} would be group-averaged by cmsa_loss, "
-                         "which the authors' recommender-side loss does not do")
+        raise ValueError(
+            f"{where}: dim {dim} > {PROJECTED_DIM} would be group-averaged by cmsa_loss, "
+            "which the authors' recommender-side loss does not do"
+        )
     array = np.load(table) if isinstance(table, (str, Path)) else np.asarray(table)
     if array.shape != (n_items, dim):
-        raise ValueError(f"{where}: align_items has shape {array.shape}, expected ({n_items}, {dim}) "
-                         "(one row per item, the model's width)")
+        raise ValueError(
+            f"{where}: align_items has shape {array.shape}, expected ({n_items}, {dim}) "
+            "(one row per item, the model's width)"
+        )
     if not np.isfinite(array).all():
         raise ValueError(f"{where}: align_items has non-finite values")
     return torch.as_tensor(array, dtype=torch.float32)

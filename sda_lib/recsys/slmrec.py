@@ -57,7 +57,7 @@ norm, then in -> 768 -> dim, no activation), the workbench's earlier choice.
 from __future__ import annotations
 
 import warnings
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -93,10 +93,20 @@ class SLMRec(Recommender):
     # the SDA author's fork (lr, weight decay); MMRec's valid metric Recall@20 (= HR@20), full ranking
     train_defaults = {"lr": 1e-4, "weight_decay": 1e-4, "monitor": "HR@20", "monitor_protocol": "full"}
 
-    def __init__(self, data: InteractionData, item_repr: str = "id", features: FeatureTable | None = None,
-                 dim: int = 128, n_layers: int = 3, temperature: float = 0.2, ssl_task: str = "fac",
-                 ssl_weight: float = 1.0, ssl_temperature: float = 0.5, ssl_dropout: float = 0.3,
-                 content: str = "linear"):
+    def __init__(
+        self,
+        data: InteractionData,
+        item_repr: str = "id",
+        features: FeatureTable | None = None,
+        dim: int = 128,
+        n_layers: int = 3,
+        temperature: float = 0.2,
+        ssl_task: str = "fac",
+        ssl_weight: float = 1.0,
+        ssl_temperature: float = 0.5,
+        ssl_dropout: float = 0.3,
+        content: str = "linear",
+    ):
         super().__init__(data)
         if ssl_task not in SSL_TASKS:
             raise ValueError(f"ssl_task must be one of {SSL_TASKS}, got {ssl_task!r}")
@@ -105,9 +115,11 @@ class SLMRec(Recommender):
         channels = check_item_repr(self.name, item_repr, features)
         has_ids = "id" in item_repr.split("+")
         if ssl_task == "fac" and not has_ids and ssl_weight:
-            raise ValueError("ssl_task='fac' aligns the ID channel with the content channels; with "
-                             f"item_repr={item_repr!r} there is none: use item_repr='id+features' or "
-                             "ssl_task='fd+fm'")
+            raise ValueError(
+                "ssl_task='fac' aligns the ID channel with the content channels; with "
+                f"item_repr={item_repr!r} there is none: use item_repr='id+features' or "
+                "ssl_task='fd+fm'"
+            )
         self.n_layers, self.temperature, self.ssl_task = n_layers, temperature, ssl_task
         self.ssl_weight, self.ssl_temperature, self.ssl_dropout = ssl_weight, ssl_temperature, ssl_dropout
         self.users = nn.Embedding(data.n_users, dim)
@@ -144,8 +156,9 @@ class SLMRec(Recommender):
         """Each channel's item inputs, in `channel_names` order."""
         return ([self.ids.weight] if self.ids is not None else []) + [m() for m in self.content.values()]
 
-    def propagate(self, item_inputs: list[torch.Tensor], dropout: float = 0.0,
-                  masked: int | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def propagate(
+        self, item_inputs: list[torch.Tensor], dropout: float = 0.0, masked: int | None = None
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per channel, (users, items) after LightGCN (not yet fused); channel `masked` enters as
         zeros."""
         n_users = self.data.n_users
@@ -175,8 +188,10 @@ class SLMRec(Recommender):
     def loss(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         # The fusing maps run on the batch's rows only: that, not propagation, dominates otherwise.
         def fused(view):
-            return (self.fuse_users(torch.cat([u[users] for u in view[0]], 1)),
-                    self.fuse_items(torch.cat([i[items] for i in view[1]], 1)))
+            return (
+                self.fuse_users(torch.cat([u[users] for u in view[0]], 1)),
+                self.fuse_items(torch.cat([i[items] for i in view[1]], 1)),
+            )
 
         inputs = self.channel_inputs()
         graph = self.propagate(inputs)

@@ -25,7 +25,6 @@ from ..io import atomic_path
 from .base import InteractionData, Recommender
 from .evaluate import METRICS, PROTOCOLS, draw_negatives, evaluate, summarize
 
-
 IMPROVE_RULES = ("any", "all")
 
 
@@ -65,15 +64,16 @@ class TrainConfig:
             self.monitor = tuple(self.monitor)
         unknown = [m for m in self.monitored if m not in METRICS]
         if unknown or not self.monitored:
-            raise ValueError(f"monitor must name one or more of {METRICS}; {self.monitor!r} has "
-                             f"{unknown or 'none'}")
+            raise ValueError(f"monitor must name one or more of {METRICS}; {self.monitor!r} has {unknown or 'none'}")
         if self.improve not in IMPROVE_RULES:
             raise ValueError(f"improve must be one of {IMPROVE_RULES}, got {self.improve!r}")
         if self.monitor_protocol not in PROTOCOLS:
             raise ValueError(f"monitor_protocol must be one of {PROTOCOLS}, got {self.monitor_protocol!r}")
         if self.monitor_protocol == "full" and (self.monitor_negatives or self.fresh_negatives):
-            raise ValueError("monitor_negatives and fresh_negatives apply to monitor_protocol='sampled', "
-                             f"got monitor_protocol={self.monitor_protocol!r}")
+            raise ValueError(
+                "monitor_negatives and fresh_negatives apply to monitor_protocol='sampled', "
+                f"got monitor_protocol={self.monitor_protocol!r}"
+            )
         for name in ("epochs", "patience", "batch_size", "eval_every", "monitor_negatives"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
@@ -103,8 +103,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train_epoch(model: Recommender, optimizer: torch.optim.Optimizer, config: TrainConfig,
-                rng: np.random.Generator, desc: str = "train") -> float:
+def train_epoch(
+    model: Recommender,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    rng: np.random.Generator,
+    desc: str = "train",
+) -> float:
     """One pass over the model's training batches; returns the mean batch loss."""
     model.train()
     device = torch.device(config.device)
@@ -113,8 +118,10 @@ def train_epoch(model: Recommender, optimizer: torch.optim.Optimizer, config: Tr
     for batch in tqdm(batches, desc=desc, leave=False, disable=not config.progress):
         loss = model.loss(*(b.to(device) for b in batch))
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"{model.name}: training loss became {loss.item()} "
-                                     f"(after {len(losses)} batches); lower the learning rate")
+            raise FloatingPointError(
+                f"{model.name}: training loss became {loss.item()} "
+                f"(after {len(losses)} batches); lower the learning rate"
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -129,13 +136,13 @@ def validate(model: Recommender, data: InteractionData, config: TrainConfig, epo
     if config.monitor_protocol == "sampled" and config.fresh_negatives:
         n = config.monitor_negatives or data.negatives.shape[1]
         candidates = draw_negatives(data, "valid", n, np.random.default_rng([config.seed, epoch]))
-    per_user = evaluate(model, data, "valid", config.monitor_protocol, config.monitor_negatives,
-                        candidates=candidates)
+    per_user = evaluate(model, data, "valid", config.monitor_protocol, config.monitor_negatives, candidates=candidates)
     return summarize(per_user)["overall"]
 
 
-def fit(model: Recommender, data: InteractionData, config: TrainConfig,
-        checkpoint_dir: str | Path | None = None) -> FitResult:
+def fit(
+    model: Recommender, data: InteractionData, config: TrainConfig, checkpoint_dir: str | Path | None = None
+) -> FitResult:
     """Train `model` in place with early stopping; on return it holds the best validated weights.
 
     The model should be built after `seed_everything(config.seed)` so its initialisation is seeded
@@ -146,8 +153,9 @@ def fit(model: Recommender, data: InteractionData, config: TrainConfig,
     return result
 
 
-def fit_rules(model: Recommender, data: InteractionData, rules: dict[str, TrainConfig],
-              checkpoint_dir: str | Path | None = None) -> dict[str, tuple[FitResult, dict]]:
+def fit_rules(
+    model: Recommender, data: InteractionData, rules: dict[str, TrainConfig], checkpoint_dir: str | Path | None = None
+) -> dict[str, tuple[FitResult, dict]]:
     """Train once and select the model under several early-stopping rules: {name: (result, best
     weights)}. The configurations may differ only in their STOPPING fields. Validation draws no
     training randomness, so each rule's result and weights are exactly those of a separate `fit`
@@ -160,9 +168,19 @@ def fit_rules(model: Recommender, data: InteractionData, rules: dict[str, TrainC
     model.to(config.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     rng = np.random.default_rng(config.seed)
-    state = {"epoch": 0, "rules": {name: {"best_score": [-np.inf] * len(rule.monitored), "best_epoch": 0,
-                                          "bad": 0, "stopped": False, "history": []}
-                                   for name, rule in rules.items()}}
+    state = {
+        "epoch": 0,
+        "rules": {
+            name: {
+                "best_score": [-np.inf] * len(rule.monitored),
+                "best_epoch": 0,
+                "bad": 0,
+                "stopped": False,
+                "history": [],
+            }
+            for name, rule in rules.items()
+        },
+    }
     best = {name: copy.deepcopy(model.state_dict()) for name in rules}
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if ckpt is not None and (ckpt / "last.pt").exists():
@@ -172,8 +190,7 @@ def fit_rules(model: Recommender, data: InteractionData, rules: dict[str, TrainC
                 best[name] = torch.load(ckpt / _best_file(name), map_location=config.device)
 
     shown = next(iter(rules))  # the progress bar follows the first rule
-    bar = tqdm(total=config.epochs, initial=state["epoch"], desc=f"{model.name} epochs",
-               disable=not config.progress)
+    bar = tqdm(total=config.epochs, initial=state["epoch"], desc=f"{model.name} epochs", disable=not config.progress)
     while state["epoch"] < config.epochs and not all(r["stopped"] for r in state["rules"].values()):
         epoch = state["epoch"] + 1
         start = time.perf_counter()
@@ -201,19 +218,36 @@ def fit_rules(model: Recommender, data: InteractionData, rules: dict[str, TrainC
                     track["bad"] += 1
                     track["stopped"] = track["bad"] >= rule.patience
                 if name == shown:
-                    bar.set_postfix(loss=f"{loss:.4f}", **{rule.monitored[0]: f"{scores[0]:.4f}"},
-                                    best=f"{track['best_score'][0]:.4f}@{track['best_epoch']}")
+                    bar.set_postfix(
+                        loss=f"{loss:.4f}",
+                        **{rule.monitored[0]: f"{scores[0]:.4f}"},
+                        best=f"{track['best_score'][0]:.4f}@{track['best_epoch']}",
+                    )
             track["history"].append(row)
         state["epoch"] = epoch
         if ckpt is not None:
-            _save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
-                   "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                   "configs": {name: asdict(rule) for name, rule in rules.items()}}, ckpt / "last.pt")
+            _save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "state": state,
+                    "rng": rng.bit_generator.state,
+                    "torch_rng": torch.get_rng_state(),
+                    "configs": {name: asdict(rule) for name, rule in rules.items()},
+                },
+                ckpt / "last.pt",
+            )
         bar.update(1)
     bar.close()
-    return {name: (FitResult(track["best_epoch"], float(track["best_score"][0]), pd.DataFrame(track["history"]),
-                             track["stopped"]), best[name])
-            for name, track in state["rules"].items()}
+    return {
+        name: (
+            FitResult(
+                track["best_epoch"], float(track["best_score"][0]), pd.DataFrame(track["history"]), track["stopped"]
+            ),
+            best[name],
+        )
+        for name, track in state["rules"].items()
+    }
 
 
 # TrainConfig fields that only decide when to stop and which epoch to keep; `fit_rules` needs the
@@ -228,11 +262,16 @@ def _common_training(rules: dict[str, TrainConfig]) -> TrainConfig:
     names = list(rules)
     first = rules[names[0]]
     for name in names[1:]:
-        differs = {k: (v, getattr(rules[name], k)) for k, v in asdict(first).items()
-                   if k not in STOPPING and getattr(rules[name], k) != v}
+        differs = {
+            k: (v, getattr(rules[name], k))
+            for k, v in asdict(first).items()
+            if k not in STOPPING and getattr(rules[name], k) != v
+        }
         if differs:
-            raise ValueError(f"rules {names[0]!r} and {name!r} train differently {differs}; only the "
-                             f"stopping fields {STOPPING} may differ")
+            raise ValueError(
+                f"rules {names[0]!r} and {name!r} train differently {differs}; only the "
+                f"stopping fields {STOPPING} may differ"
+            )
     return first
 
 
@@ -248,15 +287,22 @@ def _save(obj, path: Path) -> None:
 def _resume(ckpt: Path, model, optimizer, rules: dict[str, TrainConfig]):
     saved = torch.load(ckpt / "last.pt", map_location=next(iter(rules.values())).device, weights_only=False)
     if "configs" not in saved or set(saved["configs"]) != set(rules):
-        raise ValueError(f"{ckpt / 'last.pt'} was written for other stopping rules "
-                         f"{sorted(saved.get('configs', {}))} (or by an older version), not {sorted(rules)}; "
-                         "use another checkpoint folder or delete this one")
+        raise ValueError(
+            f"{ckpt / 'last.pt'} was written for other stopping rules "
+            f"{sorted(saved.get('configs', {}))} (or by an older version), not {sorted(rules)}; "
+            "use another checkpoint folder or delete this one"
+        )
     for name, config in rules.items():
-        differs = {k: (v, getattr(config, k)) for k, v in saved["configs"][name].items()
-                   if k not in RESUMABLE_CHANGES and getattr(config, k) != v}
+        differs = {
+            k: (v, getattr(config, k))
+            for k, v in saved["configs"][name].items()
+            if k not in RESUMABLE_CHANGES and getattr(config, k) != v
+        }
         if differs:
-            raise ValueError(f"{ckpt / 'last.pt'} was written with a different configuration {differs}; "
-                             "use another checkpoint folder or delete this one")
+            raise ValueError(
+                f"{ckpt / 'last.pt'} was written with a different configuration {differs}; "
+                "use another checkpoint folder or delete this one"
+            )
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     rng = np.random.default_rng()

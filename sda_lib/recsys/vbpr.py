@@ -40,7 +40,7 @@ Options (today's earlier behaviour, kept because each is a reasonable choice):
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -62,8 +62,16 @@ class VBPR(Recommender):
     # MMRec overall.yaml: Adam, valid_metric Recall@20, full ranking
     train_defaults = {"lr": 1e-3, "weight_decay": 0.0, "monitor": "HR@20", "monitor_protocol": "full"}
 
-    def __init__(self, data: InteractionData, item_repr: str = "id", features: FeatureTable | None = None,
-                 dim: int = 128, reg: float = 0.1, reg_norm: str = "frobenius", content: str = "linear"):
+    def __init__(
+        self,
+        data: InteractionData,
+        item_repr: str = "id",
+        features: FeatureTable | None = None,
+        dim: int = 128,
+        reg: float = 0.1,
+        reg_norm: str = "frobenius",
+        content: str = "linear",
+    ):
         super().__init__(data)
         if content not in CONTENT:
             raise ValueError(f"content must be one of {CONTENT}, got {content!r}")
