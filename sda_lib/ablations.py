@@ -7,7 +7,6 @@ an interrupted grid resumes where it stopped and a finished one is only read bac
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pandas as pd
 from .adapt import AdaptConfig, train_adapter
 from .backbone import load_backbone
 from .export import export_embeddings
+from .io import slug
 from .prompts import Prompts
 from .recsys import results_table, train_grid
 from .recsys.train import TrainConfig
@@ -46,10 +46,6 @@ EXTRA_ROWS: dict[str, dict] = {
 }
 VARIANTS = {**PAPER_ROWS, **EXTRA_ROWS}
 CORE = list(PAPER_ROWS)
-
-
-def slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def variant_features(

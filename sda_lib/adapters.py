@@ -13,7 +13,6 @@ nothing is stashed on the model.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import moda
-from .io import atomic_dir
+from .io import atomic_dir, file_sha256
 from .registry import Registry
 
 PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
@@ -351,7 +350,7 @@ def checksum(folder: str | Path) -> str:
     """SHA-256 of the saved adapter weights (recorded in export manifests)."""
     folder = Path(folder)
     weights = KINDS[_saved_kind(folder)].weights_file(folder)
-    return hashlib.sha256(weights.read_bytes()).hexdigest()
+    return file_sha256(weights)
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:

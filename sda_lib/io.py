@@ -1,10 +1,13 @@
-"""Atomic file and folder writes, so an interrupted stage never leaves output a later stage accepts."""
+"""Atomic file and folder writes, so an interrupted stage never leaves output a later stage accepts,
+and the small file helpers every module shares (checksums, names)."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -81,3 +84,13 @@ def _jsonable(x):
     if isinstance(x, Path):
         return str(x)
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, in hex."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a title or variant name: lower case, runs of other characters as '-'."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")

@@ -67,7 +67,6 @@ deterministic in training and the only dropout is the adapter's.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import itertools
 import json
 import math
@@ -87,7 +86,7 @@ from transformers.initialization import no_init_weights
 
 from .backbone import Backbone, mean_pool
 from .extractors import EFFICIENTNET_SIZE, efficientnet_lite0, efficientnet_pixels, minilm_folder
-from .io import atomic_path, read_json, write_json
+from .io import atomic_path, file_sha256, read_json, write_json
 from .prompts import describe
 
 NAME = "mini"
@@ -269,7 +268,7 @@ def load_connector(connector: nn.Module, weights: str | Path = CONNECTOR) -> str
     for path in (weights, card):
         if not path.is_file():
             raise FileNotFoundError(f"the mini backbone's connector file {path} is missing: {rebuild}")
-    sha256 = hashlib.sha256(weights.read_bytes()).hexdigest()
+    sha256 = file_sha256(weights)
     if (read_json(card) or {}).get("sha256") != sha256:
         raise ValueError(
             f"the connector weights {weights} do not match the checksum in {card}: the file is "
@@ -462,7 +461,7 @@ def _pretrain(recipe: Recipe, out: Path) -> dict:
             ]
         ),
         "recipe": asdict(recipe),
-        "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
+        "sha256": file_sha256(out),
         "parameters": sum(p.numel() for p in model.connector.parameters()),
         "held_out": {
             "images": recipe.test_images,

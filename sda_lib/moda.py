@@ -19,7 +19,6 @@ forward saw (sda_lib.adapters.enable_gradient_checkpointing does this).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import re
@@ -33,7 +32,7 @@ from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from sda_lib.io import atomic_dir, write_json
+from sda_lib.io import atomic_dir, file_sha256, write_json
 
 TEXT, IMAGE = 0, 1
 
@@ -389,10 +388,6 @@ def _state(model: nn.Module) -> MoDAState:
     return state
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def save_moda(model: nn.Module, folder, backbone_id: str) -> Path:
     """Write the adapter weights (safetensors) and a JSON card beside them, atomically."""
     config = _state(model).config
@@ -406,7 +401,7 @@ def save_moda(model: nn.Module, folder, backbone_id: str) -> Path:
                 "config": asdict(config),
                 "backbone_id": backbone_id,
                 "layers": {name: [m.base.in_features, m.base.out_features] for name, m in layers.items()},
-                "sha256": _sha256(tmp / WEIGHTS_FILE),
+                "sha256": file_sha256(tmp / WEIGHTS_FILE),
             },
         )
     return folder
@@ -443,7 +438,7 @@ def load_moda(model: nn.Module, folder, backbone_id: str) -> AdapterReport:
             f"(backbone {backbone_id!r}): {len(diffs)} layers differ in name or (in, out) shape, e.g. "
             + "; ".join(diffs[:3])
         )
-    if _sha256(weights_path) != card["sha256"]:
+    if file_sha256(weights_path) != card["sha256"]:
         raise ValueError(f"{weights_path} does not match the checksum in {card_path}: the file is corrupt")
     report = inject_moda(model, config)
     missing, unexpected = model.load_state_dict(load_file(str(weights_path)), strict=False)

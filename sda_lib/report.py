@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .io import atomic_path, read_json
+from .io import atomic_path, read_json, slug
 from .paths import REPO_ROOT
 
 PACKAGES = (
@@ -36,10 +36,6 @@ PACKAGES = (
 )
 
 
-def _slug(title: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
-
-
 def save_table(df: pd.DataFrame, run_dir: str | Path, order: str, title: str) -> Path:
     """Hand a table to the report (and keep it as a flat CSV beside the run: multi-level column
     names are joined, the row labels become columns). Notes in `df.attrs["notes"]` (what a number
@@ -49,7 +45,7 @@ def save_table(df: pd.DataFrame, run_dir: str | Path, order: str, title: str) ->
         flat.columns = [" ".join(str(part) for part in col if str(part)) for col in flat.columns]
     if not isinstance(flat.index, pd.RangeIndex):
         flat = flat.rename_axis([name or "" for name in flat.index.names]).reset_index()
-    path = Path(run_dir) / "tables" / f"{order}-{_slug(title)}.csv"
+    path = Path(run_dir) / "tables" / f"{order}-{slug(title)}.csv"
     with atomic_path(path) as tmp:
         flat.to_csv(tmp, index=False)
     notes = df.attrs.get("notes") or []
@@ -64,7 +60,7 @@ def save_table(df: pd.DataFrame, run_dir: str | Path, order: str, title: str) ->
 
 def save_figure(fig, run_dir: str | Path, order: str, title: str) -> Path:
     """Hand a plotly figure to the report."""
-    path = Path(run_dir) / "figures" / f"{order}-{_slug(title)}.json"
+    path = Path(run_dir) / "figures" / f"{order}-{slug(title)}.json"
     with atomic_path(path) as tmp:
         tmp.write_text(fig.to_json())
     return path

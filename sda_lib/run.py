@@ -42,7 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .io import write_json
+from .io import file_sha256, write_json
 from .paths import REPO_ROOT, data_dir, run_dir
 from .profiles import PROFILES, default_profile, profile_parameters
 from .report import build_report
@@ -255,7 +255,7 @@ def _fingerprints(out: Path, stage: str, params: dict) -> dict[str, str | None]:
     prints = {}
     for path in paths:
         label = str(path.relative_to(out)) if path.is_relative_to(out) else str(path)
-        prints[label] = hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
+        prints[label] = file_sha256(path)[:16] if path.is_file() else None
     return prints
 
 
@@ -308,7 +308,7 @@ def run_stages(
         notebook = NOTEBOOKS / spec.notebook
         stage_params = {"dataset": dataset, "out_dir": str(out), **given[stage]}
         inputs = _digest(
-            hashlib.sha256(notebook.read_bytes()).hexdigest(),
+            file_sha256(notebook),
             library,
             {s: _fingerprints(out, s, full[s]) for s in spec.reads},
         )

@@ -106,3 +106,44 @@ def test_every_declared_dependency_is_pinned():
 def test_licence_file_matches_the_declared_licence():
     assert PROJECT.get("license") == "MIT" and PROJECT.get("license-files") == ["LICENSE"]
     assert (ROOT / "LICENSE").read_text().startswith("MIT License\n")
+
+
+def module_imports(package: Path) -> dict[str, set[str]]:
+    """{module: the sda_lib modules it imports at module level} (imports inside functions, which
+    defer on purpose, are left out)."""
+    graph = {}
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(package.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        here = name if parts[-1] == "__init__" else name.rpartition(".")[0]
+        found = set()
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = here
+                for _ in range(node.level - 1):
+                    base = base.rpartition(".")[0]
+                target = f"{base}.{node.module}" if node.module else base
+                # `from . import x` imports the submodule x; the package itself is a parent, loaded first anyway
+                found |= {*([target] if node.module else []), *(f"{target}.{a.name}" for a in node.names)}
+            elif isinstance(node, ast.ImportFrom):
+                found |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+        graph[name] = found
+    return {m: {t for t in targets if t in graph and t != m} for m, targets in graph.items()}
+
+
+def test_package_imports_form_no_cycle():
+    graph = module_imports(ROOT / "sda_lib")
+    assert graph["sda_lib.adapters"] >= {"sda_lib.moda", "sda_lib.registry"}  # the graph is read at all
+    done = set()
+
+    def visit(module, stack):
+        for target in sorted(graph[module]):
+            assert target not in stack, "import cycle: " + " -> ".join([*stack[stack.index(target) :], target])
+            if target not in done:
+                visit(target, [*stack, target])
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, [module])
