@@ -268,6 +268,29 @@ def load(model: nn.Module, folder: str | Path, backbone_id: str) -> str:
     return name
 
 
+def base_model(folder: str | Path) -> str:
+    """The backbone id an adapter was trained on, as its files record it (MoDA's card, or peft's
+    base_model_name_or_path)."""
+    folder = Path(folder)
+    _saved_kind(folder)  # names the folder when it holds no adapter
+    card = folder / moda.CONFIG_FILE
+    if card.is_file():
+        return json.loads(card.read_text())["backbone_id"]
+    return json.loads((folder / PEFT_CONFIG).read_text())["base_model_name_or_path"]
+
+
+def from_pretrained(folder: str | Path, **load_kw):
+    """The backbone the adapter in `folder` was trained on, loaded (load_backbone's keyword
+    arguments in `load_kw`) with the adapter attached: a saved adapter alone is enough to embed.
+    Random presets are rebuilt from their id ("tiny-random-seed0": preset tiny, seed 0)."""
+    from .backbone import backbone_name, load_backbone  # heavy, and needed only here
+
+    name, seed = backbone_name(base_model(folder))
+    backbone = load_backbone(name, **({"seed": seed} if seed is not None else {}), **load_kw)
+    load(backbone.model, folder, backbone.id)
+    return backbone
+
+
 def export_peft(model: nn.Module, folder: str | Path, backbone_id: str) -> dict[str, Path]:
     """A MoDA adapter as two standard peft LoRA adapters, `folder/text` and `folder/image`.
 

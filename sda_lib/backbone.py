@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -360,6 +361,17 @@ def load_backbone(
             f"a hub id such as {HUB_7B!r}, or a local model folder"
         )
     return _pretrained(name_or_path, options.dtype, options.device, options.image_processor_kwargs, prompts)
+
+
+def backbone_name(backbone_id: str) -> tuple[str, int | None]:
+    """The load_backbone name (and seed, for random weights) of a Backbone id: "tiny-random-seed3"
+    gives ("tiny", 3), "mini-connector-<sha>" ("mini", None), a hub id or folder itself."""
+    random = re.fullmatch(r"(.+)-random-seed(\d+)", backbone_id)
+    if random:
+        return random[1], int(random[2])
+    if backbone_id.startswith(f"{MINI}-connector-"):
+        return MINI, None
+    return backbone_id, None
 
 
 def _no_variant(name: str, options: LoadOptions) -> None:

@@ -233,3 +233,22 @@ def test_feature_table_refuses_wrong_data(toy_tiny, tmp_path):
         FeatureTable(table.text, table.image, nan, table.manifest).check(toy_tiny)
     with pytest.raises(FeatureError, match="manifest.json missing"):
         FeatureTable.load(tmp_path / "nothing", toy_tiny)
+
+
+@pytest.mark.parametrize("kind", ["moda", "lora"])
+def test_from_pretrained_rebuilds_the_backbone_an_adapter_names(tmp_path, kind):
+    lvlm = load_backbone("tiny", seed=3)
+    adapters.attach(lvlm.model, kind)
+    with torch.no_grad():
+        for p in lvlm.model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    adapters.save(lvlm.model, tmp_path / "a", lvlm.id)
+    assert adapters.base_model(tmp_path / "a") == "tiny-random-seed3"
+    again = adapters.from_pretrained(tmp_path / "a")
+    assert again.id == lvlm.id and adapters.kind_of(again.model) == kind
+    items = [{"title": "a red mug"}, {"title": "garden hose"}]
+    with adapters.merged(lvlm.model, TEXT), adapters.merged(again.model, TEXT):
+        np.testing.assert_array_equal(again.embed(items, progress=False), lvlm.embed(items, progress=False))
+    with pytest.raises(FileNotFoundError, match="no adapter in"):
+        adapters.from_pretrained(tmp_path)
