@@ -62,9 +62,6 @@ class Registry(Generic[T]):
         load_plugins()
         return iter(list(self._entries))
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
     def __repr__(self) -> str:
         return f"Registry({self.what!r}: {', '.join(self._entries)})"
 
@@ -74,12 +71,18 @@ def _qualname(obj) -> str:
 
 
 _loaded: set[str] = set()
+_seen_env: str | None = None  # the SDA_WORKBENCH_PLUGINS value last acted on
 
 
 def load_plugins() -> None:
     """Import the extension modules named in SDA_WORKBENCH_PLUGINS and the installed entry points
-    (each once), so their registrations exist before any name is looked up."""
-    names = [n.strip() for n in os.environ.get(PLUGINS_ENV, "").split(",") if n.strip()]
+    (each once), so their registrations exist before any name is looked up. Lookups run on hot
+    paths (routing every forward), so after the first call only a changed variable costs work."""
+    global _seen_env
+    env = os.environ.get(PLUGINS_ENV, "")
+    if env == _seen_env:
+        return
+    names = [n.strip() for n in env.split(",") if n.strip()]
     points = {p.value: p for p in importlib.metadata.entry_points(group=ENTRY_POINTS)}
     for name in [*names, *points]:
         if name in _loaded:
@@ -91,3 +94,4 @@ def load_plugins() -> None:
             _loaded.discard(name)
             origin = f"entry point {points[name].name!r}" if name in points else f"{PLUGINS_ENV}"
             raise ImportError(f"the workbench extension {name!r} (from {origin}) failed to import: {err}") from err
+    _seen_env = env

@@ -63,6 +63,10 @@ class DatasetSource:
     recipes: tuple[str, ...] = ("5core",)
     source_help = ""
 
+    def help_for(self, name: str) -> str:
+        """What `source` must hold for dataset `name` (empty: no source folder is read)."""
+        return f"{name} {self.source_help}" if self.source_help else ""
+
     def inputs(self, name: str, source: Path | None, recipe: str, **load_kw) -> Inputs:
         raise NotImplementedError
 
@@ -109,6 +113,8 @@ class AmazonSource(DatasetSource):
 
         return load_amazon(name, source, recipe=recipe, **load_kw)
 
+    source_help = "needs --source DIR holding the category's Amazon files"
+
     def help_for(self, name: str) -> str:
         from .amazon import CATEGORIES
 
@@ -144,15 +150,6 @@ for _name in ("beauty", "sports", "toys"):
 DATASETS.register("custom", CustomSource())
 
 
-def _needs_source(source: DatasetSource) -> bool:
-    return bool(source.source_help) or isinstance(source, AmazonSource)
-
-
-def _source_help(name: str, kind: str) -> str:
-    source = DATASETS[kind]
-    return source.help_for(name) if isinstance(source, AmazonSource) else f"{kind} {source.source_help}"
-
-
 @dataclass(frozen=True)
 class _Resolved:
     """A dataset name with the registered source kind that reads it and its source folder."""
@@ -164,8 +161,9 @@ class _Resolved:
 
 def _resolve(name: str, kind: str | None, source: str | Path | None, out: Path | None, recipe: str) -> _Resolved:
     """`name` is a registered dataset, or (with `kind`) a user's dataset of a registered kind, or a
-    user's dataset prepared before (its card in `out` gives the kind and, unless given, the source).
-    The recipe is checked against the kind before the source is looked at."""
+    user's dataset prepared before (its card in `out`, default outputs/<name>/data, gives the kind
+    and, unless given, the source). The recipe is checked against the kind before the source is
+    looked at."""
     if not NAME.fullmatch(name):
         raise DataError(
             f"dataset name {name!r} is not a plain folder name: use letters, digits, '.', '_' or '-', "
@@ -175,7 +173,7 @@ def _resolve(name: str, kind: str | None, source: str | Path | None, out: Path |
         if name in DATASETS:
             kind = name
         else:
-            card = (read_card(out) if out is not None else None) or {}
+            card = read_card(out or data_dir(name)) or {}
             if "kind" not in card:
                 raise DataError(
                     f"unknown dataset {name!r}; registered: {', '.join(DATASETS)}. For your own "
@@ -185,15 +183,15 @@ def _resolve(name: str, kind: str | None, source: str | Path | None, out: Path |
             kind, source = card["kind"], source or card.get("source") or None
     elif name != kind and name in DATASETS:
         raise DataError(f"{name!r} is the name of a registered dataset; give your {kind} dataset another name")
-    reader = DATASETS[kind]
+    help_text = DATASETS[kind].help_for(name)
     _check_recipe(name, kind, recipe)
-    if not _needs_source(reader):
+    if not help_text:
         return _Resolved(name, kind, None)
     if source is None:
-        raise DataError(_source_help(name, kind))
+        raise DataError(help_text)
     folder = Path(source).expanduser()
     if not folder.is_dir():
-        raise DataError(f"source folder {folder} does not exist. {_source_help(name, kind)}")
+        raise DataError(f"source folder {folder} does not exist. {help_text}")
     return _Resolved(name, kind, folder.resolve())
 
 
@@ -208,7 +206,7 @@ def load_catalogue(
 ) -> Catalogue:
     """Load dataset `name` (of source kind `kind`, default the name) from its source, filtered by
     `recipe` (see RECIPES). `image_dir` receives generated images."""
-    found = _resolve(name, kind, source, data_dir(name) if NAME.fullmatch(name) else None, recipe)
+    found = _resolve(name, kind, source, None, recipe)
     return DATASETS[found.kind].load(found.name, found.source, image_dir, seed, recipe, **load_kw)
 
 
@@ -232,9 +230,8 @@ def prepare_dataset(
     the same parameters from inputs unchanged since and is whole; it is never replaced when it holds
     anything a preparation does not write, or when it is (or is above) an input folder.
     """
-    default_out = data_dir(name) if NAME.fullmatch(name) else None
     params = params.for_dataset(name)
-    found = _resolve(name, kind, source, Path(out) if out is not None else default_out, params.recipe)
+    found = _resolve(name, kind, source, Path(out) if out is not None else None, params.recipe)
     out = Path(out) if out is not None else data_dir(found.name)
     inputs = DATASETS[found.kind].inputs(found.name, found.source, params.recipe, **load_kw)
     _check_out(out, inputs)
@@ -355,7 +352,7 @@ def _check_recipe(name: str, kind: str, recipe: str) -> None:
         raise DataError(f"unknown recipe {recipe!r}: choose one of {', '.join(RECIPES)}")
     allowed = DATASETS[kind].recipes
     if recipe not in allowed:
-        amazon = [n for n in DATASETS if isinstance(DATASETS[n], AmazonSource)]
+        amazon = [n for n in DATASETS if recipe in DATASETS[n].recipes]
         raise DataError(
             f"recipe {recipe!r} is the SDA authors' filter of the raw Amazon review files ({', '.join(amazon)}); "
             f"{name} data is prepared as it comes: use recipe {allowed[0]!r} (--recipe {allowed[0]})"
