@@ -341,7 +341,7 @@ def run_stages(
                 str(notebook),
                 str(executed),
                 parameters=stage_params,
-                cwd=str(NOTEBOOKS),
+                cwd=os.getcwd(),  # relative paths in parameters mean what they mean where the user typed them
                 progress_bar=progress,
                 kernel_name="python3",
                 kernel_manager_class=kernels,

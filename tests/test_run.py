@@ -126,7 +126,8 @@ cache = out / "use" / "cache" / f"{label}.json"  # read back when present, like 
 if not cache.exists():
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text((data_dir(dataset) / "made.json").read_text())
-result = {"value": json.loads(cache.read_text())["value"], "label": label, "threads": os.environ.get("OMP_NUM_THREADS")}
+result = {"value": json.loads(cache.read_text())["value"], "label": label,
+          "threads": os.environ.get("OMP_NUM_THREADS"), "cwd": os.getcwd()}
 (out / "use" / "result.json").write_text(json.dumps(result))
 (out / "tables").mkdir(exist_ok=True)
 (out / "tables" / f"92-{label}.csv").write_text("x\\n1\\n")
@@ -233,6 +234,16 @@ def test_threads_reach_the_kernel_without_touching_this_process(two_stages, monk
     runner.run_stages("toy-tiny", threads=3, progress=False)
     assert _result(two_stages)["threads"] == "3"
     assert "OMP_NUM_THREADS" not in os.environ
+
+
+@pytest.mark.slow
+def test_kernels_run_where_the_user_typed_the_command(two_stages, tmp_path, monkeypatch):
+    """`-p source=../data/beauty` names a folder relative to the shell, not to notebooks/."""
+    here = tmp_path / "shell"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    runner.run_stages("toy-tiny", progress=False)
+    assert _result(two_stages)["cwd"] == str(here)
 
 
 def test_library_version_covers_every_python_file(tmp_path, monkeypatch):
