@@ -39,9 +39,12 @@ from transformers import get_linear_schedule_with_warmup
 from . import adapters
 from .cmsa import FORMS as CMSA_FORMS
 from .cmsa import Temperature, cmsa_loss, infonce_loss
+from .exits import command
 from .features import item_order_checksum
-from .io import atomic_path, ensure_writable, read_json, write_json
+from .io import atomic_path, ensure_writable, file_sha256, read_json, write_json
+from .locks import folder_lock
 from .moda import IMAGE, TEXT
+from .preempt import Preempted, on_sigterm
 
 log = logging.getLogger(__name__)
 LOSSES = ("cmsa", "infonce", "text-views")
@@ -191,8 +194,16 @@ def train_adapter(
     launch` every process takes a share of each step's `batch_size` items; `gather=False` keeps the
     loss per process. `on_step(step, objective)` runs after each optimiser step (analyses hook in
     there). Returns the training record.
+
+    Holds `out` for this process (sda_lib.locks). On SIGTERM it writes a checkpoint after the
+    current step and raises `Preempted`; calling it again resumes there (sda_lib.preempt).
     """
     out = ensure_writable(out)  # now, not after the last step has been paid for
+    with folder_lock(out, "adaptation"), on_sigterm("adaptation") as stop:
+        return _train(backbone, dataset, config, out, resume, progress, gather, on_step, stop)
+
+
+def _train(backbone, dataset, config: AdaptConfig, out: Path, resume, progress, gather, on_step, stop) -> dict:
     set_seed(config.seed)
     model = backbone.model
     report = adapters.attach(
@@ -268,8 +279,15 @@ def train_adapter(
         bar.set_postfix(loss=f"{total:.4f}", tau=f"{history[-1]['tau']:.3f}")
         if on_step is not None:
             on_step(step + 1, plain)
-        if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
-            checkpoints.save(step + 1, history)
+        if step + 1 < config.steps:
+            stopping = _stop_agreed(stop, accelerator)
+            if stopping or (step + 1) % config.checkpoint_every == 0:
+                saved = checkpoints.save(step + 1, history)
+            if stopping:
+                raise Preempted(
+                    f"adaptation stopped on SIGTERM after step {step + 1} of {config.steps}; checkpoint "
+                    f"{saved}: run the same command again (or rerun the stage) to resume from it"
+                )
     seconds = time.perf_counter() - begin
 
     record = {
@@ -294,6 +312,14 @@ def train_adapter(
         write_json(out / "adapt.json", record)
     accelerator.wait_for_everyone()
     return record
+
+
+def _stop_agreed(stop, accelerator) -> bool:
+    """Whether any process got SIGTERM: all must checkpoint the same step, or the save hangs."""
+    if accelerator.num_processes == 1:
+        return bool(stop)
+    flag = torch.tensor([float(bool(stop))], device=accelerator.device)
+    return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
 
 
 def _accelerator(config: AdaptConfig, out: Path) -> Accelerator:
@@ -338,11 +364,14 @@ def _fill_deepspeed_config(accelerator, config: AdaptConfig) -> None:
 
 class _Checkpoints:
     """Accelerate's own checkpoints (`save_state` / `load_state`: optimizer, scheduler and every
-    generator of every process and device, loaded with weights_only) with three changes:
+    generator of every process and device, loaded with weights_only) with four changes:
 
     - only the trainable tensors of the model are written (safetensors), not the frozen backbone;
-    - `state.json` (step, loss history, and what the run is: settings, backbone, dataset, item
-      order, processes) is written last, so a checkpoint interrupted mid-write is never resumed;
+    - `state.json` (step, loss history, the SHA-256 of every file, and what the run is: settings,
+      backbone, dataset, item order, processes) is written last, so a checkpoint interrupted
+      mid-write is never resumed;
+    - a checkpoint whose files no longer match their checksums, or fail to load, is skipped with a
+      warning naming it, and the previous one is resumed;
     - resuming a run with anything else is refused, naming what differs.
     """
 
@@ -375,31 +404,75 @@ class _Checkpoints:
         complete = self._complete()
         if not complete:
             return self.clear()
-        number, latest = complete[-1]
-        meta = read_json(latest / CHECKPOINT_STATE)
+        self._check_run(complete[-1][1])
+        self._drop(keep={p for _, p in complete})  # incomplete ones would block the next save's name
+        for number, folder in reversed(complete):
+            meta = read_json(folder / CHECKPOINT_STATE)
+            damaged = _damaged(folder, meta)
+            if not damaged:
+                self.accelerator.project_configuration.iteration = number + 1
+                try:
+                    self.accelerator.load_state(
+                        str(folder), **({"load_module_strict": False} if self._deepspeed else {})
+                    )
+                    return meta["step"], meta["history"]
+                except Exception as err:  # e.g. a cut file in a checkpoint written before checksums
+                    damaged = f"it does not load ({type(err).__name__}: {err})"
+            log.warning(f"checkpoint {folder} is damaged ({damaged}): skipped, trying the one before")
+        log.warning(f"no intact checkpoint in {self.folder}: adaptation starts afresh")
+        return self.clear()
+
+    def _check_run(self, latest: Path) -> None:
+        meta = read_json(latest / CHECKPOINT_STATE) or {}
         differs = {k: (v, meta.get(k)) for k, v in self.run.items() if k != "config" and meta.get(k) != v}
-        differs |= {k: (v, meta["config"].get(k)) for k, v in self.run["config"].items() if meta["config"].get(k) != v}
+        saved = meta.get("config", {})
+        differs |= {k: (v, saved.get(k)) for k, v in self.run["config"].items() if saved.get(k) != v}
         if differs:
             raise ValueError(
                 f"checkpoint {latest} belongs to another run ({differs}, now vs then): resume it "
                 f"with what it was started with, or delete {self.folder} (or pass resume=False) "
                 "to start afresh"
             )
-        self._drop(keep={p for _, p in complete})  # incomplete ones would block the next save's name
-        self.accelerator.project_configuration.iteration = number + 1
-        self.accelerator.load_state(str(latest), **({"load_module_strict": False} if self._deepspeed else {}))
-        return meta["step"], meta["history"]
 
-    def save(self, step: int, history: list) -> None:
-        # DeepSpeed writes its engine itself: keep its checkpoints to the trainable tensors too.
-        folder = self.accelerator.save_state(**({"exclude_frozen_parameters": True} if self._deepspeed else {}))
+    def save(self, step: int, history: list) -> Path:
+        """Write a checkpoint; if the disk fills up, remove the partial one and say so (the
+        previous checkpoints stay as they were)."""
+        try:
+            # DeepSpeed writes its engine itself: keep its checkpoints to the trainable tensors too.
+            folder = Path(
+                self.accelerator.save_state(**({"exclude_frozen_parameters": True} if self._deepspeed else {}))
+            )
+        except (OSError, RuntimeError) as err:
+            partial = self.folder / f"checkpoint_{self.accelerator.project_configuration.iteration}"
+            if self.accelerator.is_main_process:
+                shutil.rmtree(partial, ignore_errors=True)
+            raise OSError(
+                f"writing checkpoint {partial} failed ({err}); is the disk holding {self.folder} full? "
+                f"The earlier checkpoints there are intact: free space and run again to resume from them"
+            ) from err
         if self.accelerator.is_main_process:
-            write_json(Path(folder) / CHECKPOINT_STATE, {**self.run, "step": step, "history": history})
+            files = {str(p.relative_to(folder)): file_sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+            write_json(folder / CHECKPOINT_STATE, {**self.run, "step": step, "history": history, "files": files})
         self.accelerator.wait_for_everyone()
+        return folder
 
     @property
     def _deepspeed(self) -> bool:
         return self.accelerator.distributed_type == DistributedType.DEEPSPEED
+
+
+def _damaged(folder: Path, meta: dict | None) -> str | None:
+    """What is wrong with a complete checkpoint's files, or None. Checkpoints written before
+    checksums were recorded are taken as they are."""
+    if meta is None:
+        return f"{CHECKPOINT_STATE} does not read"
+    for name, digest in meta.get("files", {}).items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if file_sha256(path) != digest:
+            return f"{name} does not match its checksum"
+    return None
 
 
 def _trainable_names(model: nn.Module) -> set[str]:
@@ -429,6 +502,7 @@ def _load_trainable(models, input_dir) -> None:
     models.clear()
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     """`[accelerate launch] python -m sda_lib.adapt --dataset D [--backbone B] [-p key=value ...]`:
     the adaptation notebook's job as a script, so it can run on several processes and hosts."""

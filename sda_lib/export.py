@@ -19,9 +19,12 @@ from tqdm.auto import tqdm
 
 from . import __version__, adapters
 from .adapt import load_image
+from .exits import command
 from .features import FeatureTable, item_order_checksum
 from .io import atomic_path, read_json, write_json
+from .locks import folder_lock
 from .moda import IMAGE, TEXT
+from .preempt import Preempted, on_sigterm
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +86,15 @@ def export_embeddings(
     resumes without recomputing them; parts made with another backbone, adapter or item order are
     discarded. Under `accelerate launch` the chunks are shared out across processes and the main
     process assembles the same files, in the same item order, as a single-process export.
+
+    Holds `out` for this process (sda_lib.locks); on SIGTERM it stops after the current chunk and
+    raises `Preempted` (calling it again resumes); a damaged chunk is named and computed again.
     """
-    out = Path(out)
+    with folder_lock(out, "export"), on_sigterm("export") as stop:
+        return _export(backbone, dataset, Path(out), adapter, d, batch_size, chunk, progress, name, stop)
+
+
+def _export(backbone, dataset, out: Path, adapter, d, batch_size, chunk, progress, name, stop) -> FeatureTable:
     state = PartialState(cpu=not torch.cuda.is_available())  # CPU-only hosts run CPU (gloo) processes
     adapter_info = None
     if adapter is not None:
@@ -104,11 +114,13 @@ def export_embeddings(
             shutil.rmtree(parts)
         parts.mkdir(parents=True, exist_ok=True)
         write_json(parts / "plan.json", plan)
+        for left in parts.glob(".*.tmp"):  # chunks whose write was cut short
+            left.unlink()
     state.wait_for_everyone()
 
     starts = list(range(0, dataset.n_items, chunk))
     mine = starts[state.process_index :: state.num_processes]
-    todo = [s for s in mine if not (parts / f"{s:08d}.npz").exists()]
+    todo = [s for s in mine if not _intact(parts / f"{s:08d}.npz")]
     if len(todo) < len(mine):
         log.info(f"resuming: {len(mine) - len(todo)} of {len(mine)} chunks already exported")
     show = progress and state.is_main_process
@@ -123,6 +135,11 @@ def export_embeddings(
         with atomic_path(parts / f"{s:08d}.npz") as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, text=text, image=image)
+        if stop and s != todo[-1]:
+            raise Preempted(
+                f"export stopped on SIGTERM; its finished chunks are in {parts}: run the same "
+                "command again (or rerun the stage) to resume from them"
+            )
     state.wait_for_everyone()
 
     if state.is_main_process:
@@ -144,6 +161,22 @@ def export_embeddings(
         shutil.rmtree(parts)
     state.wait_for_everyone()
     return FeatureTable.load(out)
+
+
+def _intact(part: Path) -> bool:
+    """Whether a finished chunk reads back whole (npz members carry a CRC); a damaged one is
+    named and removed, to be computed again."""
+    if not part.exists():
+        return False
+    try:
+        with np.load(part) as z:
+            if z["text"].shape[0] != z["image"].shape[0]:
+                raise ValueError("its text and image rows differ")
+        return True
+    except Exception as err:
+        log.warning(f"{part} is damaged ({type(err).__name__}: {err}): computing it again")
+        part.unlink()
+        return False
 
 
 def feature_table(text: np.ndarray, image: np.ndarray, dataset, d: int = 768, **manifest) -> FeatureTable:
@@ -212,10 +245,12 @@ def export_baseline(
     table = feature_table(
         text, image, dataset, d, extractor=kind, model=extractor.id, name=kind, params={"batch_size": batch_size}
     )
-    table.save(out)
+    with folder_lock(out, "export"):
+        table.save(out)
     return table
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     """`[accelerate launch] python -m sda_lib.export --dataset D [--backbone B] [--adapter-name sda]`:
     the export notebook's LVLM export as a script, sharded across processes when launched so."""

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import atomic_dir, write_json
+from .io import atomic_dir, file_sha256, write_json
 
 PARTS = ("text", "image")  # the parts of `features`, in column order
+ARRAYS = ("text", "image", "features")  # the .npy files of a table
 
 
 class FeatureError(ValueError):
@@ -80,11 +81,13 @@ class FeatureTable:
         return FeatureTable(text=raw["text"], image=raw["image"], features=features, manifest=manifest)
 
     def save(self, folder: str | Path) -> Path:
+        """Write the table atomically, the manifest recording each array file's SHA-256."""
         folder = Path(folder)
         with atomic_dir(folder) as tmp:
-            for name in ("text", "image", "features"):
+            for name in ARRAYS:
                 np.save(tmp / f"{name}.npy", getattr(self, name).astype(np.float32))
-            write_json(tmp / "manifest.json", self.manifest)
+            digests = {f"{name}.npy": file_sha256(tmp / f"{name}.npy") for name in ARRAYS}
+            write_json(tmp / "manifest.json", {**self.manifest, "sha256": digests})
         return folder
 
     @classmethod
@@ -94,11 +97,39 @@ class FeatureTable:
         if not (folder / "manifest.json").exists():
             raise FeatureError(f"{folder} holds no feature table (manifest.json missing); export one first")
         manifest = json.loads((folder / "manifest.json").read_text())
-        arrays = {n: np.load(folder / f"{n}.npy") for n in ("text", "image", "features")}
+        for file, digest in manifest.pop("sha256", {}).items():  # tables from before digests: unchecked
+            if file_sha256(folder / file) != digest:
+                raise FeatureError(
+                    f"{folder / file} does not match its checksum in {folder / 'manifest.json'}: the file "
+                    "is damaged; export the table again"
+                )
+        arrays = {n: np.load(folder / f"{n}.npy") for n in ARRAYS}
         table = cls(**arrays, manifest=manifest)
+        table.check_dims(str(folder))
         if dataset is not None:
             table.check(dataset, where=str(folder))
         return table
+
+    def check_dims(self, where: str = "feature table") -> None:
+        """The manifest's widths against the arrays (a hand-edited manifest would feed a
+        recommender's text and image channels the wrong columns)."""
+        d = self.manifest.get("dims", {})
+        actual = {
+            "text": self.text.shape[1],
+            "image": self.image.shape[1],
+            "features_text + features_image": self.features.shape[1],
+        }
+        said = {
+            "text": d.get("text"),
+            "image": d.get("image"),
+            "features_text + features_image": (d.get("features_text") or 0) + (d.get("features_image") or 0),
+        }
+        wrong = {k: (said[k], actual[k]) for k in actual if said[k] != actual[k]}
+        if wrong:
+            raise FeatureError(
+                f"{where}: the manifest's dims do not fit its arrays ({wrong}, manifest vs arrays); "
+                "the manifest was edited or the table is damaged: export the table again"
+            )
 
     def check(self, dataset, where: str = "feature table") -> None:
         n = dataset.n_items

@@ -4,49 +4,123 @@ and the small file helpers every module shares (checksums, names)."""
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
 
+log = logging.getLogger(__name__)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary sibling path; rename it onto `path` only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are meant to be read by others
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    with _naming(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            yield Path(tmp)
+            os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are meant to be read by others
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
 
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike):
     """Yield a temporary sibling folder; it replaces `path` only once the block completes."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    with _naming(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        try:
+            yield tmp
+            os.chmod(tmp, 0o755)  # mkdtemp creates 0700; shared storage needs the group to read it
+            if path.exists():
+                old = path.with_name(f".{path.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _naming(path: Path):
+    """Report a full disk or an unwritable folder as `path`, not as the hidden temporary one
+    written in its place (which the caller never named)."""
     try:
-        yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+        yield
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT) or _full(path.parent):
+            raise OSError(
+                errno.ENOSPC,
+                f"no space left on the device holding {path} while writing it: {path} keeps its "
+                f"previous content (if any); free space there ({_free(path.parent)} left) and run again",
+            ) from err
+        if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and (err.filename or "").startswith(
+            str(path.parent / f".{path.name}.")
+        ):
+            raise OSError(
+                err.errno,
+                f"cannot write {path}: {path.parent} is not writable ({err.strerror}); choose a writable folder",
+            ) from err
+        raise
+    except RuntimeError as err:  # torch.save reports a short write as "unexpected pos ..."
+        if _full(path.parent):
+            raise OSError(
+                errno.ENOSPC,
+                f"no space left on the device holding {path} while writing it ({err}): {path} keeps its "
+                "previous content (if any); free space there and run again",
+            ) from err
+        raise
+
+
+def _full(folder: Path) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < 1 << 20
+    except OSError:
+        return False
+
+
+def _free(folder: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB"
+    except OSError:
+        return "unknown"
+
+
+def clean_leftovers(path: str | os.PathLike) -> None:
+    """Remove what interrupted atomic writes of `path` left beside it (hidden `.tmp` siblings, a
+    `.old` copy), moving the `.old` copy back when its replacement never arrived. Only for a
+    caller that holds `path`'s lock (sda_lib.locks), as another writer's temporary files look alike."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return
+    old = path.with_name(f".{path.name}.old")
+    if old.exists() and not path.exists():
+        log.warning(f"{path} was being replaced when its writer stopped: its previous content {old} is moved back")
+        os.replace(old, path)
+    leftovers = [*path.parent.glob(f".{glob.escape(path.name)}.*.tmp"), *([old] if old.exists() else [])]
+    for left in leftovers:
+        log.info(f"removing {left}, left by an interrupted write of {path}")
+        if left.is_dir() and not left.is_symlink():
+            shutil.rmtree(left, ignore_errors=True)
         else:
-            os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                left.unlink()
 
 
 def ensure_writable(folder: str | os.PathLike) -> Path:
@@ -87,8 +161,42 @@ def _jsonable(x):
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes, in hex."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    """SHA-256 of a file's bytes, in hex (read in blocks: feature tables run to gigabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_with_digest(path: str | os.PathLike, write) -> None:
+    """`write(tmp)` atomically onto `path`, then its SHA-256 into `<path>.sha256`, which
+    `digest_problem` checks when the file is read back."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        write(tmp)
+        digest = file_sha256(tmp)
+    with atomic_path(_digest_file(path)) as tmp:
+        tmp.write_text(digest + "\n")
+
+
+def digest_problem(path: str | os.PathLike) -> str | None:
+    """What is wrong with `path` against its recorded SHA-256, or None. A file without a recorded
+    digest (written before, or cut off before it was recorded) is taken as it is."""
+    path = Path(path)
+    if not path.is_file():
+        return f"{path} is missing"
+    try:
+        recorded = _digest_file(path).read_text().strip()
+    except FileNotFoundError:
+        return None
+    if file_sha256(path) != recorded:
+        return f"{path} does not match its checksum in {_digest_file(path).name} (damaged on disk)"
+    return None
+
+
+def _digest_file(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
 
 
 def slug(text: str) -> str:

@@ -42,8 +42,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .exits import USAGE, command
 from .io import file_sha256, write_json
+from .locks import folder_lock
 from .paths import REPO_ROOT, data_dir, run_dir
+from .preempt import Preempted, on_sigterm
 from .profiles import PROFILES, default_profile, profile_parameters
 from .report import build_report
 
@@ -285,9 +288,10 @@ def run_stages(
     """Run `stages` (default: all, in STAGES order) for `dataset` and return the run folder.
     Stages that are current are skipped (see the module docstring); `force` reruns them anyway.
     Each notebook kernel runs with `threads` torch/OpenMP threads (the offline presets run fastest
-    on one). Raises UsageError before running anything when a stage or parameter is wrong."""
-    import papermill as pm
+    on one). Raises UsageError before running anything when a stage or parameter is wrong.
 
+    Holds the run folder for this process (sda_lib.locks); on SIGTERM it passes the signal to the
+    stage's kernel, whose long loops checkpoint, and raises `Preempted` (sda_lib.preempt)."""
     stages = list(STAGES) if not stages else stages
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
@@ -297,6 +301,13 @@ def run_stages(
     profile, given = profiled_parameters(dataset, dict(params or {}), stages, defaults)
     out = Path(out) if out is not None else run_dir(dataset, run)
     out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out, "the runner"), on_sigterm("the runner", forward=True) as stop:
+        return _run(dataset, stages, out, defaults, profile, given, force, progress, threads, stop)
+
+
+def _run(dataset, stages, out: Path, defaults, profile, given, force, progress, threads, stop) -> Path:
+    import papermill as pm
+
     record_path = out / "stages.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
     full = {s: {**defaults[s], **given[s], "dataset": dataset, "out_dir": str(out)} for s in STAGES}
@@ -346,7 +357,14 @@ def run_stages(
                 kernel_name="python3",
                 kernel_manager_class=kernels,
             )
-        except pm.PapermillExecutionError as err:
+        except Exception as err:
+            if stop:  # the kernel took the SIGTERM passed on to it: checkpointed (Preempted) or killed
+                raise Preempted(
+                    f"stage {stage!r} stopped on SIGTERM; run the same command again to resume it from "
+                    f"its last checkpoint (executed copy so far: {executed})"
+                ) from None
+            if not isinstance(err, pm.PapermillExecutionError):
+                raise
             first_line = next((ln for ln in err.source.splitlines() if ln.strip()), "")
             raise StageFailed(
                 f"stage {stage!r} failed in {notebook.relative_to(REPO_ROOT)}, in the cell starting "
@@ -365,6 +383,8 @@ def run_stages(
         }
         write_json(record_path, record)
         log.info(f"[{i}/{len(stages)}] {stage}: done in {seconds:.1f} s")
+        if stop and i < len(stages):
+            raise Preempted(f"stopped on SIGTERM after stage {stage!r}; run the same command again to go on")
     report = build_report(out)
     log.info(f"report: {report}")
     return out
@@ -392,6 +412,7 @@ def parse_param(text: str) -> tuple[str, object]:
         return key, value
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m sda_lib.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -429,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return USAGE
     except StageFailed as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

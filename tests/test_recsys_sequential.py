@@ -152,7 +152,8 @@ def test_several_rules_over_one_training_equal_separate_fits(tiny, tmp_path):
         return build_model("sasrec", tiny)
 
     together = fit_rules(model(), tiny, rules, checkpoint_dir=tmp_path)
-    assert {f.name for f in tmp_path.iterdir()} == {"last.pt", "best-full.pt", "best-sampled.pt"}
+    checkpoints = {"last.pt", "previous.pt", "best-full.pt", "best-sampled.pt"}
+    assert {f.name for f in tmp_path.iterdir()} == checkpoints | {f"{name}.sha256" for name in checkpoints}
     # the rules part ways: "full" stops early while "sampled" trains on
     assert len(together["full"][0].history) < len(together["sampled"][0].history)
     # interrupted after 2 epochs and resumed: the same

@@ -21,6 +21,7 @@ import pandas as pd
 
 from .. import __version__
 from ..io import atomic_dir, write_json
+from ..locks import folder_lock
 from ..paths import data_dir
 from ..registry import Registry
 from .catalogue import Catalogue, DataError
@@ -234,28 +235,29 @@ def prepare_dataset(
     found = _resolve(name, kind, source, Path(out) if out is not None else None, params.recipe)
     out = Path(out) if out is not None else data_dir(found.name)
     inputs = DATASETS[found.kind].inputs(found.name, found.source, params.recipe, **load_kw)
-    _check_out(out, inputs)
-    why = "force=True (--force)" if force else _stale(out, name, params, inputs)
-    if why is None:
-        log.info(
-            f"{out} is up to date (same parameters, inputs unchanged, every file in place): reused; "
-            f"--force (force=True) prepares it again"
-        )
+    with folder_lock(out, "data preparation"):
+        _check_out(out, inputs)
+        why = "force=True (--force)" if force else _stale(out, name, params, inputs)
+        if why is None:
+            log.info(
+                f"{out} is up to date (same parameters, inputs unchanged, every file in place): reused; "
+                f"--force (force=True) prepares it again"
+            )
+            return out
+        log.info(f"preparing {name} into {out}: {why}")
+        with atomic_dir(out) as tmp:
+            catalogue = DATASETS[found.kind].load(
+                found.name, found.source, tmp / IMAGES_DIR, params.seed, params.recipe, **load_kw
+            )
+            catalogue.name = found.name
+            if found.source is not None:
+                catalogue.source = str(found.source)
+            card = prepare_catalogue(catalogue, tmp, params)
+            card["kind"] = found.kind
+            # the inputs include the folders of the images the written items point to, hence a second write
+            card["inputs"] = _fingerprint(inputs, tmp)
+            write_json(tmp / "card.json", card)
         return out
-    log.info(f"preparing {name} into {out}: {why}")
-    with atomic_dir(out) as tmp:
-        catalogue = DATASETS[found.kind].load(
-            found.name, found.source, tmp / IMAGES_DIR, params.seed, params.recipe, **load_kw
-        )
-        catalogue.name = found.name
-        if found.source is not None:
-            catalogue.source = str(found.source)
-        card = prepare_catalogue(catalogue, tmp, params)
-        card["kind"] = found.kind
-        # the inputs include the folders of the images the written items point to, hence a second write
-        card["inputs"] = _fingerprint(inputs, tmp)
-        write_json(tmp / "card.json", card)
-    return out
 
 
 def load_prepared(dataset: str | Path) -> PreparedDataset:
@@ -338,9 +340,11 @@ def _fingerprint(inputs: Inputs, folder: Path) -> dict:
 
 
 def _listing(folder: Path) -> list[int] | None:
-    """[files, bytes, newest modification] of the files in `folder`; None when it does not exist."""
+    """[files, bytes, newest modification] of the files in `folder`; None when it does not exist.
+    Hidden files are left out: they are no item's image, and the lock of an --out prepared inside
+    an image folder is one (sda_lib.locks)."""
     try:
-        stats = [entry.stat() for entry in os.scandir(folder) if entry.is_file()]
+        stats = [entry.stat() for entry in os.scandir(folder) if entry.is_file() and not entry.name.startswith(".")]
     except FileNotFoundError:
         return None
     return [len(stats), sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0)]

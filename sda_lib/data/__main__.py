@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..exits import USAGE, command
 from . import DATASETS, RECIPES, DataError, PrepareParams, prepare_dataset
 from .card import format_card
 from .images import PLACEHOLDERS
@@ -27,6 +28,7 @@ def _integer_from(least: int):
     return parse
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sda_lib.data", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         out = prepare_dataset(name, args.source, args.out, params, force=args.force, kind=kind, **load_kw)
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return USAGE
     print(format_card(json.loads((out / "card.json").read_text())))
     return 0
 

@@ -299,10 +299,11 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
     number, seen = 0, False
     try:
         with (
-            opener(path, "rt", encoding="utf-8") as f,
+            opener(path, "rb") as f,
             tqdm(f, desc=f"reading {path.name}", unit=" lines", unit_scale=True, leave=False) as bar,
         ):
-            for number, line in enumerate(bar, 1):
+            for number, raw in enumerate(bar, 1):
+                line = _decode(raw, path, number)  # line by line, so an error names its own line
                 if not (compressed or line.endswith("\n")):
                     raise DataError(
                         f"{path}:{number}: the file does not end with a newline, so its last line may be cut "
@@ -316,10 +317,18 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
         raise DataError(
             f"{path}: file is truncated or corrupt ({e}; failed after line {number}): download it again"
         ) from e
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}:{number + 1}: not UTF-8 text ({e.reason}): the file is damaged, get it again") from e
     if not seen:
         raise DataError(f"{path}: file is empty: it should hold one record per line; get the complete file again")
+
+
+def _decode(raw: bytes, path: Path, number: int) -> str:
+    try:
+        return raw.decode("utf-8").replace("\r\n", "\n")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{path}:{number}: not UTF-8 text ({e.reason} at byte {e.start + 1} of the line): the file is "
+            "damaged, get it again"
+        ) from e
 
 
 def _parse(line: str, parser: Callable[[str], object], path: Path, number: int, what: str) -> dict:

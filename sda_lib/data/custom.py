@@ -110,6 +110,8 @@ def _read_table(path: Path, required: list[str]) -> pd.DataFrame:
         raise
     except pd.errors.EmptyDataError:
         table = pd.DataFrame()
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}:{_first_bad_line(path)}: not UTF-8 text ({e.reason}); save the file as UTF-8") from e
     except Exception as e:  # pandas / pyarrow parse errors have no common base class
         raise DataError(f"{path}: cannot be read as {suffix[1:]} ({e}); {_SCHEMA}") from e
     if table.empty:
@@ -118,6 +120,17 @@ def _read_table(path: Path, required: list[str]) -> pd.DataFrame:
     if missing:
         raise DataError(f"{path}: missing column {missing[0]!r} (columns found: {list(table.columns)}); {_SCHEMA}")
     return table.reset_index(drop=True)
+
+
+def _first_bad_line(path: Path) -> int:
+    """The line of `path` that is not UTF-8 (pandas decodes in blocks and cannot say)."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return 0
 
 
 def _ids(table: pd.DataFrame, column: str, path: Path) -> pd.Series:
@@ -153,8 +166,10 @@ def _timestamps(values: pd.Series, path: Path) -> np.ndarray:
         try:
             values = pd.to_datetime(values, utc=True)
         except (ValueError, TypeError) as e:
+            bad = pd.to_datetime(values, utc=True, errors="coerce", format="mixed").isna()
+            row = f" (first: data row {int(bad.idxmax()) + 1}, {values[bad].iloc[0]!r})" if bad.any() else ""
             raise DataError(
-                f"{path}: column 'timestamp' is neither numbers nor date-times ({e}); write numbers (e.g. "
+                f"{path}: column 'timestamp' is neither numbers nor date-times{row} ({e}); write numbers (e.g. "
                 f"Unix seconds) or date-times in one format such as 2014-03-08 17:05:00"
             ) from e
     elif values.dt.tz is None:

@@ -18,7 +18,7 @@ from ..io import write_json
 from .card import data_card
 from .catalogue import Catalogue, DataError
 from .images import PLACEHOLDERS, placeholder_image
-from .prepared import PLACEHOLDER_NAME, file_sizes
+from .prepared import PLACEHOLDER_NAME, file_digests, file_sizes
 
 MIN_INTERACTIONS = 3  # one train, one validation and one test item at least
 
@@ -125,6 +125,7 @@ def prepare_catalogue(catalogue: Catalogue, folder: Path, params: PrepareParams 
     users.to_parquet(folder / "users.parquet", index=False)
     np.save(folder / "negatives.npy", negatives)
     card["files"] = file_sizes(folder)
+    card["sha256"] = file_digests(folder)
     write_json(folder / "card.json", card)
     return card
 

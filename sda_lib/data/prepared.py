@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..io import read_json
+from ..io import file_sha256, read_json
 from .catalogue import DataError
 
 DATA_FILES = ("items.parquet", "interactions.parquet", "users.parquet", "negatives.npy")
@@ -29,6 +29,11 @@ def file_sizes(folder: Path) -> dict[str, int]:
     return {name: (folder / name).stat().st_size for name in DATA_FILES}
 
 
+def file_digests(folder: Path) -> dict[str, str]:
+    """SHA-256 of the data files, recorded in the card so a changed byte is noticed too."""
+    return {name: file_sha256(folder / name) for name in DATA_FILES}
+
+
 def damage(folder: Path, card: dict) -> list[str]:
     """What a prepared folder has lost or had changed since it was written ([] when whole), so a
     damaged folder is neither loaded nor reused."""
@@ -40,6 +45,8 @@ def damage(folder: Path, card: dict) -> list[str]:
             found.append(f"{name} is missing")
         elif name in recorded and path.stat().st_size != recorded[name]:
             found.append(f"{name} has {path.stat().st_size} bytes, {recorded[name]} when prepared")
+        elif name in card.get("sha256", {}) and file_sha256(path) != card["sha256"][name]:
+            found.append(f"{name} does not match its checksum in card.json (changed or damaged on disk)")
     if found:
         return found
     try:

@@ -2,15 +2,20 @@
 progress bars, atomic checkpoints and resumption.
 
 A checkpoint folder holds `best.pt` (the best model so far; `best-<rule>.pt` per rule of
-`fit_rules`) and `last.pt` (model, optimiser, RNG states and early-stopping state after the last
-finished epoch); all are written to a temporary file and renamed, so an interrupted run leaves the
-previous complete checkpoint. Starting again with the same folder and configuration resumes after
-the last finished epoch.
+`fit_rules`) and `last.pt` (model, optimiser, RNG states, early-stopping state and best weights
+after the last finished epoch), with `previous.pt` the epoch before; all are written to a temporary
+file and renamed, with their SHA-256 in `<file>.sha256`, so an interrupted run leaves the previous
+complete checkpoint. Starting again with the same folder and configuration resumes after the last
+finished epoch, or, when `last.pt` is damaged (its checksum differs or it does not load), after
+the one before, with a warning naming it. On SIGTERM training stops after the current epoch's
+checkpoint and raises `Preempted` (sda_lib.preempt).
 """
 
 from __future__ import annotations
 
 import copy
+import logging
+import os
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -21,11 +26,14 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..io import atomic_path
+from ..io import digest_problem, save_with_digest
+from ..preempt import Preempted, on_sigterm
 from .base import InteractionData, Recommender
 from .evaluate import METRICS, PROTOCOLS, draw_negatives, evaluate, summarize
 
+log = logging.getLogger(__name__)
 IMPROVE_RULES = ("any", "all")
+CHECKPOINTS = ("last.pt", "previous.pt")  # newest first
 
 
 @dataclass
@@ -162,6 +170,11 @@ def fit_rules(
     with its configuration (S3-Rec fine-tuned separately for its full-ranking and sampled
     tables); training goes on until every rule has stopped. `model` is left in its last state.
     """
+    with on_sigterm(f"{model.name} training") as stop:
+        return _fit_rules(model, data, rules, checkpoint_dir, stop)
+
+
+def _fit_rules(model: Recommender, data: InteractionData, rules: dict[str, TrainConfig], checkpoint_dir, stop):
     config = _common_training(rules)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -183,10 +196,13 @@ def fit_rules(
     }
     best = {name: copy.deepcopy(model.state_dict()) for name in rules}
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    if ckpt is not None and (ckpt / "last.pt").exists():
-        state, rng = _resume(ckpt, model, optimizer, rules)
+    resumed = _resume(ckpt, model, optimizer, rules) if ckpt is not None else None
+    if resumed is not None:
+        state, rng, saved_best = resumed
         for name in rules:
-            if (ckpt / _best_file(name)).exists():  # absent only if no validation ran yet
+            if saved_best is not None:
+                best[name] = saved_best[name]
+            elif (ckpt / _best_file(name)).exists():  # a checkpoint from before best weights were in it
                 best[name] = torch.load(ckpt / _best_file(name), map_location=config.device)
 
     shown = next(iter(rules))  # the progress bar follows the first rule
@@ -226,6 +242,7 @@ def fit_rules(
             track["history"].append(row)
         state["epoch"] = epoch
         if ckpt is not None:
+            _rotate(ckpt)
             _save(
                 {
                     "model": model.state_dict(),
@@ -234,10 +251,20 @@ def fit_rules(
                     "rng": rng.bit_generator.state,
                     "torch_rng": torch.get_rng_state(),
                     "configs": {name: asdict(rule) for name, rule in rules.items()},
+                    "best": best,
                 },
                 ckpt / "last.pt",
             )
         bar.update(1)
+        if stop and epoch < config.epochs and not all(r["stopped"] for r in state["rules"].values()):
+            raise Preempted(
+                f"{model.name} training stopped on SIGTERM after epoch {epoch}; "
+                + (
+                    f"checkpoint {ckpt / 'last.pt'}: run it again with the same folder to resume"
+                    if ckpt is not None
+                    else "it had no checkpoint folder, so a rerun starts afresh"
+                )
+            )
     bar.close()
     return {
         name: (
@@ -280,15 +307,40 @@ def _best_file(rule: str) -> str:
 
 
 def _save(obj, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    save_with_digest(path, lambda tmp: torch.save(obj, tmp))
+
+
+def _rotate(ckpt: Path) -> None:
+    """last.pt becomes previous.pt, its digest first: at every point between the renames each
+    file present either matches its digest or has none (and is then taken as it is)."""
+    for suffix in (".sha256", ""):
+        if (ckpt / f"last.pt{suffix}").exists():
+            os.replace(ckpt / f"last.pt{suffix}", ckpt / f"previous.pt{suffix}")
 
 
 def _resume(ckpt: Path, model, optimizer, rules: dict[str, TrainConfig]):
-    saved = torch.load(ckpt / "last.pt", map_location=next(iter(rules.values())).device, weights_only=False)
+    """Load the newest intact checkpoint of `ckpt` into `model` and `optimizer`: (state, rng,
+    best weights or None), or None when there is none."""
+    device = next(iter(rules.values())).device
+    for name in CHECKPOINTS:
+        path = ckpt / name
+        if not path.exists():
+            continue
+        problem = digest_problem(path)
+        if problem is None:
+            try:
+                saved = torch.load(path, map_location=device, weights_only=False)
+                break
+            except Exception as err:  # a file cut short before digests were recorded
+                problem = f"{path} does not load ({type(err).__name__}: {err})"
+        log.warning(f"checkpoint {problem}: skipped, trying the one before")
+    else:
+        if any((ckpt / name).exists() for name in CHECKPOINTS):
+            log.warning(f"no intact checkpoint in {ckpt}: training starts afresh")
+        return None
     if "configs" not in saved or set(saved["configs"]) != set(rules):
         raise ValueError(
-            f"{ckpt / 'last.pt'} was written for other stopping rules "
+            f"{path} was written for other stopping rules "
             f"{sorted(saved.get('configs', {}))} (or by an older version), not {sorted(rules)}; "
             "use another checkpoint folder or delete this one"
         )
@@ -300,7 +352,7 @@ def _resume(ckpt: Path, model, optimizer, rules: dict[str, TrainConfig]):
         }
         if differs:
             raise ValueError(
-                f"{ckpt / 'last.pt'} was written with a different configuration {differs}; "
+                f"{path} was written with a different configuration {differs}; "
                 "use another checkpoint folder or delete this one"
             )
     model.load_state_dict(saved["model"])
@@ -308,4 +360,4 @@ def _resume(ckpt: Path, model, optimizer, rules: dict[str, TrainConfig]):
     rng = np.random.default_rng()
     rng.bit_generator.state = saved["rng"]
     torch.set_rng_state(saved["torch_rng"])
-    return saved["state"], rng
+    return saved["state"], rng, saved.get("best")

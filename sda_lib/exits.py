@@ -1,0 +1,31 @@
+"""Exit statuses of the command-line tools (`sda_lib.run`, `.data`, `.adapt`, `.export`), so a
+job script or a scheduler can tell a usage error from a busy folder from a preemption to retry."""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+from .locks import LockError
+from .preempt import Preempted
+
+USAGE = 2  # a bad option or parameter: nothing was run
+BUSY = 73  # another live process holds the output folder (sda_lib.locks)
+PREEMPTED = 75  # stopped on SIGTERM after a checkpoint: the same command resumes (sda_lib.preempt)
+
+
+def command(main):
+    """Turn a refused lock and a preemption into their exit statuses, with the message on stderr."""
+
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs) -> int:
+        try:
+            return main(*args, **kwargs)
+        except LockError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return BUSY
+        except Preempted as err:
+            print(f"stopped: {err}", file=sys.stderr)
+            return PREEMPTED
+
+    return wrapped
