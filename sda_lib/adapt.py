@@ -406,11 +406,11 @@ class _Checkpoints:
             return self.clear()
         self._check_run(complete[-1][1])
         self._drop(keep={p for _, p in complete})  # incomplete ones would block the next save's name
-        for number, folder in reversed(complete):
+        self.accelerator.project_configuration.iteration = complete[-1][0] + 1  # after any damaged one too
+        for _, folder in reversed(complete):
             meta = read_json(folder / CHECKPOINT_STATE)
             damaged = _damaged(folder, meta)
             if not damaged:
-                self.accelerator.project_configuration.iteration = number + 1
                 try:
                     self.accelerator.load_state(
                         str(folder), **({"load_module_strict": False} if self._deepspeed else {})
