@@ -512,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     from .backbone import load_backbone
     from .data import load_prepared
     from .paths import run_dir
-    from .run import parse_param
+    from .run import UsageError, check_type, parse_param
 
     parser = argparse.ArgumentParser(prog="python -m sda_lib.adapt", description=main.__doc__)
     parser.add_argument("--dataset", required=True)
@@ -530,11 +530,19 @@ def main(argv: list[str] | None = None) -> int:
         help=f"AdaptConfig field: {', '.join(f.name for f in fields(AdaptConfig))}",
     )
     args = parser.parse_args(argv)
-    known = {f.name for f in fields(AdaptConfig)}
+    known = {f.name: f.default for f in fields(AdaptConfig)}
     unknown = [k for k, _ in args.params if k not in known]
     if unknown:
         parser.error(f"unknown setting(s) {unknown}; AdaptConfig fields are: {', '.join(sorted(known))}")
-    config = AdaptConfig(**dict(args.params))
+    try:
+        for key, value in args.params:
+            check_type(key, value, "adapt", known[key])
+    except UsageError as err:
+        parser.error(str(err))
+    try:
+        config = AdaptConfig(**dict(args.params))
+    except ValueError as err:
+        parser.error(str(err))
     out = ensure_writable((args.out_dir or run_dir(args.dataset)) / "adapters" / args.name)
     record = train_adapter(
         load_backbone(args.backbone, seed=config.seed),

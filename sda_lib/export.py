@@ -273,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--chunk", type=int, default=512)
     args = parser.parse_args(argv)
+    if min(args.d, args.batch_size, args.chunk) < 1:
+        parser.error(f"--d, --batch-size and --chunk must be 1 or more, got {args.d}, {args.batch_size}, {args.chunk}")
     out = args.out_dir or run_dir(args.dataset)
     adapter = None if args.adapter_name == "zero-shot" else out / "adapters" / args.adapter_name / "adapter"
     table = export_embeddings(

@@ -188,7 +188,7 @@ def stage_parameters(
                 unknown.append(key)
                 continue
         for stage in targets:
-            _check_type(name, value, stage, declared[stage][key])
+            check_type(name, value, stage, declared[stage][key])
             given[stage][key] = value
     if unknown:
         listing = "\n".join(f"  {s}: {_names(declared[s])}" for s in stages)
@@ -212,7 +212,7 @@ def profiled_parameters(
     for stage, values in profile_parameters(profile, dataset).items():
         for key, value in values.items():
             if key in declared[stage] and key not in given[stage]:
-                _check_type(f"{stage}.{key}", value, stage, declared[stage][key])
+                check_type(f"{stage}.{key}", value, stage, declared[stage][key])
                 given[stage][key] = value
     return profile, given
 
@@ -221,7 +221,7 @@ def _names(defaults: dict) -> str:
     return ", ".join(k for k in defaults if k not in RESERVED) or "(none)"
 
 
-def _check_type(name: str, value, stage: str, default) -> None:
+def check_type(name: str, value, stage: str, default) -> None:
     if default is None or default is _ANY:
         return
     expected = type(default)

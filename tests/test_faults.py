@@ -338,3 +338,20 @@ def test_custom_csv_encoding_and_timestamp_errors_name_the_row(tmp_path):
     values = pd.Series(["2014-03-08", "2014-03-09", "yesterday", "2014-03-10"])
     with pytest.raises(DataError, match=r"first: data row 3, 'yesterday'"):
         _timestamps(values, path)
+
+
+@pytest.mark.parametrize(
+    "main, args, message",
+    [
+        (adapt_main, ["-p", "steps=abc"], "-p steps='abc': stage 'adapt' expects int for steps"),
+        (adapt_main, ["-p", "steps=-5"], "steps, batch_size, grad_accum and checkpoint_every must be >= 1"),
+        (export_main, ["--chunk", "-5"], "--d, --batch-size and --chunk must be 1 or more"),
+        (data_main, ["prepare", "toy-tiny", "--n-negatives", "-5"], "--n-negatives: must be 1 or more, got -5"),
+    ],
+)
+def test_bad_values_are_usage_errors_not_tracebacks(main, args, message, outputs, capsys):
+    argv = args if main is data_main else ["--dataset", "toy-tiny", *args]
+    with pytest.raises(SystemExit) as code:
+        main(argv)
+    assert code.value.code == exits.USAGE and message in capsys.readouterr().err
+    assert not outputs.exists()  # nothing was created
