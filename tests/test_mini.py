@@ -73,6 +73,24 @@ def test_rows_do_not_depend_on_their_batch():
     assert torch.allclose(mixed, alone, atol=1e-5)
 
 
+def test_vision_trunk_remembers_each_image_once(monkeypatch):
+    """The frozen trunk computes an image's features once; repeats and later batches read them back,
+    equal to a fresh computation, and the memory keeps only the last MEMORY images."""
+    trunk = fresh().model.vision
+    pixels = torch.stack([mini.efficientnet_pixels(im, 64) for im in pictures(3, seed=1)])
+    computed = []
+    features = trunk.features
+    monkeypatch.setattr(trunk, "features", lambda x: computed.append(len(x)) or features(x))
+    first = trunk(pixels[[0, 1, 0]])
+    again = trunk(pixels[[2, 1]])
+    assert computed == [2, 1]
+    assert torch.allclose(first, features(pixels[[0, 1, 0]]), atol=1e-5)
+    assert torch.equal(first[1], again[1])
+    monkeypatch.setattr(trunk, "MEMORY", 2)
+    trunk(pixels[[0]])
+    assert len(trunk.memory) == 2 and computed == [2, 1]
+
+
 def test_image_rows_must_match_the_images():
     b = backbone()
     batch = b.inputs(images=pictures(2))
