@@ -407,6 +407,7 @@ class _Checkpoints:
         self._check_run(complete[-1][1])
         self._drop(keep={p for _, p in complete})  # incomplete ones would block the next save's name
         self.accelerator.project_configuration.iteration = complete[-1][0] + 1  # after any damaged one too
+        partly_loaded = None
         for _, folder in reversed(complete):
             meta = read_json(folder / CHECKPOINT_STATE)
             damaged = _damaged(folder, meta)
@@ -418,7 +419,13 @@ class _Checkpoints:
                     return meta["step"], meta["history"]
                 except Exception as err:  # e.g. a cut file in a checkpoint written before checksums
                     damaged = f"it does not load ({type(err).__name__}: {err})"
+                    partly_loaded = folder
             log.warning(f"checkpoint {folder} is damaged ({damaged}): skipped, trying the one before")
+        if partly_loaded:  # the model may hold some of its tensors: not a fresh start
+            raise ValueError(
+                f"no intact checkpoint in {self.folder}, and {partly_loaded} was partly loaded before it "
+                f"failed: delete {self.folder} (or pass resume=False) to start afresh"
+            )
         log.warning(f"no intact checkpoint in {self.folder}: adaptation starts afresh")
         return self.clear()
 

@@ -104,8 +104,9 @@ def _free(folder: Path) -> str:
 
 def clean_leftovers(path: str | os.PathLike) -> None:
     """Remove what interrupted atomic writes of `path` left beside it (hidden `.tmp` siblings, a
-    `.old` copy), moving the `.old` copy back when its replacement never arrived. Only for a
-    caller that holds `path`'s lock (sda_lib.locks), as another writer's temporary files look alike."""
+    `.old` copy) and directly inside it, moving the `.old` copy back when its replacement never
+    arrived. Only for a caller that holds `path`'s lock (sda_lib.locks), as another writer's
+    temporary files look alike."""
     path = Path(path)
     if not path.parent.is_dir():
         return
@@ -113,7 +114,8 @@ def clean_leftovers(path: str | os.PathLike) -> None:
     if old.exists() and not path.exists():
         log.warning(f"{path} was being replaced when its writer stopped: its previous content {old} is moved back")
         os.replace(old, path)
-    leftovers = [*path.parent.glob(f".{glob.escape(path.name)}.*.tmp"), *([old] if old.exists() else [])]
+    leftovers = [*path.parent.glob(f".{glob.escape(path.name)}.*.tmp"), *path.glob(".*.tmp")]
+    leftovers += [old] if old.exists() else []
     for left in leftovers:
         log.info(f"removing {left}, left by an interrupted write of {path}")
         if left.is_dir() and not left.is_symlink():

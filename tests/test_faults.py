@@ -172,7 +172,9 @@ def test_lock_of_a_dead_process_is_taken_over_with_a_warning(tmp_path, caplog):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = int(dead.stdout)
     locks.lock_file(out).write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "command": "x"}))
-    (tmp_path / ".data.abc123.tmp").mkdir()  # what a killed writer leaves
+    (tmp_path / ".data.abc123.tmp").mkdir()  # what a killed writer leaves beside the folder ...
+    out.mkdir()
+    (out / ".card.json.xyz.tmp").write_text("{")  # ... and in it
     with caplog.at_level("WARNING", logger="sda_lib"):
         prepare_dataset("toy-tiny", out=out)
     assert f"its lock names process {pid}" in caplog.text and "no longer holds it" in caplog.text
@@ -208,6 +210,15 @@ def test_damaged_adaptation_checkpoint_falls_back_to_the_previous(prepared, capl
     assert f"checkpoint {checkpoints[-1]} is damaged (model.safetensors does not match its checksum)" in caplog.text
     assert json.loads((adapters / "adapt.json").read_text())["resumed_from_step"] == 2
     assert (adapters / "adapter" / "adapter.safetensors").read_bytes() == straight
+    # a checkpoint from before checksums, cut short: it fails while loading, and nothing intact is left
+    newest = max((adapters / "checkpoints").glob("checkpoint_*"), key=lambda p: int(p.name.split("_")[1]))
+    state = json.loads((newest / "state.json").read_text())
+    del state["files"]
+    (newest / "state.json").write_text(json.dumps(state))
+    (newest / "optimizer.bin").write_bytes((newest / "optimizer.bin").read_bytes()[:-50])
+    with pytest.raises(ValueError, match=r"partly loaded before it failed: delete .*checkpoints"):
+        adapt_main(settings)
+    assert f"checkpoint {newest} is damaged (it does not load" in caplog.text
 
 
 def test_damaged_recommender_checkpoint_falls_back_to_the_previous(prepared, caplog):
@@ -355,3 +366,18 @@ def test_bad_values_are_usage_errors_not_tracebacks(main, args, message, outputs
         main(argv)
     assert code.value.code == exits.USAGE and message in capsys.readouterr().err
     assert not outputs.exists()  # nothing was created
+
+
+def test_decompression_bomb_is_refused_unopened(tmp_path):
+    import struct
+    import zlib
+
+    from sda_lib.data.images import usable_image
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    bomb = tmp_path / "bomb.png"  # a header claiming 30000 x 30000 px, no pixels
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0))
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    assert "DecompressionBombError" in usable_image(bomb)
