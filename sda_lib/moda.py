@@ -213,11 +213,16 @@ class MoDALinear(nn.Module):
         if self.merged_weight is not None:
             return F.linear(x, self.merged_weight, self.base.bias)
         result = self.base(x)
+        return result + self.update(x).to(result.dtype)
+
+    def update(self, x: torch.Tensor) -> torch.Tensor:
+        """The adapter's contribution for `x` in float32, every expert at once: one rank-r product
+        down, the expert weights scaling the rank-r activation, one product up."""
         scale = self._rank_scale()[self._row_modalities(x)]  # [r] or [rows, r]
         if scale.dim() == 2:
             scale = scale.view(scale.shape[0], *([1] * (x.dim() - 2)), scale.shape[1])
         hidden = self._project_down(x.to(self.lora_A.dtype)) * scale
-        return result + F.linear(hidden, self.lora_B).to(result.dtype)
+        return F.linear(hidden, self.lora_B)
 
     def _project_down(self, x: torch.Tensor) -> torch.Tensor:
         """A dropout(x) for all experts: one matmul with a shared mask, or, when training with

@@ -137,7 +137,7 @@ def test_gpu_check_dry_run_on_cpu(monkeypatch, capsys):
         return train_adapter(backbone, dataset, config, out, **kwargs)
 
     monkeypatch.setattr(adapt, "train_adapter", out_of_memory_without_checkpointing)
-    monkeypatch.setattr(bench, "GPU_ITEMS", 12)
+    monkeypatch.setattr(bench.gpu, "GPU_ITEMS", 12)
     record = bench.run_benchmark("gpu", preset="tiny", device="cpu", batch_size=4, repeats=2)
     lines = capsys.readouterr().out.strip().splitlines()
     assert json.loads(lines[-1]) == record

@@ -396,3 +396,21 @@ def test_per_expert_projection_equals_the_loop_over_experts_with_the_same_masks(
     a = layer.lora_A.detach().split(layer.expert_rank)
     loop = torch.cat([(x * keep[i] / 0.7) @ a[i].T for i in range(4)], dim=-1)
     assert torch.allclose(got, loop, atol=1e-6)
+
+
+def test_fused_update_equals_the_authors_loop_over_experts_with_gradients():
+    """moda-vs-loop's reference (one A, B pair per expert, outputs summed in a loop) computes the
+    fused layer's update, and its per-expert gradients are the slices of the fused gradients."""
+    from sda_lib.bench.adapters import expert_loop
+
+    layer = wrapped_linear(MoDAConfig(r=8, num_experts=4, alpha=16, dropout=0.1))  # eval mode: dropout off
+    layer.state.ids = torch.tensor([TEXT, IMAGE])
+    loop, weights = expert_loop(layer)
+    x = torch.randn(2, 3, 16)
+    ours, theirs = layer.update(x), loop(x)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+    ours.sum().backward()
+    theirs.sum().backward()
+    a_grads, b_grads = weights[0::2], weights[1::2]
+    assert torch.allclose(layer.lora_A.grad, torch.cat([a.grad for a in a_grads]), atol=1e-6)
+    assert torch.allclose(layer.lora_B.grad, torch.cat([b.grad for b in b_grads], dim=1), atol=1e-6)

@@ -254,3 +254,32 @@ def test_given_candidates_replace_the_stored_negatives(data):
     assert ranks.tolist() == [int((scores[u, candidates[u]] >= scores[u, targets[u]]).sum()) for u in range(3)]
     with pytest.raises(ValueError, match="candidates has 2 rows for 3 users"):
         rank_targets(FixedScores(data, scores), data, "test", "sampled", candidates=candidates[:2])
+
+
+def test_fast_full_ranking_equals_a_plain_reference():
+    """full_ranks (one product, sparse history read-back) against a per-user loop over a dense score
+    matrix, on integer scores so ties are frequent; histories repeat items and contain the target."""
+    from sda_lib.recsys.evaluate import full_ranks
+
+    rng = np.random.default_rng(0)
+    n_users, n_items = 7, 11
+    vectors, items = rng.integers(-2, 3, (n_users, 3)), rng.integers(-2, 3, (n_items, 3))
+    targets = rng.integers(0, n_items, n_users)
+    histories = [list(rng.integers(0, n_items, rng.integers(0, 6))) + [targets[u]] for u in range(n_users)]
+    scores = vectors @ items.T
+    expected = []
+    for u in range(n_users):
+        excluded = set(histories[u]) - {targets[u]}
+        others = [j for j in range(n_items) if j != targets[u] and j not in excluded]
+        expected.append(sum(scores[u, j] >= scores[u, targets[u]] for j in others))
+    pairs = sorted({(u, i) for u in range(n_users) for i in histories[u] if i != targets[u]})
+    rows, masked = (torch.tensor(x) for x in zip(*pairs))
+    as_float = [torch.as_tensor(x, dtype=torch.float32) for x in (vectors, items)]
+    assert full_ranks(*as_float, torch.as_tensor(targets), rows, masked).tolist() == expected
+
+
+def test_full_ranking_in_blocks_of_one_user_matches_one_block(data):
+    """max_scores below one user's row still ranks one user at a time, with the same result."""
+    scores = np.random.default_rng(1).integers(0, 3, (3, 6)).astype(float)
+    whole = rank_targets(FixedScores(data, scores), data, "test", "full")
+    assert rank_targets(FixedScores(data, scores), data, "test", "full", max_scores=1).tolist() == whole.tolist()

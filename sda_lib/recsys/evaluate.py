@@ -28,6 +28,9 @@ from .sampling import sample_distinct_outside, sequence_keys
 KS = (5, 10, 20)
 METRICS = tuple(f"{m}@{k}" for k in KS for m in ("HR", "NDCG")) + ("MRR",)
 PROTOCOLS = ("full", "sampled")
+# Scores held at once by full ranking (64 MiB of float32): bounds its memory on any catalogue, and
+# a block this size still feeds the matrix product well.
+MAX_SCORES = 2**24
 
 
 def metrics_from_ranks(ranks: np.ndarray) -> dict[str, np.ndarray]:
@@ -70,6 +73,35 @@ def draw_negatives(data: InteractionData, split: str, n: int, rng: np.random.Gen
     return sample_distinct_outside(keys, data.n_items, data.n_users, min(n, room), rng)
 
 
+def masked_history(data: InteractionData, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(users, items), sorted by user, of the distinct items each user had before `split`'s target,
+    the target itself left out: the pairs full ranking excludes. Sparse, so no users x items mask
+    is ever built."""
+    items, offsets = data.history(split)
+    users = np.repeat(np.arange(data.n_users, dtype=np.int64), np.diff(offsets))
+    users, items = np.divmod(np.unique(users * data.n_items + items), data.n_items)
+    keep = items != data.targets(split)[users]
+    return users[keep], items[keep]
+
+
+def full_ranks(
+    vectors: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, masked: torch.Tensor
+) -> torch.Tensor:
+    """0-based full-ranking rank of each row's target: the items scoring at least as high as it,
+    less those among the masked (row, item) pairs (distinct, never the target).
+
+    One matrix product, then one in-place comparison summed as floats (exact below 2**24 items;
+    several times faster than a boolean mask plus an integer sum, and this pass dominates); the
+    masked pairs are read back sparsely instead of being written into the scores first."""
+    scores = vectors @ items.T
+    target_score = scores.gather(1, targets[:, None])
+    if torch.isnan(target_score).any():
+        raise FloatingPointError("NaN scores: the training diverged; lower the learning rate")
+    hits = scores.ge_(target_score)  # 1.0 where an item scores at least as high as the target
+    masked_hits = hits.new_zeros(len(vectors)).index_add_(0, rows, hits[rows, masked])
+    return (hits.sum(1) - masked_hits).long() - 1
+
+
 @torch.no_grad()
 def rank_targets(
     model: Recommender,
@@ -79,10 +111,16 @@ def rank_targets(
     n_negatives: int | None = None,
     batch_size: int = 1024,
     candidates: np.ndarray | None = None,
+    max_scores: int = MAX_SCORES,
 ) -> np.ndarray:
-    """0-based rank of every user's `split` target under `protocol` (see the module docstring)."""
+    """0-based rank of every user's `split` target under `protocol` (see the module docstring).
+
+    Users go `batch_size` at a time, fewer under "full" when `batch_size` x n_items would exceed
+    `max_scores`: the score block is the pass's largest array, so `max_scores` bounds its memory."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if data.n_items >= 2**24 and protocol == "full":
+        raise ValueError(f"full ranking counts in float32, exact below 2**24 items; {data.name!r} has {data.n_items}")
     was_training = model.training
     model.eval()
     device = model.device
@@ -90,8 +128,13 @@ def rank_targets(
     targets = torch.from_numpy(data.targets(split)).to(device)
     context = torch.from_numpy(data.context(split, model.context_length))
     if protocol == "full":
-        seen, seen_offsets = data.history(split)
-        seen = torch.from_numpy(seen).to(device)
+        batch_size = max(1, min(batch_size, max_scores // data.n_items))
+        masked_users, masked_items = masked_history(data, split)
+        bounds = np.searchsorted(masked_users, np.arange(0, data.n_users + batch_size, batch_size))
+        masked_users, masked_items = (
+            torch.from_numpy(masked_users).to(device),
+            torch.from_numpy(masked_items).to(device),
+        )
     else:
         if candidates is None:
             candidates = sampled_candidates(data, n_negatives)
@@ -99,35 +142,30 @@ def rank_targets(
             raise ValueError(f"candidates has {candidates.shape[0]} rows for {data.n_users} users")
         negatives = torch.from_numpy(np.ascontiguousarray(candidates)).to(device)
     ranks = torch.empty(data.n_users, dtype=torch.long)
-    for start in range(0, data.n_users, batch_size):
+    for batch, start in enumerate(range(0, data.n_users, batch_size)):
         stop = min(start + batch_size, data.n_users)
         users = torch.arange(start, stop, device=device)
         vectors = model.user_vectors(users, context[start:stop].to(device), tables)
         target = targets[start:stop]
-        if protocol == "full":
-            scores = vectors @ tables.items.T
-            target_score = scores.gather(1, target[:, None])
-            counts = np.diff(seen_offsets[start : stop + 1])
-            rows = torch.repeat_interleave(
-                torch.arange(stop - start, device=device), torch.from_numpy(counts).to(device)
-            )
-            scores[rows, seen[seen_offsets[start] : seen_offsets[stop]]] = -torch.inf
-            scores.scatter_(1, target[:, None], target_score)  # the target is never excluded
-            # In place and summed as floats (exact below 2**24 items): several times faster than a
-            # boolean mask plus an integer sum, and this line dominates the pass.
-            rank = scores.ge_(target_score).sum(1).long() - 1
-        else:
-            others = tables.items[negatives[start:stop]]  # [B, K, d]
-            target_score = (vectors * tables.items[target]).sum(-1, keepdim=True)
-            rank = (torch.einsum("bkd,bd->bk", others, vectors) >= target_score).sum(1)
-        if torch.isnan(target_score).any():
-            raise FloatingPointError(
-                f"{model.name} produced NaN scores (users {start}..{stop - 1}); "
-                "the training diverged: lower the learning rate"
-            )
+        try:
+            if protocol == "full":
+                pairs = slice(bounds[batch], bounds[batch + 1])
+                rank = full_ranks(vectors, tables.items, target, masked_users[pairs] - start, masked_items[pairs])
+            else:
+                rank = sampled_ranks(vectors, tables.items, target, negatives[start:stop])
+        except FloatingPointError as err:
+            raise FloatingPointError(f"{model.name}, users {start}..{stop - 1}: {err}") from None
         ranks[start:stop] = rank.cpu()
     model.train(was_training)
     return ranks.numpy()
+
+
+def sampled_ranks(vectors: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor):
+    """0-based rank of each row's target among its candidate `negatives` [B, K] (ties count against it)."""
+    target_score = (vectors * items[targets]).sum(-1, keepdim=True)
+    if torch.isnan(target_score).any():
+        raise FloatingPointError("NaN scores: the training diverged; lower the learning rate")
+    return (torch.einsum("bkd,bd->bk", items[negatives], vectors) >= target_score).sum(1)
 
 
 def evaluate(
@@ -138,10 +176,11 @@ def evaluate(
     n_negatives: int | None = None,
     batch_size: int = 1024,
     candidates: np.ndarray | None = None,
+    max_scores: int = MAX_SCORES,
 ) -> pd.DataFrame:
     """One row per user: user, target, is_tail, popularity (of the target, training count), rank
     and every metric in METRICS."""
-    ranks = rank_targets(model, data, split, protocol, n_negatives, batch_size, candidates)
+    ranks = rank_targets(model, data, split, protocol, n_negatives, batch_size, candidates, max_scores)
     targets = data.targets(split)
     frame = pd.DataFrame(
         {

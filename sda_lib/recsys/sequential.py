@@ -66,17 +66,24 @@ class TransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, groups: list[AttentionGroup]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, groups: list[AttentionGroup], last: torch.Tensor | None = None) -> torch.Tensor:
+        """`last` (the packed index of each row's last token, rows in group order): only those
+        tokens come out, the others serving as keys and values; what reading out the user vector
+        needs from the final block, without its queries, projection and feed-forward elsewhere."""
         dim = x.shape[1]
         qkv = self.qkv(x)
         attended = []
         for g in groups:
             grid = qkv.new_zeros(g.rows * g.width, 3 * dim).index_copy(0, g.slots, qkv[g.tokens])
             q, k, v = grid.view(g.rows, g.width, 3, self.n_heads, dim // self.n_heads).permute(2, 0, 3, 1, 4)
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=g.allowed, dropout_p=self.p if self.training else 0.0
-            )
-            attended.append(out.transpose(1, 2).reshape(g.rows * g.width, dim)[g.slots])
+            allowed = g.allowed
+            if last is not None:  # the last query of every row (windows end in their last column)
+                q, allowed = q[:, :, -1:], allowed[:, :, -1:]
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=self.p if self.training else 0.0)
+            out = out.transpose(1, 2).reshape(-1, dim)
+            attended.append(out if last is not None else out[g.slots])
+        if last is not None:
+            x = x[last]
         x = self.norm1(x + self.drop(self.proj(torch.cat(attended))))
         return self.norm2(x + self.drop(self.ffn(x)))
 
@@ -150,10 +157,10 @@ class SequentialRecommender(Recommender):
         """One negative token (item + 1) per entry of `users`, outside the `negatives` set."""
         return sample_outside(self.excluded, self.data.n_items, users, rng) + 1
 
-    def encode(self, tokens: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    def encode(self, tokens: torch.Tensor, items: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         """Hidden states of the real tokens of windows `tokens` [B, L] (PAD = 0, item i = i + 1,
         then the specials; left-padded), packed in row-major order: row j of the result belongs to
-        `tokens[tokens != PAD][j]`."""
+        `tokens[tokens != PAD][j]`. `last_only`: [B, dim], the state at each window's last position."""
         length = tokens.shape[1]
         lengths = (tokens != PAD).sum(1)
         order = torch.argsort(lengths, stable=True)  # short windows first, so groups are contiguous
@@ -164,8 +171,11 @@ class SequentialRecommender(Recommender):
         positions = self.position.weight[self.max_len - length :]  # the latest item is always last
         x = self.drop(self.norm(table[tokens[real]] + positions[where % length]))
         groups = self._groups(real, lengths)
-        for block in self.blocks:
-            x = block(x, groups)
+        for i, block in enumerate(self.blocks):
+            final = last_only and i == len(self.blocks) - 1
+            x = block(x, groups, last=torch.cumsum(lengths, 0) - 1 if final else None)
+        if last_only:
+            return x[torch.argsort(order)]
         # Back from length-sorted rows to the caller's row-major order.
         return x[torch.argsort(order.repeat_interleave(lengths) * length + where % length)]
 
@@ -194,8 +204,7 @@ class SequentialRecommender(Recommender):
         """Hidden state [B, dim] at the last position of each window (which must be real)."""
         if (tokens[:, -1] == PAD).any():
             raise ValueError("every window must end with a real token (an item or a special token)")
-        hidden = self.encode(tokens, items)
-        return hidden[(tokens != PAD).sum(1).cumsum(0) - 1]
+        return self.encode(tokens, items, last_only=True)
 
 
 def sampled_bce(

@@ -1,0 +1,154 @@
+"""Export cost: merged-adapter embedding against the bare backbone, and the export's peak memory."""
+
+from __future__ import annotations
+
+import inspect
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from .core import (
+    CPU_ROUNDS,
+    Measurement,
+    Options,
+    _hygiene_note,
+    _input_note,
+    _ms,
+    _timing_row,
+    _verdict,
+    in_fresh_process,
+    interleaved,
+    peak_rss_mb,
+    synthetic_inputs,
+)
+
+EXPORT_OVERHEAD_TARGET = 1.02
+
+
+def _export_defaults() -> dict:
+    """export_embeddings' default keyword values, so the notes quote what the export really uses."""
+    from ..export import export_embeddings
+
+    return {k: p.default for k, p in inspect.signature(export_embeddings).parameters.items()}
+
+
+def export_overhead(options: Options) -> Measurement:
+    """Merged-MoDA embedding vs the bare backbone, text and image rows (target <= 1.02)."""
+    import torch
+
+    from .. import adapters
+    from ..backbone import load_backbone
+    from ..moda import IMAGE, TEXT
+
+    options = options.defaults(**CPU_ROUNDS)
+    preset = options.preset or "small"
+    bare, adapted = load_backbone(preset), load_backbone(preset)
+    adapters.attach(adapted.model, "moda")
+    text, image = synthetic_inputs(bare, options.batch_size)
+
+    def embed(backbone, batch):
+        def run():
+            with torch.inference_mode():
+                backbone.embed_batch(batch)
+
+        return run
+
+    samples = {}
+    for m, label, batch in ((TEXT, "text", text), (IMAGE, "image", image)):
+        with adapters.merged(adapted.model, m):
+            pair = interleaved(
+                {"bare": embed(bare, batch), "merged": embed(adapted, batch)}, options.repeats, options.warmup
+            )
+        samples[f"bare {label}"], samples[f"merged {label}"] = pair["bare"], pair["merged"]
+
+    def merge_unmerge():
+        with adapters.merged(adapted.model, TEXT):
+            pass
+
+    merge = interleaved({"merge+unmerge": merge_unmerge}, options.repeats, options.warmup)["merge+unmerge"]
+    median = {k: statistics.median(v) for k, v in samples.items()}
+    bare_s = median["bare text"] + median["bare image"]
+    merged_s = median["merged text"] + median["merged image"]
+    verdict, headline = _verdict(merged_s / bare_s, EXPORT_OVERHEAD_TARGET, "merged MoDA / bare")
+    rows = [_timing_row(label, s) for label, s in samples.items()] + [_timing_row("merge+unmerge", merge)]
+    values = {
+        **verdict,
+        "preset": preset,
+        "bare_ms": _ms(bare_s),
+        "merged_ms": _ms(merged_s),
+        "merge_unmerge_ms": _ms(statistics.median(merge)),
+        "text_ratio": round(median["merged text"] / median["bare text"], 4),
+        "image_ratio": round(median["merged image"] / median["bare image"], 4),
+        "batch_items": options.batch_size,
+        "repeats": options.repeats,
+        "warmup": options.warmup,
+        "samples_ms": {k: [_ms(s) for s in v] for k, v in samples.items()},
+    }
+    notes = [
+        _hygiene_note(options, preset),
+        _input_note(text, image, options.batch_size),
+        "ratio = (merged text + merged image) / (bare text + bare image), inference mode, "
+        f"merge outside the timed unit: export merges once per modality per "
+        f"{_export_defaults()['chunk']}-item chunk, timed apart as merge+unmerge",
+    ]
+    return Measurement(rows, values, headline, notes)
+
+
+def export_memory(options: Options) -> Measurement:
+    """Peak memory (RSS high-water mark) of export_embeddings on toy, tiny preset, in a fresh interpreter."""
+    from .. import adapters
+    from ..backbone import load_backbone
+    from ..data import prepare_dataset
+
+    preset = options.preset or "tiny"
+    data = prepare_dataset(options.dataset)  # its usual place under outputs/, reused when current
+    with tempfile.TemporaryDirectory() as tmp:
+        adapter = Path(tmp) / "adapter"
+        backbone = load_backbone(preset)
+        adapters.attach(backbone.model, "moda")
+        adapters.save(backbone.model, adapter, backbone.id)
+        run = in_fresh_process(
+            "sda_lib.bench.export:_export",
+            dict(preset=preset, data=str(data), adapter=str(adapter), out=str(Path(tmp) / "features")),
+            options.threads,
+        )
+    loaded, peak = run["result"]["loaded_rss_mb"], run["peak_rss_mb"]
+    rows = [
+        {"stage": "backbone + dataset loaded", "RSS high-water MiB": round(loaded, 1)},
+        {"stage": "after export (peak)", "RSS high-water MiB": round(peak, 1)},
+        {"stage": "raised by the export", "RSS high-water MiB": round(peak - loaded, 1)},
+    ]
+    values = {
+        "preset": preset,
+        "dataset": options.dataset,
+        "items": run["result"]["items"],
+        "export_seconds": round(run["result"]["export_seconds"], 3),
+        "loaded_rss_mb": round(loaded, 1),
+        "export_peak_rss_mb": round(peak, 1),
+        "export_increment_mb": round(peak - loaded, 1),
+    }
+    headline = (
+        f"export peak RSS {peak:.0f} MiB ({peak - loaded:+.0f} MiB over the loaded backbone), "
+        f"{values['items']} items in {values['export_seconds']:.1f} s"
+    )
+    notes = [
+        f"preset {preset} with a MoDA adapter merged per modality, dataset {options.dataset}, "
+        f"export defaults (batch {_export_defaults()['batch_size']}, chunk {_export_defaults()['chunk']}), "
+        f"torch threads {options.threads}, "
+        "measured in a fresh interpreter"
+    ]
+    return Measurement(rows, values, headline, notes)
+
+
+def _export(preset: str, data: str, adapter: str, out: str) -> dict:
+    """export-memory's child: the high-water mark once everything is loaded, then the export."""
+    from ..backbone import load_backbone
+    from ..data import load_prepared
+    from ..export import export_embeddings
+
+    backbone, dataset = load_backbone(preset), load_prepared(data)
+    loaded = peak_rss_mb()
+    start = time.perf_counter()
+    export_embeddings(backbone, dataset, out, adapter=adapter, progress=False)
+    return {"loaded_rss_mb": loaded, "export_seconds": time.perf_counter() - start, "items": dataset.n_items}
