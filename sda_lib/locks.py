@@ -23,12 +23,13 @@ import json
 import logging
 import os
 import socket
+import sys
 from pathlib import Path
 
 from .io import clean_leftovers
 
 log = logging.getLogger(__name__)
-_held: dict[Path, int] = {}  # folder -> nesting depth, in this process
+_held: set[Path] = set()  # folders this process holds
 
 
 class LockError(RuntimeError):
@@ -36,34 +37,36 @@ class LockError(RuntimeError):
 
 
 def lock_file(folder: str | os.PathLike) -> Path:
-    folder = Path(folder).absolute()
+    folder = Path(folder).resolve()  # one lock whichever way (symlink, relative path) the folder is named
     return folder.with_name(f".{folder.name}.lock")
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | os.PathLike, what: str = "this folder"):
+def folder_lock(folder: str | os.PathLike, what: str):
     """Hold `folder` for this process while the block runs; `what` names the job in messages."""
-    folder = Path(folder).absolute()
-    if os.environ.get("RANK", "0") != "0":
+    folder = Path(folder).resolve()
+    if _rank() != 0 or folder in _held:
         yield folder
         return
-    if folder in _held:
-        _held[folder] += 1
-        try:
-            yield folder
-        finally:
-            _held[folder] -= 1
-        return
     fd = _acquire(folder, what)
-    _held[folder] = 1
+    _held.add(folder)
     try:
         clean_leftovers(folder)
         yield folder
     finally:
-        del _held[folder]
+        _held.discard(folder)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(lock_file(folder))
         os.close(fd)  # releases the flock
+
+
+def _rank() -> int:
+    """This process's rank in a distributed job (0 when alone): the launcher's RANK, or the
+    process group's when one was started without it."""
+    dist = sys.modules.get("torch.distributed")  # only if loaded: plain data preparation needs no torch
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0"))
 
 
 def _acquire(folder: Path, what: str) -> int:

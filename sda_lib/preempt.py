@@ -43,7 +43,8 @@ def on_sigterm(what: str, forward: bool = False):
 
     def handle(signum, frame):
         if not flag.received:
-            log.warning(f"SIGTERM: {what} stops at the next step boundary, after writing a checkpoint")
+            passing = ", passing it on to the running stage" if forward else ", after writing a checkpoint"
+            log.warning(f"SIGTERM: {what} stops at the next step boundary{passing}")
         flag.received = True
         if forward:
             for child in psutil.Process().children():
