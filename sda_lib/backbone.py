@@ -250,6 +250,23 @@ class Backbone:
         batch = self.processor(text=prompts, images=images or None, padding=True, return_tensors="pt")
         return batch.to(self.device)
 
+    def prompt_lengths(self, texts: list[dict] | None = None, images: list | None = None) -> np.ndarray:
+        """Tokens in each row `inputs` would build, unpadded, in its order (texts, then images):
+        text rows tokenised, image rows counted from the image size alone (no pixels processed).
+        What batching by length sorts on."""
+        texts, images = texts or [], images or []
+        conversations = [text_prompt(f, self.prompts) for f in texts] + [image_prompt(self.prompts)] * bool(images)
+        if not conversations:
+            return np.zeros(0, dtype=np.int64)
+        prompts = self.processor.apply_chat_template(conversations, add_generation_prompt=True, tokenize=False)
+        counts = np.array([len(ids) for ids in self.processor.tokenizer(prompts)["input_ids"]], dtype=np.int64)
+        if not images:
+            return counts
+        # The image prompt holds one image-pad token, which the processor widens to the image's tokens.
+        image = self.processor.image_processor
+        tokens = [image.get_number_of_image_patches(im.height, im.width) // image.merge_size**2 for im in images]
+        return np.concatenate([counts[:-1], counts[-1] - 1 + np.array(tokens, dtype=np.int64)])
+
     def embed_batch(self, inputs: BatchFeature) -> torch.Tensor:
         """[B, hidden] mean of the base model's final hidden states under the attention mask (see
         PooledEncoder). Keeps the graph, so training backpropagates through it; wrap inference in
@@ -264,7 +281,9 @@ class Backbone:
         batch_size: int = 16,
         progress: bool = True,
     ) -> np.ndarray:
-        """[len(items), hidden] float32 embeddings of every item in one modality ("text" or "image").
+        """[len(items), hidden] float32 embeddings of every item in one modality ("text" or "image"),
+        in the order given; rows are batched in order of prompt length, so batches carry little
+        padding (a row's embedding does not depend on its padding, see PooledEncoder).
 
         `items` are text-field dicts; for "image", `images` holds one PIL image per item (callers
         substitute a placeholder for a missing image). Runs in eval mode under inference_mode and
@@ -278,15 +297,18 @@ class Backbone:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         rows = items if modality == "text" else images
+        lengths = self.prompt_lengths(texts=rows) if modality == "text" else self.prompt_lengths(images=rows)
+        order = np.argsort(lengths, kind="stable")  # batches of like lengths: little padding
         out = np.empty((len(rows), self.hidden_size), dtype=np.float32)
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.inference_mode():
                 for start in tqdm(range(0, len(rows), batch_size), desc=f"{modality} embeddings", disable=not progress):
-                    chunk = rows[start : start + batch_size]
+                    which = order[start : start + batch_size]
+                    chunk = [rows[i] for i in which]
                     batch = self.inputs(texts=chunk) if modality == "text" else self.inputs(images=chunk)
-                    out[start : start + len(chunk)] = self.embed_batch(batch).cpu().numpy()
+                    out[which] = self.embed_batch(batch).cpu().numpy()
         finally:
             self.model.train(was_training)
         return out

@@ -174,6 +174,19 @@ def test_embed_returns_float32_rows_in_item_order(tiny):
         tiny.embed(items, images[:2], modality="image")
 
 
+def test_prompt_lengths_are_the_processors_unpadded_token_counts(tiny):
+    """Counted without processing pixels, yet equal to what the processor builds row by row."""
+    items = ITEMS + [{"title": "Blue sock"}]
+    images = [noise_image(h, w) for h, w in ((56, 56), (28, 140), (90, 61))]
+    for texts, imgs in ((items, None), (None, images)):
+        one_by_one = [
+            int(tiny.inputs(texts=[t] if texts else None, images=[t] if imgs else None)["attention_mask"].sum())
+            for t in texts or imgs
+        ]
+        assert tiny.prompt_lengths(texts=texts, images=imgs).tolist() == one_by_one
+    assert len(set(tiny.prompt_lengths(images=images).tolist())) == 3  # three sizes, three counts
+
+
 @pytest.mark.parametrize("layout", ["save_pretrained", "hub"])
 def test_a_saved_model_folder_loads_back_identically(tiny, tmp_path, layout):
     tiny.model.save_pretrained(tmp_path)

@@ -51,7 +51,7 @@ from .core import (
     peak_rss_mb,
     reset_peak_rss,
 )
-from .export import export_memory, export_overhead
+from .export import export_memory, export_overhead, export_padding
 from .gpu import gpu_check
 from .preparation import data_prepare
 from .recsys import full_eval, recbole_vs_ours, seconds_of
@@ -78,6 +78,7 @@ BENCHMARKS: dict[str, Callable[[Options], Measurement]] = {
     "moda-vs-loop": moda_vs_loop,
     "export-overhead": export_overhead,
     "export-memory": export_memory,
+    "export-padding": export_padding,
     "data-prepare": data_prepare,
     "sasrec-epoch": seconds_of("sda_lib.recsys.experiment:time_epoch", "epochs", model="sasrec"),
     "full-eval": full_eval,

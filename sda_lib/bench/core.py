@@ -166,6 +166,16 @@ def _verdict(ratio: float, target: float, what: str) -> tuple[dict, str]:
     )
 
 
+def beauty_folder(options: Options) -> Path:
+    """Prepared Beauty (reused when current), or Unavailable when its source files are absent."""
+    from ..data import prepare_dataset
+    from ..paths import data_dir
+
+    if not Path(options.beauty).is_dir() and not (data_dir("beauty") / "card.json").exists():
+        raise Unavailable(f"needs the Amazon Beauty source folder (--beauty); {options.beauty} does not exist")
+    return prepare_dataset("beauty", source=options.beauty if Path(options.beauty).is_dir() else None)
+
+
 def synthetic_items(n: int, seed: int = 0) -> tuple[list[dict], list]:
     """`n` made-up items: text fields (4 of them, product-like) and IMAGE_PX noise images."""
     import numpy as np
