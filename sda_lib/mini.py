@@ -241,10 +241,14 @@ class MiniProcessor:
         words = tokenizer(IMAGE_PROMPT, add_special_tokens=False)["input_ids"]
         self.image_row = [tokenizer.cls_token_id, *words, *[IMG_TOKEN_ID] * IMAGE_TOKENS, tokenizer.sep_token_id]
 
-    def token_batch(self, prompts: list[str], n_images: int = 0) -> dict[str, torch.Tensor]:
-        """input_ids and attention_mask of len(prompts) text rows (cut to 256 tokens) and n_images image rows."""
+    def rows(self, prompts: list[str], n_images: int = 0) -> list[list[int]]:
+        """Unpadded token ids of len(prompts) text rows (cut to 256 tokens) and n_images image rows."""
         rows = self.tokenizer(prompts, truncation=True, max_length=MAX_TEXT_TOKENS)["input_ids"] if prompts else []
-        rows += [self.image_row] * n_images
+        return rows + [self.image_row] * n_images
+
+    def token_batch(self, prompts: list[str], n_images: int = 0) -> dict[str, torch.Tensor]:
+        """input_ids and attention_mask of `rows`, right-padded."""
+        rows = self.rows(prompts, n_images)
         if not rows:
             raise ValueError(
                 "cannot build a batch of 0 items: pass texts= (text-field dicts) and/or images= (PIL images)"
@@ -272,6 +276,10 @@ class MiniBackbone(Backbone):
 
     def inputs(self, texts: list[dict] | None = None, images: list | None = None) -> BatchFeature:
         return self.processor([describe(f) for f in texts or []], images or []).to(self.device)
+
+    def prompt_lengths(self, texts: list[dict] | None = None, images: list | None = None) -> np.ndarray:
+        rows = self.processor.rows([describe(f) for f in texts or []], len(images or []))
+        return np.array([len(row) for row in rows], dtype=np.int64)
 
 
 def load_mini(

@@ -91,6 +91,12 @@ def test_vision_trunk_remembers_each_image_once(monkeypatch):
     assert len(trunk.memory) == 2 and computed == [2, 1]
 
 
+def test_prompt_lengths_are_the_unpadded_rows():
+    b = backbone()
+    batch = b.inputs(texts=ITEMS, images=pictures(2))
+    assert b.prompt_lengths(texts=ITEMS, images=pictures(2)).tolist() == batch["attention_mask"].sum(1).tolist()
+
+
 def test_image_rows_must_match_the_images():
     b = backbone()
     batch = b.inputs(images=pictures(2))
