@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
-
-import psutil
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +31,9 @@ class _Flag:
 
 
 @contextlib.contextmanager
-def on_sigterm(what: str, forward: bool = False):
-    """Yield a flag that becomes true on SIGTERM; `what` names the job in the log; `forward`
-    sends the signal on to this process's children. Outside the main thread (where Python cannot
+def on_sigterm(what: str, forward=None):
+    """Yield a flag that becomes true on SIGTERM; `what` names the job in the log; `forward()`
+    gives the process ids to send the signal on to. Outside the main thread (where Python cannot
     take signals) the flag stays false."""
     flag = _Flag()
     if threading.current_thread() is not threading.main_thread():
@@ -46,10 +45,9 @@ def on_sigterm(what: str, forward: bool = False):
             passing = ", passing it on to the running stage" if forward else ", after writing a checkpoint"
             log.warning(f"SIGTERM: {what} stops at the next step boundary{passing}")
         flag.received = True
-        if forward:
-            for child in psutil.Process().children():
-                with contextlib.suppress(psutil.Error):
-                    child.send_signal(signal.SIGTERM)
+        for pid in forward() if forward else ():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
 
     previous = signal.signal(signal.SIGTERM, handle)
     try:

@@ -264,13 +264,23 @@ def _fingerprints(out: Path, stage: str, params: dict) -> dict[str, str | None]:
 
 def _kernel_manager(env: dict[str, str]):
     """A kernel manager class that starts kernels with `env` added to this process's environment
-    (which stays as it is)."""
+    (which stays as it is), and whose `running()` gives the process id of the kernel running now
+    (to pass SIGTERM on to: kernels run in a session of their own)."""
     from jupyter_client import AsyncKernelManager
 
     class KernelManager(AsyncKernelManager):
+        latest = None  # the provisioner of the kernel started last (the runner runs one at a time)
+
         async def start_kernel(self, **kw):
             kw["env"] = {**os.environ, **kw.get("env", {}), **env}
-            return await super().start_kernel(**kw)
+            await super().start_kernel(**kw)
+            KernelManager.latest = self.provisioner
+
+        @classmethod
+        def running(cls) -> list[int]:
+            kernel = cls.latest
+            alive = kernel is not None and kernel.process is not None and kernel.process.poll() is None
+            return [kernel.pid] if alive else []
 
     return KernelManager
 
@@ -301,18 +311,18 @@ def run_stages(
     profile, given = profiled_parameters(dataset, dict(params or {}), stages, defaults)
     out = Path(out) if out is not None else run_dir(dataset, run)
     out.mkdir(parents=True, exist_ok=True)
-    with folder_lock(out, "the runner"), on_sigterm("the runner", forward=True) as stop:
-        return _run(dataset, stages, out, defaults, profile, given, force, progress, threads, stop)
+    kernels = _kernel_manager({"OMP_NUM_THREADS": str(threads)})
+    with folder_lock(out, "the runner"), on_sigterm("the runner", forward=kernels.running) as stop:
+        return _run(dataset, stages, out, defaults, profile, given, force, progress, kernels, stop)
 
 
-def _run(dataset, stages, out: Path, defaults, profile, given, force, progress, threads, stop) -> Path:
+def _run(dataset, stages, out: Path, defaults, profile, given, force, progress, kernels, stop) -> Path:
     import papermill as pm
 
     record_path = out / "stages.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
     full = {s: {**defaults[s], **given[s], "dataset": dataset, "out_dir": str(out)} for s in STAGES}
     library = library_version()
-    kernels = _kernel_manager({"OMP_NUM_THREADS": str(threads)})
 
     for i, stage in enumerate(stages, 1):
         spec = STAGES[stage]

@@ -55,11 +55,13 @@ def _start(args: list[str], outputs: Path) -> subprocess.Popen:
     )
 
 
-def _terminate_when(proc: subprocess.Popen, path: Path) -> tuple[int, str]:
-    """SIGTERM `proc` once `path` exists (the stage is under way); its exit status and stderr."""
+def _terminate_when(proc: subprocess.Popen, path: Path, settle: float = 0.0) -> tuple[int, str]:
+    """SIGTERM `proc` `settle` seconds after `path` appears (the stage is under way); its exit
+    status and stderr."""
     deadline = time.monotonic() + 120
     while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
+    time.sleep(settle)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     return proc.returncode, err
@@ -115,6 +117,18 @@ def test_sigterm_during_recommender_training_checkpoints_and_resumes_identically
     history = [r.fit.history.drop(columns="seconds") for r in (resumed, straight)]
     pd.testing.assert_frame_equal(*history)
     pd.testing.assert_frame_equal(resumed.metrics, straight.metrics)
+
+
+def test_sigterm_to_the_runner_reaches_the_stage(prepared):
+    run = prepared / "toy-tiny" / "default"
+    command = ["-m", "sda_lib.run", "--dataset", "toy-tiny", "--stages", "adapt", "-p", "adapt.steps=40"]
+    command += ["-p", "train_batch_size=4", "-p", "checkpoint_every=1000"]
+    proc = _start(command, prepared)
+    code, err = _terminate_when(proc, run / "adapters" / ".sda.lock", settle=1.0)
+    assert code == exits.PREEMPTED, err
+    assert "stage 'adapt' stopped on SIGTERM; run the same command again to resume it" in err
+    assert list((run / "adapters" / "sda" / "checkpoints").glob("checkpoint_*/state.json"))  # the kernel's
+    assert not list(prepared.rglob(".*.lock"))  # rerunning resumes as test_sigterm_during_adaptation shows
 
 
 # ---- locks: one writer per folder ---------------------------------------------------------------
