@@ -4,6 +4,7 @@ assertions: the numbers depend on the machine)."""
 import json
 import statistics
 
+import numpy as np
 import pytest
 
 from sda_lib import bench
@@ -164,3 +165,24 @@ def test_gpu_check_dry_run_on_cpu(monkeypatch, capsys):
     }
     assert min(export["items_per_s"], export["text_items_per_s"], export["image_items_per_s"]) > 0
     assert any(line.strip().startswith("lora step, checkpointing") for line in lines)
+
+
+def test_padded_slots_by_hand():
+    """Prompts of 1, 3, 1, 3 tokens in batches of 2: item order pads both batches to 3 (12 slots),
+    sorting pairs like with like (1+1 and 3+3: 8 slots); sorting stays inside each chunk."""
+    from sda_lib.bench.export import padded_slots
+
+    lengths = np.array([1, 3, 1, 3])
+    assert padded_slots(lengths, batch=2, chunk=4, bucketed=False) == 12
+    assert padded_slots(lengths, batch=2, chunk=4, bucketed=True) == 8
+    assert padded_slots(lengths, batch=2, chunk=2, bucketed=True) == 12
+
+
+def test_synthetic_catalogue_keeps_beauty_proportions():
+    from sda_lib.bench.scaling import MEAN_LENGTH, USERS_PER_ITEM, synthetic_catalogue
+
+    catalogue = synthetic_catalogue(2000)
+    lengths = catalogue.interactions.groupby("user_id").size()
+    assert len(lengths) == round(2000 * USERS_PER_ITEM) and lengths.min() >= 5
+    assert abs(lengths.mean() - MEAN_LENGTH) < 0.3
+    assert set(catalogue.interactions["item_id"]) <= set(catalogue.items["item_id"])

@@ -54,7 +54,8 @@ from .core import (
 from .export import export_memory, export_overhead, export_padding
 from .gpu import gpu_check
 from .preparation import data_prepare
-from .recsys import full_eval, recbole_vs_ours, seconds_of
+from .recsys import full_eval, recbole_time_to_quality, seconds_of
+from .scaling import scaling
 
 __all__ = [
     "BENCHMARKS",
@@ -82,7 +83,8 @@ BENCHMARKS: dict[str, Callable[[Options], Measurement]] = {
     "data-prepare": data_prepare,
     "sasrec-epoch": seconds_of("sda_lib.recsys.experiment:time_epoch", "epochs", model="sasrec"),
     "full-eval": full_eval,
-    "recbole-sasrec": recbole_vs_ours,
+    "recbole-time-to-quality": recbole_time_to_quality,
+    "scaling": scaling,
     "gpu": gpu_check,
 }
 
