@@ -395,3 +395,8 @@ def test_decompression_bomb_is_refused_unopened(tmp_path):
     header = chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0))
     bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
     assert "DecompressionBombError" in usable_image(bomb)
+
+
+def test_synthetic_dataset_ignores_a_source_and_does_not_record_it(tmp_path):
+    out = prepare_dataset("toy-tiny", source="/nonexistent", out=tmp_path / "data")
+    assert "/nonexistent" not in (out / "card.json").read_text()
