@@ -212,7 +212,8 @@ def _same_update(layer, loop: Callable, x, grad_out) -> float:
     layer.eval()
     try:
         ours, theirs = layer.update(x), loop(x)
-        pairs = [(ours, theirs), *zip(torch.autograd.grad(ours, x, grad_out), torch.autograd.grad(theirs, x, grad_out))]
+        grads = zip(torch.autograd.grad(ours, x, grad_out), torch.autograd.grad(theirs, x, grad_out))
+        pairs = [(a.detach(), b.detach()) for a, b in [(ours, theirs), *grads]]
     finally:
         layer.train()
     for a, b in pairs:

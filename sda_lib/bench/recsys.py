@@ -20,7 +20,7 @@ from .core import (
 
 def seconds_of(target: str, repeat_arg: str, **kwargs) -> Callable[[Options], Measurement]:
     """A benchmark from a timing function `module:function(dataset_folder, threads=, <repeat_arg>=,
-    **kwargs)` that returns mean seconds (the recommenders' time_epoch and time_full_eval)."""
+    **kwargs)` that returns mean seconds (the recommenders' time_epoch)."""
     module, _, name = target.partition(":")
 
     def benchmark(options: Options) -> Measurement:
