@@ -19,6 +19,7 @@ from .export import export_embeddings
 from .io import slug
 from .prompts import Prompts
 from .recsys import results_table, train_grid
+from .recsys.experiment import write_results
 from .recsys.train import TrainConfig
 
 FULL = "SDA"
@@ -124,10 +125,13 @@ def run_ablations(
             item_repr=item_repr,
             model_params={model: model_params or {}},
             out=folder / "recsys",
+            results_name=None,
         )
         frames.append(results)
         per_user |= users
-    return pd.concat(frames, ignore_index=True), per_user
+    results = pd.concat(frames, ignore_index=True)
+    write_results(results, folder / "recsys")  # every seed's rows (one grid per seed above)
+    return results, per_user
 
 
 def table2(results: pd.DataFrame, protocol: str = "sampled", reference: str = FULL) -> pd.DataFrame:

@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sda_lib.ablations import FULL, ID_ONLY, VARIANTS, table2, variant_features
+from sda_lib.ablations import FULL, ID_ONLY, VARIANTS, run_ablations, table2, variant_features
+from sda_lib.recsys.train import TrainConfig
 
 
 def tidy(values: dict[str, tuple[float, float]], seed=0) -> pd.DataFrame:
@@ -69,3 +70,13 @@ def test_id_only_row_has_no_features_and_unknown_variants_are_named(tmp_path):
     with pytest.raises(ValueError, match="unknown ablation variant 'w/o everything'"):
         variant_features("w/o everything", None, "tiny", None, tmp_path, seed=0)
     assert VARIANTS["w/o CMSA"] is None and VARIANTS["w/o MoDA"] == {"adapter": "lora"}
+
+
+def test_results_file_holds_every_seed(toy_tiny, tmp_path):
+    """The grid is trained seed by seed; the results file the runner fingerprints has them all."""
+    results, _ = run_ablations(
+        toy_tiny, "tiny", tmp_path, variants=[ID_ONLY], seeds=(0, 1), train=TrainConfig(epochs=1, progress=False)
+    )
+    written = pd.read_parquet(tmp_path / "ablations" / "recsys" / "results.parquet")
+    assert sorted(written["seed"].unique()) == [0, 1]
+    pd.testing.assert_frame_equal(written, results, check_dtype=False)

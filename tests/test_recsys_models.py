@@ -402,6 +402,10 @@ def test_train_grid_table_and_rerun(dataset, tmp_path):
     assert list(users_again) == list(per_user) and all(type(k) is RunKey for k in users_again)
     assert all(type(k.seed) is int for k in users_again)
     pd.testing.assert_frame_equal(users_again[key]["full"], per_user[key]["full"], check_dtype=False)
+    # a second grid over some of the same runs (05's Figure 3) keeps its own results file
+    train_grid(dataset, ["sasrec"], {"id": None}, seeds=[0], train=FAST, out=tmp_path, results_name="part")
+    assert set(pd.read_parquet(tmp_path / "results.parquet")["features"]) == {"id", "random"}
+    assert set(pd.read_parquet(tmp_path / "part.parquet")["features"]) == {"id"}
 
 
 def test_recbole_atomic_file(dataset, tmp_path):

@@ -211,6 +211,7 @@ def train_grid(
     n_negatives: int | None = None,
     out: str | Path | None = None,
     model_defaults: bool = True,
+    results_name: str | None = "results",
 ) -> tuple[pd.DataFrame, dict]:
     """Every model x feature setting x seed.
 
@@ -220,8 +221,9 @@ def train_grid(
     model_params:   {model: {param: value}}.
     model_defaults: as in `run_experiment`.
     out:            if given, each run goes to out/<model>/<label>/seed<k>/ (finished runs are read
-                    back instead of retrained) and the grid's tidy results to out/results.parquet
-                    and out/results.csv.
+                    back instead of retrained) and the grid's tidy results to
+                    out/<results_name>.parquet and .csv (None: not written; a second grid sharing
+                    the runs, like 05's Figure 3, names its own so it does not replace the first).
     Returns (tidy results, {RunKey: {protocol: per-user frame}}).
     """
     features = features or {"id": None}
@@ -251,11 +253,16 @@ def train_grid(
                 frames.append(metrics)
                 per_user[RunKey.of(metrics.iloc[0])] = users
     results = pd.concat(frames, ignore_index=True)
-    if out is not None:
-        for name, write in (("results.parquet", results.to_parquet), ("results.csv", results.to_csv)):
-            with atomic_path(Path(out) / name) as tmp:
-                write(tmp, index=False)
+    if out is not None and results_name is not None:
+        write_results(results, out, results_name)
     return results, per_user
+
+
+def write_results(results: pd.DataFrame, folder: str | Path, name: str = "results") -> None:
+    """Tidy results as folder/<name>.parquet (read back by the runner and notebooks) and .csv."""
+    for suffix, write in ((".parquet", results.to_parquet), (".csv", results.to_csv)):
+        with atomic_path(Path(folder) / f"{name}{suffix}") as tmp:
+            write(tmp, index=False)
 
 
 def read_run(folder: str | Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
