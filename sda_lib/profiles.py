@@ -4,32 +4,31 @@
   Qwen2.5-VL-7B, their adaptation steps per dataset, gradient checkpointing as they trained, their
   recommender budget (docs/FIDELITY.md gives the source of each value). On S3-Rec's preprocessed
   files, which the authors' recipe cannot read, add `-p data.recipe=5core`.
-- `quick`: the notebooks' own defaults, sized for 2 CPU cores; the default on toy, toy-tiny and a
-  user's own datasets. On toy it runs the `mini` backbone (real pretrained weights, so the demo
-  shows what SDA does; sda_lib.mini) with adaptation runs short enough for the whole job to stay
-  near ten minutes on 2 cores: 100 steps (03), 50 per ablation variant (06), 20 for each adapter
-  of the gradient-conflict study (07).
+- `quick`: the notebooks' own defaults, sized for 2 CPU cores (the random `tiny` preset); the
+  default on toy, toy-tiny and a user's own datasets.
+- `teaching`: the quick settings on the `mini` backbone (real pretrained weights, so the demo shows
+  what SDA keeps and separates; sda_lib.mini), with shorter adaptation runs: 100 steps (03), 50 per
+  ablation variant (06), 20 for each adapter of the gradient-conflict study (07). A MoDA step of
+  mini costs about 5 CPU-seconds, so the whole toy job takes about half an hour on 2 cores.
 
 A profile only fills what the command line leaves open: `-p adapt.steps=5` wins over the profile.
 """
 
 from __future__ import annotations
 
-PROFILES = ("paper", "quick")
+PROFILES = ("paper", "quick", "teaching")
 AMAZON = ("beauty", "sports", "toys")
 # MAX_STEPS of the authors' final scripts (RaoZhongtao/SDA:experiments/<dataset>/scft/CAMEL_qwen.bash).
 PAPER_STEPS = {"beauty": 4000, "sports": 2000, "toys": 4000}
 
 
 _MINI = {"backbone": "mini"}
-QUICK = {
-    "toy": {
-        "zero_shot": _MINI,
-        "adapt": {**_MINI, "steps": 100},
-        "export": _MINI,
-        "ablations": {**_MINI, "ablation_steps": 50},
-        "gradient_conflict": {**_MINI, "conflict_steps": 20},
-    }
+TEACHING = {
+    "zero_shot": _MINI,
+    "adapt": {**_MINI, "steps": 100},
+    "export": _MINI,
+    "ablations": {**_MINI, "ablation_steps": 50},
+    "gradient_conflict": {**_MINI, "conflict_steps": 20},
 }
 
 
@@ -42,7 +41,9 @@ def profile_parameters(profile: str, dataset: str) -> dict[str, dict]:
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
     if profile == "quick":
-        return QUICK.get(dataset, {})
+        return {}
+    if profile == "teaching":
+        return TEACHING
     steps = PAPER_STEPS.get(dataset, max(PAPER_STEPS.values()))
     lvlm = {"backbone": "7b"}
     return {

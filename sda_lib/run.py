@@ -7,8 +7,9 @@ stages saved (see sda_lib.report). The first failing stage stops the run, naming
 cell.
 
 Profiles (sda_lib.profiles): `-p profile=paper` runs the authors' experiment (the default on the
-Amazon datasets), `-p profile=quick` the notebooks' own CPU-sized defaults (the default on toy);
-a profile fills only what the command line leaves open.
+Amazon datasets), `-p profile=quick` the notebooks' own CPU-sized defaults (the default on toy),
+`-p profile=teaching` the quick settings on the pretrained `mini` backbone; a profile fills only
+what the command line leaves open.
 
 Parameters: `-p key=value` goes to every stage whose notebook declares `key`; `-p stage.key=value`
 (e.g. `-p adapt.steps=800`) to that stage only, and wins over an unscoped value. A key no stage

@@ -429,17 +429,13 @@ def test_profiles_fill_only_what_the_command_line_leaves_open():
     assert smoke["ablations"]["ablation_steps"] == 4000  # the command line left this one open
 
     profile, toy = runner.profiled_parameters("toy", {}, stages, declared)
-    assert profile == "quick" and toy["data"] == {} and toy["recommend"] == {}
-    backbones = {s: p["backbone"] for s, p in toy.items() if "backbone" in declared[s]}
+    assert profile == "quick" and toy == {s: {} for s in runner.STAGES}
+    _, teaching = runner.profiled_parameters("toy", {"profile": "teaching"}, stages, declared)
+    backbones = {s: p["backbone"] for s, p in teaching.items() if "backbone" in declared[s]}
     assert set(backbones.values()) == {"mini"} and len(backbones) == 5  # every stage that embeds
-    assert (toy["adapt"]["steps"], toy["ablations"]["ablation_steps"], toy["gradient_conflict"]["conflict_steps"]) == (
-        100,
-        50,
-        20,
-    )
-    _, tiny = runner.profiled_parameters("toy-tiny", {}, stages, declared)
-    assert tiny == {s: {} for s in runner.STAGES}  # the notebooks' own defaults (the tiny preset)
+    sizes = teaching["adapt"]["steps"], teaching["ablations"]["ablation_steps"], teaching["gradient_conflict"]
+    assert sizes[:2] == (100, 50) and sizes[2]["conflict_steps"] == 20 and teaching["recommend"] == {}
     profile, toy_paper = runner.profiled_parameters("toy", {"profile": "paper"}, stages, declared)
     assert profile == "paper" and toy_paper["adapt"]["steps"] == 4000
-    with pytest.raises(runner.ParameterError, match="profile='fast': choose one of paper, quick"):
+    with pytest.raises(runner.ParameterError, match="profile='fast': choose one of paper, quick, teaching"):
         runner.profiled_parameters("toy", {"profile": "fast"}, stages, declared)
