@@ -5,6 +5,8 @@ memory its own), a growth exponent fitted per stage, and a plotly figure of the 
 from __future__ import annotations
 
 import math
+import os
+import platform
 import tempfile
 import time
 from pathlib import Path
@@ -128,13 +130,17 @@ def scaling(options: Options) -> Measurement:
     from ..paths import outputs_root
 
     scales = SCALES[: options.repeats] if options.repeats else SCALES  # --repeats N: the first N scales
-    rows = []
+    rows, failed = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for n in scales:
             folder = str(Path(tmp) / f"synthetic-{n}")
-            prepared = in_fresh_process("sda_lib.bench.scaling:_prepare", {"n_items": n, "out": folder})
-            train = in_fresh_process("sda_lib.bench.scaling:_train", {"folder": folder, "batches": TRAIN_BATCHES})
-            rank = in_fresh_process("sda_lib.bench.scaling:_rank", {"folder": folder, "scores": RANKED_SCORES})
+            try:
+                prepared = in_fresh_process("sda_lib.bench.scaling:_prepare", {"n_items": n, "out": folder})
+                train = in_fresh_process("sda_lib.bench.scaling:_train", {"folder": folder, "batches": TRAIN_BATCHES})
+                rank = in_fresh_process("sda_lib.bench.scaling:_rank", {"folder": folder, "scores": RANKED_SCORES})
+            except RuntimeError as err:  # e.g. killed for want of memory (exit code -9): larger scales would be too
+                failed[n] = str(err)
+                break
             rows.append(
                 {
                     "items": n,
@@ -166,14 +172,21 @@ def scaling(options: Options) -> Measurement:
         x = np.log([r["items"] for r in rows])
         exponents = {c: round(float(np.polyfit(x, np.log([r[c] for r in rows]), 1)[0]), 2) for c in curves}
     figure = outputs_root() / "bench" / FIGURE
-    write_figure(rows, exponents, figure)
+    machine = (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+    )
+    write_figure(rows, exponents, figure, machine)
     values = {
         "rows": rows,
         "growth_exponents": exponents,
         "export_seconds_per_item": round(export_s, 4),
         "figure": str(figure),
+        "failed": failed,
+        "machine": machine,
     }
     headline = "growth exponents (time or memory ~ items^k): " + ", ".join(f"{c} {k}" for c, k in exponents.items())
+    if failed:
+        headline += f"; not measured at {', '.join(map(str, failed))} items (see the notes)"
     notes = [
         f"synthetic catalogues, {USERS_PER_ITEM:.2f} users per item, {MEAN_LENGTH} interactions per user, Zipf-like "
         "popularity; each stage in its own fresh interpreter, one torch thread; peak = that interpreter's RSS "
@@ -182,12 +195,13 @@ def scaling(options: Options) -> Measurement:
         "batches per epoch; full ranking = the first users up to 2**28 users x items, scaled to all users; the "
         "block (max_scores, sda_lib.recsys.evaluate) bounds ranking memory, no users x items matrix is held",
         f"export: {EXPORT_ITEMS} synthetic items (text and image) on the tiny preset, seconds per item x items",
-        f"figure: {figure}",
+        f"figure: {figure}; measured on {machine}",
+        *(f"{n} items: not measured, {err}" for n, err in failed.items()),
     ]
     return Measurement(rows, values, headline, notes)
 
 
-def write_figure(rows: list[dict], exponents: dict, path: Path) -> None:
+def write_figure(rows: list[dict], exponents: dict, path: Path, machine: str) -> None:
     """Log-log curves of time and peak memory against items, the fitted exponent in each legend;
     plotly HTML that loads plotly.js from its CDN (a few KB)."""
     import plotly.graph_objects as go
@@ -209,6 +223,6 @@ def write_figure(rows: list[dict], exponents: dict, path: Path) -> None:
             )
     fig.update_xaxes(type="log", title_text="items")
     fig.update_yaxes(type="log")
-    fig.update_layout(title="Cost against catalogue size (fitted: cost ~ items^k)", width=1100, height=450)
+    fig.update_layout(title=f"Cost against catalogue size (fitted: cost ~ items^k); {machine}", width=1100, height=450)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.write_html(path, include_plotlyjs="cdn")
