@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.list:
         for name in BENCHMARKS:
-            print(f"{name:16} {about(name)}")
+            print(f"{name:{max(map(len, BENCHMARKS))}}  {about(name)}")
         return 0
     try:
         options = Options(**{k: v for k, v in vars(args).items() if k not in ("name", "list")})

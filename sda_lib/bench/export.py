@@ -159,8 +159,9 @@ EXPORT_PADDING_TARGET = 0.05  # share of padded token slots in the export's batc
 
 
 def export_padding(options: Options) -> Measurement:
-    """Padded share of the export's token slots on the real Beauty prompts: batches in item order
-    vs batches of like prompt lengths, as the export now forms them (target <= 5%)."""
+    """Padded share of the export's batches on Beauty's real prompts, by length vs item order (target <= 5%).
+
+    Batches in item order against batches of like prompt lengths, as the export now forms them."""
     import numpy as np
     from PIL import Image
 

@@ -47,9 +47,10 @@ RECBOLE_EPOCHS = 50  # cap on either side's epochs (--repeats)
 
 
 def recbole_time_to_quality(options: Options) -> Measurement:
-    """Our SASRec and RecBole's on the same data, architecture, loss and masked full ranking, one
-    thread each: wall time to RecBole's best validation NDCG@10 (target: ours 3x faster), test
-    metrics at each one's best validation epoch (within 2%). Use --dataset beauty for the target."""
+    """Wall time to RecBole's best validation NDCG@10, our SASRec vs RecBole's (target: ours 3x faster).
+
+    Same data, architecture, loss and masked full ranking, one thread each; test metrics at each
+    one's best validation epoch (target: within 2%). Use --dataset beauty for the target."""
     import numpy as np
 
     from ..data import prepare_dataset
@@ -179,8 +180,10 @@ def _with_threads(run: Callable[[], object], threads: int) -> Callable[[], objec
 
 
 def full_eval(options: Options) -> Measurement:
-    """All Beauty users ranked over all items, history masked, on 1 and 2 threads (target 0.5 s on 2), beside
-    its floor: the bare matrix product of all user states with all item vectors."""
+    """Full ranking of all Beauty users, history masked, beside its floor (target 0.5 s on 2 threads).
+
+    Measured on 1 and 2 threads; the floor is the bare matrix product of all user states with all
+    item vectors."""
     import torch
 
     from ..recsys.evaluate import MAX_SCORES, full_ranks, masked_history, rank_targets

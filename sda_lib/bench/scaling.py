@@ -123,8 +123,9 @@ def _export_per_item(items: int) -> float:
 
 
 def scaling(options: Options) -> Measurement:
-    """Time and peak memory against catalogue size (10k, 100k, 1M items): data preparation, a SASRec
-    epoch, full ranking of all users, export per item; fitted growth exponents and a plotly figure."""
+    """Time and peak memory against catalogue size (10k, 100k, 1M items), growth exponents fitted.
+
+    Data preparation, a SASRec epoch, full ranking of all users, export per item; a plotly figure."""
     import numpy as np
 
     from ..paths import outputs_root
