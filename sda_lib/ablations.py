@@ -104,7 +104,7 @@ def run_ablations(
     progress: bool = True,
     prompts: Prompts = Prompts(),
     model_params: dict | None = None,
-    item_repr: str | None = None,
+    item_repr: str | dict[str, str] | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     """Tidy recommender results (features column = variant) and per-user frames, for every
     variant and seed. Each seed seeds both the adaptation and the recommender; `model_params` and

@@ -26,6 +26,7 @@ from sda_lib.recsys import (
 )
 from sda_lib.recsys.base import PAD, FeatureAdapter, ItemEncoder, resolve_features
 from sda_lib.recsys.peers import write_atomic_file
+from sda_lib.recsys.presets import get_preset
 from sda_lib.recsys.slmrec import _normalised_graph, _SymmetricProduct
 from sda_lib.recsys.train import seed_everything
 
@@ -458,3 +459,11 @@ def test_feature_table_part_is_a_checked_view(dataset, tmp_path):
         table.part("audio")
     settings = part_settings(table, dataset)
     assert list(settings) == ["sda-text", "sda-image", "sda"] and settings["sda"] is table
+
+
+def test_a_presets_item_repr_is_per_model(dataset):
+    """The authors' preset replaces IDs by the table in SASRec only; SLMRec (whose task aligns the
+    ID channel with the content) keeps its IDs, as in MMRec."""
+    authors = get_preset("authors").item_repr
+    results, _ = train_grid(dataset, ["sasrec", "slmrec"], {"t": make_table(dataset)}, item_repr=authors, train=FAST)
+    assert dict(results.groupby("model")["item_repr"].first()) == {"sasrec": "features", "slmrec": "id+features"}

@@ -346,9 +346,10 @@ def test_alignment_needs_features_and_a_matching_table(tiny):
 @pytest.mark.parametrize("model_name", ["sasrec", "bert4rec"])
 def test_presets_build_and_train_one_epoch(tiny, name, model_name):
     preset = get_preset(name)
-    table = features(tiny.n_items) if preset.item_repr == "features" else None
+    item_repr = preset.item_repr.get(model_name, "id")
+    table = features(tiny.n_items) if item_repr != "id" else None
     seed_everything(0)
-    model = RECOMMENDERS[model_name](tiny, preset.item_repr or "id", table, **preset.params(model_name))
+    model = RECOMMENDERS[model_name](tiny, item_repr, table, **preset.params(model_name))
     # toy-tiny stores 50 negatives per user, fewer than S3-Rec's 99
     stored = preset.train.monitor_protocol == "sampled" and not preset.train.fresh_negatives
     result = fit(

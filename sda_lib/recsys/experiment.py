@@ -205,7 +205,7 @@ def train_grid(
     models=("sasrec",),
     features: dict | None = None,
     seeds=(0,),
-    item_repr: str | None = None,
+    item_repr: str | dict[str, str] | None = None,
     model_params: dict | None = None,
     train: TrainConfig | None = None,
     n_negatives: int | None = None,
@@ -217,7 +217,8 @@ def train_grid(
 
     features:       {label: None | FeatureTable | folder}; default {"id": None}. `part_settings`
                     makes the text-only / image-only / both settings of one table.
-    item_repr:      for the settings with a table: "features" or "id+features" (default).
+    item_repr:      for the settings with a table: "features" or "id+features" (default), or
+                    {model: repr} (a preset's; models it leaves out take the default).
     model_params:   {model: {param: value}}.
     model_defaults: as in `run_experiment`.
     out:            if given, each run goes to out/<model>/<label>/seed<k>/ (finished runs are read
@@ -240,7 +241,9 @@ def train_grid(
                         dataset,
                         model,
                         table,
-                        item_repr if table is not None else None,
+                        (item_repr.get(model) if isinstance(item_repr, dict) else item_repr)
+                        if table is not None
+                        else None,
                         seed=seed,
                         train=train,
                         n_negatives=n_negatives,

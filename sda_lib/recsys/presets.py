@@ -22,7 +22,7 @@ settings (their `--do_emb` files itm_emb_sasrec_seq_128.pkl, itm_emb_bert4rec_12
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,7 @@ class Preset:
     name: str
     models: dict[str, dict]  # model name -> constructor parameters
     train: TrainConfig
-    item_repr: str | None = None  # with a feature table; None: run_experiment's default
+    item_repr: dict[str, str] = field(default_factory=dict)  # model -> repr with a feature table; else the default
     align_weights: tuple[float, ...] = ()  # alignment-loss weights the source swept, if any
     notes: str = ""
 
@@ -130,7 +130,9 @@ PRESETS: dict[str, Preset] = {
         "authors",
         models={"sasrec": _AUTHORS_COMMON, "bert4rec": _AUTHORS_BERT4REC},
         train=_AUTHORS_TRAIN,
-        item_repr="features",  # SDA models/Adapter.py SASRecPLUS/Bert4RecPLUS: frozen table replaces IDs
+        # SDA models/Adapter.py SASRecPLUS/Bert4RecPLUS: the frozen table replaces the IDs; VBPR and
+        # SLMRec ran in the author's MMRec fork, on IDs and features (the default, "id+features")
+        item_repr={"sasrec": "features", "bert4rec": "features"},
         align_weights=(0.01, 0.05, 0.1, 0.15, 0.2),  # --alpha swept in experiments/*/scft/CAMEL_qwen.bash
         notes="the SDA authors' SASRec/BERT4Rec settings; the authors' causal-mask omission and "
         "feature-row shift are not reproduced (docs/FIDELITY.md); seed 42 there, one run per alpha",
