@@ -9,7 +9,8 @@
 - `teaching`: the quick settings on the `mini` backbone (real pretrained weights, so the demo shows
   what SDA keeps and separates; sda_lib.mini), with shorter adaptation runs: 100 steps (03), 50 per
   ablation variant (06), 20 for each adapter of the gradient-conflict study (07). A MoDA step of
-  mini costs about 5 CPU-seconds, so the whole toy job takes about half an hour on 2 cores.
+  mini costs 6-7 CPU-seconds, so the whole toy job takes about half an hour on one thread (README,
+  "Teaching with the workbench").
 
 A profile only fills what the command line leaves open: `-p adapt.steps=5` wins over the profile.
 """
