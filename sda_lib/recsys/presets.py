@@ -110,8 +110,8 @@ PRESETS: dict[str, Preset] = {
     "quick": Preset(
         "quick",
         models={},
-        train=TrainConfig(epochs=40, patience=3),
-        notes="model defaults, 40 epochs, patience 3: sized for toy data",
+        train=TrainConfig(epochs=30, patience=3),
+        notes="model defaults, 30 epochs, patience 3: sized for toy data",
     ),
     "s3rec": Preset(
         "s3rec",
