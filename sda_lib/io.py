@@ -65,11 +65,7 @@ def _naming(path: Path):
         yield
     except OSError as err:
         if err.errno in (errno.ENOSPC, errno.EDQUOT) or _full(path.parent):
-            raise OSError(
-                errno.ENOSPC,
-                f"no space left on the device holding {path} while writing it: {path} keeps its "
-                f"previous content (if any); free space there ({_free(path.parent)} left) and run again",
-            ) from err
+            raise _no_space(path) from err
         if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and (err.filename or "").startswith(
             str(path.parent / f".{path.name}.")
         ):
@@ -80,12 +76,16 @@ def _naming(path: Path):
         raise
     except RuntimeError as err:  # torch.save reports a short write as "unexpected pos ..."
         if _full(path.parent):
-            raise OSError(
-                errno.ENOSPC,
-                f"no space left on the device holding {path} while writing it ({err}): {path} keeps its "
-                "previous content (if any); free space there and run again",
-            ) from err
+            raise _no_space(path, f" ({err})") from err
         raise
+
+
+def _no_space(path: Path, detail: str = "") -> OSError:
+    return OSError(
+        errno.ENOSPC,
+        f"no space left on the device holding {path} while writing it{detail}: {path} keeps its previous "
+        f"content (if any); free space there ({_free(path.parent)} left) and run again",
+    )
 
 
 def _full(folder: Path) -> bool:

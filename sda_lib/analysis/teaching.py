@@ -33,7 +33,6 @@ from .alignment import alignment_report, knn, neighbourhood_overlap
 
 ATTRIBUTES = ("brand", "category", "material", "colour", "shape", "pattern")
 SURVIVAL = {"CMSA": "sda", "InfoNCE": "w-o-soft-target"}  # 06's folders (sda_lib.io.slug of the rows)
-FEATURES = ("id", "zero-shot", "sda")
 
 
 def attribute_sharing(x: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
@@ -104,7 +103,7 @@ def measure(run: str | Path, dataset, adapter_name: str = "sda") -> pd.DataFrame
         frame = frame[
             (frame["protocol"] == "sampled")
             & frame["metric"].isin(["HR@10", "NDCG@10"])
-            & frame["features"].isin([f if f != "sda" else adapter_name for f in FEATURES])
+            & frame["features"].isin(["id", "zero-shot", adapter_name])
         ]
         for (model, features, subset, metric), value in (
             frame.groupby(["model", "features", "subset", "metric"])["value"].mean().items()
