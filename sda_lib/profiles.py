@@ -24,17 +24,21 @@ PAPER_STEPS = {"beauty": 4000, "sports": 2000, "toys": 4000}
 
 
 _MINI = {"backbone": "mini"}
+_TRAIN_MINI = {**_MINI, "dropout_masks": "shared"}
 TEACHING = {
     "zero_shot": _MINI,
-    "adapt": {**_MINI, "steps": 100},
+    "adapt": {**_TRAIN_MINI, "steps": 100},
     "export": _MINI,
-    "ablations": {**_MINI, "ablation_steps": 50},
-    "gradient_conflict": {**_MINI, "conflict_steps": 20},
+    "ablations": {**_TRAIN_MINI, "ablation_steps": 40},
+    "gradient_conflict": {**_TRAIN_MINI, "conflict_steps": 20},
 }
 
 
 def default_profile(dataset: str) -> str:
-    return "paper" if dataset in AMAZON else "quick"
+    """paper on the Amazon datasets, teaching on toy (the demo), quick elsewhere (toy-tiny, your own)."""
+    if dataset in AMAZON:
+        return "paper"
+    return "teaching" if dataset == "toy" else "quick"
 
 
 def profile_parameters(profile: str, dataset: str) -> dict[str, dict]:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import concurrent.futures
 import datetime as dt
 import hashlib
 import json
@@ -38,6 +39,7 @@ import logging
 import os
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,7 +53,7 @@ from .preempt import Preempted, on_sigterm
 from .profiles import PROFILES, default_profile, profile_parameters
 from .report import build_report
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__spec__.name)  # not __name__, which is "__main__" under python -m
 NOTEBOOKS = REPO_ROOT / "notebooks"
 LIBRARY = Path(__file__).resolve().parent  # its *.py files are part of every stage's key
 RESERVED = {"dataset": "--dataset", "out_dir": "--out"}  # set by the runner itself
@@ -75,12 +77,14 @@ class Stage:
     grows: tuple[str, ...] = ()  # parameters whose change only adds settings to what is there
 
 
-def _export_outputs(p: dict) -> list[str]:
-    return [f"embeddings/{name}/manifest.json" for name in [p["adapter_name"], *p["baselines"]]]
+def _tables(*names: str) -> list[str]:
+    """The manifests of feature tables under embeddings/."""
+    return [f"embeddings/{name}/manifest.json" for name in names]
 
 
-def _export_folders(p: dict) -> list[str]:
-    return [f"embeddings/{name}{suffix}" for name in [p["adapter_name"], *p["baselines"]] for suffix in ("", ".parts")]
+def _table_folders(*names: str) -> list[str]:
+    """Feature table folders with their export chunks."""
+    return [f"embeddings/{name}{suffix}" for name in names for suffix in ("", ".parts")]
 
 
 STAGES: dict[str, Stage] = {
@@ -88,8 +92,8 @@ STAGES: dict[str, Stage] = {
     "zero_shot": Stage(
         "02_zero_shot.ipynb",
         reads=("data",),
-        outputs=lambda p: ["embeddings/zero-shot/manifest.json"],
-        resumes_from=lambda p: ["embeddings/zero-shot", "embeddings/zero-shot.parts"],
+        outputs=lambda p: _tables("zero-shot", *p["baselines"]),
+        resumes_from=lambda p: _table_folders("zero-shot", *p["baselines"]),
     ),
     "adapt": Stage(
         "03_adapt.ipynb",
@@ -98,7 +102,10 @@ STAGES: dict[str, Stage] = {
         resumes_from=lambda p: [f"adapters/{p['adapter_name']}"],
     ),
     "export": Stage(
-        "04_export.ipynb", reads=("data", "zero_shot", "adapt"), outputs=_export_outputs, resumes_from=_export_folders
+        "04_export.ipynb",
+        reads=("data", "zero_shot", "adapt"),
+        outputs=lambda p: _tables(p["adapter_name"]),
+        resumes_from=lambda p: _table_folders(p["adapter_name"]),
     ),
     "recommend": Stage(
         "05_recommend.ipynb",
@@ -265,25 +272,34 @@ def _fingerprints(out: Path, stage: str, params: dict) -> dict[str, str | None]:
 
 def _kernel_manager(env: dict[str, str]):
     """A kernel manager class that starts kernels with `env` added to this process's environment
-    (which stays as it is), and whose `running()` gives the process id of the kernel running now
+    (which stays as it is), and whose `running()` gives the process ids of the kernels running now
     (to pass SIGTERM on to: kernels run in a session of their own)."""
     from jupyter_client import AsyncKernelManager
 
     class KernelManager(AsyncKernelManager):
-        latest = None  # the provisioner of the kernel started last (the runner runs one at a time)
+        started = []  # the provisioners of the kernels started so far (stages may run at once)
 
         async def start_kernel(self, **kw):
             kw["env"] = {**os.environ, **kw.get("env", {}), **env}
             await super().start_kernel(**kw)
-            KernelManager.latest = self.provisioner
+            KernelManager.started.append(self.provisioner)
 
         @classmethod
         def running(cls) -> list[int]:
-            kernel = cls.latest
-            alive = kernel is not None and kernel.process is not None and kernel.process.poll() is None
-            return [kernel.pid] if alive else []
+            return [k.pid for k in list(cls.started) if k.process is not None and k.process.poll() is None]
 
     return KernelManager
+
+
+def default_jobs(threads: int = 1) -> int:
+    """Stages at once when not told: one on a GPU host (the stages would share the device), else as
+    many as the CPU cores hold at `threads` each, at most 3 (the stage graph never has more ready)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(3, cores // max(threads, 1)))
 
 
 def run_stages(
@@ -295,14 +311,18 @@ def run_stages(
     force: bool = False,
     progress: bool = True,
     threads: int = 1,
+    jobs: int = 1,
 ) -> Path:
     """Run `stages` (default: all, in STAGES order) for `dataset` and return the run folder.
     Stages that are current are skipped (see the module docstring); `force` reruns them anyway.
-    Each notebook kernel runs with `threads` torch/OpenMP threads (the offline presets run fastest
-    on one). Raises UsageError before running anything when a stage or parameter is wrong.
+    Up to `jobs` stages run at once, each as soon as the stages it reads are done; each notebook
+    kernel runs with `threads` torch/OpenMP threads (the offline presets run fastest on one).
+    Raises UsageError before running anything when a stage or parameter is wrong.
 
     Holds the run folder for this process (sda_lib.locks); on SIGTERM it passes the signal to the
-    stage's kernel, whose long loops checkpoint, and raises `Preempted` (sda_lib.preempt)."""
+    stages' kernels, whose long loops checkpoint, and raises `Preempted` (sda_lib.preempt)."""
+    if jobs < 1 or threads < 1:
+        raise UsageError(f"jobs and threads must be >= 1, got jobs={jobs}, threads={threads}")
     stages = list(STAGES) if not stages else stages
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
@@ -314,76 +334,123 @@ def run_stages(
     out.mkdir(parents=True, exist_ok=True)
     kernels = _kernel_manager({"OMP_NUM_THREADS": str(threads)})
     with folder_lock(out, "the runner"), on_sigterm("the runner", forward=kernels.running) as stop:
-        return _run(dataset, stages, out, defaults, profile, given, force, progress, kernels, stop)
+        return _run(dataset, stages, out, defaults, profile, given, force, progress, kernels, stop, jobs)
 
 
-def _run(dataset, stages, out: Path, defaults, profile, given, force, progress, kernels, stop) -> Path:
+def _run(dataset, stages, out: Path, defaults, profile, given, force, progress, kernels, stop, jobs) -> Path:
+    """Run the stages, up to `jobs` at once: a stage starts once the stages it reads have finished,
+    the earliest in STAGES order first (so the adapt -> export -> recommend chain leads). After a
+    failure or SIGTERM nothing new starts; what is running finishes (or checkpoints), then the
+    first failure is raised."""
+    record = _Record(out / "stages.json")
+    full = {s: {**defaults[s], **given[s], "dataset": dataset, "out_dir": str(out)} for s in STAGES}
+    context = dict(out=out, full=full, given=given, library=library_version(), profile=profile, force=force)
+    context["kernels"] = kernels
+    context["progress"] = progress and jobs == 1  # two notebooks' bars on one line read as noise
+    waiting, running, failure = list(stages), {}, None
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        while waiting or running:
+            busy = set(waiting) | set(running.values())
+            ready = [s for s in waiting if not busy.intersection(STAGES[s].reads)]
+            for stage in ready[: jobs - len(running)] if failure is None and not stop else []:
+                waiting.remove(stage)
+                label = f"[{stages.index(stage) + 1}/{len(stages)}] {stage}"
+                running[pool.submit(_run_stage, stage, label, record, stop, **context)] = stage
+            if not running:
+                break
+            finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in finished:
+                del running[future]
+                if future.exception() is not None and failure is None:
+                    failure = future.exception()
+    if failure is not None:
+        raise failure
+    if stop and waiting:
+        raise Preempted(f"stopped on SIGTERM before stage(s) {', '.join(waiting)}; run the same command again to go on")
+    report = build_report(out)
+    log.info(f"report: {report}")
+    return out
+
+
+class _Record:
+    """stages.json: what each finished stage ran on and left, shared by the stages running at once."""
+
+    def __init__(self, path: Path):
+        self.path, self.lock = path, threading.Lock()
+        self.stages = json.loads(path.read_text()) if path.exists() else {}
+
+    def get(self, stage: str) -> dict | None:
+        with self.lock:
+            return self.stages.get(stage)
+
+    def set(self, stage: str, entry: dict | None) -> None:
+        with self.lock:
+            if entry is None:
+                self.stages.pop(stage, None)
+            else:
+                self.stages[stage] = entry
+            write_json(self.path, self.stages)
+
+
+def _run_stage(stage, label, record: _Record, stop, out: Path, full, given, library, profile, force, kernels, progress):
+    """Run one stage unless it is current, and record it."""
     import papermill as pm
 
-    record_path = out / "stages.json"
-    record = json.loads(record_path.read_text()) if record_path.exists() else {}
-    full = {s: {**defaults[s], **given[s], "dataset": dataset, "out_dir": str(out)} for s in STAGES}
-    library = library_version()
-
-    for i, stage in enumerate(stages, 1):
-        spec = STAGES[stage]
-        notebook = NOTEBOOKS / spec.notebook
-        stage_params = {"dataset": dataset, "out_dir": str(out), **given[stage]}
-        inputs = _digest(
-            file_sha256(notebook),
-            library,
-            {s: _fingerprints(out, s, full[s]) for s in spec.reads},
+    spec = STAGES[stage]
+    notebook = NOTEBOOKS / spec.notebook
+    stage_params = {"dataset": full[stage]["dataset"], "out_dir": str(out), **given[stage]}
+    inputs = _digest(file_sha256(notebook), library, {s: _fingerprints(out, s, full[s]) for s in spec.reads})
+    key = _digest(inputs, stage_params)
+    executed = out / notebook.name
+    before = record.get(stage)
+    outputs = _fingerprints(out, stage, full[stage])
+    if (
+        not force
+        and before
+        and before["key"] == key
+        and before.get("outputs") == outputs
+        and all(outputs.values())
+        and executed.exists()
+    ):
+        log.info(f"{label}: up to date, skipped ({executed})")
+        return
+    if before and _changed(before, inputs, stage_params, spec.grows):
+        for folder in spec.resumes_from(full[stage]):
+            shutil.rmtree(out / folder, ignore_errors=True)
+        record.set(stage, None)  # what it computed is gone; an interrupted rerun resumes from here
+    prefix = spec.notebook.split("_")[0]
+    for old in [*out.glob(f"tables/{prefix}-*.csv"), *out.glob(f"figures/{prefix}-*.json")]:
+        old.unlink()
+    log.info(f"{label}: running {notebook.relative_to(REPO_ROOT)}")
+    start = time.perf_counter()
+    try:
+        pm.execute_notebook(
+            str(notebook),
+            str(executed),
+            parameters=stage_params,
+            cwd=os.getcwd(),  # relative paths in parameters mean what they mean where the user typed them
+            progress_bar=progress,
+            kernel_name="python3",
+            kernel_manager_class=kernels,
         )
-        key = _digest(inputs, stage_params)
-        executed = out / notebook.name
-        before = record.get(stage)
-        outputs = _fingerprints(out, stage, full[stage])
-        if (
-            not force
-            and before
-            and before["key"] == key
-            and before.get("outputs") == outputs
-            and all(outputs.values())
-            and executed.exists()
-        ):
-            log.info(f"[{i}/{len(stages)}] {stage}: up to date, skipped ({executed})")
-            continue
-        if before and _changed(before, inputs, stage_params, spec.grows):
-            for folder in spec.resumes_from(full[stage]):
-                shutil.rmtree(out / folder, ignore_errors=True)
-            del record[stage]  # what it computed is gone; an interrupted rerun resumes from here
-            write_json(record_path, record)
-        prefix = spec.notebook.split("_")[0]
-        for old in [*out.glob(f"tables/{prefix}-*.csv"), *out.glob(f"figures/{prefix}-*.json")]:
-            old.unlink()
-        log.info(f"[{i}/{len(stages)}] {stage}: running {notebook.relative_to(REPO_ROOT)}")
-        start = time.perf_counter()
-        try:
-            pm.execute_notebook(
-                str(notebook),
-                str(executed),
-                parameters=stage_params,
-                cwd=os.getcwd(),  # relative paths in parameters mean what they mean where the user typed them
-                progress_bar=progress,
-                kernel_name="python3",
-                kernel_manager_class=kernels,
-            )
-        except Exception as err:
-            if stop:  # the kernel took the SIGTERM passed on to it: checkpointed (Preempted) or killed
-                raise Preempted(
-                    f"stage {stage!r} stopped on SIGTERM; run the same command again to resume it from "
-                    f"its last checkpoint (executed copy so far: {executed})"
-                ) from None
-            if not isinstance(err, pm.PapermillExecutionError):
-                raise
-            first_line = next((ln for ln in err.source.splitlines() if ln.strip()), "")
-            raise StageFailed(
-                f"stage {stage!r} failed in {notebook.relative_to(REPO_ROOT)}, in the cell starting "
-                f"{first_line!r} (execution {err.exec_count}): {err.ename}: {err.evalue}\n"
-                f"  the executed copy with the full traceback: {executed}"
+    except Exception as err:
+        if stop:  # the kernel took the SIGTERM passed on to it: checkpointed (Preempted) or killed
+            raise Preempted(
+                f"stage {stage!r} stopped on SIGTERM; run the same command again to resume it from "
+                f"its last checkpoint (executed copy so far: {executed})"
             ) from None
-        seconds = time.perf_counter() - start
-        record[stage] = {
+        if not isinstance(err, pm.PapermillExecutionError):
+            raise
+        first_line = next((ln for ln in err.source.splitlines() if ln.strip()), "")
+        raise StageFailed(
+            f"stage {stage!r} failed in {notebook.relative_to(REPO_ROOT)}, in the cell starting "
+            f"{first_line!r} (execution {err.exec_count}): {err.ename}: {err.evalue}\n"
+            f"  the executed copy with the full traceback: {executed}"
+        ) from None
+    seconds = time.perf_counter() - start
+    record.set(
+        stage,
+        {
             "key": key,
             "inputs": inputs,
             "params": stage_params,
@@ -391,14 +458,9 @@ def _run(dataset, stages, out: Path, defaults, profile, given, force, progress, 
             "outputs": _fingerprints(out, stage, full[stage]),
             "seconds": round(seconds, 1),
             "completed": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        }
-        write_json(record_path, record)
-        log.info(f"[{i}/{len(stages)}] {stage}: done in {seconds:.1f} s")
-        if stop and i < len(stages):
-            raise Preempted(f"stopped on SIGTERM after stage {stage!r}; run the same command again to go on")
-    report = build_report(out)
-    log.info(f"report: {report}")
-    return out
+        },
+    )
+    log.info(f"{label}: done in {seconds:.1f} s")
 
 
 def _changed(before: dict, inputs: str, params: dict, grows: tuple[str, ...]) -> bool:
@@ -454,10 +516,24 @@ def main(argv: list[str] | None = None) -> int:
         help="torch/OpenMP threads in each notebook kernel (default 1: the small presets "
         "run fastest on one, and a shared machine does not thrash)",
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        help="stages run at once, each when the stages it reads are done (default: 1 on a GPU host, "
+        "where they would share the device; else the CPU cores / --threads, at most 3)",
+    )
     args = parser.parse_args(argv)
+    jobs = args.jobs if args.jobs is not None else default_jobs(args.threads)
     try:
         out = run_stages(
-            args.dataset, args.stages, args.out, args.run, dict(args.params), args.force, threads=args.threads
+            args.dataset,
+            args.stages,
+            args.out,
+            args.run,
+            dict(args.params),
+            args.force,
+            threads=args.threads,
+            jobs=jobs,
         )
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -8,9 +8,10 @@ import torch
 from safetensors.torch import load_file
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from sda_lib import adapt
+from sda_lib import adapt, adapters, moda
 from sda_lib.adapt import AdaptConfig, batch_items, text_view, train_adapter
 from sda_lib.backbone import load_backbone
+from sda_lib.cmsa import cmsa_loss
 from sda_lib.data import DataError, load_prepared
 
 FAST = dict(steps=4, batch_size=8, checkpoint_every=2, lr=1e-3)
@@ -36,6 +37,8 @@ def test_text_view_drops_and_shuffles():
 def test_config_errors():
     with pytest.raises(ValueError, match="unknown loss 'mse'"):
         AdaptConfig(loss="mse")
+    with pytest.raises(ValueError, match="unknown dropout_masks 'each'"):
+        AdaptConfig(dropout_masks="each")
     with pytest.raises(ValueError, match="not divisible"):
         train_adapter(load_backbone("tiny"), None, AdaptConfig(r=6, experts=4), "/nonexistent")
 
@@ -189,3 +192,38 @@ def test_variants_train(toy_tiny, tmp_path, kind, loss):
         progress=False,
     )
     assert np.isfinite(record["final_loss"]) and (tmp_path / "adapter").is_dir()
+
+
+def test_the_two_halves_give_the_mixed_batch_loss(toy_tiny):
+    """Each modality's rows run as their own forward, padded to their own longest row; the loss
+    equals the loss of one right-padded mixed batch routed row by row (padding changes nothing)."""
+    lvlm = load_backbone("tiny")
+    adapters.attach(lvlm.model, "moda", dropout=0.0)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in lvlm.model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)  # B starts at 0: make the routing count
+    config = AdaptConfig(batch_size=6)
+    objective = adapt.AlignmentObjective(lvlm, config, gather=False)
+    items = batch_items(0, toy_tiny.n_items, 6, 0)
+    halves = adapt.pair_batch(lvlm, toy_tiny.item_fields(), toy_tiny.image_paths(), items, config, 0)
+    assert [m for _, m in halves] == [moda.TEXT, moda.IMAGE]
+    text, image = (inputs["attention_mask"] for inputs, _ in halves)
+    assert text.shape[1] != image.shape[1]  # so the halves pad differently from a mixed batch
+
+    fields, paths = toy_tiny.item_fields(), toy_tiny.image_paths()
+    mixed = lvlm.inputs(texts=[fields[i] for i in items], images=[adapt.load_image(paths[i]) for i in items])
+    with torch.no_grad(), adapters.modality(lvlm.model, [moda.TEXT] * 6 + [moda.IMAGE] * 6):
+        e = lvlm.encoder(**mixed)
+        expected = cmsa_loss(e[:6], e[6:], objective.temperature(), config.cmsa_form)
+        assert torch.allclose(objective(halves), expected, atol=1e-5)
+
+
+def test_dropout_masks_setting_reaches_the_moda_layers(toy_tiny, tmp_path):
+    lvlm = load_backbone("tiny")
+    config = AdaptConfig(**{**FAST, "steps": 1}, dropout_masks="shared")
+    record = train_adapter(lvlm, toy_tiny, config, tmp_path, progress=False)
+    layers = moda.moda_layers(lvlm.model).values()
+    assert layers and not any(layer.per_expert_masks for layer in layers)
+    assert record["config"]["dropout_masks"] == "shared"

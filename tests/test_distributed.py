@@ -47,8 +47,7 @@ def one_step(data_folder, out_file, gather=True, loss="cmsa"):
     accelerator = Accelerator(cpu=True)
     objective = accelerator.prepare(AlignmentObjective(lvlm, config, gather=gather))
     items = local_share(batch_items(0, data.n_items, N_ITEMS, config.seed), accelerator)
-    inputs, ids = pair_batch(lvlm, data.item_fields(), data.image_paths(), items, config, 0)
-    loss = objective(torch.tensor(ids), **inputs)
+    loss = objective(pair_batch(lvlm, data.item_fields(), data.image_paths(), items, config, 0))
     accelerator.backward(loss)
     plain = accelerator.unwrap_model(objective)
     grads = {n: p.grad.clone() for n, p in plain.named_parameters() if p.requires_grad}

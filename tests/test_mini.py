@@ -77,6 +77,7 @@ def test_vision_trunk_remembers_each_image_once(monkeypatch):
     """The frozen trunk computes an image's features once; repeats and later batches read them back,
     equal to a fresh computation, and the memory keeps only the last MEMORY images."""
     trunk = fresh().model.vision
+    trunk.store = None  # memory only (the store has its own test)
     pixels = torch.stack([mini.efficientnet_pixels(im, 64) for im in pictures(3, seed=1)])
     computed = []
     features = trunk.features
@@ -89,6 +90,38 @@ def test_vision_trunk_remembers_each_image_once(monkeypatch):
     monkeypatch.setattr(trunk, "MEMORY", 2)
     trunk(pixels[[0]])
     assert len(trunk.memory) == 2 and computed == [2, 1]
+
+
+def test_vision_trunk_store_serves_a_new_process_and_heals(tmp_path, monkeypatch, caplog):
+    """Features kept in the store are read back by a fresh trunk (another stage's process) instead
+    of computed, equal to a computation; a damaged entry is computed and rewritten; a store that
+    cannot be written only costs the caching, with a warning."""
+    pixels = torch.stack([mini.efficientnet_pixels(im, 64) for im in pictures(2, seed=2)])
+    writer = fresh().model.vision
+    writer.store = tmp_path / "trunk"
+    expected = writer(pixels)
+    entries = sorted(writer.store.iterdir())
+    assert len(entries) == 2 and all(e.name.endswith("-float32.safetensors") for e in entries)
+
+    reader, computed = fresh().model.vision, []
+    reader.store, reader.memory = writer.store, type(reader.memory)()
+    features = reader.features
+    monkeypatch.setattr(reader, "features", lambda x: computed.append(len(x)) or features(x))
+    assert torch.equal(reader(pixels), expected) and computed == []
+
+    entries[0].write_bytes(b"not safetensors")
+    reader.memory.clear()
+    healed = reader(pixels)
+    assert torch.allclose(healed, expected, atol=1e-3) and computed == [1]  # computed alone, not in a pair
+    reader.memory.clear()
+    assert torch.equal(reader(pixels), healed) and computed == [1]  # rewritten whole
+
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    reader.store, reader.memory = blocked / "trunk", type(reader.memory)()
+    with caplog.at_level("WARNING"):
+        assert torch.allclose(reader(pixels), expected, atol=1e-3)
+    assert reader.store is None and "not keeping vision features" in caplog.text
 
 
 def test_prompt_lengths_are_the_unpadded_rows():

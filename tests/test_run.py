@@ -236,6 +236,63 @@ def test_threads_reach_the_kernel_without_touching_this_process(two_stages, monk
     assert "OMP_NUM_THREADS" not in os.environ
 
 
+SLEEP = """\
+import json, time
+from pathlib import Path
+start = time.time()
+time.sleep(seconds)
+if fail:
+    raise RuntimeError("planned failure")
+Path(out_dir, f"{name}.json").write_text(json.dumps({"start": start, "end": time.time()}))
+"""
+
+
+@pytest.fixture
+def diamond(outputs, tmp_path, monkeypatch):
+    """Stages a and b read nothing and sleep 3 s; c reads both."""
+    folder = tmp_path / "nb"
+    folder.mkdir()
+    for name, seconds in (("a", 3), ("b", 3), ("c", 0)):
+        _write_notebook(
+            folder,
+            f"9{name}.ipynb",
+            f'dataset = "x"\nout_dir = None\nname = "{name}"\nseconds = {seconds}\nfail = False',
+            SLEEP,
+        )
+    monkeypatch.setattr(runner, "NOTEBOOKS", folder)
+    monkeypatch.setattr(runner, "REPO_ROOT", tmp_path)
+    stages = {n: runner.Stage(f"9{n}.ipynb", outputs=lambda p, n=n: [f"{n}.json"]) for n in "ab"}
+    stages["c"] = runner.Stage("9c.ipynb", reads=("a", "b"), outputs=lambda p: ["c.json"])
+    monkeypatch.setattr(runner, "STAGES", stages)
+    return outputs / "toy-tiny" / "default"
+
+
+def _times(out, name):
+    return json.loads((out / f"{name}.json").read_text())
+
+
+@pytest.mark.slow
+def test_jobs_run_independent_stages_at_once_and_wait_for_what_a_stage_reads(diamond):
+    runner.run_stages("toy-tiny", progress=False, jobs=2)
+    a, b, c = (_times(diamond, n) for n in "abc")
+    assert a["start"] < b["end"] and b["start"] < a["end"], "a and b did not overlap"
+    assert c["start"] >= max(a["end"], b["end"])
+    assert set(json.loads((diamond / "stages.json").read_text())) == {"a", "b", "c"}
+
+
+@pytest.mark.slow
+def test_a_failure_lets_the_running_stage_finish_and_starts_nothing_that_reads_it(diamond):
+    with pytest.raises(runner.StageFailed, match="stage 'b' failed.*planned failure"):
+        runner.run_stages("toy-tiny", params={"b.fail": True}, progress=False, jobs=2)
+    assert (diamond / "a.json").exists() and not (diamond / "c.json").exists()
+    assert set(json.loads((diamond / "stages.json").read_text())) == {"a"}  # a is kept: a rerun skips it
+
+
+def test_jobs_and_threads_must_be_positive(outputs):
+    with pytest.raises(runner.UsageError, match="jobs and threads must be >= 1"):
+        runner.run_stages("toy-tiny", ["data"], jobs=0)
+
+
 @pytest.mark.slow
 def test_kernels_run_where_the_user_typed_the_command(two_stages, tmp_path, monkeypatch):
     """`-p source=../data/beauty` names a folder relative to the shell, not to notebooks/."""
@@ -428,14 +485,31 @@ def test_profiles_fill_only_what_the_command_line_leaves_open():
     assert smoke["adapt"]["steps"] == 5 and smoke["export"]["backbone"] == "tiny"
     assert smoke["ablations"]["ablation_steps"] == 4000  # the command line left this one open
 
-    profile, toy = runner.profiled_parameters("toy", {}, stages, declared)
-    assert profile == "quick" and toy == {s: {} for s in runner.STAGES}
-    _, teaching = runner.profiled_parameters("toy", {"profile": "teaching"}, stages, declared)
+    profile, toy_tiny = runner.profiled_parameters("toy-tiny", {}, stages, declared)
+    assert profile == "quick" and toy_tiny == {s: {} for s in runner.STAGES}
+    profile, teaching = runner.profiled_parameters("toy", {}, stages, declared)
+    assert profile == "teaching"  # the demo's default
     backbones = {s: p["backbone"] for s, p in teaching.items() if "backbone" in declared[s]}
     assert set(backbones.values()) == {"mini"} and len(backbones) == 5  # every stage that embeds
     sizes = teaching["adapt"]["steps"], teaching["ablations"]["ablation_steps"], teaching["gradient_conflict"]
-    assert sizes[:2] == (100, 50) and sizes[2]["conflict_steps"] == 20 and teaching["recommend"] == {}
+    assert sizes[:2] == (100, 40) and sizes[2]["conflict_steps"] == 20 and teaching["recommend"] == {}
+    trained = {s for s, p in teaching.items() if p.get("dropout_masks") == "shared"}
+    assert trained == {"adapt", "ablations", "gradient_conflict"}
     profile, toy_paper = runner.profiled_parameters("toy", {"profile": "paper"}, stages, declared)
     assert profile == "paper" and toy_paper["adapt"]["steps"] == 4000
     with pytest.raises(runner.ParameterError, match="profile='fast': choose one of paper, quick, teaching"):
         runner.profiled_parameters("toy", {"profile": "fast"}, stages, declared)
+
+
+@pytest.mark.slow
+def test_the_command_line_shows_each_stage(outputs):
+    """Under `python -m` the module is __main__; its progress lines must still reach stderr."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SDA_OUTPUTS": str(outputs)}
+    command = [sys.executable, "-m", "sda_lib.run", "--dataset", "toy-tiny", "--stages", "data"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=runner.REPO_ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "[1/1] data: running notebooks/01_data.ipynb" in result.stderr
+    assert re.search(r"\[1/1\] data: done in [\d.]+ s", result.stderr)
