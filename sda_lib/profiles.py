@@ -5,12 +5,13 @@
   recommender budget (docs/FIDELITY.md gives the source of each value). On S3-Rec's preprocessed
   files, which the authors' recipe cannot read, add `-p data.recipe=5core`.
 - `quick`: the notebooks' own defaults, sized for 2 CPU cores (the random `tiny` preset); the
-  default on toy, toy-tiny and a user's own datasets.
+  default on toy-tiny and a user's own datasets.
 - `teaching`: the quick settings on the `mini` backbone (real pretrained weights, so the demo shows
-  what SDA keeps and separates; sda_lib.mini), with shorter adaptation runs: 100 steps (03), 50 per
-  ablation variant (06), 20 for each adapter of the gradient-conflict study (07). A MoDA step of
-  mini costs 6-7 CPU-seconds, so the whole toy job takes about half an hour on one thread (README,
-  "Teaching with the workbench").
+  what SDA keeps and separates; sda_lib.mini), the default on toy. Shorter adaptation runs: 100
+  steps (03), 40 per ablation variant (06), 20 for each adapter of the gradient-conflict study
+  (07); and one dropout mask shared by MoDA's experts (a mini step on 2 CPU threads 1.22 s instead
+  of 2.18 s; docs/FIDELITY.md). With the runner's two jobs on 2 cores the toy job takes about 9
+  minutes (README).
 
 A profile only fills what the command line leaves open: `-p adapt.steps=5` wins over the profile.
 """

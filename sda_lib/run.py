@@ -3,13 +3,17 @@
     python -m sda_lib.run --dataset toy [--stages data,adapt] [--run NAME | --out DIR] [-p [stage.]key=value ...]
 
 Executed copies land in `outputs/<dataset>/<run>/`, with `report.html` built from what the
-stages saved (see sda_lib.report). The first failing stage stops the run, naming the notebook and
-cell.
+stages saved (see sda_lib.report). The first failing stage stops the run (stages already running
+finish), naming the notebook and cell.
 
 Profiles (sda_lib.profiles): `-p profile=paper` runs the authors' experiment (the default on the
-Amazon datasets), `-p profile=quick` the notebooks' own CPU-sized defaults (the default on toy),
-`-p profile=teaching` the quick settings on the pretrained `mini` backbone; a profile fills only
-what the command line leaves open.
+Amazon datasets), `-p profile=teaching` the notebooks' CPU-sized settings on the pretrained `mini`
+backbone (the default on toy), `-p profile=quick` the notebooks' own defaults on the random `tiny`
+preset (the default on toy-tiny and your own data); a profile fills only what the command line
+leaves open.
+
+Stages run `--jobs` at a time (default: one per core, at most 3; one on a GPU host), each once the
+stages it reads (STAGES) are done.
 
 Parameters: `-p key=value` goes to every stage whose notebook declares `key`; `-p stage.key=value`
 (e.g. `-p adapt.steps=800`) to that stage only, and wins over an unscoped value. A key no stage
