@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .io import atomic_path, read_json, slug
-from .paths import REPO_ROOT
+from .paths import REPO_ROOT, outputs_root
 
 PACKAGES = (
     "torch",
@@ -105,6 +105,12 @@ def build_report(run_dir: str | Path, data_dir: str | Path | None = None) -> Pat
             )
             first_figure = False
         sections.append((title, body))
+    scaling = outputs_root() / "bench" / "scaling.json"  # the latest `python -m sda_lib.bench scaling`
+    if scaling.is_file():
+        fig = pio.from_json(scaling.read_text())
+        body = fig.to_html(full_html=False, include_plotlyjs="inline" if first_figure else False, default_width="100%")
+        note = "python -m sda_lib.bench scaling, on the machine named in the title; not part of this run"
+        sections.append(("Scaling of this workbench", body + f'<p class="note">{note}</p>'))
     sections.append(("Parameters", _params_table(stages)))
     sections.append(("Software", _versions_table()))
     notebooks = sorted(run_dir.glob("*.ipynb"))

@@ -186,3 +186,24 @@ def test_synthetic_catalogue_keeps_beauty_proportions():
     assert len(lengths) == round(2000 * USERS_PER_ITEM) and lengths.min() >= 5
     assert abs(lengths.mean() - MEAN_LENGTH) < 0.3
     assert set(catalogue.interactions["item_id"]) <= set(catalogue.items["item_id"])
+
+
+def test_scaling_figure_reaches_every_run_report(outputs):
+    """The scaling benchmark's figure is written as HTML and as JSON beside it; a run's report then
+    shows it in its own section, and a report without it has no such section."""
+    from sda_lib.bench.scaling import FIGURE, write_figure
+    from sda_lib.report import build_report
+
+    run = outputs / "toy" / "default"
+    run.mkdir(parents=True)
+    assert "Scaling of this workbench" not in build_report(run).read_text()
+    rows = [
+        {"items": n, "prepare s": n / 1e3, "epoch s": n / 500, "full ranking s": (n / 1e3) ** 2, "export s (tiny)": 1.0}
+        | {"prepare peak MiB": 100.0, "train peak MiB": 200.0, "ranking peak MiB": 300.0}
+        for n in (10_000, 100_000)
+    ]
+    figure = outputs / "bench" / FIGURE
+    write_figure(rows, {"full ranking s": 2.0}, figure, "test machine")
+    assert figure.is_file() and json.loads(figure.with_suffix(".json").read_text())["data"]
+    page = build_report(run).read_text()
+    assert "Scaling of this workbench" in page and "full ranking s (k=2.0)" in page

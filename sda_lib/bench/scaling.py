@@ -11,6 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..io import atomic_path
 from .core import Measurement, Options, in_fresh_process, peak_rss_mb, reset_peak_rss, synthetic_dataset
 
 SCALES = (10_000, 100_000, 1_000_000)
@@ -203,8 +204,9 @@ def scaling(options: Options) -> Measurement:
 
 
 def write_figure(rows: list[dict], exponents: dict, path: Path, machine: str) -> None:
-    """Log-log curves of time and peak memory against items, the fitted exponent in each legend;
-    plotly HTML that loads plotly.js from its CDN (a few KB)."""
+    """Log-log curves of time and peak memory against items, the fitted exponent in each legend:
+    plotly HTML that loads plotly.js from its CDN (a few KB), and the figure's JSON beside it, which
+    every run's report.html shows (sda_lib.report)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -225,5 +227,7 @@ def write_figure(rows: list[dict], exponents: dict, path: Path, machine: str) ->
     fig.update_xaxes(type="log", title_text="items")
     fig.update_yaxes(type="log")
     fig.update_layout(title=f"Cost against catalogue size (fitted: cost ~ items^k); {machine}", width=1100, height=450)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(path, include_plotlyjs="cdn")
+    with atomic_path(path) as tmp:
+        fig.write_html(tmp, include_plotlyjs="cdn")
+    with atomic_path(path.with_suffix(".json")) as tmp:
+        tmp.write_text(fig.to_json())
