@@ -192,10 +192,10 @@ class VisionTrunk(nn.Module):
 
     def _recall(self, key: tuple) -> bool:
         """Load `key`'s features from the store into memory; False when not stored (or unreadable)."""
-        if self.store is None or not self._file(key).is_file():
+        if self.store is None or not (entry := self._file(key)).is_file():
             return False
         try:
-            self.memory[key] = load_file(self._file(key))["features"].to(key[1])
+            self.memory[key] = load_file(entry)["features"].to(key[1])
         except (SafetensorError, OSError, KeyError):
             return False  # a damaged entry is computed again and rewritten
         return True

@@ -68,8 +68,6 @@ def save_figure(fig, run_dir: str | Path, order: str, title: str) -> Path:
 
 def build_report(run_dir: str | Path, data_dir: str | Path | None = None) -> Path:
     """Write `<run>/report.html` from what the stages left in the run folder."""
-    import plotly.io as pio
-
     run_dir = Path(run_dir)
     stages = read_json(run_dir / "stages.json") or {}
     dataset = next((s["params"]["dataset"] for s in stages.values()), run_dir.parent.name)
@@ -96,21 +94,15 @@ def build_report(run_dir: str | Path, data_dir: str | Path | None = None) -> Pat
                     if line.strip()
                 )
         else:
-            fig = pio.from_json(path.read_text())
-            body = fig.to_html(
-                full_html=False,
-                include_plotlyjs="inline" if first_figure else False,
-                default_width="100%",
-                default_height="420px",
-            )
+            body = _figure_html(path, first_figure)
             first_figure = False
         sections.append((title, body))
     scaling = outputs_root() / "bench" / "scaling.json"  # the latest `python -m sda_lib.bench scaling`
     if scaling.is_file():
-        fig = pio.from_json(scaling.read_text())
-        body = fig.to_html(full_html=False, include_plotlyjs="inline" if first_figure else False, default_width="100%")
         note = "python -m sda_lib.bench scaling, on the machine named in the title; not part of this run"
-        sections.append(("Scaling of this workbench", body + f'<p class="note">{note}</p>'))
+        sections.append(
+            ("Scaling of this workbench", _figure_html(scaling, first_figure) + f'<p class="note">{note}</p>')
+        )
     sections.append(("Parameters", _params_table(stages)))
     sections.append(("Software", _versions_table()))
     notebooks = sorted(run_dir.glob("*.ipynb"))
@@ -130,6 +122,20 @@ def build_report(run_dir: str | Path, data_dir: str | Path | None = None) -> Pat
     with atomic_path(out) as tmp:
         tmp.write_text(page)
     return out
+
+
+def _figure_html(path: Path, first: bool) -> str:
+    """A saved plotly figure as an HTML fragment (420 px high unless its layout says otherwise); the
+    page's first figure carries plotly.js inline."""
+    import plotly.io as pio
+
+    fig = pio.from_json(path.read_text())
+    return fig.to_html(
+        full_html=False,
+        include_plotlyjs="inline" if first else False,
+        default_width="100%",
+        default_height="420px",
+    )
 
 
 def report_numbers(path: str | Path) -> dict[str, int]:

@@ -37,6 +37,7 @@ import argparse
 import ast
 import concurrent.futures
 import datetime as dt
+import functools
 import hashlib
 import json
 import logging
@@ -348,9 +349,19 @@ def _run(dataset, stages, out: Path, defaults, profile, given, force, progress, 
     first failure is raised."""
     record = _Record(out / "stages.json")
     full = {s: {**defaults[s], **given[s], "dataset": dataset, "out_dir": str(out)} for s in STAGES}
-    context = dict(out=out, full=full, given=given, library=library_version(), profile=profile, force=force)
-    context["kernels"] = kernels
-    context["progress"] = progress and jobs == 1  # two notebooks' bars on one line read as noise
+    run_stage = functools.partial(
+        _run_stage,
+        record=record,
+        stop=stop,
+        out=out,
+        full=full,
+        given=given,
+        library=library_version(),
+        profile=profile,
+        force=force,
+        kernels=kernels,
+        progress=progress and jobs == 1,  # two notebooks' bars on one line read as noise
+    )
     waiting, running, failure = list(stages), {}, None
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
         while waiting or running:
@@ -359,14 +370,13 @@ def _run(dataset, stages, out: Path, defaults, profile, given, force, progress, 
             for stage in ready[: jobs - len(running)] if failure is None and not stop else []:
                 waiting.remove(stage)
                 label = f"[{stages.index(stage) + 1}/{len(stages)}] {stage}"
-                running[pool.submit(_run_stage, stage, label, record, stop, **context)] = stage
+                running[pool.submit(run_stage, stage, label)] = stage
             if not running:
                 break
             finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
             for future in finished:
                 del running[future]
-                if future.exception() is not None and failure is None:
-                    failure = future.exception()
+                failure = failure or future.exception()
     if failure is not None:
         raise failure
     if stop and waiting:

@@ -231,6 +231,7 @@ def train_grid(
     dataset = load_prepared(dataset) if isinstance(dataset, (str, Path)) else dataset
     frames, per_user = [], {}
     for model in models:
+        model_repr = item_repr.get(model) if isinstance(item_repr, dict) else item_repr
         for label, table in features.items():
             for seed in seeds:
                 run_out = Path(out) / model / label / f"seed{seed}" if out is not None else None
@@ -241,9 +242,7 @@ def train_grid(
                         dataset,
                         model,
                         table,
-                        (item_repr.get(model) if isinstance(item_repr, dict) else item_repr)
-                        if table is not None
-                        else None,
+                        model_repr if table is not None else None,
                         seed=seed,
                         train=train,
                         n_negatives=n_negatives,
