@@ -207,3 +207,22 @@ def test_scaling_figure_reaches_every_run_report(outputs):
     assert figure.is_file() and json.loads(figure.with_suffix(".json").read_text())["data"]
     page = build_report(run).read_text()
     assert "Scaling of this workbench" in page and "full ranking s (k=2.0)" in page
+
+
+def test_time_to_quality_curves_figure(tmp_path):
+    """The time-to-quality figure plots each library's validation curve against wall minutes, with
+    RecBole's best as a line, and lands whole at its path."""
+    from sda_lib.bench.recsys import write_curves
+
+    history = {
+        "ours": {"valid": [0.01, 0.05], "wall": [30.0, 60.0]},
+        "recbole": {"valid": [0.02, 0.04], "wall": [240.0, 480.0]},
+    }
+    path = tmp_path / "bench" / "curves.html"
+    path.parent.mkdir()
+    figure = write_curves(history, 0.04, path, "toy")
+    assert [(t.name, list(t.x), list(t.y)) for t in figure.data] == [
+        ("ours", [0.5, 1.0], [0.01, 0.05]),
+        ("recbole", [4.0, 8.0], [0.02, 0.04]),
+    ]
+    assert "RecBole's best 0.0400" in path.read_text() and not list(path.parent.glob("*.tmp*"))

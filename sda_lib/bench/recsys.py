@@ -8,6 +8,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from ..io import atomic_path
+from ..paths import outputs_root
 from .core import (
     CPU_ROUNDS,
     Measurement,
@@ -41,6 +43,7 @@ def seconds_of(target: str, repeat_arg: str, **kwargs) -> Callable[[Options], Me
     return benchmark
 
 
+CURVES_FIGURE = "recbole-time-to-quality.html"  # under outputs/bench/
 RECBOLE_SPEEDUP_TARGET = 3.0  # ours at least 3x faster to RecBole's best validation NDCG@10
 RECBOLE_METRIC_TOLERANCE = 0.02  # test metrics at most 2% below RecBole's
 RECBOLE_PATIENCE = 10  # epochs without a better validation NDCG@10, both libraries' default
@@ -111,6 +114,9 @@ def recbole_time_to_quality(options: Options) -> Measurement:
         },
         "recbole_train_sequences": peer["train_sequences"],
     }
+    figure = outputs_root() / "bench" / CURVES_FIGURE
+    write_curves(values["history"], quality, figure, options.dataset)
+    values["figure"] = str(figure)
     reached = f"{speedup:.2f}x" if speedup else "ours never reached it"
     headline = (
         f"time to RecBole's best validation NDCG@10 ({quality:.4f}): RecBole / ours = {reached} (target >= "
@@ -128,8 +134,31 @@ def recbole_time_to_quality(options: Options) -> Measurement:
         "wall time = training + one validation pass per epoch (ours: validation time averaged over the run); "
         "RecBole trains every prefix of every sequence per epoch "
         f"({peer['train_sequences']} samples), ours each user's sequence once with a loss at every position",
+        f"figure: {figure}",
     ]
     return Measurement(rows, values, headline, notes)
+
+
+def write_curves(history: dict, quality: float, path: Path, dataset: str):
+    """Validation NDCG@10 against cumulative wall time for each library, RecBole's best as a line:
+    the time-to-quality comparison as one picture (plotly HTML, plotly.js from its CDN); returns it."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for name, side in history.items():
+        minutes = [s / 60 for s in side["wall"]]
+        fig.add_trace(go.Scatter(x=minutes, y=side["valid"], mode="lines+markers", name=name))
+    fig.add_hline(y=quality, line_dash="dot", annotation_text=f"RecBole's best {quality:.4f}")
+    fig.update_layout(
+        title=f"SASRec on {dataset}: validation NDCG@10 against wall time (one core each)",
+        xaxis_title="wall minutes (training + validation)",
+        yaxis_title="validation NDCG@10 (full ranking, history masked)",
+        width=900,
+        height=450,
+    )
+    with atomic_path(path) as tmp:
+        fig.write_html(tmp, include_plotlyjs="cdn")
+    return fig
 
 
 def _our_sasrec_training(folder, epochs: int) -> dict:
