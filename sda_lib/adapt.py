@@ -33,7 +33,6 @@ from accelerate.utils import (
 from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from . import adapters
@@ -41,6 +40,7 @@ from .cmsa import FORMS as CMSA_FORMS
 from .cmsa import Temperature, cmsa_loss, infonce_loss
 from .exits import command
 from .features import item_order_checksum
+from .frontend import tqdm
 from .io import atomic_path, ensure_writable, file_sha256, read_json, write_json
 from .locks import folder_lock
 from .moda import DROPOUT_MASKS, IMAGE, TEXT

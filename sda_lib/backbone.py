@@ -41,7 +41,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import (
     AutoTokenizer,
     BatchFeature,
@@ -53,6 +52,7 @@ from transformers import (
 from transformers.initialization import no_init_weights
 from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
 
+from .frontend import tqdm
 from .moda import LANGUAGE_TARGETS
 from .prompts import Prompts
 from .registry import Registry

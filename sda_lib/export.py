@@ -15,12 +15,12 @@ import numpy as np
 import torch
 from accelerate import PartialState
 from sklearn.decomposition import PCA
-from tqdm.auto import tqdm
 
 from . import __version__, adapters
 from .adapt import load_image
 from .exits import command
 from .features import FeatureTable, item_order_checksum
+from .frontend import tqdm
 from .io import atomic_path, read_json, write_json
 from .locks import folder_lock
 from .moda import IMAGE, TEXT

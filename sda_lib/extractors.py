@@ -34,8 +34,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+
+from .frontend import tqdm
 
 EFFICIENTNET_SIZE = 224  # EfficientNet-Lite0's training resolution
 

@@ -19,6 +19,12 @@ A profile only fills what the command line leaves open: `-p adapt.steps=5` wins 
 from __future__ import annotations
 
 PROFILES = ("paper", "quick", "teaching")
+# The runner's bound on one notebook cell, in seconds (its --cell-timeout overrides it): a cell that
+# hangs fails its stage instead of holding the run for ever. The paper profile's longest cell, the
+# ablation grid (four variants of 4,000 adaptation steps, their exports and recommenders), is
+# estimated at 7-9 hours on one H100 (docs: GPU host); a day leaves room for a slower GPU. The CPU
+# profiles' longest cells take minutes on 2 cores.
+CELL_TIMEOUT = {"paper": 24 * 3600, "quick": 1800, "teaching": 1800}
 AMAZON = ("beauty", "sports", "toys")
 # MAX_STEPS of the authors' final scripts (RaoZhongtao/SDA:experiments/<dataset>/scft/CAMEL_qwen.bash).
 PAPER_STEPS = {"beauty": 4000, "sports": 2000, "toys": 4000}

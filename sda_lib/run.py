@@ -55,7 +55,7 @@ from .io import file_sha256, write_json
 from .locks import folder_lock
 from .paths import REPO_ROOT, data_dir, run_dir
 from .preempt import Preempted, on_sigterm
-from .profiles import PROFILES, default_profile, profile_parameters
+from .profiles import CELL_TIMEOUT, PROFILES, default_profile, profile_parameters
 from .report import build_report
 
 log = logging.getLogger(__spec__.name)  # not __name__, which is "__main__" under python -m
@@ -277,15 +277,16 @@ def _fingerprints(out: Path, stage: str, params: dict) -> dict[str, str | None]:
 
 def _kernel_manager(env: dict[str, str]):
     """A kernel manager class that starts kernels with `env` added to this process's environment
-    (which stays as it is), and whose `running()` gives the process ids of the kernels running now
-    (to pass SIGTERM on to: kernels run in a session of their own)."""
+    (which stays as it is; None removes a variable), and whose `running()` gives the process ids of
+    the kernels running now (to pass SIGTERM on to: kernels run in a session of their own)."""
     from jupyter_client import AsyncKernelManager
 
     class KernelManager(AsyncKernelManager):
         started = []  # the provisioners of the kernels started so far (stages may run at once)
 
         async def start_kernel(self, **kw):
-            kw["env"] = {**os.environ, **kw.get("env", {}), **env}
+            merged = {**os.environ, **kw.get("env", {}), **env}
+            kw["env"] = {name: value for name, value in merged.items() if value is not None}
             await super().start_kernel(**kw)
             KernelManager.started.append(self.provisioner)
 
@@ -294,6 +295,67 @@ def _kernel_manager(env: dict[str, str]):
             return [k.pid for k in list(cls.started) if k.process is not None and k.process.poll() is None]
 
     return KernelManager
+
+
+def execute(notebook: Path, executed: Path, parameters: dict, kernels, timeout: int | None, progress: bool):
+    """Execute `notebook` into `executed` with papermill on a kernel from `kernels`, each cell
+    bounded by `timeout` seconds (None: no bound). Returns None on success, else what went wrong:
+    {"kind": "error" | "timeout" | "dead", "source": the failing cell's code, ...}.
+
+    Two of these may run at once in threads of one process: each has its own event loop and zmq
+    context and sockets. What once hung a run for good was a widget cell: nbclient stands in for
+    the frontend of an Output widget by sending comm messages on the shell socket while it waits
+    there for the cell's reply, and the reply can then go unnoticed (jupyter/nbclient#312). The
+    runner's kernels therefore build no widgets (sda_lib.frontend), and the timeout bounds the rest."""
+    import papermill as pm
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+
+    started = []  # (index, code) of each cell as it starts, to name the one that timed out
+
+    def on_cell_execute(cell, cell_index, **_):
+        started.append((cell_index, cell.source))
+
+    try:
+        pm.execute_notebook(
+            str(notebook),
+            str(executed),
+            parameters=parameters,
+            cwd=os.getcwd(),  # relative paths in parameters mean what they mean where the user typed them
+            progress_bar=progress,
+            kernel_name="python3",
+            kernel_manager_class=kernels,
+            execution_timeout=timeout,
+            on_cell_execute=on_cell_execute,
+        )
+    except pm.PapermillExecutionError as err:
+        return {
+            "kind": "error",
+            "source": err.source,
+            "exec_count": err.exec_count,
+            "error": f"{err.ename}: {err.evalue}",
+        }
+    except (CellTimeoutError, DeadKernelError) as err:
+        cell, source = started[-1] if started else (None, "")
+        kind = "timeout" if isinstance(err, CellTimeoutError) else "dead"
+        return {"kind": kind, "source": source, "cell": cell, "timeout": timeout}
+    return None
+
+
+def failure_message(what: str, notebook: Path, executed: Path, failure: dict) -> str:
+    """One paragraph naming what failed, in which notebook and cell, why, and where to look."""
+    first_line = next((line for line in failure["source"].splitlines() if line.strip()), "")
+    where = f"in the cell starting {first_line!r}"
+    if failure["kind"] == "error":
+        why = f"{where} (execution {failure['exec_count']}): {failure['error']}"
+    else:
+        where += f" (cell {failure['cell'] + 1} of the executed copy)"
+        why = (
+            f"timed out {where}: no reply within {failure['timeout']} s; if the cell needs longer, give the "
+            "runner --cell-timeout SECONDS (0: no bound)"
+            if failure["kind"] == "timeout"
+            else f"{where}: the kernel died (killed for memory?)"
+        )
+    return f"{what} failed in {notebook}, {why}\n  the executed copy: {executed}"
 
 
 def default_jobs(threads: int = 1) -> int:
@@ -317,11 +379,15 @@ def run_stages(
     progress: bool = True,
     threads: int = 1,
     jobs: int = 1,
+    cell_timeout: int | None = None,
 ) -> Path:
     """Run `stages` (default: all, in STAGES order) for `dataset` and return the run folder.
     Stages that are current are skipped (see the module docstring); `force` reruns them anyway.
     Up to `jobs` stages run at once, each as soon as the stages it reads are done; each notebook
-    kernel runs with `threads` torch/OpenMP threads (the offline presets run fastest on one).
+    kernel runs with `threads` torch/OpenMP threads (the offline presets run fastest on one) and
+    builds no widgets (sda_lib.frontend). A cell running longer than `cell_timeout` seconds (default:
+    the profile's, sda_lib.profiles.CELL_TIMEOUT; 0: no bound) fails its stage, as does a kernel that
+    dies.
     Raises UsageError before running anything when a stage or parameter is wrong.
 
     Holds the run folder for this process (sda_lib.locks); on SIGTERM it passes the signal to the
@@ -336,13 +402,19 @@ def run_stages(
     defaults = {s: notebook_parameters(s) for s in STAGES}
     profile, given = profiled_parameters(dataset, dict(params or {}), stages, defaults)
     out = Path(out) if out is not None else run_dir(dataset, run)
+    if cell_timeout is not None and cell_timeout < 0:
+        raise UsageError(f"cell_timeout must be >= 0 seconds (0: no bound), got {cell_timeout}")
+    timeout = (CELL_TIMEOUT[profile] if cell_timeout is None else cell_timeout) or None
     out.mkdir(parents=True, exist_ok=True)
-    kernels = _kernel_manager({"OMP_NUM_THREADS": str(threads)})
+    # Headless kernels, even when this runner itself runs in a Jupyter server's kernel.
+    kernels = _kernel_manager({"OMP_NUM_THREADS": str(threads), "SDA_WIDGETS": "static", "JPY_SESSION_NAME": None})
     with folder_lock(out, "the runner"), on_sigterm("the runner", forward=kernels.running) as stop:
-        return _run(dataset, stages, out, defaults, profile, given, force, progress, kernels, stop, jobs)
+        return _run(
+            dataset, stages, out, defaults, profile, given, force, progress, kernels, timeout or None, stop, jobs
+        )
 
 
-def _run(dataset, stages, out: Path, defaults, profile, given, force, progress, kernels, stop, jobs) -> Path:
+def _run(dataset, stages, out: Path, defaults, profile, given, force, progress, kernels, timeout, stop, jobs) -> Path:
     """Run the stages, up to `jobs` at once: a stage starts once the stages it reads have finished,
     the earliest in STAGES order first (so the adapt -> export -> recommend chain leads). After a
     failure or SIGTERM nothing new starts; what is running finishes (or checkpoints), then the
@@ -360,6 +432,7 @@ def _run(dataset, stages, out: Path, defaults, profile, given, force, progress, 
         profile=profile,
         force=force,
         kernels=kernels,
+        timeout=timeout,
         progress=progress and jobs == 1,  # two notebooks' bars on one line read as noise
     )
     waiting, running, failure = list(stages), {}, None
@@ -406,10 +479,10 @@ class _Record:
             write_json(self.path, self.stages)
 
 
-def _run_stage(stage, label, record: _Record, stop, out: Path, full, given, library, profile, force, kernels, progress):
+def _run_stage(
+    stage, label, record: _Record, stop, out: Path, full, given, library, profile, force, kernels, timeout, progress
+):
     """Run one stage unless it is current, and record it."""
-    import papermill as pm
-
     spec = STAGES[stage]
     notebook = NOTEBOOKS / spec.notebook
     stage_params = {"dataset": full[stage]["dataset"], "out_dir": str(out), **given[stage]}
@@ -437,30 +510,14 @@ def _run_stage(stage, label, record: _Record, stop, out: Path, full, given, libr
         old.unlink()
     log.info(f"{label}: running {notebook.relative_to(REPO_ROOT)}")
     start = time.perf_counter()
-    try:
-        pm.execute_notebook(
-            str(notebook),
-            str(executed),
-            parameters=stage_params,
-            cwd=os.getcwd(),  # relative paths in parameters mean what they mean where the user typed them
-            progress_bar=progress,
-            kernel_name="python3",
-            kernel_manager_class=kernels,
-        )
-    except Exception as err:
+    failure = execute(notebook, executed, stage_params, kernels, timeout, progress)
+    if failure is not None:
         if stop:  # the kernel took the SIGTERM passed on to it: checkpointed (Preempted) or killed
             raise Preempted(
                 f"stage {stage!r} stopped on SIGTERM; run the same command again to resume it from "
                 f"its last checkpoint (executed copy so far: {executed})"
-            ) from None
-        if not isinstance(err, pm.PapermillExecutionError):
-            raise
-        first_line = next((ln for ln in err.source.splitlines() if ln.strip()), "")
-        raise StageFailed(
-            f"stage {stage!r} failed in {notebook.relative_to(REPO_ROOT)}, in the cell starting "
-            f"{first_line!r} (execution {err.exec_count}): {err.ename}: {err.evalue}\n"
-            f"  the executed copy with the full traceback: {executed}"
-        ) from None
+            )
+        raise StageFailed(failure_message(f"stage {stage!r}", notebook.relative_to(REPO_ROOT), executed, failure))
     seconds = time.perf_counter() - start
     record.set(
         stage,
@@ -536,6 +593,13 @@ def main(argv: list[str] | None = None) -> int:
         help="stages run at once, each when the stages it reads are done (default: 1 on a GPU host, "
         "where they would share the device; else the CPU cores / --threads, at most 3)",
     )
+    parser.add_argument(
+        "--cell-timeout",
+        type=int,
+        metavar="SECONDS",
+        help="fail a stage whose notebook cell runs longer than this (0: no bound; default: the profile's, "
+        "a day under paper, 30 minutes under the CPU profiles)",
+    )
     args = parser.parse_args(argv)
     jobs = args.jobs if args.jobs is not None else default_jobs(args.threads)
     try:
@@ -548,6 +612,7 @@ def main(argv: list[str] | None = None) -> int:
             args.force,
             threads=args.threads,
             jobs=jobs,
+            cell_timeout=args.cell_timeout,
         )
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)

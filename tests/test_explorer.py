@@ -119,12 +119,20 @@ def test_from_dataset_reads_titles_and_notes(data):
         explorer.ExplorerData.from_dataset(dataset, {"v": (TEXT[:2], IMAGE[:2])}, note_column="brand")
 
 
-def test_widget_redraws_the_panel_when_the_item_moves(data):
+def test_widget_redraws_the_panel_when_the_item_moves(data, monkeypatch):
+    monkeypatch.setenv("SDA_WIDGETS", "live")
     box = explorer.explorer_widget(data, item=0, k=1, tau=1.0)
     item_slider, panel = box.children[0].children[0], box.children[1]
     assert "item #0</b>: Amber mug" in panel.value
     item_slider.value = 3
     assert "item #3</b>: Dune lamp" in panel.value
+
+
+def test_headless_explorer_builds_no_widget(data, monkeypatch):
+    monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
+    monkeypatch.delenv("SDA_WIDGETS", raising=False)
+    note = explorer.explorer_widget(data, item=0, k=1, tau=1.0)
+    assert "static views below stand in" in note.data
 
 
 def test_umap_figure_links_each_pair():

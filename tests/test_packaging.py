@@ -147,3 +147,23 @@ def test_package_imports_form_no_cycle():
 
     for module in sorted(graph):
         visit(module, [module])
+
+
+def test_a_stuck_test_ends_the_suite_with_its_stack(tmp_path):
+    """The suite's per-test timeout (pyproject.toml) stops a test that would wait for ever."""
+    import subprocess
+
+    (tmp_path / "test_stuck.py").write_text(
+        "import threading\n\ndef test_waits_for_ever():\n    threading.Event().wait()\n"
+    )
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    assert config["timeout"] <= 30 * 60 and config["timeout_method"] == "thread"
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--timeout=2", "-o", "timeout_method=thread"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode != 0
+    assert "Timeout" in run.stdout and "test_waits_for_ever" in run.stdout  # the stuck test's stack

@@ -1,9 +1,11 @@
 """The stage runner: executes notebooks with papermill, skips current stages, names failures."""
 
 import ast
+import concurrent.futures
 import json
 import os
 import re
+import time
 from dataclasses import fields
 
 import nbformat
@@ -329,6 +331,104 @@ def test_failure_names_notebook_and_cell(outputs, tmp_path, monkeypatch):
     ):
         runner.run_stages("toy-tiny", progress=False)
     assert not (outputs / "toy-tiny" / "default" / "stages.json").exists()
+
+
+# ---------------------------------------------------------------- headless execution never hangs
+
+EXPLORER = """\
+import numpy as np
+from PIL import Image
+from sda_lib.analysis.explorer import ExplorerData, explorer_widget
+rng = np.random.default_rng(run)
+Image.new("RGB", (8, 8), "red").save(f"{out_dir}/item-{run}.png")
+spaces = {"zero-shot": (rng.normal(size=(6, 4)), rng.normal(size=(6, 4)))}
+data = ExplorerData([f"item {i}" for i in range(6)], [f"{out_dir}/item-{run}.png"] * 6, ["n"] * 6, spaces)
+explorer_widget(data, item=0, k=3, tau=1.0)
+"""
+
+# Installed in a cell, this makes the kernel run the cell and then lose its reply, as a kernel
+# client that misses the reply on its shell channel sees it (jupyter/nbclient#312).
+DROP_REPLY = """\
+session = get_ipython().kernel.session
+send = session.send
+def drop_execute_reply(stream, msg_or_type, *args, **kwargs):
+    if msg_or_type == "execute_reply":
+        session.send = send  # this once
+        return None
+    return send(stream, msg_or_type, *args, **kwargs)
+session.send = drop_execute_reply
+"""
+
+
+@pytest.mark.slow
+def test_the_explorer_cell_runs_headless_many_times_two_at_once(tmp_path, monkeypatch):
+    """The runner's kernels, two at a time from threads of one process as `--jobs 2` runs them:
+    every execution finishes (none waits on a widget), and none builds a widget."""
+    monkeypatch.setenv("JPY_SESSION_NAME", "a Jupyter server runs this test")  # the runner overrides it
+    _write_notebook(tmp_path, "explorer.ipynb", "out_dir = None\nrun = 0", EXPLORER)
+    kernels = runner._kernel_manager({"SDA_WIDGETS": "static", "JPY_SESSION_NAME": None})
+
+    def run(i):
+        parameters = {"out_dir": str(tmp_path), "run": i}
+        return runner.execute(tmp_path / "explorer.ipynb", tmp_path / f"run-{i}.ipynb", parameters, kernels, 60, False)
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        failures = list(pool.map(run, range(8)))
+    assert failures == [None] * 8
+    for i in range(8):
+        outputs = nbformat.read(tmp_path / f"run-{i}.ipynb", as_version=4).cells[-1].outputs
+        shown = [kind for output in outputs for kind in output.get("data", {})]
+        assert "application/vnd.jupyter.widget-view+json" not in shown
+        assert "static views below stand in" in outputs[0]["data"]["text/html"]
+
+
+@pytest.mark.slow
+def test_a_lost_reply_times_out_instead_of_hanging(tmp_path):
+    _write_notebook(tmp_path, "lost.ipynb", "x = 0", DROP_REPLY + "x = 1")
+    start = time.perf_counter()
+    kernels = runner._kernel_manager({})
+    failure = runner.execute(tmp_path / "lost.ipynb", tmp_path / "out.ipynb", {}, kernels, 5, False)
+    assert failure["kind"] == "timeout" and failure["cell"] == 1 and failure["timeout"] == 5
+    assert time.perf_counter() - start < 90  # a kernel start, 5 s, a shutdown
+
+
+@pytest.fixture
+def one_stage(outputs, tmp_path, monkeypatch):
+    """A one-stage runner whose notebook runs `code`."""
+
+    def make(code):
+        folder = tmp_path / "nb"
+        folder.mkdir(exist_ok=True)
+        _write_notebook(folder, "97_slow.ipynb", "dataset = 'x'\nout_dir = None", code)
+        monkeypatch.setattr(runner, "NOTEBOOKS", folder)
+        monkeypatch.setattr(runner, "REPO_ROOT", tmp_path)
+        monkeypatch.setattr(runner, "STAGES", {"slow": runner.Stage("97_slow.ipynb")})
+
+    return make
+
+
+@pytest.mark.slow
+def test_a_cell_past_its_timeout_fails_the_stage_naming_it(one_stage):
+    one_stage("import time\ntime.sleep(60)")
+    with pytest.raises(
+        runner.StageFailed,
+        match=r"stage 'slow' failed in nb/97_slow.ipynb, timed out in the cell starting 'import time' "
+        r"\(cell 3 of the executed copy\): no reply within 2 s; if the cell needs longer, give the runner "
+        r"--cell-timeout SECONDS \(0: no bound\)\n  the executed copy: .*97_slow.ipynb",
+    ):
+        runner.run_stages("toy-tiny", progress=False, cell_timeout=2)
+
+
+@pytest.mark.slow
+def test_a_kernel_that_dies_fails_the_stage(one_stage):
+    one_stage("import os\nos._exit(1)")
+    with pytest.raises(runner.StageFailed, match=r"stage 'slow' failed .* 'import os': the kernel died"):
+        runner.run_stages("toy-tiny", progress=False)
+
+
+def test_cell_timeout_must_not_be_negative(outputs):
+    with pytest.raises(runner.UsageError, match="cell_timeout must be >= 0"):
+        runner.run_stages("toy-tiny", ["data"], cell_timeout=-1)
 
 
 # ---------------------------------------------------------------- parameters

@@ -19,6 +19,7 @@ from plotly.subplots import make_subplots
 from scipy.special import rel_entr, softmax
 
 from ..display import item_card_html
+from ..frontend import live_widgets
 from .alignment import knn, l2_normalise
 
 SPACES = ("text", "image", "cross-modal")
@@ -164,9 +165,17 @@ def rows_figure(data: ExplorerData, i: int, tau: float, top: int = 10) -> go.Fig
 
 
 def explorer_widget(data: ExplorerData, item: int = 0, k: int = 5, tau: float = 1.0):
-    """Sliders for item, k and tau over the panel and the T_i/P_i figure (needs a live kernel)."""
+    """Sliders for item, k and tau over the panel and the T_i/P_i figure where a frontend can show
+    them (sda_lib.frontend); in a headless run a note instead, the notebook's static views standing
+    in (a widget there can hang the notebook client)."""
+    from IPython.display import HTML, clear_output, display
+
+    if not live_widgets():
+        return HTML(
+            "<i>Headless run: the static views below stand in for the explorer's sliders, which need "
+            "a live Jupyter kernel (SDA_WIDGETS=live builds them anyway).</i>"
+        )
     import ipywidgets as widgets
-    from IPython.display import clear_output, display
 
     item_slider = widgets.IntSlider(
         value=item, min=0, max=data.n_items - 1, description="item", continuous_update=False

@@ -38,10 +38,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from sda_lib.data import images as item_images
 from sda_lib.data.catalogue import Catalogue, DataError
+from sda_lib.frontend import tqdm
 
 CATEGORIES = {"beauty": "Beauty", "sports": "Sports_and_Outdoors", "toys": "Toys_and_Games"}
 RAW_TEXT_FIELDS = ["title", "categories", "brand", "description", "price"]

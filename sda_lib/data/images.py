@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
 from sda_lib.data.catalogue import DataError
+from sda_lib.frontend import tqdm
 from sda_lib.io import atomic_path
 
 log = logging.getLogger(__name__)

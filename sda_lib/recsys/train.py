@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
+from ..frontend import tqdm
 from ..io import digest_problem, save_with_digest
 from ..preempt import Preempted, on_sigterm
 from .base import InteractionData, Recommender
