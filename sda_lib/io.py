@@ -141,7 +141,7 @@ def ensure_writable(folder: str | os.PathLike) -> Path:
 
 def write_json(path: str | os.PathLike, obj) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=jsonable) + "\n")
 
 
 def read_json(path: str | os.PathLike):
@@ -152,7 +152,8 @@ def read_json(path: str | os.PathLike):
         return None
 
 
-def _jsonable(x):
+def jsonable(x):
+    """`json.dumps`'s `default` for numpy and torch scalars and arrays, and paths."""
     if hasattr(x, "item"):  # numpy / torch scalars
         return x.item()
     if hasattr(x, "tolist"):
@@ -184,14 +185,14 @@ def save_with_digest(path: str | os.PathLike, write) -> None:
 
 def digest_problem(path: str | os.PathLike) -> str | None:
     """What is wrong with `path` against its recorded SHA-256, or None. A file without a recorded
-    digest (written before, or cut off before it was recorded) is taken as it is."""
+    digest (cut off before it was recorded, or not written by the workbench) is not vouched for."""
     path = Path(path)
     if not path.is_file():
         return f"{path} is missing"
     try:
         recorded = _digest_file(path).read_text().strip()
     except FileNotFoundError:
-        return None
+        return f"{path} has no recorded checksum ({_digest_file(path).name} is missing)"
     if file_sha256(path) != recorded:
         return f"{path} does not match its checksum in {_digest_file(path).name} (damaged on disk)"
     return None

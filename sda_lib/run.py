@@ -53,6 +53,7 @@ from pathlib import Path
 from .exits import USAGE, command
 from .io import file_sha256, write_json
 from .locks import folder_lock
+from .names import BadName, check_dataset_name, check_name, check_path_parameters
 from .paths import REPO_ROOT, data_dir, run_dir
 from .preempt import Preempted, on_sigterm
 from .profiles import PROFILES, default_profile, profile_parameters
@@ -333,6 +334,7 @@ def run_stages(
     if unknown:
         raise UsageError(f"unknown stage(s) {', '.join(unknown)}; stages are: {', '.join(STAGES)}")
     stages = [s for s in STAGES if s in stages]
+    check_names(dataset, run if out is None else None, params or {})
     defaults = {s: notebook_parameters(s) for s in STAGES}
     profile, given = profiled_parameters(dataset, dict(params or {}), stages, defaults)
     out = Path(out) if out is not None else run_dir(dataset, run)
@@ -340,6 +342,18 @@ def run_stages(
     kernels = _kernel_manager({"OMP_NUM_THREADS": str(threads)})
     with folder_lock(out, "the runner"), on_sigterm("the runner", forward=kernels.running) as stop:
         return _run(dataset, stages, out, defaults, profile, given, force, progress, kernels, stop, jobs)
+
+
+def check_names(dataset: str, run: str | None, params: dict) -> None:
+    """Refuse, as a UsageError, a dataset or run name or a `-p` value that names a folder
+    (sda_lib.names.PATH_PARAMETERS) and is not one plain folder name: before anything is created."""
+    try:
+        check_dataset_name(dataset, "--dataset")
+        if run is not None:
+            check_name(run, "--run")
+        check_path_parameters(params)
+    except BadName as err:
+        raise UsageError(str(err)) from None
 
 
 def _run(dataset, stages, out: Path, defaults, profile, given, force, progress, kernels, stop, jobs) -> Path:
@@ -429,8 +443,8 @@ def _run_stage(stage, label, record: _Record, stop, out: Path, full, given, libr
         log.info(f"{label}: up to date, skipped ({executed})")
         return
     if before and _changed(before, inputs, stage_params, spec.grows):
-        for folder in spec.resumes_from(full[stage]):
-            shutil.rmtree(out / folder, ignore_errors=True)
+        for folder in deletable(stage, out, full):
+            shutil.rmtree(folder, ignore_errors=True)
         record.set(stage, None)  # what it computed is gone; an interrupted rerun resumes from here
     prefix = spec.notebook.split("_")[0]
     for old in [*out.glob(f"tables/{prefix}-*.csv"), *out.glob(f"figures/{prefix}-*.json")]:
@@ -475,6 +489,44 @@ def _run_stage(stage, label, record: _Record, stop, out: Path, full, given, libr
         },
     )
     log.info(f"{label}: done in {seconds:.1f} s")
+
+
+def deletable(stage: str, out: Path, full: dict[str, dict]) -> list[Path]:
+    """The folders `stage` resumes from (`full`: every stage's parameters), to delete before it
+    reruns on changed inputs, each checked to be the stage's own: inside the run folder, neither
+    another stage's folder nor above anything another stage declares (outputs or folders, with its
+    parameters here or its defaults), and not above the stage's own folders under its default
+    parameters (`adapters/` above `adapters/sda`). Names are checked before a run starts
+    (check_names); this second guard raises StageFailed instead of deleting."""
+    root = Path(os.path.abspath(out))
+
+    def declared(name: str, params: dict, kinds=("outputs", "resumes_from")) -> set[Path]:
+        spec = STAGES[name]
+        return {Path(os.path.normpath(root / p)) for kind in kinds for p in getattr(spec, kind)(params)}
+
+    others, own = set(), set()
+    for name in STAGES:
+        defaults = {**notebook_parameters(name), "dataset": full[name]["dataset"], "out_dir": str(out)}
+        if name == stage:
+            own = declared(name, defaults, ("resumes_from",))
+        else:
+            others |= declared(name, full[name]) | declared(name, defaults)
+    folders = [Path(os.path.normpath(root / f)) for f in STAGES[stage].resumes_from(full[stage])]
+    for folder in folders:
+        above = sorted(p for p in others | own if p != folder and p.is_relative_to(folder))
+        if folder == root or not folder.is_relative_to(root):
+            why = f"it is not a folder inside the run folder {root}"
+        elif folder in others:
+            why = "another stage writes it"
+        elif above:
+            why = f"it holds {above[0]} too, not only what this stage writes"
+        else:
+            continue
+        raise StageFailed(
+            f"refusing to delete {folder} before rerunning stage {stage!r}: {why}; check the names given "
+            "to its parameters"
+        )
+    return folders
 
 
 def _changed(before: dict, inputs: str, params: dict, grows: tuple[str, ...]) -> bool:

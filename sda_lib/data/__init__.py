@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import pandas as pd
 from .. import __version__
 from ..io import atomic_dir, write_json
 from ..locks import folder_lock
+from ..names import BadName, check_dataset_name, looks_like_path
 from ..paths import data_dir
 from ..registry import Registry
 from .catalogue import Catalogue, DataError
@@ -44,7 +44,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a dataset name is one folder under outputs/
 
 
 @dataclass(frozen=True)
@@ -165,11 +164,10 @@ def _resolve(name: str, kind: str | None, source: str | Path | None, out: Path |
     user's dataset prepared before (its card in `out`, default outputs/<name>/data, gives the kind
     and, unless given, the source). The recipe is checked against the kind before the source is
     looked at."""
-    if not NAME.fullmatch(name):
-        raise DataError(
-            f"dataset name {name!r} is not a plain folder name: use letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
-        )
+    try:
+        check_dataset_name(name)
+    except BadName as err:
+        raise DataError(str(err)) from None
     if kind is None:
         if name in DATASETS:
             kind = name
@@ -261,11 +259,22 @@ def prepare_dataset(
 
 
 def load_prepared(dataset: str | Path) -> PreparedDataset:
-    """A prepared dataset by name (outputs/<name>/data) or by folder."""
-    folder = Path(dataset)
-    if not folder.exists() and NAME.fullmatch(str(dataset)):
-        folder = data_dir(str(dataset))
-    return PreparedDataset.load(folder)
+    """A prepared dataset by name (outputs/<name>/data) or by folder: a Path, or text that looks
+    like a path (holding a `/`, or starting with `.` or `~`). A name is never taken as a folder of
+    the working directory, which may well be the source folder of the same name."""
+    if isinstance(dataset, Path) or looks_like_path(dataset):
+        return PreparedDataset.load(Path(dataset).expanduser())
+    try:
+        check_dataset_name(dataset)
+    except BadName as err:
+        raise DataError(f"{err} (a prepared folder is given as a path, e.g. ./{dataset}/)") from None
+    if dataset in DATASETS:
+        how = f"`python -m sda_lib.data prepare {dataset}" + (
+            " --source DIR`" if DATASETS[dataset].help_for(dataset) else "`"
+        )
+    else:
+        how = f"`python -m sda_lib.data prepare custom --name {dataset} --source DIR` (or another kind of source)"
+    return PreparedDataset.load(data_dir(dataset), how_to_prepare=how)
 
 
 def _check_out(out: Path, inputs: Inputs) -> None:
