@@ -476,6 +476,9 @@ def _run_stage(stage, label, record: _Record, stop, out: Path, full, given, libr
             f"  the executed copy with the full traceback: {executed}"
         ) from None
     seconds = time.perf_counter() - start
+    problem = unfinished(executed, [out / p for p in spec.outputs(full[stage])])
+    if problem:
+        raise StageFailed(f"stage {stage!r} did not finish: {problem}\n  the executed copy: {executed}")
     record.set(
         stage,
         {
@@ -527,6 +530,29 @@ def deletable(stage: str, out: Path, full: dict[str, dict]) -> list[Path]:
             "to its parameters"
         )
     return folders
+
+
+def unfinished(executed: Path, outputs: list[Path]) -> str | None:
+    """Why a notebook that papermill ran without an error did not finish, or None: a cell that
+    raised SystemExit (papermill takes `sys.exit(0)` for success and stops there) leaves the cells
+    after it unrun, and a stage is done only once its last cell ran and its declared `outputs`
+    exist."""
+    import nbformat
+
+    cells = [c for c in nbformat.read(executed, as_version=4).cells if c.cell_type == "code" and c.source.strip()]
+    if cells and cells[-1].get("execution_count") is None:
+        stopped = next((c for c in cells if any(o.get("output_type") == "error" for o in c.get("outputs", []))), None)
+        where = (
+            f"the cell starting {stopped.source.strip().splitlines()[0]!r} stopped it "
+            f"({next(o for o in stopped.outputs if o.get('output_type') == 'error').get('ename')})"
+            if stopped
+            else "a cell stopped it"
+        )
+        return f"its last cell never ran: {where}"
+    missing = [str(p) for p in outputs if not p.exists()]
+    if missing:
+        return f"it left no {', '.join(missing)}"
+    return None
 
 
 def _changed(before: dict, inputs: str, params: dict, grows: tuple[str, ...]) -> bool:

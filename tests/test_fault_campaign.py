@@ -11,8 +11,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from sda_lib import exits
 from sda_lib.adapt import main as adapt_main
@@ -247,3 +249,178 @@ def test_a_held_folder_is_refused_before_the_backbone_loads(main, folder, prepar
         holder.wait()
     assert "is in use by a test holder" in capsys.readouterr().err
     assert not loaded
+
+
+# ---- your own data --------------------------------------------------------------------------------
+
+
+def _shop(folder: Path, users: int = 8) -> Path:
+    """A small custom source: `users` users with 4 interactions each over 8 items, each item with an image."""
+    (folder / "img").mkdir(parents=True)
+    for i in range(8):
+        Image.new("RGB", (16, 16), (30 * i, 90, 200)).save(folder / "img" / f"i{i}.png")
+    pd.DataFrame({"item": [f"i{i}" for i in range(8)], "title": [f"thing {i}" for i in range(8)]}).assign(
+        image_path=[f"img/i{i}.png" for i in range(8)]
+    ).to_csv(folder / "items.csv", index=False)
+    rows = [(f"u{u}", f"i{(u + k) % 8}", 1_400_000_000 + 60 * k) for u in range(users) for k in range(4)]
+    pd.DataFrame(rows, columns=["user", "item", "timestamp"]).to_csv(folder / "interactions.csv", index=False)
+    return folder
+
+
+def test_a_name_is_a_name_even_beside_a_folder_of_that_name(outputs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _shop(tmp_path / "mystore")  # the README's `--source mystore`, in the working directory
+    assert data_main(["prepare", "custom", "--name", "mystore", "--source", "mystore"]) == 0
+    assert load_prepared("mystore").folder == outputs / "mystore" / "data"
+    assert load_prepared(outputs / "mystore" / "data").n_items == 8
+    with pytest.raises(DataError, match=r"prepare it with `python -m sda_lib.data prepare custom --name other "):
+        load_prepared("other")
+
+
+def test_a_source_edited_while_it_is_prepared_is_noticed(outputs, tmp_path, monkeypatch):
+    from sda_lib.data import custom
+
+    source = _shop(tmp_path / "shop")
+    real = custom.load_custom
+
+    def edited_meanwhile(interactions, items, name):
+        catalogue = real(interactions, items, name=name)
+        with open(interactions, "a") as f:  # the user's export is still being written
+            f.write("u99,i1,1400000000\nu99,i2,1400000060\nu99,i3,1400000120\n")
+        return catalogue
+
+    monkeypatch.setattr(custom, "load_custom", edited_meanwhile)
+    with pytest.raises(DataError, match=r"interactions.csv changed while shop was being prepared from it"):
+        prepare_dataset("shop", source, kind="custom")
+    assert not (outputs / "shop" / "data").exists()
+    monkeypatch.setattr(custom, "load_custom", real)
+    assert load_prepared(prepare_dataset("shop", source, kind="custom")).n_users == 9
+
+
+def test_a_bad_timestamp_is_named_at_its_row(tmp_path):
+    from sda_lib.data.custom import _timestamps
+
+    numbers = pd.Series([str(1_400_000_000 + i) for i in range(60)], dtype=object)
+    numbers[43] = "yesterday"
+    with pytest.raises(DataError, match=r"holds numbers, but data row 44 holds 'yesterday'"):
+        _timestamps(numbers, tmp_path / "interactions.csv")
+    dates = pd.Series(["2014-03-08"] * 60, dtype=object)
+    dates[43] = "08/03/2014 10:00"
+    with pytest.raises(DataError, match=r"first: data row 44, '08/03/2014 10:00'"):
+        _timestamps(dates, tmp_path / "interactions.csv")
+
+
+def test_a_deleted_source_is_named_with_a_fix_that_works(outputs, tmp_path, capsys):
+    import shutil
+
+    source = _shop(tmp_path / "shop")
+    prepare_dataset("shop", source, kind="custom")
+    shutil.move(source, tmp_path / "moved")
+    with pytest.raises(DataError) as refused:
+        load_prepared("shop")
+    message = str(refused.value)
+    assert f"prepared from the source folder {source}, which no longer exists" in message
+    assert "A source folder must outlive the datasets prepared from it" in message
+    fix = re.search(r"`python -m sda_lib.data (prepare .*?)`", message.split("no longer exists")[1]).group(1)
+    argv = fix.replace("DIR", str(tmp_path / "moved")).split()
+    assert data_main(argv) == 0, capsys.readouterr().err
+    assert load_prepared("shop").n_items == 8
+
+
+# ---- plugins ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def plugin_dir(tmp_path, monkeypatch):
+    """A folder on sys.path (and on the PYTHONPATH of child processes) for plugin modules, and a
+    registry that imports plugins afresh."""
+    from sda_lib import registry
+
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setattr(registry, "_seen_env", None)
+    return folder
+
+
+@pytest.mark.parametrize("code", [0, 3])
+def test_a_plugin_that_exits_while_imported_fails_the_command_naming_it(code, plugin_dir, monkeypatch, capsys):
+    (plugin_dir / f"exits_{code}.py").write_text(f"import sys\nsys.exit({code})\n")
+    monkeypatch.setenv("SDA_WORKBENCH_PLUGINS", f"exits_{code}")
+    assert data_main(["prepare", "toy-tiny"]) == 1
+    message = capsys.readouterr().err
+    assert (
+        f"the workbench plugin 'exits_{code}' (named in SDA_WORKBENCH_PLUGINS) exited (SystemExit({code}))" in message
+    )
+    assert "SDA_WORKBENCH_NO_PLUGINS=1 runs the workbench without plugins" in message
+
+
+def test_a_broken_installed_plugin_names_its_package_and_can_be_skipped(plugin_dir, tmp_path):
+    (plugin_dir / "broken_extension.py").write_text("raise RuntimeError('incompatible with this version')\n")
+    dist = plugin_dir / "broken_shop-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-shop\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[sda_workbench.plugins]\nshop = broken_extension\n")
+    env = {**os.environ, "SDA_OUTPUTS": str(tmp_path / "outputs")}
+    help_ = [sys.executable, "-m", "sda_lib.data", "prepare", "--help"]
+    broken = subprocess.run(help_, cwd=REPO, env=env, capture_output=True, text=True)
+    assert broken.returncode == 1 and "Traceback" not in broken.stderr
+    assert "the workbench plugin 'broken_extension' (entry point 'shop' of broken-shop 1.0) failed" in broken.stderr
+    assert "incompatible with this version" in broken.stderr and "pip uninstall broken-shop" in broken.stderr
+    skipped = subprocess.run(
+        help_, cwd=REPO, env={**env, "SDA_WORKBENCH_NO_PLUGINS": "1"}, capture_output=True, text=True
+    )
+    assert skipped.returncode == 0 and "usage: python -m sda_lib.data prepare" in skipped.stdout
+
+
+def test_a_notebook_stopped_by_system_exit_is_not_done(tmp_path):
+    import nbformat
+
+    from sda_lib.run import unfinished
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("x = 1", execution_count=1),
+        nbformat.v4.new_code_cell("import sys; sys.exit(0)"),
+    ]
+    nb.cells[1].execution_count = 2
+    nb.cells[1].outputs = [nbformat.v4.new_output("error", ename="SystemExit", evalue="0", traceback=[])]
+    nb.cells.append(nbformat.v4.new_code_cell("save_table(...)"))  # never ran
+    nbformat.write(nb, tmp_path / "stopped.ipynb")
+    assert unfinished(tmp_path / "stopped.ipynb", []) == (
+        "its last cell never ran: the cell starting 'import sys; sys.exit(0)' stopped it (SystemExit)"
+    )
+    nb.cells[2].execution_count = 3
+    nbformat.write(nb, tmp_path / "ran.ipynb")
+    assert unfinished(tmp_path / "ran.ipynb", []) is None
+    assert unfinished(tmp_path / "ran.ipynb", [tmp_path / "card.json"]) == f"it left no {tmp_path / 'card.json'}"
+
+
+HALTING = """
+import sys
+from sda_lib.data import DATASETS, DatasetSource, Inputs
+
+class Halting(DatasetSource):
+    def inputs(self, name, source, recipe, **load_kw):
+        return Inputs({}, generator={"halting": 1})
+
+    def load(self, name, source, image_dir, seed, recipe, **load_kw):
+        sys.exit(0)
+
+DATASETS.register("halting", Halting())
+"""
+
+
+@pytest.mark.slow
+def test_the_runner_does_not_record_a_stage_stopped_by_system_exit(plugin_dir, outputs, monkeypatch, capsys):
+    from sda_lib.run import main as run_main
+
+    (plugin_dir / "halting_dataset.py").write_text(HALTING)
+    monkeypatch.setenv("SDA_WORKBENCH_PLUGINS", "halting_dataset")
+    assert run_main(["--dataset", "halting", "--stages", "data"]) == 1
+    err = capsys.readouterr().err
+    assert "stage 'data' did not finish: its last cell never ran: the cell starting" in err
+    assert "(SystemExit)" in err
+    record = outputs / "halting" / "default" / "stages.json"
+    assert not record.exists() or "data" not in json.loads(record.read_text())

@@ -243,6 +243,7 @@ def prepare_dataset(
             )
             return out
         log.info(f"preparing {name} into {out}: {why}")
+        before = _fingerprint(inputs)  # taken before reading: an edit made meanwhile is noticed
         with atomic_dir(out) as tmp:
             catalogue = DATASETS[found.kind].load(
                 found.name, found.source, tmp / IMAGES_DIR, params.seed, params.recipe, **load_kw
@@ -254,6 +255,12 @@ def prepare_dataset(
             card["kind"] = found.kind
             # the inputs include the folders of the images the written items point to, hence a second write
             card["inputs"] = _fingerprint(inputs, tmp)
+            edited = _changed_inputs(before, card["inputs"], union=False)
+            if edited:
+                raise DataError(
+                    f"{', '.join(edited)} changed while {name} was being prepared from it: nothing was written; "
+                    "prepare again once it is no longer being written"
+                )
             write_json(tmp / "card.json", card)
         return out
 
@@ -320,25 +327,33 @@ def _stale(out: Path, name: str, params: PrepareParams, inputs: Inputs) -> str |
     changed = [f"{k} {before.get(k)} -> {v}" for k, v in asdict(params).items() if before.get(k) != v]
     if changed:
         return "parameters changed: " + ", ".join(changed)
-    recorded, now = card.get("inputs"), _fingerprint(inputs, out)
+    recorded = card.get("inputs")
     if not recorded:
         return "its card does not record its inputs"
+    changed = _changed_inputs(recorded, _fingerprint(inputs, out))
+    return "changed since it was prepared: " + ", ".join(changed) if changed else None
+
+
+def _changed_inputs(recorded: dict, now: dict, union: bool = True) -> list[str]:
+    """The inputs whose fingerprints differ between `recorded` and `now`: over the inputs either
+    names (`union`), or over those `recorded` names (a fingerprint taken before the items, and so
+    the folders of their images, were known)."""
     changed = [
         path
         for kind in ("files", "image_folders")
-        for path in {**recorded[kind], **now[kind]}
+        for path in ({**recorded[kind], **now[kind]} if union else recorded[kind])
         if recorded[kind].get(path) != now[kind].get(path)
     ]
     if recorded["generator"] != now["generator"]:
         changed.append("the toy generator")
-    return "changed since it was prepared: " + ", ".join(changed) if changed else None
+    return changed
 
 
-def _fingerprint(inputs: Inputs, folder: Path) -> dict:
+def _fingerprint(inputs: Inputs, folder: Path | None = None) -> dict:
     """Size and modification time of each source table, and a summary of each image folder read
-    (the --images folder or cache, and the folders of the images the items in `folder` point to),
-    so a corrected file, a new or replaced image is noticed."""
-    paths = pd.read_parquet(folder / "items.parquet", columns=["image_path"])["image_path"].unique()
+    (the --images folder or cache, and, given the prepared `folder`, the folders of the images its
+    items point to), so a corrected file, a new or replaced image is noticed."""
+    paths = pd.read_parquet(folder / "items.parquet", columns=["image_path"])["image_path"].unique() if folder else []
     image_folders = {f for option, f in inputs.folders.items() if option != "--source"}
     image_folders |= {Path(p).parent for p in paths if Path(p).is_absolute()}  # toy images are inside
     return {
