@@ -20,15 +20,16 @@ log = logging.getLogger(__name__)
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
-    """Yield a temporary sibling path; rename it onto `path` only if the block succeeds."""
-    path = Path(path)
+    """Yield a temporary sibling path; rename it onto `path` only if the block succeeds. A `path`
+    that is a symbolic link is written through: the file it points to is replaced, the link stays."""
+    path = _through_link(Path(path))
     with _naming(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         try:
             yield Path(tmp)
-            os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are meant to be read by others
+            os.chmod(tmp, 0o666 & ~umask())  # mkstemp creates 0600; the file gets what the user's umask allows
             os.replace(tmp, path)
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -37,14 +38,16 @@ def atomic_path(path: str | os.PathLike):
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike):
-    """Yield a temporary sibling folder; it replaces `path` only once the block completes."""
-    path = Path(path)
+    """Yield a temporary sibling folder; it replaces `path` only once the block completes. A `path`
+    that is a symbolic link (e.g. a data folder kept on another disk) is written through: the
+    folder it points to is replaced there, the link stays."""
+    path = _through_link(Path(path))
     with _naming(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
         try:
             yield tmp
-            os.chmod(tmp, 0o755)  # mkdtemp creates 0700; shared storage needs the group to read it
+            os.chmod(tmp, 0o777 & ~umask())  # mkdtemp creates 0700; the folder gets what the user's umask allows
             if path.exists():
                 old = path.with_name(f".{path.name}.old")
                 shutil.rmtree(old, ignore_errors=True)
@@ -55,6 +58,24 @@ def atomic_dir(path: str | os.PathLike):
                 os.replace(tmp, path)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _through_link(path: Path) -> Path:
+    """Where a write of `path` lands: the target of a symbolic link, `path` itself otherwise."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+def umask() -> int:
+    """The process's file mode creation mask: read from /proc where there is one, so that no
+    other thread ever sees it changed."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager

@@ -111,16 +111,10 @@ def reading(folder: str | os.PathLike, what: str):
 def _open_shared(folder: Path, what: str) -> int | None:
     path = lock_file(folder)
     while True:
-        try:
-            fd = _open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            try:
-                fd = _open(path, os.O_RDWR | os.O_CREAT)
-            except OSError as err:
-                if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT):
-                    log.debug(f"reading {folder} without a lock: {path} cannot be created ({err.strerror})")
-                    return None
-                raise
+        fd = _open_for_reading(path)
+        if fd is None:
+            log.debug(f"reading {folder} without a lock: {path} cannot be opened or created here")
+            return None
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -135,11 +129,29 @@ def _open_shared(folder: Path, what: str) -> int | None:
         os.close(fd)  # the writer removed the file we waited on: lock the current one
 
 
+def _open_for_reading(path: Path) -> int | None:
+    """The lock file opened (created if missing) for a shared lock, or None where this process may
+    not open or create it (another user's file, a read-only folder, no folder yet)."""
+    for flags in (os.O_RDONLY, os.O_RDWR | os.O_CREAT):
+        try:
+            return _open(path, flags)
+        except LockFileError:
+            raise
+        except FileNotFoundError:
+            continue
+        except OSError as err:
+            if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                return None
+            raise
+    return None
+
+
 def _release_shared(folder: Path, fd: int) -> None:
-    """Drop a shared lock, removing the lock file when no one else holds it."""
+    """Drop a shared lock, removing the lock file when no one else holds it and no writer wrote in
+    it (a writer that died leaves its name there, for the next writer to warn about)."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        if _same_file(fd, lock_file(folder)):
+        if _same_file(fd, lock_file(folder)) and os.fstat(fd).st_size == 0:
             with contextlib.suppress(OSError):
                 os.unlink(lock_file(folder))
     except BlockingIOError:

@@ -236,6 +236,14 @@ def _names(defaults: dict) -> str:
 
 
 def check_type(name: str, value, stage: str, default) -> None:
+    """Refuse (ParameterError) a value papermill cannot pass to a notebook as it is, or one of
+    another type than the notebook's default (any passable value goes where the default is None)."""
+    unpassable = _unpassable(value)
+    if unpassable:
+        raise ParameterError(
+            f"-p {name}={value!r}: {unpassable} cannot be passed to a notebook (papermill passes text, numbers, "
+            "True/False, None, and lists and dicts of them with text keys); write a list [...] for a tuple or set"
+        )
     if default is None or default is _ANY:
         return
     expected = type(default)
@@ -248,6 +256,21 @@ def check_type(name: str, value, stage: str, default) -> None:
             f"-p {name}={value!r}: stage {stage!r} expects {expected.__name__} for {name.split('.')[-1]} "
             f"(default {default!r}), got {type(value).__name__}{hint}"
         )
+
+
+def _unpassable(value) -> str | None:
+    """What in `value` papermill would turn into its text instead of passing it (a tuple, set,
+    bytes, complex number, a dict key that is not text), or None."""
+    if isinstance(value, (str, bool, int, float, type(None))):
+        return None
+    if isinstance(value, list):
+        return next(filter(None, map(_unpassable, value)), None)
+    if isinstance(value, dict):
+        key = next((k for k in value if not isinstance(k, str)), None)
+        if key is not None:
+            return f"a dict key that is not text ({key!r})"
+        return next(filter(None, map(_unpassable, value.values())), None)
+    return f"a {type(value).__name__}"
 
 
 def library_version() -> str:
@@ -537,18 +560,18 @@ def unfinished(executed: Path, outputs: list[Path]) -> str | None:
     raised SystemExit (papermill takes `sys.exit(0)` for success and stops there) leaves the cells
     after it unrun, and a stage is done only once its last cell ran and its declared `outputs`
     exist."""
-    import nbformat
-
-    cells = [c for c in nbformat.read(executed, as_version=4).cells if c.cell_type == "code" and c.source.strip()]
+    cells = [
+        {**c, "source": "".join(c["source"]).strip()}
+        for c in json.loads(Path(executed).read_text())["cells"]
+        if c["cell_type"] == "code" and "".join(c["source"]).strip()
+    ]
     if cells and cells[-1].get("execution_count") is None:
-        stopped = next((c for c in cells if any(o.get("output_type") == "error" for o in c.get("outputs", []))), None)
-        where = (
-            f"the cell starting {stopped.source.strip().splitlines()[0]!r} stopped it "
-            f"({next(o for o in stopped.outputs if o.get('output_type') == 'error').get('ename')})"
-            if stopped
-            else "a cell stopped it"
-        )
-        return f"its last cell never ran: {where}"
+        errors = [(c, o) for c in cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+        if not errors:
+            return "its last cell never ran"
+        cell, error = errors[0]
+        first_line = cell["source"].splitlines()[0]
+        return f"its last cell never ran: the cell starting {first_line!r} stopped it ({error.get('ename')})"
     missing = [str(p) for p in outputs if not p.exists()]
     if missing:
         return f"it left no {', '.join(missing)}"

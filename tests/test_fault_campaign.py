@@ -3,6 +3,8 @@ that a name did not mean, no mixed data from a folder prepared again, and every 
 what was wrong. One test (or more) per case; each asserts the message and what is left on disk."""
 
 import builtins
+import copy
+import hashlib
 import json
 import os
 import re
@@ -169,6 +171,7 @@ def test_a_dataset_being_read_is_not_prepared_again_and_a_reader_waits_for_a_wri
     try:
         assert data_main(["prepare", "toy-tiny", "--force", "--seed", "1"]) == exits.BUSY
         assert f"{data} is being read by another process" in capsys.readouterr().err
+        assert data_main(["prepare", "toy-tiny"]) == 0  # up to date: reused beside the reader (another run)
     finally:
         reader.kill()
         reader.wait()
@@ -424,3 +427,214 @@ def test_the_runner_does_not_record_a_stage_stopped_by_system_exit(plugin_dir, o
     assert "(SystemExit)" in err
     record = outputs / "halting" / "default" / "stages.json"
     assert not record.exists() or "data" not in json.loads(record.read_text())
+
+
+# ---- lock files ---------------------------------------------------------------------------------
+
+
+def test_a_planted_lock_link_is_refused_and_its_target_left_alone(tmp_path):
+    from sda_lib.locks import lock_file
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    out = tmp_path / "data"
+    lock_file(out).symlink_to(victim)
+    with pytest.raises(OSError, match=rf"\.data\.lock, the lock file of {out}, is a symbolic link \(to {victim}\)"):
+        prepare_dataset("toy-tiny", out=out)
+    lock_file(out).unlink()
+    os.link(victim, lock_file(out))  # a hard link writes through just the same
+    with pytest.raises(OSError, match="is a file with more than one hard link"):
+        prepare_dataset("toy-tiny", out=out)
+    assert victim.read_text() == "precious\n" and not out.exists()
+
+
+def test_a_lock_path_that_is_a_folder_is_named_as_such(tmp_path):
+    from sda_lib.locks import lock_file
+
+    out = tmp_path / "data"
+    lock_file(out).mkdir()
+    with pytest.raises(OSError, match=rf"\.data\.lock, the lock file of {out}, is a folder: .* remove"):
+        prepare_dataset("toy-tiny", out=out)
+
+
+# ---- names, again: datasets and runs ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "dataset, message",
+    [
+        ("../../../x", "--dataset='../../../x' is not a plain folder name"),
+        ("x" * 300, "--dataset is 300 characters long: a name has at most 100"),
+        ("Toy-Tiny", "--dataset 'Toy-Tiny' differs only in case from 'toy-tiny', a registered dataset"),
+        ("bench", "--dataset 'bench': outputs/bench/ is the workbench's own folder"),
+    ],
+)
+def test_the_runner_refuses_a_bad_dataset_name_creating_nothing(dataset, message, tmp_path, monkeypatch, capsys):
+    from sda_lib import run
+
+    monkeypatch.setenv("SDA_OUTPUTS", str(tmp_path / "a" / "b" / "outputs"))
+    monkeypatch.setattr(run, "_run", lambda *a, **kw: pytest.fail("the stages started"))
+    assert run.main(["--dataset", dataset]) == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("Beauty", "dataset name 'Beauty' differs only in case from 'beauty', a registered dataset"),
+        ("BENCH", "dataset name 'BENCH': outputs/bench/ is the workbench's own folder"),
+        ("s" * 300, "dataset name is 300 characters long: a name has at most 100"),
+    ],
+)
+def test_prepare_refuses_a_name_that_collides_or_is_too_long(name, message, outputs, tmp_path, capsys):
+    source = _shop(tmp_path / "shop")
+    assert data_main(["prepare", "custom", "--name", name, "--source", str(source)]) == 2
+    assert message in capsys.readouterr().err
+    assert not outputs.exists()
+
+
+def test_a_name_that_differs_in_case_from_a_prepared_one_is_refused(outputs, tmp_path):
+    prepare_dataset("MyShop", _shop(tmp_path / "shop"), kind="custom")
+    with pytest.raises(DataError, match=r"'myshop' differs only in case from 'MyShop', a dataset folder in"):
+        prepare_dataset("myshop", tmp_path / "shop", kind="custom")
+    with pytest.raises(DataError, match="is 300 characters long"):
+        load_prepared("s" * 300)
+
+
+# ---- parameters papermill cannot pass --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "given, what",
+    [
+        ("clip_model=('a', 'b')", "a tuple"),
+        ("source={'a', 'b'}", "a set"),
+        ("images=b'pics'", "a bytes"),
+        ("explorer_tau=1j", "a complex"),
+        ("epochs={1: 2}", "a dict key that is not text (1)"),
+        ("seeds=[0, (1, 2)]", "a tuple"),
+    ],
+)
+def test_values_papermill_cannot_pass_are_refused(given, what, outputs, monkeypatch, capsys):
+    from sda_lib import run
+
+    monkeypatch.setattr(run, "_run", lambda *a, **kw: pytest.fail("the stages started"))
+    assert run.main(["--dataset", "toy-tiny", "-p", given]) == 2
+    assert f"{what} cannot be passed to a notebook" in capsys.readouterr().err
+
+
+# ---- adapters -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """The tiny backbone, loaded once; `fresh()` gives a copy of its bare model to load into."""
+    backbone = load_backbone("tiny")
+    backbone.fresh = lambda: copy.deepcopy(backbone.model)
+    return backbone
+
+
+def _saved_adapter(tiny, kind: str, folder: Path) -> Path:
+    from sda_lib import adapters
+
+    model = tiny.fresh()
+    adapters.attach(model, kind, r=4, experts=2)
+    return adapters.save(model, folder, tiny.id)
+
+
+def _rewrite(path: Path, change) -> None:
+    """Replace the tensors of a safetensors file by `change(tensors)`, its checksum recorded again (as
+    whoever edits it can)."""
+    from safetensors.torch import load_file, save_file
+
+    save_with_digest(path, lambda tmp: save_file(change(load_file(str(path))), str(tmp)))
+
+
+def test_a_damaged_moda_card_is_named(tiny, tmp_path):
+    from sda_lib import adapters
+    from sda_lib.moda import CONFIG_FILE
+
+    folder = _saved_adapter(tiny, "moda", tmp_path / "a")
+    card = json.loads((folder / CONFIG_FILE).read_text())
+    for damage in ("{", json.dumps({**card, "config": {**card["config"], "bogus": 1}}), json.dumps([1])):
+        (folder / CONFIG_FILE).write_text(damage)
+        with pytest.raises(ValueError, match=rf"{folder / CONFIG_FILE} is not a MoDA adapter card that reads"):
+            adapters.load(tiny.fresh(), folder, tiny.id)
+
+
+def test_peft_adapters_carry_a_checksum_and_damaged_ones_are_named(tiny, tmp_path):
+    from sda_lib import adapters
+
+    folder = _saved_adapter(tiny, "lora", tmp_path / "a")
+    weights = folder / "adapter_model.safetensors"
+    original = weights.read_bytes()
+    assert (folder / "adapter_model.safetensors.sha256").read_text().strip() == hashlib.sha256(original).hexdigest()
+    flipped = bytearray(original)
+    flipped[-3] ^= 0x10  # a bit of a weight
+    weights.write_bytes(bytes(flipped))
+    with pytest.raises(ValueError, match=rf"{weights} does not match its checksum"):
+        adapters.load(tiny.fresh(), folder, tiny.id)
+    save_with_digest(weights, lambda tmp: tmp.write_bytes(b"\xff" * 64))  # a header that does not parse
+    with pytest.raises(ValueError, match=rf"{weights} is not a safetensors file that reads"):
+        adapters.load(tiny.fresh(), folder, tiny.id)
+    weights.write_bytes(original)
+    (folder / "adapter_model.safetensors.sha256").unlink()
+    with pytest.raises(ValueError, match=rf"{weights} has no recorded checksum"):
+        adapters.load(tiny.fresh(), folder, tiny.id)
+
+
+def test_non_finite_peft_weights_are_refused(tiny, tmp_path):
+    from sda_lib import adapters
+
+    folder = _saved_adapter(tiny, "lora", tmp_path / "a")
+    weights = folder / "adapter_model.safetensors"
+
+    def with_nan(tensors):
+        first = sorted(tensors)[0]
+        tensors[first][0, 0] = float("nan")
+        return tensors
+
+    _rewrite(weights, with_nan)
+    with pytest.raises(ValueError, match=rf"{weights} holds non-finite values \(NaN or inf\) in 1 tensors"):
+        adapters.load(tiny.fresh(), folder, tiny.id)
+
+
+def test_a_peft_config_that_does_not_fit_is_refused_before_allocating(tiny, tmp_path):
+    from peft.tuners.lora import LoraLayer
+
+    from sda_lib import adapters
+
+    folder = _saved_adapter(tiny, "lora", tmp_path / "a")
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "r": 1_000_000}))
+    model = tiny.fresh()
+    with pytest.raises(ValueError, match=r"does not fit this backbone: its config \(r=1000000\) asks for .* of shape"):
+        adapters.load(model, folder, tiny.id)
+    assert not any(isinstance(m, LoraLayer) for m in model.modules())  # nothing was injected, let alone allocated
+
+
+# ---- file modes and where files land -------------------------------------------------------------
+
+
+def test_outputs_follow_the_umask(tmp_path):
+    before = os.umask(0o027)
+    try:
+        out = prepare_dataset("toy-tiny", out=tmp_path / "data")
+    finally:
+        os.umask(before)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (out, out / "card.json", out / "items.parquet")}
+    assert modes == {"data": 0o750, "card.json": 0o640, "items.parquet": 0o640}
+
+
+def test_a_data_folder_that_is_a_link_is_written_through(outputs, tmp_path):
+    elsewhere = tmp_path / "big-disk" / "toy-tiny-data"
+    elsewhere.mkdir(parents=True)
+    (outputs / "toy-tiny").mkdir(parents=True)
+    link = outputs / "toy-tiny" / "data"
+    link.symlink_to(elsewhere)
+    for force in (False, True):
+        prepare_dataset("toy-tiny", params=PrepareParams(seed=int(force)), force=force)
+        assert link.is_symlink() and (elsewhere / "card.json").exists()
+        assert load_prepared("toy-tiny").card["params"]["seed"] == int(force)
+    assert sorted(p.name for p in (outputs / "toy-tiny").iterdir()) == ["data"]

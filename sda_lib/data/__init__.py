@@ -20,7 +20,7 @@ import pandas as pd
 
 from .. import __version__
 from ..io import atomic_dir, write_json
-from ..locks import folder_lock
+from ..locks import folder_lock, reading
 from ..names import BadName, check_dataset_name, looks_like_path
 from ..paths import data_dir
 from ..registry import Registry
@@ -226,22 +226,24 @@ def prepare_dataset(
     dataset's default tail rule (`default_tail_count_on`); the card records the rule used.
 
     The folder appears only once complete. It is reused, unless `force`, when it was prepared with
-    the same parameters from inputs unchanged since and is whole; it is never replaced when it holds
-    anything a preparation does not write, or when it is (or is above) an input folder.
+    the same parameters from inputs unchanged since and is whole (checked under a reader's lock, so
+    runs reading it go on); it is never replaced while another process reads it (sda_lib.locks),
+    when it holds anything a preparation does not write, or when it is (or is above) an input
+    folder.
     """
     params = params.for_dataset(name)
     found = _resolve(name, kind, source, Path(out) if out is not None else None, params.recipe)
     out = Path(out) if out is not None else data_dir(found.name)
     inputs = DATASETS[found.kind].inputs(found.name, found.source, params.recipe, **load_kw)
+    if not force:  # a folder that is up to date is reused under a reader's lock: others may be reading it too
+        with reading(out, "data preparation"):
+            if _stale(out, name, params, inputs) is None:
+                return _reused(out)
     with folder_lock(out, "data preparation"):
         _check_out(out, inputs)
         why = "force=True (--force)" if force else _stale(out, name, params, inputs)
-        if why is None:
-            log.info(
-                f"{out} is up to date (same parameters, inputs unchanged, every file in place): reused; "
-                f"--force (force=True) prepares it again"
-            )
-            return out
+        if why is None:  # prepared by another process meanwhile
+            return _reused(out)
         log.info(f"preparing {name} into {out}: {why}")
         before = _fingerprint(inputs)  # taken before reading: an edit made meanwhile is noticed
         with atomic_dir(out) as tmp:
@@ -263,6 +265,14 @@ def prepare_dataset(
                 )
             write_json(tmp / "card.json", card)
         return out
+
+
+def _reused(out: Path) -> Path:
+    log.info(
+        f"{out} is up to date (same parameters, inputs unchanged, every file in place): reused; "
+        f"--force (force=True) prepares it again"
+    )
+    return out
 
 
 def load_prepared(dataset: str | Path) -> PreparedDataset:

@@ -134,8 +134,8 @@ class PreparedDataset:
         """Why the folder no longer holds the data loaded from it (it was prepared again since), or
         None when it still does."""
         now = read_card(self.folder)
-        if now is None:
-            return f"{self.folder} no longer holds a prepared dataset"
+        if now is None:  # a dataset made in memory (the benchmarks' synthetic items) was never on disk
+            return f"{self.folder} no longer holds a prepared dataset" if "created" in self.card else None
         if now.get("sha256") != self.card.get("sha256") or now.get("created") != self.card.get("created"):
             return (
                 f"{self.folder} was prepared again (at {now.get('created')}) after this dataset was loaded from it "
