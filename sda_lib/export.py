@@ -126,8 +126,12 @@ def _export(backbone, dataset, out: Path, adapter, d, batch_size, chunk, progres
     if state.is_main_process:
         before = read_json(parts / "plan.json") if parts.exists() else plan
         if before != plan:
-            differs = [PLAN[k] for k in plan if (before or {}).get(k) != plan[k]] or ["a plan that does not read"]
-            log.warning(f"discarding the finished chunks in {parts}: they were made with {', '.join(differs)}")
+            if isinstance(before, dict):
+                differs = [PLAN[k] for k in plan if before.get(k) != plan[k]] or ["another version of the workbench"]
+                why = f"they were made with {', '.join(differs)}"
+            else:
+                why = "its plan.json, which says what they were made with, does not read"
+            log.warning(f"discarding the finished chunks in {parts}: {why}")
             shutil.rmtree(parts)
         parts.mkdir(parents=True, exist_ok=True)
         write_json(parts / "plan.json", plan)

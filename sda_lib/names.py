@@ -18,12 +18,9 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 MAX_LENGTH = 100  # with the hidden siblings the workbench writes (`.<name>.parts.<random>.tmp`) well under 255
 RESERVED = ("bench",)  # outputs/bench/ holds the benchmarks' records and figures
 
-# The stage parameters whose values name folders (a list: each element does), and where they go.
-PATH_PARAMETERS = {
-    "adapter_name": "adapters/<adapter_name>/ and embeddings/<adapter_name>/",
-    "baselines": "embeddings/<baseline>/",
-    "features": "embeddings/<feature>/",
-}
+# The stage parameters whose values name folders (of a list, each element does): adapters/<adapter_name>/
+# and embeddings/<adapter_name>/, embeddings/<baseline>/, embeddings/<feature>/.
+PATH_PARAMETERS = ("adapter_name", "baselines", "features")
 
 
 class BadName(ValueError):
