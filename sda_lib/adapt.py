@@ -42,7 +42,7 @@ from .exits import command
 from .features import item_order_checksum
 from .frontend import tqdm
 from .io import atomic_path, ensure_writable, file_sha256, read_json, write_json
-from .locks import folder_lock
+from .locks import folder_lock, reading
 from .moda import DROPOUT_MASKS, IMAGE, TEXT
 from .preempt import Preempted, on_sigterm
 
@@ -202,11 +202,14 @@ def train_adapter(
     loss per process. `on_step(step, objective)` runs after each optimiser step (analyses hook in
     there). Returns the training record.
 
-    Holds `out` for this process (sda_lib.locks). On SIGTERM it writes a checkpoint after the
-    current step and raises `Preempted`; calling it again resumes there (sda_lib.preempt).
+    Holds `out` for this process and the dataset's folder for reading (sda_lib.locks: it is not
+    prepared again meanwhile). On SIGTERM it writes a checkpoint after the current step and raises
+    `Preempted`; calling it again resumes there (sda_lib.preempt), unless the dataset was prepared
+    again from other data since: then it starts afresh, saying so.
     """
     out = ensure_writable(out)  # now, not after the last step has been paid for
-    with folder_lock(out, "adaptation"), on_sigterm("adaptation") as stop:
+    with folder_lock(out, "adaptation"), reading(dataset.folder, "adaptation"), on_sigterm("adaptation") as stop:
+        dataset.check_current()
         return _train(backbone, dataset, config, out, resume, progress, gather, on_step, stop)
 
 
@@ -240,6 +243,7 @@ def _train(backbone, dataset, config: AdaptConfig, out: Path, resume, progress, 
         "backbone": backbone.id,
         "dataset": dataset.name,
         "item_order": item_order_checksum(dataset.items["item_id"]),
+        "data": dataset.checksum,
         "processes": accelerator.num_processes,
     }
     checkpoints = _Checkpoints(accelerator, out / "checkpoints", run)
@@ -412,7 +416,8 @@ class _Checkpoints:
         complete = self._complete()
         if not complete:
             return self.clear()
-        self._check_run(complete[-1][1])
+        if not self._check_run(complete[-1][1]):
+            return self.clear()
         self._drop(keep={p for _, p in complete})  # incomplete ones would block the next save's name
         self.accelerator.project_configuration.iteration = complete[-1][0] + 1  # after any damaged one too
         partly_loaded = None
@@ -437,9 +442,11 @@ class _Checkpoints:
         log.warning(f"no intact checkpoint in {self.folder}: adaptation starts afresh")
         return self.clear()
 
-    def _check_run(self, latest: Path) -> None:
+    def _check_run(self, latest: Path) -> bool:
+        """Whether the checkpoints belong to this run. Made from other data of the same dataset (it
+        was prepared again), they are not resumed: False, saying so. Any other difference is refused."""
         meta = read_json(latest / CHECKPOINT_STATE) or {}
-        differs = {k: (v, meta.get(k)) for k, v in self.run.items() if k != "config" and meta.get(k) != v}
+        differs = {k: (v, meta.get(k)) for k, v in self.run.items() if k not in ("config", "data") and meta.get(k) != v}
         saved = meta.get("config", {})
         differs |= {k: (v, saved.get(k)) for k, v in self.run["config"].items() if saved.get(k) != v}
         if differs:
@@ -448,6 +455,13 @@ class _Checkpoints:
                 f"with what it was started with, or delete {self.folder} (or pass resume=False) "
                 "to start afresh"
             )
+        if meta.get("data") != self.run["data"]:
+            log.warning(
+                f"the checkpoints in {self.folder} were made from other data (the dataset was prepared again "
+                "since, or they predate data checksums): adaptation starts afresh"
+            )
+            return False
+        return True
 
     def save(self, step: int, history: list) -> Path:
         """Write a checkpoint; if the disk fills up, remove the partial one and say so (the
@@ -526,6 +540,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .backbone import load_backbone
     from .data import load_prepared
+    from .names import BadName, check_dataset_name, check_name, looks_like_path
     from .paths import run_dir
     from .run import UsageError, check_type, parse_param
 
@@ -545,6 +560,14 @@ def main(argv: list[str] | None = None) -> int:
         help=f"AdaptConfig field: {', '.join(f.name for f in fields(AdaptConfig))}",
     )
     args = parser.parse_args(argv)
+    try:
+        if looks_like_path(args.dataset) and args.out_dir is None:
+            parser.error(f"--dataset {args.dataset} is a prepared folder: give the run folder with --out-dir")
+        if not looks_like_path(args.dataset):
+            check_dataset_name(args.dataset, "--dataset")
+        check_name(args.name, "--name")
+    except BadName as err:
+        parser.error(str(err))
     known = {f.name: f.default for f in fields(AdaptConfig)}
     unknown = [k for k, _ in args.params if k not in known]
     if unknown:
@@ -559,13 +582,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
     out = ensure_writable((args.out_dir or run_dir(args.dataset)) / "adapters" / args.name)
-    record = train_adapter(
-        load_backbone(args.backbone, seed=config.seed),
-        load_prepared(args.dataset),
-        config,
-        out,
-        gather=not args.per_process_loss,
-    )
+    with folder_lock(out, "adaptation"):  # before the backbone is paid for: a second run is refused at once
+        record = train_adapter(
+            load_backbone(args.backbone, seed=config.seed),
+            load_prepared(args.dataset),
+            config,
+            out,
+            gather=not args.per_process_loss,
+        )
     print(json.dumps({k: record[k] for k in ("final_loss", "final_tau", "seconds", "processes")}))
     return 0
 

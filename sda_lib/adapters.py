@@ -13,7 +13,6 @@ nothing is stashed on the model.
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +20,14 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, PeftConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
+from peft.tuners.tuners_utils import check_target_module_exists
+from peft.utils.other import get_pattern_key
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import moda
-from .io import atomic_dir, file_sha256
+from .io import atomic_dir, digest_problem, file_sha256, save_with_digest
 from .registry import Registry
 
 PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
@@ -132,10 +134,9 @@ class MoDAKind(AdapterKind):
         return moda.save_moda(model, folder, backbone_id)
 
     def saved_in(self, folder):
-        card = folder / moda.CONFIG_FILE
-        if not card.is_file():
+        if not (folder / moda.CONFIG_FILE).is_file():
             return False
-        return json.loads(card.read_text())["config"].get("routing", "soft") == self.routing
+        return moda.read_card(folder)["config"].get("routing", "soft") == self.routing
 
     def load(self, model, folder, backbone_id):
         moda.load_moda(model, folder, backbone_id)
@@ -277,10 +278,9 @@ def base_model(folder: str | Path) -> str:
     base_model_name_or_path)."""
     folder = Path(folder)
     _saved_kind(folder)  # names the folder when it holds no adapter
-    card = folder / moda.CONFIG_FILE
-    if card.is_file():
-        return json.loads(card.read_text())["backbone_id"]
-    return json.loads((folder / PEFT_CONFIG).read_text())["base_model_name_or_path"]
+    if (folder / moda.CONFIG_FILE).is_file():
+        return moda.read_card(folder)["backbone_id"]
+    return _peft_config(folder).base_model_name_or_path
 
 
 def from_pretrained(folder: str | Path, **load_kw):
@@ -329,8 +329,18 @@ def export_peft(model: nn.Module, folder: str | Path, backbone_id: str) -> dict[
 
 def peft_type(folder: Path) -> str | None:
     """The peft_type ("LORA", "IA3", ...) of the peft adapter saved in `folder`, or None."""
-    config = folder / PEFT_CONFIG
-    return json.loads(config.read_text()).get("peft_type") if config.is_file() else None
+    return _peft_config(folder).peft_type if (folder / PEFT_CONFIG).is_file() else None
+
+
+def _peft_config(folder: Path) -> PeftConfig:
+    """peft's config of the adapter in `folder`; a damaged or edited one is refused naming the file."""
+    try:
+        return PeftConfig.from_pretrained(str(folder))
+    except Exception as err:  # JSON, type and peft's own value errors alike
+        raise ValueError(
+            f"{folder / PEFT_CONFIG} is not a peft adapter config that reads ({type(err).__name__}: {err}): it is "
+            "damaged or was edited; save the adapter again"
+        ) from None
 
 
 def save_peft(model: nn.Module, folder: str | Path, backbone_id: str) -> Path:
@@ -343,18 +353,34 @@ def save_peft(model: nn.Module, folder: str | Path, backbone_id: str) -> Path:
 
 
 def load_peft(model: nn.Module, folder: str | Path, backbone_id: str) -> None:
-    """Inject the peft adapter saved in `folder` into `model` and load its weights, refusing one
-    trained on another backbone or whose tensors do not fit."""
+    """Inject the peft adapter saved in `folder` into `model` and load its weights. Refuses, naming
+    the file: an adapter trained on another backbone, weights that do not match their recorded
+    checksum (or have none), a weights file that does not read, a LoRA whose config and tensors do
+    not fit this backbone (checked from the file's header, before anything is allocated), and
+    non-finite weights."""
     folder = Path(folder)
-    config = PeftConfig.from_pretrained(str(folder))
+    config, weights = _peft_config(folder), folder / PEFT_WEIGHTS
     if config.base_model_name_or_path != backbone_id:
         raise ValueError(
             f"the {config.peft_type} adapter in {folder} was trained on backbone "
             f"{config.base_model_name_or_path!r}, not on {backbone_id!r}; load it into the "
             "backbone it was trained on"
         )
+    problem = digest_problem(weights)
+    if problem:
+        raise ValueError(f"the {config.peft_type} adapter in {folder} is not loaded: {problem}; save it again")
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            shapes = {k.removeprefix(PEFT_PREFIX): tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as err:  # safetensors raises its own error type on a damaged header
+        raise ValueError(f"{weights} is not a safetensors file that reads ({err}); save the adapter again") from None
+    if config.peft_type == "LORA":
+        _check_lora_shapes(model, config, shapes, weights)
     inject_adapter_in_model(config, model)
-    saved = {k.removeprefix(PEFT_PREFIX): v for k, v in load_file(str(folder / PEFT_WEIGHTS)).items()}
+    saved = {k.removeprefix(PEFT_PREFIX): v for k, v in load_file(str(weights)).items()}
+    bad = [k for k, v in saved.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"{weights} holds non-finite values (NaN or inf) in {len(bad)} tensors, e.g. {bad[0]}")
     missing = sorted(set(get_peft_model_state_dict(model, save_embedding_layers=False)) - set(saved))
     result = set_peft_model_state_dict(model, saved)
     if missing or result.unexpected_keys:
@@ -364,12 +390,34 @@ def load_peft(model: nn.Module, folder: str | Path, backbone_id: str) -> None:
         )
 
 
+def _check_lora_shapes(model: nn.Module, config, shapes: dict[str, tuple], weights: Path) -> None:
+    """The LoRA tensors the config asks for on this backbone's layers ([r, in] and [out, r] per
+    target linear) against those in the weights file's header, before peft allocates any."""
+    expected = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and check_target_module_exists(config, name):
+            r = config.rank_pattern.get(get_pattern_key(config.rank_pattern.keys(), name), config.r)
+            expected[f"{name}.lora_A.weight"] = (r, module.in_features)
+            expected[f"{name}.lora_B.weight"] = (module.out_features, r)
+    saved = {k: v for k, v in shapes.items() if re.search(r"\.lora_[AB]\.weight$", k)}
+    differ = sorted(k for k in expected.keys() | saved.keys() if expected.get(k) != saved.get(k))
+    if differ:
+        k = differ[0]
+        raise ValueError(
+            f"the LoRA adapter in {weights.parent} does not fit this backbone: its config (r={config.r}) asks for "
+            f"{k} of shape {expected.get(k, 'none')}, {weights.name} holds {saved.get(k, 'none')} "
+            f"({len(differ)} tensors differ); it was saved for another backbone or its config was edited"
+        )
+
+
 def _save_peft(state: dict[str, torch.Tensor], config: PeftConfig, folder: str | Path) -> Path:
     """peft's file layout (what PeftModel.save_pretrained writes), so stock peft opens it."""
     folder = Path(folder)
+    tensors = {PEFT_PREFIX + k: v.contiguous() for k, v in state.items()}
     with atomic_dir(folder) as tmp:
         config.save_pretrained(str(tmp))
-        save_file({PEFT_PREFIX + k: v.contiguous() for k, v in state.items()}, str(tmp / PEFT_WEIGHTS))
+        # the checksum beside the weights (stock peft ignores the extra file), as MoDA's card records one
+        save_with_digest(tmp / PEFT_WEIGHTS, lambda path: save_file(tensors, str(path)))
     return folder
 
 

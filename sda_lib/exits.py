@@ -8,6 +8,7 @@ import sys
 
 from .locks import LockError
 from .preempt import Preempted
+from .registry import PluginError
 
 USAGE = 2  # a bad option or parameter: nothing was run
 BUSY = 73  # another live process holds the output folder (sda_lib.locks)
@@ -15,7 +16,8 @@ PREEMPTED = 75  # stopped on SIGTERM after a checkpoint: the same command resume
 
 
 def command(main):
-    """Turn a refused lock and a preemption into their exit statuses, with the message on stderr."""
+    """Turn a refused lock and a preemption into their exit statuses, and a plugin that fails to
+    import into status 1, with the message on stderr."""
 
     @functools.wraps(main)
     def wrapped(*args, **kwargs) -> int:
@@ -27,5 +29,8 @@ def command(main):
         except Preempted as err:
             print(f"stopped: {err}", file=sys.stderr)
             return PREEMPTED
+        except PluginError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
 
     return wrapped

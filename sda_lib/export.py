@@ -22,11 +22,19 @@ from .exits import command
 from .features import FeatureTable, item_order_checksum
 from .frontend import tqdm
 from .io import atomic_path, read_json, write_json
-from .locks import folder_lock
+from .locks import folder_lock, reading
 from .moda import IMAGE, TEXT
 from .preempt import Preempted, on_sigterm
 
 log = logging.getLogger(__spec__.name)  # not __name__, which is "__main__" under python -m
+PLAN = {  # what an export's chunks are made with, in the words of the message that discards them
+    "backbone": "another backbone",
+    "adapter": "another adapter",
+    "chunk": "another chunk size",
+    "item_order": "another item order",
+    "dataset": "another dataset",
+    "data": "other data (the dataset was prepared again since)",
+}
 
 
 def embed_items(backbone, dataset, items=None, batch_size: int = 32, progress: bool = True):
@@ -44,6 +52,9 @@ def embed_items(backbone, dataset, items=None, batch_size: int = 32, progress: b
         try:
             images.append(load_image(paths[i]))
         except OSError as err:
+            replaced = dataset.replaced()
+            if replaced:
+                raise ImageError(f"item {ids[i]!r}: its image {paths[i]} is gone because {replaced}") from err
             raise ImageError(
                 f"item {ids[i]!r}: its image {paths[i]} cannot be read ({err}); prepare the dataset "
                 "again with --force, which gives unreadable images the placeholder"
@@ -83,14 +94,17 @@ def export_embeddings(
     feature table `out`.
 
     Finished chunks live in `<out>.parts/` until the table is complete, so an interrupted export
-    resumes without recomputing them; parts made with another backbone, adapter or item order are
-    discarded. Under `accelerate launch` the chunks are shared out across processes and the main
-    process assembles the same files, in the same item order, as a single-process export.
+    resumes without recomputing them; parts made with another backbone, adapter or chunk size, or
+    from other data (the prepared dataset's checksum), are discarded, saying why. Under
+    `accelerate launch` the chunks are shared out across processes and the main process assembles
+    the same files, in the same item order, as a single-process export.
 
-    Holds `out` for this process (sda_lib.locks); on SIGTERM it stops after the current chunk and
-    raises `Preempted` (calling it again resumes); a damaged chunk is named and computed again.
+    Holds `out` for this process and the dataset's folder for reading (sda_lib.locks: it is not
+    prepared again meanwhile); on SIGTERM it stops after the current chunk and raises `Preempted`
+    (calling it again resumes); a damaged chunk is named and computed again.
     """
-    with folder_lock(out, "export"), on_sigterm("export") as stop:
+    with folder_lock(out, "export"), reading(dataset.folder, "export"), on_sigterm("export") as stop:
+        dataset.check_current()
         return _export(backbone, dataset, Path(out), adapter, d, batch_size, chunk, progress, name, stop)
 
 
@@ -106,11 +120,18 @@ def _export(backbone, dataset, out: Path, adapter, d, batch_size, chunk, progres
         "chunk": chunk,
         "item_order": item_order_checksum(dataset.items["item_id"]),
         "dataset": dataset.name,
+        "data": dataset.checksum,
     }
     parts = out.with_name(out.name + ".parts")
     if state.is_main_process:
-        if parts.exists() and read_json(parts / "plan.json") != plan:
-            log.info(f"discarding {parts}: made with another backbone, adapter or dataset")
+        before = read_json(parts / "plan.json") if parts.exists() else plan
+        if before != plan:
+            if isinstance(before, dict):
+                differs = [PLAN[k] for k in plan if before.get(k) != plan[k]] or ["another version of the workbench"]
+                why = f"they were made with {', '.join(differs)}"
+            else:
+                why = "its plan.json, which says what they were made with, does not read"
+            log.warning(f"discarding the finished chunks in {parts}: {why}")
             shutil.rmtree(parts)
         parts.mkdir(parents=True, exist_ok=True)
         write_json(parts / "plan.json", plan)
@@ -234,14 +255,16 @@ def export_baseline(
         extractor = CLIPExtractor(model, batch_size=batch_size)
     else:
         raise ValueError(f"unknown baseline {kind!r}; choose 'pretrained' or 'clip'")
-    text = extractor.embed_texts([describe(f) for f in dataset.item_fields()], progress=progress)
-    paths = dataset.image_paths()
-    image = np.concatenate(
-        [
-            extractor.embed_images([load_image(p) for p in paths[s : s + chunk]], progress=False)
-            for s in tqdm(range(0, len(paths), chunk), desc=f"{kind} images", disable=not progress)
-        ]
-    )
+    with reading(dataset.folder, f"the {kind} baseline"):
+        dataset.check_current()
+        text = extractor.embed_texts([describe(f) for f in dataset.item_fields()], progress=progress)
+        paths = dataset.image_paths()
+        image = np.concatenate(
+            [
+                extractor.embed_images([load_image(p) for p in paths[s : s + chunk]], progress=False)
+                for s in tqdm(range(0, len(paths), chunk), desc=f"{kind} images", disable=not progress)
+            ]
+        )
     table = feature_table(
         text, image, dataset, d, extractor=kind, model=extractor.id, name=kind, params={"batch_size": batch_size}
     )
@@ -258,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .backbone import load_backbone
     from .data import load_prepared
+    from .names import BadName, check_dataset_name, check_name, looks_like_path
     from .paths import run_dir
 
     parser = argparse.ArgumentParser(prog="python -m sda_lib.export", description=main.__doc__)
@@ -273,19 +297,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--chunk", type=int, default=512)
     args = parser.parse_args(argv)
+    try:
+        if looks_like_path(args.dataset) and args.out_dir is None:
+            parser.error(f"--dataset {args.dataset} is a prepared folder: give the run folder with --out-dir")
+        if not looks_like_path(args.dataset):
+            check_dataset_name(args.dataset, "--dataset")
+        check_name(args.adapter_name, "--adapter-name")
+    except BadName as err:
+        parser.error(str(err))
     if min(args.d, args.batch_size, args.chunk) < 1:
         parser.error(f"--d, --batch-size and --chunk must be 1 or more, got {args.d}, {args.batch_size}, {args.chunk}")
     out = args.out_dir or run_dir(args.dataset)
     adapter = None if args.adapter_name == "zero-shot" else out / "adapters" / args.adapter_name / "adapter"
-    table = export_embeddings(
-        load_backbone(args.backbone),
-        load_prepared(args.dataset),
-        out / "embeddings" / args.adapter_name,
-        adapter=adapter,
-        d=args.d,
-        batch_size=args.batch_size,
-        chunk=args.chunk,
-    )
+    table_folder = out / "embeddings" / args.adapter_name
+    with folder_lock(table_folder, "export"):  # before the backbone is paid for: a second run is refused at once
+        table = export_embeddings(
+            load_backbone(args.backbone),
+            load_prepared(args.dataset),
+            table_folder,
+            adapter=adapter,
+            d=args.d,
+            batch_size=args.batch_size,
+            chunk=args.chunk,
+        )
     if PartialState(cpu=not torch.cuda.is_available()).is_main_process:
         print(json.dumps(table.manifest["dims"]))
     return 0

@@ -20,15 +20,16 @@ log = logging.getLogger(__name__)
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
-    """Yield a temporary sibling path; rename it onto `path` only if the block succeeds."""
-    path = Path(path)
+    """Yield a temporary sibling path; rename it onto `path` only if the block succeeds. A `path`
+    that is a symbolic link is written through: the file it points to is replaced, the link stays."""
+    path = _through_link(Path(path))
     with _naming(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         try:
             yield Path(tmp)
-            os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are meant to be read by others
+            os.chmod(tmp, 0o666 & ~umask())  # mkstemp creates 0600; the file gets what the user's umask allows
             os.replace(tmp, path)
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -37,14 +38,16 @@ def atomic_path(path: str | os.PathLike):
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike):
-    """Yield a temporary sibling folder; it replaces `path` only once the block completes."""
-    path = Path(path)
+    """Yield a temporary sibling folder; it replaces `path` only once the block completes. A `path`
+    that is a symbolic link (e.g. a data folder kept on another disk) is written through: the
+    folder it points to is replaced there, the link stays."""
+    path = _through_link(Path(path))
     with _naming(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
         try:
             yield tmp
-            os.chmod(tmp, 0o755)  # mkdtemp creates 0700; shared storage needs the group to read it
+            os.chmod(tmp, 0o777 & ~umask())  # mkdtemp creates 0700; the folder gets what the user's umask allows
             if path.exists():
                 old = path.with_name(f".{path.name}.old")
                 shutil.rmtree(old, ignore_errors=True)
@@ -55,6 +58,24 @@ def atomic_dir(path: str | os.PathLike):
                 os.replace(tmp, path)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _through_link(path: Path) -> Path:
+    """Where a write of `path` lands: the target of a symbolic link, `path` itself otherwise."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+def umask() -> int:
+    """The process's file mode creation mask: read from /proc where there is one, so that no
+    other thread ever sees it changed."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -141,7 +162,7 @@ def ensure_writable(folder: str | os.PathLike) -> Path:
 
 def write_json(path: str | os.PathLike, obj) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=jsonable) + "\n")
 
 
 def read_json(path: str | os.PathLike):
@@ -152,7 +173,8 @@ def read_json(path: str | os.PathLike):
         return None
 
 
-def _jsonable(x):
+def jsonable(x):
+    """`json.dumps`'s `default` for numpy and torch scalars and arrays, and paths."""
     if hasattr(x, "item"):  # numpy / torch scalars
         return x.item()
     if hasattr(x, "tolist"):
@@ -184,14 +206,14 @@ def save_with_digest(path: str | os.PathLike, write) -> None:
 
 def digest_problem(path: str | os.PathLike) -> str | None:
     """What is wrong with `path` against its recorded SHA-256, or None. A file without a recorded
-    digest (written before, or cut off before it was recorded) is taken as it is."""
+    digest (cut off before it was recorded, or not written by the workbench) is not vouched for."""
     path = Path(path)
     if not path.is_file():
         return f"{path} is missing"
     try:
         recorded = _digest_file(path).read_text().strip()
     except FileNotFoundError:
-        return None
+        return f"{path} has no recorded checksum ({_digest_file(path).name} is missing)"
     if file_sha256(path) != recorded:
         return f"{path} does not match its checksum in {_digest_file(path).name} (damaged on disk)"
     return None

@@ -430,6 +430,25 @@ def save_moda(model: nn.Module, folder, backbone_id: str) -> Path:
     return folder
 
 
+def read_card(folder) -> dict:
+    """The JSON card of the MoDA adapter saved in `folder`, checked to hold what `load_moda` reads;
+    a damaged or edited card is refused naming the file."""
+    path = Path(folder) / CONFIG_FILE
+    try:
+        card = json.loads(path.read_text())
+        MoDAConfig(**card["config"])
+        kinds = {"backbone_id": str, "layers": dict, "sha256": str}
+        wrong = [key for key, kind in kinds.items() if not isinstance(card[key], kind)]
+        if wrong:
+            raise TypeError(f"{wrong[0]} is a {type(card[wrong[0]]).__name__}")
+    except (ValueError, KeyError, TypeError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(
+            f"{path} is not a MoDA adapter card that reads ({type(err).__name__}: {err}): it is damaged or was "
+            "edited; train the adapter again (notebooks/03_adapt.ipynb)"
+        ) from None
+    return card
+
+
 def load_moda(model: nn.Module, folder, backbone_id: str) -> AdapterReport:
     """Inject a saved adapter into a fresh backbone and load its weights.
 
@@ -442,7 +461,7 @@ def load_moda(model: nn.Module, folder, backbone_id: str) -> AdapterReport:
     for path in (card_path, weights_path):
         if not path.is_file():
             raise FileNotFoundError(f"no MoDA adapter at {folder}: {path.name} is missing (write it with save_moda)")
-    card = json.loads(card_path.read_text())
+    card = read_card(folder)
     if card["backbone_id"] != backbone_id:
         raise ValueError(
             f"the MoDA adapter in {folder} was trained on backbone {card['backbone_id']!r}, "

@@ -5,7 +5,9 @@ and datasets are each looked up by name in one `Registry`, so adding one is a ne
 Extensions outside sda_lib register themselves when imported. The workbench imports them for you
 (in every notebook kernel the runner starts, too) when they are named in the environment variable
 `SDA_WORKBENCH_PLUGINS` (comma-separated module names) or declared by an installed package under
-the entry-point group `sda_workbench.plugins`.
+the entry-point group `sda_workbench.plugins`. A plugin that fails to import, or exits while it is
+imported, stops the command with a `PluginError` naming it (and the package that installed it);
+`SDA_WORKBENCH_NO_PLUGINS=1` runs without any plugin, e.g. to uninstall a broken one.
 """
 
 from __future__ import annotations
@@ -19,7 +21,12 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 PLUGINS_ENV = "SDA_WORKBENCH_PLUGINS"
+NO_PLUGINS_ENV = "SDA_WORKBENCH_NO_PLUGINS"
 ENTRY_POINTS = "sda_workbench.plugins"
+
+
+class PluginError(ImportError):
+    """A plugin failed to import, or exited while it was imported."""
 
 
 class Registry(Generic[T]):
@@ -77,12 +84,16 @@ _seen_env: str | None = None  # the SDA_WORKBENCH_PLUGINS value last acted on
 def load_plugins() -> None:
     """Import the extension modules named in SDA_WORKBENCH_PLUGINS and the installed entry points
     (each once), so their registrations exist before any name is looked up. Lookups run on hot
-    paths (routing every forward), so after the first call only a changed variable costs work."""
+    paths (routing every forward), so after the first call only a changed variable costs work.
+    SDA_WORKBENCH_NO_PLUGINS=1 imports none."""
     global _seen_env
-    env = os.environ.get(PLUGINS_ENV, "")
+    env = os.environ.get(PLUGINS_ENV, "") + "\0" + os.environ.get(NO_PLUGINS_ENV, "")
     if env == _seen_env:
         return
-    names = [n.strip() for n in env.split(",") if n.strip()]
+    if os.environ.get(NO_PLUGINS_ENV, "") not in ("", "0"):
+        _seen_env = env
+        return
+    names = [n.strip() for n in os.environ.get(PLUGINS_ENV, "").split(",") if n.strip()]
     points = {p.value: p for p in importlib.metadata.entry_points(group=ENTRY_POINTS)}
     for name in [*names, *points]:
         if name in _loaded:
@@ -90,8 +101,23 @@ def load_plugins() -> None:
         _loaded.add(name)
         try:
             points[name].load() if name in points else importlib.import_module(name)
-        except Exception as err:
+        except (Exception, SystemExit) as err:  # a plugin that exits must not end the command as if done
             _loaded.discard(name)
-            origin = f"entry point {points[name].name!r}" if name in points else f"{PLUGINS_ENV}"
-            raise ImportError(f"the workbench extension {name!r} (from {origin}) failed to import: {err}") from err
+            raise PluginError(_failure(name, points.get(name), err)) from err
     _seen_env = env
+
+
+def _failure(name: str, point, err: BaseException) -> str:
+    """What failed, where it comes from and how to go on without it."""
+    what = f"exited (SystemExit({err.code!r}))" if isinstance(err, SystemExit) else f"failed: {err}"
+    if point is None:
+        origin, remedy = f"named in {PLUGINS_ENV}", f"fix it or remove it from {PLUGINS_ENV}"
+    else:
+        dist = point.dist
+        package = f"{dist.name} {dist.version}" if dist is not None else "an installed package"
+        origin = f"entry point {point.name!r} of {package}"
+        remedy = f"fix it, or uninstall it (pip uninstall {dist.name if dist is not None else '<package>'})"
+    return (
+        f"the workbench plugin {name!r} ({origin}) {what} while it was imported: {remedy}; "
+        f"{NO_PLUGINS_ENV}=1 runs the workbench without plugins"
+    )

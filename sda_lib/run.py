@@ -53,6 +53,7 @@ from pathlib import Path
 from .exits import USAGE, command
 from .io import file_sha256, write_json
 from .locks import folder_lock
+from .names import BadName, check_dataset_name, check_name, check_path_parameters
 from .paths import REPO_ROOT, data_dir, run_dir
 from .preempt import Preempted, on_sigterm
 from .profiles import CELL_TIMEOUT, PROFILES, default_profile, profile_parameters
@@ -235,6 +236,14 @@ def _names(defaults: dict) -> str:
 
 
 def check_type(name: str, value, stage: str, default) -> None:
+    """Refuse (ParameterError) a value papermill cannot pass to a notebook as it is, or one of
+    another type than the notebook's default (any passable value goes where the default is None)."""
+    unpassable = _unpassable(value)
+    if unpassable:
+        raise ParameterError(
+            f"-p {name}={value!r}: {unpassable} cannot be passed to a notebook (papermill passes text, numbers, "
+            "True/False, None, and lists and dicts of them with text keys); write a list [...] for a tuple or set"
+        )
     if default is None or default is _ANY:
         return
     expected = type(default)
@@ -247,6 +256,21 @@ def check_type(name: str, value, stage: str, default) -> None:
             f"-p {name}={value!r}: stage {stage!r} expects {expected.__name__} for {name.split('.')[-1]} "
             f"(default {default!r}), got {type(value).__name__}{hint}"
         )
+
+
+def _unpassable(value) -> str | None:
+    """What in `value` papermill would turn into its text instead of passing it (a tuple, set,
+    bytes, complex number, a dict key that is not text), or None."""
+    if isinstance(value, (str, bool, int, float, type(None))):
+        return None
+    if isinstance(value, list):
+        return next(filter(None, map(_unpassable, value)), None)
+    if isinstance(value, dict):
+        key = next((k for k in value if not isinstance(k, str)), None)
+        if key is not None:
+            return f"a dict key that is not text ({key!r})"
+        return next(filter(None, map(_unpassable, value.values())), None)
+    return f"a {type(value).__name__}"
 
 
 def library_version() -> str:
@@ -399,6 +423,7 @@ def run_stages(
     if unknown:
         raise UsageError(f"unknown stage(s) {', '.join(unknown)}; stages are: {', '.join(STAGES)}")
     stages = [s for s in STAGES if s in stages]
+    check_names(dataset, run if out is None else None, params or {})
     defaults = {s: notebook_parameters(s) for s in STAGES}
     profile, given = profiled_parameters(dataset, dict(params or {}), stages, defaults)
     out = Path(out) if out is not None else run_dir(dataset, run)
@@ -409,9 +434,19 @@ def run_stages(
     # Headless kernels, even when this runner itself runs in a Jupyter server's kernel.
     kernels = _kernel_manager({"OMP_NUM_THREADS": str(threads), "SDA_WIDGETS": "static", "JPY_SESSION_NAME": None})
     with folder_lock(out, "the runner"), on_sigterm("the runner", forward=kernels.running) as stop:
-        return _run(
-            dataset, stages, out, defaults, profile, given, force, progress, kernels, timeout or None, stop, jobs
-        )
+        return _run(dataset, stages, out, defaults, profile, given, force, progress, kernels, timeout, stop, jobs)
+
+
+def check_names(dataset: str, run: str | None, params: dict) -> None:
+    """Refuse, as a UsageError, a dataset or run name or a `-p` value that names a folder
+    (sda_lib.names.PATH_PARAMETERS) and is not one plain folder name: before anything is created."""
+    try:
+        check_dataset_name(dataset, "--dataset")
+        if run is not None:
+            check_name(run, "--run")
+        check_path_parameters(params)
+    except BadName as err:
+        raise UsageError(str(err)) from None
 
 
 def _run(dataset, stages, out: Path, defaults, profile, given, force, progress, kernels, timeout, stop, jobs) -> Path:
@@ -502,8 +537,8 @@ def _run_stage(
         log.info(f"{label}: up to date, skipped ({executed})")
         return
     if before and _changed(before, inputs, stage_params, spec.grows):
-        for folder in spec.resumes_from(full[stage]):
-            shutil.rmtree(out / folder, ignore_errors=True)
+        for folder in deletable(stage, out, full):
+            shutil.rmtree(folder, ignore_errors=True)
         record.set(stage, None)  # what it computed is gone; an interrupted rerun resumes from here
     prefix = spec.notebook.split("_")[0]
     for old in [*out.glob(f"tables/{prefix}-*.csv"), *out.glob(f"figures/{prefix}-*.json")]:
@@ -519,6 +554,9 @@ def _run_stage(
             )
         raise StageFailed(failure_message(f"stage {stage!r}", notebook.relative_to(REPO_ROOT), executed, failure))
     seconds = time.perf_counter() - start
+    problem = unfinished(executed, [out / p for p in spec.outputs(full[stage])])
+    if problem:
+        raise StageFailed(f"stage {stage!r} did not finish: {problem}\n  the executed copy: {executed}")
     record.set(
         stage,
         {
@@ -532,6 +570,67 @@ def _run_stage(
         },
     )
     log.info(f"{label}: done in {seconds:.1f} s")
+
+
+def deletable(stage: str, out: Path, full: dict[str, dict]) -> list[Path]:
+    """The folders `stage` resumes from (`full`: every stage's parameters), to delete before it
+    reruns on changed inputs, each checked to be the stage's own: inside the run folder, neither
+    another stage's folder nor above anything another stage declares (outputs or folders, with its
+    parameters here or its defaults), and not above the stage's own folders under its default
+    parameters (`adapters/` above `adapters/sda`). Names are checked before a run starts
+    (check_names); this second guard raises StageFailed instead of deleting."""
+    root = Path(os.path.abspath(out))
+
+    def declared(name: str, params: dict, kinds=("outputs", "resumes_from")) -> set[Path]:
+        spec = STAGES[name]
+        return {Path(os.path.normpath(root / p)) for kind in kinds for p in getattr(spec, kind)(params)}
+
+    others, own = set(), set()
+    for name in STAGES:
+        defaults = {**notebook_parameters(name), "dataset": full[name]["dataset"], "out_dir": str(out)}
+        if name == stage:
+            own = declared(name, defaults, ("resumes_from",))
+        else:
+            others |= declared(name, full[name]) | declared(name, defaults)
+    folders = [Path(os.path.normpath(root / f)) for f in STAGES[stage].resumes_from(full[stage])]
+    for folder in folders:
+        above = sorted(p for p in others | own if p != folder and p.is_relative_to(folder))
+        if folder == root or not folder.is_relative_to(root):
+            why = f"it is not a folder inside the run folder {root}"
+        elif folder in others:
+            why = "another stage writes it"
+        elif above:
+            why = f"it holds {above[0]} too, not only what this stage writes"
+        else:
+            continue
+        raise StageFailed(
+            f"refusing to delete {folder} before rerunning stage {stage!r}: {why}; check the names given "
+            "to its parameters"
+        )
+    return folders
+
+
+def unfinished(executed: Path, outputs: list[Path]) -> str | None:
+    """Why a notebook that papermill ran without an error did not finish, or None: a cell that
+    raised SystemExit (papermill takes `sys.exit(0)` for success and stops there) leaves the cells
+    after it unrun, and a stage is done only once its last cell ran and its declared `outputs`
+    exist."""
+    cells = [
+        {**c, "source": "".join(c["source"]).strip()}
+        for c in json.loads(Path(executed).read_text())["cells"]
+        if c["cell_type"] == "code" and "".join(c["source"]).strip()
+    ]
+    if cells and cells[-1].get("execution_count") is None:
+        errors = [(c, o) for c in cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+        if not errors:
+            return "its last cell never ran"
+        cell, error = errors[0]
+        first_line = cell["source"].splitlines()[0]
+        return f"its last cell never ran: the cell starting {first_line!r} stopped it ({error.get('ename')})"
+    missing = [str(p) for p in outputs if not p.exists()]
+    if missing:
+        return f"it left no {', '.join(missing)}"
+    return None
 
 
 def _changed(before: dict, inputs: str, params: dict, grows: tuple[str, ...]) -> bool:

@@ -34,13 +34,13 @@ def test_text_view_drops_and_shuffles():
     assert text_view({"title": "x"}, rng, 0.9) == {"title": "x"}  # keeps at least one
 
 
-def test_config_errors():
+def test_config_errors(toy_tiny, tmp_path):
     with pytest.raises(ValueError, match="unknown loss 'mse'"):
         AdaptConfig(loss="mse")
     with pytest.raises(ValueError, match="unknown dropout_masks 'each'"):
         AdaptConfig(dropout_masks="each")
     with pytest.raises(ValueError, match="not divisible"):
-        train_adapter(load_backbone("tiny"), None, AdaptConfig(r=6, experts=4), "/nonexistent")
+        train_adapter(load_backbone("tiny"), toy_tiny, AdaptConfig(r=6, experts=4), tmp_path)
 
 
 def test_resume_reaches_the_same_adapter(toy_tiny, tmp_path, monkeypatch):
@@ -178,7 +178,7 @@ def test_nan_loss_names_the_step(toy_tiny, tmp_path, monkeypatch):
 
 
 def test_dataset_not_prepared(outputs):
-    with pytest.raises(DataError, match="prepare it with `python -m sda_lib.data prepare beauty`"):
+    with pytest.raises(DataError, match="prepare it with `python -m sda_lib.data prepare beauty --source DIR`"):
         load_prepared("beauty")
 
 

@@ -54,7 +54,11 @@ def test_moda_as_two_stock_peft_adapters(toy_tiny, tmp_path, kind):
 
     lvlm = _trained(kind, tmp_path / "a")
     folders = adapters.export_peft(lvlm.model, tmp_path / "peft", lvlm.id)
-    assert sorted(p.name for p in folders["text"].iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(p.name for p in folders["text"].iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "adapter_model.safetensors.sha256",  # the workbench's checksum, which stock peft ignores
+    ]
     items = np.arange(6)
     want_t, want_v = export.embed_items(lvlm, toy_tiny, items, progress=False)
 
@@ -77,7 +81,8 @@ def test_shared_lora_saves_in_peft_layout(toy_tiny, tmp_path):
     from peft import PeftModel
 
     lvlm = _trained("lora", tmp_path / "a")
-    assert {p.name for p in (tmp_path / "a").iterdir()} == {"adapter_config.json", "adapter_model.safetensors"}
+    saved = {p.name for p in (tmp_path / "a").iterdir()}
+    assert saved == {"adapter_config.json", "adapter_model.safetensors", "adapter_model.safetensors.sha256"}
     want = export.embed_items(lvlm, toy_tiny, np.arange(4), progress=False)[0]
     stock = load_backbone("tiny")
     PeftModel.from_pretrained(stock.model, tmp_path / "a")

@@ -72,17 +72,18 @@ def _terminate_when(proc: subprocess.Popen, path: Path, settle: float = 0.0) -> 
 
 def test_sigterm_during_adaptation_checkpoints_and_resumes_identically(prepared):
     run = prepared / "toy-tiny" / "default"
-    proc = _start(["-m", "sda_lib.adapt", *ADAPT], prepared)
-    code, err = _terminate_when(proc, run / "adapters" / ".sda.lock")
+    settings = [*ADAPT, "-p", "checkpoint_every=3"]  # the first checkpoint tells that training is under way
+    proc = _start(["-m", "sda_lib.adapt", *settings], prepared)
+    code, err = _terminate_when(proc, run / "adapters" / "sda" / "checkpoints" / "checkpoint_0" / "state.json")
     assert code == exits.PREEMPTED, err
     assert "adaptation stopped on SIGTERM after step" in err and "run the same command again" in err
-    assert list((run / "adapters" / "sda" / "checkpoints").glob("checkpoint_*/state.json"))
+    assert len(list((run / "adapters" / "sda" / "checkpoints").glob("checkpoint_*/state.json"))) == 2
     assert not (run / "adapters" / "sda" / "adapter").exists()
 
-    assert adapt_main(ADAPT) == 0
+    assert adapt_main(settings) == 0
     record = json.loads((run / "adapters" / "sda" / "adapt.json").read_text())
-    assert 0 < record["resumed_from_step"] < 10
-    assert adapt_main([*ADAPT, "--out-dir", str(prepared / "straight")]) == 0
+    assert 3 < record["resumed_from_step"] < 10
+    assert adapt_main([*settings, "--out-dir", str(prepared / "straight")]) == 0
     a = load_file(str(run / "adapters" / "sda" / "adapter" / "adapter.safetensors"))
     b = load_file(str(prepared / "straight" / "adapters" / "sda" / "adapter" / "adapter.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -170,6 +170,9 @@ def tiny_dataset(tmp_path):
         img.save(paths[-1])
     return SimpleNamespace(
         name="five",
+        folder=tmp_path,
+        checksum="five",
+        check_current=lambda: None,
         n_items=len(TEXTS),
         item_fields=lambda: TEXTS,
         image_paths=lambda: paths,

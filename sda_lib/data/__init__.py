@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,7 +20,8 @@ import pandas as pd
 
 from .. import __version__
 from ..io import atomic_dir, write_json
-from ..locks import folder_lock
+from ..locks import folder_lock, reading
+from ..names import BadName, check_dataset_name, looks_like_path
 from ..paths import data_dir
 from ..registry import Registry
 from .catalogue import Catalogue, DataError
@@ -44,7 +44,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a dataset name is one folder under outputs/
 
 
 @dataclass(frozen=True)
@@ -165,11 +164,10 @@ def _resolve(name: str, kind: str | None, source: str | Path | None, out: Path |
     user's dataset prepared before (its card in `out`, default outputs/<name>/data, gives the kind
     and, unless given, the source). The recipe is checked against the kind before the source is
     looked at."""
-    if not NAME.fullmatch(name):
-        raise DataError(
-            f"dataset name {name!r} is not a plain folder name: use letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
-        )
+    try:
+        check_dataset_name(name)
+    except BadName as err:
+        raise DataError(str(err)) from None
     if kind is None:
         if name in DATASETS:
             kind = name
@@ -228,23 +226,26 @@ def prepare_dataset(
     dataset's default tail rule (`default_tail_count_on`); the card records the rule used.
 
     The folder appears only once complete. It is reused, unless `force`, when it was prepared with
-    the same parameters from inputs unchanged since and is whole; it is never replaced when it holds
-    anything a preparation does not write, or when it is (or is above) an input folder.
+    the same parameters from inputs unchanged since and is whole (checked under a reader's lock, so
+    runs reading it go on); it is never replaced while another process reads it (sda_lib.locks),
+    when it holds anything a preparation does not write, or when it is (or is above) an input
+    folder.
     """
     params = params.for_dataset(name)
     found = _resolve(name, kind, source, Path(out) if out is not None else None, params.recipe)
     out = Path(out) if out is not None else data_dir(found.name)
     inputs = DATASETS[found.kind].inputs(found.name, found.source, params.recipe, **load_kw)
+    if not force:  # a folder that is up to date is reused under a reader's lock: others may be reading it too
+        with reading(out, "data preparation"):
+            if _stale(out, name, params, inputs) is None:
+                return _reused(out)
     with folder_lock(out, "data preparation"):
         _check_out(out, inputs)
         why = "force=True (--force)" if force else _stale(out, name, params, inputs)
-        if why is None:
-            log.info(
-                f"{out} is up to date (same parameters, inputs unchanged, every file in place): reused; "
-                f"--force (force=True) prepares it again"
-            )
-            return out
+        if why is None:  # prepared by another process meanwhile
+            return _reused(out)
         log.info(f"preparing {name} into {out}: {why}")
+        before = _fingerprint(inputs)  # taken before reading: an edit made meanwhile is noticed
         with atomic_dir(out) as tmp:
             catalogue = DATASETS[found.kind].load(
                 found.name, found.source, tmp / IMAGES_DIR, params.seed, params.recipe, **load_kw
@@ -256,16 +257,41 @@ def prepare_dataset(
             card["kind"] = found.kind
             # the inputs include the folders of the images the written items point to, hence a second write
             card["inputs"] = _fingerprint(inputs, tmp)
+            edited = _changed_inputs(before, card["inputs"], union=False)
+            if edited:
+                raise DataError(
+                    f"{', '.join(edited)} changed while {name} was being prepared from it: nothing was written; "
+                    "prepare again once it is no longer being written"
+                )
             write_json(tmp / "card.json", card)
         return out
 
 
+def _reused(out: Path) -> Path:
+    log.info(
+        f"{out} is up to date (same parameters, inputs unchanged, every file in place): reused; "
+        f"--force (force=True) prepares it again"
+    )
+    return out
+
+
 def load_prepared(dataset: str | Path) -> PreparedDataset:
-    """A prepared dataset by name (outputs/<name>/data) or by folder."""
-    folder = Path(dataset)
-    if not folder.exists() and NAME.fullmatch(str(dataset)):
-        folder = data_dir(str(dataset))
-    return PreparedDataset.load(folder)
+    """A prepared dataset by name (outputs/<name>/data) or by folder: a Path, or text that looks
+    like a path (holding a `/`, or starting with `.` or `~`). A name is never taken as a folder of
+    the working directory, which may well be the source folder of the same name."""
+    if isinstance(dataset, Path) or looks_like_path(dataset):
+        return PreparedDataset.load(Path(dataset).expanduser())
+    try:
+        check_dataset_name(dataset)
+    except BadName as err:
+        raise DataError(f"{err} (a prepared folder is given as a path, e.g. ./{dataset}/)") from None
+    if dataset in DATASETS:
+        how = f"`python -m sda_lib.data prepare {dataset}" + (
+            " --source DIR`" if DATASETS[dataset].help_for(dataset) else "`"
+        )
+    else:
+        how = f"`python -m sda_lib.data prepare custom --name {dataset} --source DIR` (or another kind of source)"
+    return PreparedDataset.load(data_dir(dataset), how_to_prepare=how)
 
 
 def _check_out(out: Path, inputs: Inputs) -> None:
@@ -311,25 +337,33 @@ def _stale(out: Path, name: str, params: PrepareParams, inputs: Inputs) -> str |
     changed = [f"{k} {before.get(k)} -> {v}" for k, v in asdict(params).items() if before.get(k) != v]
     if changed:
         return "parameters changed: " + ", ".join(changed)
-    recorded, now = card.get("inputs"), _fingerprint(inputs, out)
+    recorded = card.get("inputs")
     if not recorded:
         return "its card does not record its inputs"
+    changed = _changed_inputs(recorded, _fingerprint(inputs, out))
+    return "changed since it was prepared: " + ", ".join(changed) if changed else None
+
+
+def _changed_inputs(recorded: dict, now: dict, union: bool = True) -> list[str]:
+    """The inputs whose fingerprints differ between `recorded` and `now`: over the inputs either
+    names (`union`), or over those `recorded` names (a fingerprint taken before the items, and so
+    the folders of their images, were known)."""
     changed = [
         path
         for kind in ("files", "image_folders")
-        for path in {**recorded[kind], **now[kind]}
+        for path in ({**recorded[kind], **now[kind]} if union else recorded[kind])
         if recorded[kind].get(path) != now[kind].get(path)
     ]
     if recorded["generator"] != now["generator"]:
         changed.append("the toy generator")
-    return "changed since it was prepared: " + ", ".join(changed) if changed else None
+    return changed
 
 
-def _fingerprint(inputs: Inputs, folder: Path) -> dict:
+def _fingerprint(inputs: Inputs, folder: Path | None = None) -> dict:
     """Size and modification time of each source table, and a summary of each image folder read
-    (the --images folder or cache, and the folders of the images the items in `folder` point to),
-    so a corrected file, a new or replaced image is noticed."""
-    paths = pd.read_parquet(folder / "items.parquet", columns=["image_path"])["image_path"].unique()
+    (the --images folder or cache, and, given the prepared `folder`, the folders of the images its
+    items point to), so a corrected file, a new or replaced image is noticed."""
+    paths = pd.read_parquet(folder / "items.parquet", columns=["image_path"])["image_path"].unique() if folder else []
     image_folders = {f for option, f in inputs.folders.items() if option != "--source"}
     image_folders |= {Path(p).parent for p in paths if Path(p).is_absolute()}  # toy images are inside
     return {

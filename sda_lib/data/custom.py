@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pandas.tseries.api import guess_datetime_format
 
 from sda_lib.data.catalogue import Catalogue, DataError
 from sda_lib.data.images import check_images
@@ -154,6 +155,15 @@ def _timestamps(values: pd.Series, path: Path) -> np.ndarray:
         )
     if pd.api.types.is_bool_dtype(values):
         raise DataError(f"{path}: column 'timestamp' holds true/false values: expected numbers or date-times")
+    numbers = pd.to_numeric(values, errors="coerce") if values.dtype == object else values
+    if numbers.notna().all():
+        values = numbers  # numbers stored as text (e.g. a string column in parquet) are numbers
+    elif numbers.notna().sum() * 2 > len(values):
+        row = int(numbers.isna().to_numpy().argmax())
+        raise DataError(
+            f"{path}: column 'timestamp' holds numbers, but data row {row + 1} holds {values.iloc[row]!r}: write "
+            "every timestamp as a number (e.g. Unix seconds) or every one as a date-time"
+        )
     if pd.api.types.is_numeric_dtype(values):
         fractional = values != np.floor(values)
         if fractional.any():
@@ -166,7 +176,7 @@ def _timestamps(values: pd.Series, path: Path) -> np.ndarray:
         try:
             values = pd.to_datetime(values, utc=True)
         except (ValueError, TypeError) as e:
-            bad = pd.to_datetime(values, utc=True, errors="coerce", format="mixed").isna()
+            bad = pd.to_datetime(values, utc=True, errors="coerce", format=_format_of(values.iloc[0])).isna()
             row = f" (first: data row {int(bad.idxmax()) + 1}, {values[bad].iloc[0]!r})" if bad.any() else ""
             raise DataError(
                 f"{path}: column 'timestamp' is neither numbers nor date-times{row} ({e}); write numbers (e.g. "
@@ -175,6 +185,12 @@ def _timestamps(values: pd.Series, path: Path) -> np.ndarray:
     elif values.dt.tz is None:
         values = values.dt.tz_localize("UTC")
     return ((values - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(dtype=np.int64)
+
+
+def _format_of(first) -> str:
+    """The date-time format pandas reads a column in (the first row's): a row written otherwise is
+    the one to name."""
+    return guess_datetime_format(str(first)) or "mixed"
 
 
 def _image_paths(table: pd.DataFrame, item_ids: pd.Series, items_path: Path):

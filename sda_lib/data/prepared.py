@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -10,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..io import file_sha256, read_json
+from ..locks import reading
 from .catalogue import DataError
 
 DATA_FILES = ("items.parquet", "interactions.parquet", "users.parquet", "negatives.npy")
@@ -86,28 +89,59 @@ class PreparedDataset:
     negatives: np.ndarray  # [users, n_negatives] item indices, never in the user's history
 
     @classmethod
-    def load(cls, folder: str | Path) -> PreparedDataset:
-        """The dataset in `folder`; a folder that lost or changed a file is refused, naming the file."""
+    def load(cls, folder: str | Path, how_to_prepare: str = "") -> PreparedDataset:
+        """The dataset in `folder`; a folder that lost or changed a file is refused, naming the file.
+        Reads under the folder's shared lock (sda_lib.locks), waiting for a preparation under way.
+        `how_to_prepare` is the command the message suggests when there is no dataset there."""
         folder = Path(folder)
-        card = read_card(folder)
-        if card is None:
-            raise DataError(
-                f"{folder} is not a prepared dataset (missing or unreadable card.json); prepare it with "
-                f"`python -m sda_lib.data prepare {folder.parent.name}` or notebooks/01_data.ipynb"
+        with reading(folder, "loading a prepared dataset"):
+            card = read_card(folder)
+            if card is None:
+                raise DataError(
+                    f"{folder} is not a prepared dataset (missing or unreadable card.json); prepare it with "
+                    f"{how_to_prepare or '`python -m sda_lib.data prepare NAME --out ' + str(folder) + '`'} "
+                    "or notebooks/01_data.ipynb"
+                )
+            found = damage(folder, card)
+            if found:
+                raise DataError(f"{folder} is damaged: {'; '.join(found)}. {_repair(folder, card, found)}")
+            return cls(
+                folder=folder,
+                card=card,
+                items=pd.read_parquet(folder / "items.parquet"),
+                interactions=pd.read_parquet(folder / "interactions.parquet"),
+                negatives=np.load(folder / "negatives.npy"),
             )
-        found = damage(folder, card)
-        if found:
-            raise DataError(
-                f"{folder} is damaged: {'; '.join(found)}. Prepare it again with {_prepare_command(folder, card)} "
-                f"or notebooks/01_data.ipynb: prepare notices the damage and rebuilds the folder"
+
+    @property
+    def checksum(self) -> str:
+        """A short hash of what this dataset holds: its data files' SHA-256, its parameters and its
+        inputs as the card records them. Work computed from the data (export chunks, adaptation
+        checkpoints) records it, so it is never resumed on a folder prepared again from other data."""
+        recorded = {k: self.card.get(k) for k in ("sha256", "params", "inputs")}
+        if not recorded["sha256"]:  # a card from before digests: its creation time tells preparations apart
+            recorded["created"] = self.card.get("created")
+        return hashlib.sha256(json.dumps(recorded, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def check_current(self) -> None:
+        """Refuse (DataError) this dataset when its folder was prepared again after it was loaded:
+        the items, and the images they point to, are no longer the ones loaded."""
+        why = self.replaced()
+        if why:
+            raise DataError(why)
+
+    def replaced(self) -> str | None:
+        """Why the folder no longer holds the data loaded from it (it was prepared again since), or
+        None when it still does."""
+        now = read_card(self.folder)
+        if now is None:  # a dataset made in memory (the benchmarks' synthetic items) was never on disk
+            return f"{self.folder} no longer holds a prepared dataset" if "created" in self.card else None
+        if now.get("sha256") != self.card.get("sha256") or now.get("created") != self.card.get("created"):
+            return (
+                f"{self.folder} was prepared again (at {now.get('created')}) after this dataset was loaded from it "
+                f"(prepared at {self.card.get('created')}); load it again"
             )
-        return cls(
-            folder=folder,
-            card=card,
-            items=pd.read_parquet(folder / "items.parquet"),
-            interactions=pd.read_parquet(folder / "interactions.parquet"),
-            negatives=np.load(folder / "negatives.npy"),
-        )
+        return None
 
     @property
     def name(self) -> str:
@@ -150,9 +184,22 @@ class PreparedDataset:
         return self.items[self.text_fields].fillna("").astype(str).to_dict("records")
 
 
-def _prepare_command(folder: Path, card: dict) -> str:
+def _repair(folder: Path, card: dict, found: list[str]) -> str:
+    """What rebuilds a damaged folder: the preparation again, from a source that still exists."""
     command = f"`python -m sda_lib.data prepare {card['dataset']} --out {folder}"
     source = card.get("source", "")
-    if not Path(source).is_dir():  # toy datasets record a description, not a folder
-        return command + "`"
-    return command + f" --source {source}` (with its --images or --download-images, if any)"
+    how = "Prepare it again with {} or notebooks/01_data.ipynb: prepare notices the damage and rebuilds the folder"
+    if not Path(source).is_absolute():  # synthetic datasets record a description, not a folder
+        return how.format(command + "`")
+    if Path(source).is_dir():
+        return how.format(command + f" --source {source}` (with its --images or --download-images, if any)")
+    images = (
+        " Its item images were read from there, and a prepared dataset keeps pointing at them."
+        if any(f.startswith("image ") for f in found)
+        else ""
+    )
+    return (
+        f"It was prepared from the source folder {source}, which no longer exists.{images} A source folder must "
+        f"outlive the datasets prepared from it: put it back at {source}, or prepare again from where it is "
+        f"now with {command} --source DIR --force` (with its --images, if any)"
+    )

@@ -5,18 +5,22 @@ A checkpoint folder holds `best.pt` (the best model so far; `best-<rule>.pt` per
 `fit_rules`) and `last.pt` (model, optimiser, RNG states, early-stopping state and best weights
 after the last finished epoch), with `previous.pt` the epoch before; all are written to a temporary
 file and renamed, with their SHA-256 in `<file>.sha256`, so an interrupted run leaves the previous
-complete checkpoint. Starting again with the same folder and configuration resumes after the last
-finished epoch, or, when `last.pt` is damaged (its checksum differs or it does not load), after
-the one before, with a warning naming it. On SIGTERM training stops after the current epoch's
-checkpoint and raises `Preempted` (sda_lib.preempt).
+complete checkpoint. They hold tensors only (the rest travels as one JSON string) and are read
+back with `weights_only=True`: a checkpoint never runs code. Starting again with the same folder
+and configuration resumes after the last finished epoch, or, when `last.pt` is damaged (its
+checksum differs or is missing, or it does not load), after the one before, with a warning naming
+it. On SIGTERM training stops after the current epoch's checkpoint and raises `Preempted`
+(sda_lib.preempt).
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,7 +30,7 @@ import pandas as pd
 import torch
 
 from ..frontend import tqdm
-from ..io import digest_problem, save_with_digest
+from ..io import digest_problem, jsonable, save_with_digest
 from ..preempt import Preempted, on_sigterm
 from .base import InteractionData, Recommender
 from .evaluate import METRICS, PROTOCOLS, draw_negatives, evaluate, summarize
@@ -198,12 +202,7 @@ def _fit_rules(model: Recommender, data: InteractionData, rules: dict[str, Train
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     resumed = _resume(ckpt, model, optimizer, rules) if ckpt is not None else None
     if resumed is not None:
-        state, rng, saved_best = resumed
-        for name in rules:
-            if saved_best is not None:
-                best[name] = saved_best[name]
-            elif (ckpt / _best_file(name)).exists():  # a checkpoint from before best weights were in it
-                best[name] = torch.load(ckpt / _best_file(name), map_location=config.device)
+        state, rng, best = resumed
 
     shown = next(iter(rules))  # the progress bar follows the first rule
     bar = tqdm(total=config.epochs, initial=state["epoch"], desc=f"{model.name} epochs", disable=not config.progress)
@@ -247,11 +246,15 @@ def _fit_rules(model: Recommender, data: InteractionData, rules: dict[str, Train
                 {
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
-                    "state": state,
-                    "rng": rng.bit_generator.state,
                     "torch_rng": torch.get_rng_state(),
-                    "configs": {name: asdict(rule) for name, rule in rules.items()},
                     "best": best,
+                    "meta": _plain(
+                        {
+                            "state": state,
+                            "rng": rng.bit_generator.state,
+                            "configs": {name: asdict(rule) for name, rule in rules.items()},
+                        }
+                    ),
                 },
                 ckpt / "last.pt",
             )
@@ -310,12 +313,24 @@ def _save(obj, path: Path) -> None:
     save_with_digest(path, lambda tmp: torch.save(obj, tmp))
 
 
+def _plain(obj) -> str:
+    """The non-tensor part of a checkpoint as JSON text (numpy scalars as numbers, tuples as
+    lists), so that loading it needs no unpickling of objects."""
+    return json.dumps(obj, default=jsonable)
+
+
 def _rotate(ckpt: Path) -> None:
-    """last.pt becomes previous.pt, its digest first: at every point between the renames each
-    file present either matches its digest or has none (and is then taken as it is)."""
-    for suffix in (".sha256", ""):
-        if (ckpt / f"last.pt{suffix}").exists():
-            os.replace(ckpt / f"last.pt{suffix}", ckpt / f"previous.pt{suffix}")
+    """last.pt becomes previous.pt: its digest is copied first, the file renamed, then the old
+    digest removed. Stopped anywhere in between, the newest intact checkpoint is still found: a
+    file without its digest, or with another's, is skipped."""
+    last = ckpt / "last.pt"
+    if not last.exists():
+        return
+    digest = Path(f"{last}.sha256")
+    if digest.exists():
+        shutil.copyfile(digest, ckpt / "previous.pt.sha256")
+    os.replace(last, ckpt / "previous.pt")
+    digest.unlink(missing_ok=True)
 
 
 def _resume(ckpt: Path, model, optimizer, rules: dict[str, TrainConfig]):
@@ -329,10 +344,11 @@ def _resume(ckpt: Path, model, optimizer, rules: dict[str, TrainConfig]):
         problem = digest_problem(path)
         if problem is None:
             try:
-                saved = torch.load(path, map_location=device, weights_only=False)
+                saved = torch.load(path, map_location=device, weights_only=True)
+                saved |= json.loads(saved.pop("meta"))
                 break
-            except Exception as err:  # a file cut short before digests were recorded
-                problem = f"{path} does not load ({type(err).__name__}: {err})"
+            except Exception as err:  # e.g. written by an older version, which pickled objects
+                problem = f"{path} does not load as tensors and JSON ({type(err).__name__}: {err})"
         log.warning(f"checkpoint {problem}: skipped, trying the one before")
     else:
         if any((ckpt / name).exists() for name in CHECKPOINTS):
@@ -345,10 +361,11 @@ def _resume(ckpt: Path, model, optimizer, rules: dict[str, TrainConfig]):
             "use another checkpoint folder or delete this one"
         )
     for name, config in rules.items():
+        now = json.loads(_plain(asdict(config)))
         differs = {
-            k: (v, getattr(config, k))
+            k: (v, now.get(k))
             for k, v in saved["configs"][name].items()
-            if k not in RESUMABLE_CHANGES and getattr(config, k) != v
+            if k not in RESUMABLE_CHANGES and now.get(k) != v
         }
         if differs:
             raise ValueError(
@@ -360,4 +377,4 @@ def _resume(ckpt: Path, model, optimizer, rules: dict[str, TrainConfig]):
     rng = np.random.default_rng()
     rng.bit_generator.state = saved["rng"]
     torch.set_rng_state(saved["torch_rng"])
-    return saved["state"], rng, saved.get("best")
+    return saved["state"], rng, saved["best"]
