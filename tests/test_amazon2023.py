@@ -41,8 +41,16 @@ def category_files(folder, gz=False, n_users=N_USERS, n_items=N_ITEMS):
     for u in range(n_users):
         for step, i in enumerate((u + j) % n_items for j in range(5 + u % 2)):
             asin = f"V{i}{u % 2}" if i == 0 else f"P{i}"  # item 0 sold as two variants
-            reviews.append({"user_id": f"U{u}", "parent_asin": f"P{i}", "asin": asin,
-                            "timestamp": 1_600_000_000_000 + (u * 10 + step) * DAY, "rating": 5.0, "text": "ok"})
+            reviews.append(
+                {
+                    "user_id": f"U{u}",
+                    "parent_asin": f"P{i}",
+                    "asin": asin,
+                    "timestamp": 1_600_000_000_000 + (u * 10 + step) * DAY,
+                    "rating": 5.0,
+                    "text": "ok",
+                }
+            )
     reviews.append({**reviews[0], "timestamp": reviews[0]["timestamp"] + DAY})  # the same pair reviewed again
     meta = [
         {
@@ -55,8 +63,12 @@ def category_files(folder, gz=False, n_users=N_USERS, n_items=N_ITEMS):
             "price": 9.5 if i % 2 else None,
             "images": [
                 {"thumb": f"http://x/{i}_t.jpg", "large": f"http://x/{i}_l.jpg", "hi_res": None, "variant": "PT01"},
-                {"thumb": f"http://x/{i}_mt.jpg", "large": f"http://x/{i}_ml.jpg",
-                 "hi_res": f"http://x/{i}_mh.jpg" if i % 2 else None, "variant": "MAIN"},
+                {
+                    "thumb": f"http://x/{i}_mt.jpg",
+                    "large": f"http://x/{i}_ml.jpg",
+                    "hi_res": f"http://x/{i}_mh.jpg" if i % 2 else None,
+                    "variant": "MAIN",
+                },
             ],
         }
         for i in range(n_items - 1)  # the last item has no meta line
@@ -97,13 +109,20 @@ def test_release_kcore_repeats_until_stable_and_keeps_earliest():
     two_core, counts = release_kcore(reviews, k=2)
     # z (1 review) goes, then nobody falls below 2: users a, b, c with items x, y; d (x only) goes
     assert sorted(map(tuple, two_core[["user_id", "item_id"]].to_numpy())) == [
-        ("a", "x"), ("a", "y"), ("b", "x"), ("b", "y"), ("c", "x"), ("c", "y")
+        ("a", "x"),
+        ("a", "y"),
+        ("b", "x"),
+        ("b", "y"),
+        ("c", "x"),
+        ("c", "y"),
     ]
     assert two_core.loc[(two_core.user_id == "a") & (two_core.item_id == "x"), "timestamp"].item() == 0
     assert counts == {"duplicate_reviews_dropped": 1, "kcore_removed": 2, "kcore_rounds": 1}
     # a removal that makes another fall below k needs a second round
-    chain = pd.DataFrame([("a", "x", 0), ("a", "y", 1), ("b", "y", 2), ("b", "z", 3), ("c", "x", 4), ("c", "y", 5)],
-                         columns=["user_id", "item_id", "timestamp"])
+    chain = pd.DataFrame(
+        [("a", "x", 0), ("a", "y", 1), ("b", "y", 2), ("b", "z", 3), ("c", "x", 4), ("c", "y", 5)],
+        columns=["user_id", "item_id", "timestamp"],
+    )
     kept, counts = release_kcore(chain, k=2)
     assert set(kept["user_id"]) == {"a", "c"} and counts["kcore_rounds"] == 2
 
@@ -118,9 +137,15 @@ def test_rating_only_file_and_leave_one_out_is_last_out(tmp_path, outputs):
     reviews = [json.loads(line) for line in (tmp_path / "Home_and_Kitchen.jsonl").read_text().splitlines()]
     (tmp_path / "Home_and_Kitchen.jsonl").unlink()
     lines = ["user_id,parent_asin,rating,timestamp"]
-    kept, _ = release_kcore(pd.DataFrame(
-        {"user_id": [r["user_id"] for r in reviews], "item_id": [r["parent_asin"] for r in reviews],
-         "timestamp": [r["timestamp"] for r in reviews]}))
+    kept, _ = release_kcore(
+        pd.DataFrame(
+            {
+                "user_id": [r["user_id"] for r in reviews],
+                "item_id": [r["parent_asin"] for r in reviews],
+                "timestamp": [r["timestamp"] for r in reviews],
+            }
+        )
+    )
     lines += [f"{u},{i},5.0,{t}" for u, i, t in kept.to_numpy()]
     (tmp_path / "Home_and_Kitchen.csv").write_text("\n".join(lines) + "\n")
     data = load_prepared(prepare_dataset("hk23", tmp_path, kind="amazon2023"))
@@ -148,7 +173,10 @@ def test_authors_recipe_drops_items_without_meta(tmp_path):
         ({}, "found none"),
         ({"meta_A.jsonl": "{}\n", "meta_B.jsonl": "{}\n"}, "several (A, B)"),
         ({"meta_A.jsonl": "{}\n"}, "no A.jsonl or .csv"),
-        ({"meta_A.jsonl": '{"parent_asin": "p"}\n', "A.jsonl": '{"user_id": "u", "timestamp": 1}\n'}, "no 'parent_asin' key"),
+        (
+            {"meta_A.jsonl": '{"parent_asin": "p"}\n', "A.jsonl": '{"user_id": "u", "timestamp": 1}\n'},
+            "no 'parent_asin' key",
+        ),
     ],
 )
 def test_bad_folders_are_named(tmp_path, files, message):

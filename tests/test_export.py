@@ -77,7 +77,11 @@ def test_shared_lora_saves_in_peft_layout(toy_tiny, tmp_path):
     from peft import PeftModel
 
     lvlm = _trained("lora", tmp_path / "a")
-    assert {p.name for p in (tmp_path / "a").iterdir()} == {"adapter_config.json", "adapter_model.safetensors"}
+    assert {p.name for p in (tmp_path / "a").iterdir()} == {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "README.md",
+    }
     want = export.embed_items(lvlm, toy_tiny, np.arange(4), progress=False)[0]
     stock = load_backbone("tiny")
     PeftModel.from_pretrained(stock.model, tmp_path / "a")

@@ -14,7 +14,9 @@ from sda_lib.formats.mmrec import read_mmrec
 @pytest.fixture(scope="module")
 def table(toy_tiny):
     rng = np.random.default_rng(3)
-    return feature_table(rng.normal(size=(toy_tiny.n_items, 12)), rng.normal(size=(toy_tiny.n_items, 20)), toy_tiny, d=8)
+    return feature_table(
+        rng.normal(size=(toy_tiny.n_items, 12)), rng.normal(size=(toy_tiny.n_items, 20)), toy_tiny, d=8
+    )
 
 
 def mmrec_read(folder, name):
@@ -102,9 +104,24 @@ def test_recbole_export_reads_back_by_recboles_rules(toy_tiny, table, tmp_path):
 
 def test_command_line_exports_a_named_table(toy_tiny, table, outputs, tmp_path, capsys):
     table.save(tmp_path / "sda")
-    assert main(["mmrec", "--dataset", str(toy_tiny.folder), "--features", str(tmp_path / "sda"), "--out", str(tmp_path / "o")]) == 0
+    assert (
+        main(
+            [
+                "mmrec",
+                "--dataset",
+                str(toy_tiny.folder),
+                "--features",
+                str(tmp_path / "sda"),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.strip() == str(tmp_path / "o" / toy_tiny.name)
-    assert main(["recbole", "--dataset", str(toy_tiny.folder), "--features", "missing", "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(["recbole", "--dataset", str(toy_tiny.folder), "--features", "missing", "--out", str(tmp_path / "o")]) == 2
+    )
     assert "holds no feature table" in capsys.readouterr().err
 
 

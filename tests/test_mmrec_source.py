@@ -58,8 +58,10 @@ def test_workbench_export_reads_back_as_the_same_dataset(toy_tiny, tmp_path, out
     folder = export_format("mmrec", toy_tiny, table, tmp_path / "export")
     again = load_prepared(prepare_dataset("tt-again", folder, kind="mmrec"))
     assert again.card["counts"]["mmrec_x_label_differs"] == 0
-    same = (again.items["item_id"].to_numpy()[again.interactions["item"]] ==
-            toy_tiny.items["item_id"].to_numpy()[toy_tiny.interactions["item"]])
+    same = (
+        again.items["item_id"].to_numpy()[again.interactions["item"]]
+        == toy_tiny.items["item_id"].to_numpy()[toy_tiny.interactions["item"]]
+    )
     assert same.all() and (again.interactions["split"] == toy_tiny.interactions["split"]).all()
     imported = import_features(again, folder, tmp_path / "f")
     np.testing.assert_array_equal(imported.features, table.features)

@@ -181,7 +181,9 @@ def read_rating_only(path: Path) -> pd.DataFrame:
         if number == 1 and fields[:2] == ["user_id", "parent_asin"]:
             continue
         if len(fields) != 4:
-            raise DataError(f"{path}:{number}: expected user_id,parent_asin,rating,timestamp, got {line.strip()[:80]!r}")
+            raise DataError(
+                f"{path}:{number}: expected user_id,parent_asin,rating,timestamp, got {line.strip()[:80]!r}"
+            )
         users.append(fields[0])
         items.append(fields[1])
         times.append(_integer(fields[3], "timestamp", path, number))

@@ -236,7 +236,8 @@ def _get(url: str, policy: DownloadPolicy) -> bytes:
                 raise _Refused(f"too large: {int(length)} bytes, above the {policy.max_bytes}-byte cap")
             data = response.read(policy.max_bytes + 1)
     except urllib.error.HTTPError as err:
-        raise _Refused(f"HTTP {err.code} {err.reason}", err.code in _RETRY_STATUS, err.headers.get("Retry-After"))
+        retry_after = err.headers.get("Retry-After")
+        raise _Refused(f"HTTP {err.code} {err.reason}", err.code in _RETRY_STATUS, retry_after) from None
     except (TimeoutError, ConnectionError, http.client.HTTPException) as err:
         raise _Refused(f"connection failed: {type(err).__name__} {err}".strip(), retry=True) from None
     except urllib.error.URLError as err:  # DNS, refused connections, timeouts while connecting

@@ -26,7 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--run", default="default", help="run folder the named table is in (default: default)")
     parser.add_argument("--name", help="dataset name in the written files (default: the dataset's)")
-    parser.add_argument("--out", type=Path, help="folder to write into (default outputs/<dataset>/<run>/formats/<format>)")
+    parser.add_argument(
+        "--out", type=Path, help="folder to write into (default outputs/<dataset>/<run>/formats/<format>)"
+    )
     args = parser.parse_args(argv)
     features = args.features
     if features is not None and not Path(features).is_dir():

@@ -124,7 +124,9 @@ def read_mmrec(folder: str | Path, name: str | None = None) -> MMRecFolder:
     frame = pd.read_csv(inter_file, sep="\t")
     missing = [c for c in ("userID", "itemID", "x_label") if c not in frame.columns]
     if missing:
-        raise ValueError(f"{inter_file}: no column {missing[0]!r} (columns: {list(frame.columns)}); MMRec needs all three")
+        raise ValueError(
+            f"{inter_file}: no column {missing[0]!r} (columns: {list(frame.columns)}); MMRec needs all three"
+        )
     labels = set(frame["x_label"].unique()) - set(SPLIT_LABELS.values())
     if labels:
         raise ValueError(f"{inter_file}: x_label holds {sorted(labels)}; MMRec knows 0 (train), 1 (valid), 2 (test)")
@@ -134,7 +136,9 @@ def read_mmrec(folder: str | Path, name: str | None = None) -> MMRecFolder:
         path = folder / file
         features[part] = np.load(path, allow_pickle=False) if path.is_file() else None
         if features[part] is not None and len(features[part]) != n_items:
-            raise ValueError(f"{path} has {len(features[part])} rows; {inter_file.name} has {n_items} items (max itemID + 1)")
+            raise ValueError(
+                f"{path} has {len(features[part])} rows; {inter_file.name} has {n_items} items (max itemID + 1)"
+            )
     maps = {}
     for key, file, column in (("user", USER_MAP, "user_id"), ("item", ITEM_MAP, "asin")):
         path = folder / file

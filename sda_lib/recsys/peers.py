@@ -23,8 +23,6 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from ..data import load_prepared
 from ..formats.recbole import write_inter as write_atomic_file
 
