@@ -97,6 +97,8 @@ logging.getLogger().setLevel(logging.INFO)
 config = Config(args["model"], args["name"], args["config"])
 dataset = RecDataset(config)
 train, valid, test = dataset.split()
+for part in (dataset, train, valid, test):  # quick_start logs them; str() also sets the counts the loaders read
+    logging.getLogger().info(str(part))
 train_data = TrainDataLoader(config, train, batch_size=config["train_batch_size"], shuffle=True)
 valid_data = EvalDataLoader(config, valid, additional_dataset=train, batch_size=config["eval_batch_size"])
 test_data = EvalDataLoader(config, test, additional_dataset=train, batch_size=config["eval_batch_size"])
