@@ -303,9 +303,7 @@ def mmrec_parity(options: Options) -> Measurement:
                         variant = ours_run(prepared, table, model, seed, negatives="train")
                         runs.setdefault(("workbench, MMRec's negatives", model), []).append(variant)
                     runs.setdefault(("MMRec", model), []).append(_theirs(peer.result()))
-                print(
-                    json.dumps({"done": model, "runs": {f"{k[0]}/{k[1]}": len(v) for k, v in runs.items()}}), flush=True
-                )
+                print(json.dumps({"finished": model, "seed": seed}), flush=True)
     return _summary(options, table, runs, seeds)
 
 
