@@ -270,7 +270,7 @@ def mmrec_parity(options: Options) -> Measurement:
 
     --dataset (default toy) and --features (a table under outputs/<dataset>/default/embeddings/,
     default sda); --repeats seeds; MMRec from $MMREC_PATH (skipped with the set-up steps when absent)."""
-    from ..data import load_prepared
+    from ..data import load_prepared, prepare_dataset
     from ..formats import feature_folder
     from ..formats.mmrec import write_mmrec
     from ..recsys.base import resolve_features
@@ -281,7 +281,7 @@ def mmrec_parity(options: Options) -> Measurement:
             "commands in sda_lib/bench/mmrec.py"
         )
         return Measurement([], {"skipped": note}, "skipped: MMRec absent", [note])
-    prepared = load_prepared(options.dataset)
+    prepared = load_prepared(prepare_dataset(options.dataset))  # reused when current
     features = feature_folder(options.dataset, options.features)
     if not (features / "manifest.json").is_file():
         note = (
@@ -303,7 +303,8 @@ def mmrec_parity(options: Options) -> Measurement:
                         variant = ours_run(prepared, table, model, seed, negatives="train")
                         runs.setdefault(("workbench, MMRec's negatives", model), []).append(variant)
                     runs.setdefault(("MMRec", model), []).append(_theirs(peer.result()))
-                print(json.dumps({"finished": model, "seed": seed}), flush=True)
+                done = {name: found[-1]["test"] for (name, m), found in runs.items() if m == model}
+                print(json.dumps({"finished": model, "seed": seed, "test": done}), flush=True)
     return _summary(options, table, runs, seeds)
 
 
