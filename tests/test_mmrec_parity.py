@@ -55,8 +55,11 @@ def test_training_item_negatives_come_only_from_items_seen_in_training(toy_tiny)
 
 def test_summary_verdicts_from_runs_by_hand():
     def run(r20, n20, seconds):
-        return {"test": {"Recall@10": 0.1, "NDCG@10": 0.05, "Recall@20": r20, "NDCG@20": n20},
-                "best_epoch": 10, "train_seconds": [seconds]}
+        return {
+            "test": {"Recall@10": 0.1, "NDCG@10": 0.05, "Recall@20": r20, "NDCG@20": n20},
+            "best_epoch": 10,
+            "train_seconds": [seconds],
+        }
 
     runs = {
         ("workbench", "vbpr"): [run(0.20, 0.10, 0.1), run(0.22, 0.11, 0.1)],
@@ -70,7 +73,10 @@ def test_summary_verdicts_from_runs_by_hand():
 
     found = mmrec._summary(mmrec.Options(dataset="toy"), Table(), runs, [0, 1])
     verdicts = found.values["verdicts"]
-    assert verdicts["vbpr Recall@20"] == {"difference": 0.0, "two_standard_errors": pytest.approx(0.0952, abs=1e-4),
-                                          "within": True}
+    assert verdicts["vbpr Recall@20"] == {
+        "difference": 0.0,
+        "two_standard_errors": pytest.approx(0.0952, abs=1e-4),
+        "within": True,
+    }
     assert verdicts["slmrec NDCG@20"]["difference"] == 0.5 and not verdicts["slmrec NDCG@20"]["within"]
     assert verdicts["vbpr epoch speed-up"] == 3.0 and found.values["status"] == "MISSED"
