@@ -315,7 +315,7 @@ def _train(backbone, dataset, config: AdaptConfig, out: Path, resume, progress, 
         "resumed_from_step": start,
     }
     if accelerator.is_main_process:
-        adapters.save(model, out / "adapter", backbone.id)
+        adapters.save(model, out / "adapter", backbone.id, dataset=dataset.name, training=record)
         record["adapter_sha256"] = adapters.checksum(out / "adapter")
         with atomic_path(out / "loss.csv") as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=["step", "loss", "tau", "lr"])

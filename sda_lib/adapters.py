@@ -246,13 +246,18 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
     model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
 
 
-def save(model: nn.Module, folder: str | Path, backbone_id: str) -> Path:
+def save(model: nn.Module, folder: str | Path, backbone_id: str, dataset: str | None = None, training=None) -> Path:
     """The adapter, written atomically: MoDA in its own format (safetensors + a JSON card with the
-    backbone, layer shapes and checksum), the shared LoRA in peft's own layout."""
-    kind = _kind(model)
-    if kind is None:
+    backbone, layer shapes and checksum), the shared LoRA in peft's own layout; beside it a hub
+    model card (README.md, sda_lib.model_card) naming `dataset` and the `training` record."""
+    from .model_card import write_model_card
+
+    name = kind_of(model)
+    if name is None:
         raise ValueError("the model has no adapter to save")
-    return kind.save(model, Path(folder), backbone_id)
+    saved = KINDS[name].save(model, Path(folder), backbone_id)
+    write_model_card(saved, backbone_id, name, dataset, training)
+    return saved
 
 
 def _saved_kind(folder: Path) -> str:
@@ -283,12 +288,19 @@ def base_model(folder: str | Path) -> str:
     return _peft_config(folder).base_model_name_or_path
 
 
-def from_pretrained(folder: str | Path, **load_kw):
-    """The backbone the adapter in `folder` was trained on, loaded (load_backbone's keyword
+def from_pretrained(name_or_folder: str | Path, revision: str | None = None, **load_kw):
+    """The backbone the adapter in `name_or_folder` was trained on, loaded (load_backbone's keyword
     arguments in `load_kw`) with the adapter attached: a saved adapter alone is enough to embed.
-    Random presets are rebuilt from their id ("tiny-random-seed0": preset tiny, seed 0)."""
+    A folder is read as it is; anything else is a hub id (`revision` a branch, tag or commit),
+    fetched into the hub cache, or read from it alone when HF_HUB_OFFLINE=1. Random presets are
+    rebuilt from their id ("tiny-random-seed0": preset tiny, seed 0)."""
     from .backbone import backbone_name, load_backbone  # heavy, and needed only here
 
+    folder = Path(name_or_folder).expanduser()
+    if not folder.is_dir():
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(str(name_or_folder), revision=revision))
     name, seed = backbone_name(base_model(folder))
     backbone = load_backbone(name, **({"seed": seed} if seed is not None else {}), **load_kw)
     load(backbone.model, folder, backbone.id)

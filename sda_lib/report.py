@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .io import atomic_path, read_json, slug
+from .model_card import refresh_model_cards
 from .paths import REPO_ROOT, outputs_root
 
 PACKAGES = (
@@ -121,6 +122,7 @@ def build_report(run_dir: str | Path, data_dir: str | Path | None = None) -> Pat
     out = run_dir / "report.html"
     with atomic_path(out) as tmp:
         tmp.write_text(page)
+    refresh_model_cards(run_dir)  # the adapters' cards carry the figures measured since they were saved
     return out
 
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 from sda_lib.data.amazon import DESCRIPTION_CHARS, load_amazon, sda_filter, source_files
 from sda_lib.data.catalogue import DataError
-from sda_lib.data.images import download_images, find_images, usable_image
+from sda_lib.data.images import FAILURES_FILE, DownloadPolicy, download_images, find_images, usable_image
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "amazon2014-5core"
 
@@ -302,12 +302,13 @@ def test_download_is_checked_and_resumable(tmp_path, image_server):
     urls = {name: f"{image_server}/{name}.jpg" for name in ("good", "not-an-image", "missing")}
     cache = tmp_path / "cache"
     started = time.perf_counter()
-    first = download_images(urls, cache, workers=3, timeout=5)
+    first = download_images(urls, cache, workers=3, policy=DownloadPolicy(timeout=5))
     assert first == {"downloaded": 1, "already_present": 0, "download_failures": 2}
-    assert sorted(p.name for p in cache.iterdir()) == ["good.jpg"]  # no partial or rejected files
+    # no partial or rejected files; the failures listed
+    assert sorted(p.name for p in cache.iterdir()) == [FAILURES_FILE, "good.jpg"]
     assert (cache / "good.jpg").read_bytes() == jpeg_bytes()
 
-    second = download_images(urls, cache, workers=3, timeout=5)
+    second = download_images(urls, cache, workers=3, policy=DownloadPolicy(timeout=5))
     assert second == {"downloaded": 0, "already_present": 1, "download_failures": 2}
     assert time.perf_counter() - started < 10
 

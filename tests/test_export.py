@@ -82,7 +82,8 @@ def test_shared_lora_saves_in_peft_layout(toy_tiny, tmp_path):
 
     lvlm = _trained("lora", tmp_path / "a")
     saved = {p.name for p in (tmp_path / "a").iterdir()}
-    assert saved == {"adapter_config.json", "adapter_model.safetensors", "adapter_model.safetensors.sha256"}
+    peft_files = {"adapter_config.json", "adapter_model.safetensors", "adapter_model.safetensors.sha256"}
+    assert saved == peft_files | {"README.md"}
     want = export.embed_items(lvlm, toy_tiny, np.arange(4), progress=False)[0]
     stock = load_backbone("tiny")
     PeftModel.from_pretrained(stock.model, tmp_path / "a")

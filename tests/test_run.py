@@ -10,6 +10,7 @@ from dataclasses import fields
 
 import nbformat
 import pytest
+from huggingface_hub import ModelCard
 
 from sda_lib import run as runner
 from sda_lib.adapt import AdaptConfig
@@ -98,6 +99,9 @@ def test_whole_runner_on_toy_tiny_builds_the_report(outputs, library_as_now, cap
     ):
         assert section.lower() in html.lower(), f"report lacks {section!r}"
     assert all(f'href="{stage.notebook}"' in html for stage in runner.STAGES.values())
+    # the adapter's hub card carries the figures the run measured with it
+    card = ModelCard.load(out / "adapters" / "sda" / "adapter" / "README.md")
+    assert {r.task_type for r in card.data.eval_results} == {"item-embedding-alignment", "recommendation"}
 
     # The output table names what the notebooks really write: every declared output was fingerprinted.
     record = json.loads((out / "stages.json").read_text())

@@ -53,6 +53,7 @@ from .core import (
 )
 from .export import export_memory, export_overhead, export_padding
 from .gpu import gpu_check
+from .mmrec import mmrec_parity
 from .preparation import data_prepare
 from .recsys import full_eval, recbole_time_to_quality, seconds_of
 from .scaling import scaling
@@ -84,6 +85,7 @@ BENCHMARKS: dict[str, Callable[[Options], Measurement]] = {
     "sasrec-epoch": seconds_of("sda_lib.recsys.experiment:time_epoch", "epochs", model="sasrec"),
     "full-eval": full_eval,
     "recbole-time-to-quality": recbole_time_to_quality,
+    "mmrec-parity": mmrec_parity,
     "scaling": scaling,
     "gpu": gpu_check,
 }
@@ -227,6 +229,11 @@ def main(argv: list[str] | None = None) -> int:
         help=f"items per timed batch (each gives a text row and an image row). Defaults: {rounds}",
     )
     parser.add_argument("--dataset", default=defaults.dataset, help="dataset of the data and recommender benchmarks")
+    parser.add_argument(
+        "--features",
+        default=defaults.features,
+        help="feature table of mmrec-parity (under outputs/<dataset>/default/embeddings/)",
+    )
     parser.add_argument("--beauty", default=defaults.beauty, help="Amazon beauty source folder for data-prepare")
     parser.add_argument(
         "--device",

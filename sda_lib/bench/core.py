@@ -31,6 +31,7 @@ class Options:
     threads: int = 1
     batch_size: int | None = None
     dataset: str = "toy"
+    features: str = "sda"  # feature table of the recommender benchmarks (outputs/<dataset>/default/embeddings/)
     beauty: str = str(BEAUTY_SOURCE)
     device: str | None = None
 

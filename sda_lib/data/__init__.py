@@ -3,7 +3,8 @@
 Registered: toy, toy-tiny (synthetic, offline), beauty, sports, toys (Amazon 2014, raw or
 preprocessed form, from `source`; `PrepareParams.recipe` "5core" reads the 5-core files as they
 are, "sda" applies the SDA authors' filter to the raw reviews), custom (a user's interactions +
-items tables in `source`). A user's own dataset gets its own name and folder
+items tables in `source`), amazon2023 (a category of Amazon Reviews 2023), mmrec (one of MMRec's
+published dataset folders). A user's own dataset gets its own name and folder
 (`prepare_dataset("custom", source, name="mystore")`, `prepare custom --name mystore`); once
 prepared, that name works everywhere a dataset name does. A new kind of source is a
 `DatasetSource` registered in DATASETS (see the README's Extending section).
@@ -143,11 +144,56 @@ class CustomSource(DatasetSource):
         return load_custom(_one_of(source, "interactions"), _one_of(source, "items"), name=name)
 
 
+class Amazon2023Source(DatasetSource):
+    """A category of Amazon Reviews 2023, reviews or the release's 5-core file (sda_lib.data.amazon2023)."""
+
+    recipes = tuple(RECIPES)
+    source_help = (
+        "needs --source DIR holding one category's meta_<Category>.jsonl and its reviews <Category>.jsonl "
+        "(or the release's 5-core <Category>.csv), gzipped or not"
+    )
+
+    def inputs(self, name, source, recipe, images=None, download_images=False, category=None, **load_kw):
+        from .amazon import default_image_cache
+        from .amazon2023 import source_files
+
+        folders = {"--source": source}
+        if images is not None:
+            folders["--images"] = Path(images).expanduser().resolve()
+        elif download_images:
+            folders["the image cache"] = default_image_cache(name).resolve()
+        return Inputs(folders, source_files(source, category)[1:])
+
+    def load(self, name, source, image_dir, seed, recipe, **load_kw):
+        from .amazon2023 import load_amazon2023
+
+        return load_amazon2023(name, source, recipe=recipe, **load_kw)
+
+
+class MMRecSource(DatasetSource):
+    """One of MMRec's published preprocessed datasets (baby, sports, clothing...): its interactions,
+    with its content features importable as a feature table (sda_lib.data.mmrec)."""
+
+    source_help = "needs --source DIR, an MMRec dataset folder holding <name>.inter (and text_feat.npy, image_feat.npy)"
+
+    def inputs(self, name, source, recipe, **load_kw):
+        from .mmrec import inter_file
+
+        return Inputs({"--source": source}, (inter_file(source),))
+
+    def load(self, name, source, image_dir, seed, recipe, **load_kw):
+        from .mmrec import load_mmrec
+
+        return load_mmrec(name, source)
+
+
 for _name in ("toy", "toy-tiny"):
     DATASETS.register(_name, ToySource())
 for _name in ("beauty", "sports", "toys"):
     DATASETS.register(_name, AmazonSource())
 DATASETS.register("custom", CustomSource())
+DATASETS.register("amazon2023", Amazon2023Source())
+DATASETS.register("mmrec", MMRecSource())
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from ..data import load_prepared
+from ..formats.recbole import write_inter as write_atomic_file
 
 RECBOLE_PYTHON = os.environ.get("RECBOLE_PYTHON", str(Path.home() / "recbole-venv" / "bin" / "python"))
 
@@ -173,12 +172,3 @@ def recbole_sasrec(
     if done.returncode != 0:
         raise RuntimeError(f"RecBole run failed (exit {done.returncode}); its traceback is printed above")
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def write_atomic_file(dataset, path: Path) -> None:
-    """The sequences as a RecBole .inter file: user, item, position in the user's sequence."""
-    inter = dataset.interactions
-    position = np.arange(len(inter)) - np.repeat(dataset.user_offsets[:-1], np.diff(dataset.user_offsets))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [f"{u}\t{i}\t{p}" for u, i, p in zip(inter["user"], inter["item"], position)]
-    path.write_text("user_id:token\titem_id:token\ttimestamp:float\n" + "\n".join(lines) + "\n")
