@@ -63,6 +63,7 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     def send(self, body: bytes, kind: str = "image/png", status: int = 200, length: int | None = None, **headers):
+        self.finished_work()  # the client holds its slot until it has read the answer: count below it
         self.send_response(status)
         self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(body) if length is None else length))
@@ -75,17 +76,23 @@ class Handler(BaseHTTPRequestHandler):
         server = self.server
         # a request the client gave up on (hang) keeps its handler busy after the client moved on,
         # so it is not counted among the requests in flight
-        counted = int(not self.path.startswith("/hang"))
+        self.counted = int(not self.path.startswith("/hang"))
         with server.lock:
             server.requests[self.path] += 1
             seen = server.requests[self.path]
-            server.in_flight += counted
+            server.in_flight += self.counted
             server.most_in_flight = max(server.most_in_flight, server.in_flight)
         try:
             self.answer(self.path.strip("/").split("/"), seen)
         finally:
-            with server.lock:
-                server.in_flight -= counted
+            self.finished_work()
+
+    def finished_work(self):
+        """Leave the requests in flight (once), before the answer goes out: a client that has read
+        it may start its next request at once, before this handler returns."""
+        with self.server.lock:
+            self.server.in_flight -= self.counted
+            self.counted = 0
 
     def answer(self, parts: list[str], seen: int):
         kind, seed = parts[0], int(parts[-1]) if parts[-1].isdigit() else 0
