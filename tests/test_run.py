@@ -9,10 +9,12 @@ from dataclasses import fields
 import nbformat
 import pytest
 
+from sda_lib import profiles
 from sda_lib import run as runner
 from sda_lib.adapt import AdaptConfig
 from sda_lib.data import load_prepared
 from sda_lib.paths import data_dir
+from sda_lib.recsys import published
 from sda_lib.report import report_numbers
 
 NOTEBOOK_FILES = sorted(runner.NOTEBOOKS.glob("*.ipynb"))
@@ -478,6 +480,14 @@ def test_profiles_fill_only_what_the_command_line_leaves_open():
     assert given["adapt"]["steps"] == 4000 and given["adapt"]["gradient_checkpointing"] is True
     assert given["adapt"]["backbone"] == given["export"]["backbone"] == "7b"
     assert given["data"]["recipe"] == "sda" and given["recommend"]["recsys_preset"] == "authors"
+    # Table 1's CLIP row (the ViT-L/14 checkpoint the labels call "CLIP") and its features in 05
+    assert given["zero_shot"]["baselines"] == ["pretrained", "clip"]
+    assert given["zero_shot"]["clip_model"] == profiles.PAPER_CLIP == published.CLIP
+    assert given["recommend"]["features"] == ["id", "clip", "zero-shot", "sda", "pretrained"]
+    # section 3.3.3 in the main run's regime: its lr and items a step, gradients in training mode
+    conflict, adapt = given["gradient_conflict"], runner.notebook_parameters("adapt")
+    assert (conflict["conflict_lr"], conflict["conflict_batch_size"]) == (adapt["lr"], adapt["train_batch_size"])
+    assert conflict["conflict_mode"] == "train" and conflict["gradient_checkpointing"] is True
     _, sports = runner.profiled_parameters("sports", {}, stages, declared)
     assert sports["adapt"]["steps"] == 2000 == sports["ablations"]["ablation_steps"]
 
