@@ -344,7 +344,7 @@ def paper_table1(
         )
     if extras_seen:
         notes.append(f"rows below the rule are not in the paper ({', '.join(sorted(extras_seen))} features).")
-    notes += ([tail] if tail else []) + data_notes
+    notes += ([tail.rstrip(".") + "."] if tail else []) + data_notes
     table.attrs.update(notes=notes, reference=reference, alpha=alpha, protocol=protocol, labels=dict(labels or {}))
     return table
 
