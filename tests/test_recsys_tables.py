@@ -146,6 +146,9 @@ def test_table1_gains_over_the_best_other_row_and_marks(grid):
     shown = format_table1(table)
     assert shown.loc[("beauty", "SASRec", "SDA"), ("overall", "H@10")] == f"{27 / 40:.4f}*"
     assert shown.loc[("beauty", "SASRec", "SDA"), ("tail", "H@10")] == "0.6000"  # p > 0.05: no mark
+    lower = table.copy()  # a significant drop is not marked: "*" says SDA is better
+    lower[("overall", "H@10 gain")] = -lower[("overall", "H@10 gain")]
+    assert format_table1(lower).loc[("beauty", "SASRec", "SDA"), ("overall", "H@10")] == f"{27 / 40:.4f}"
     rows = list(shown.loc[("beauty", "SASRec")].index)
     assert rows[3:] == [
         "SDA",

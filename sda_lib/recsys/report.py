@@ -333,7 +333,9 @@ def paper_table1(
         definition = "gain = SDA / best of the paper's other rows of the same model (per subset and metric) - 1"
     else:
         definition = f"gain = SDA / {reference_row} of the same model - 1"
-    notes = [f"{protocol} protocol; means over seeds; {definition}; * = paired t-test p < {alpha} against that row."]
+    notes = [
+        f"{protocol} protocol; means over seeds; {definition}; * = SDA higher than that row, paired t-test p < {alpha}."
+    ]
     if models & set(BASE_FEATURES):
         notes.append(
             "Base: ID embeddings for SASRec and BERT4Rec; for "
@@ -360,8 +362,8 @@ def _ordered(index: pd.MultiIndex) -> pd.MultiIndex:
 
 
 def format_table1(table: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
-    """`paper_table1` as the paper prints it: values as strings with a "*" on SDA values whose
-    paired test against the reference row has p < alpha, an "Improv." row after each model's SDA
+    """`paper_table1` as the paper prints it: values as strings with a "*" on SDA values above the
+    reference row by a paired test with p < alpha, an "Improv." row after each model's SDA
     row (relative gains, with the reference row when it is not the same for every column), the
     rows not in the paper below a rule row, rows named by attrs["labels"], and a `note` column
     holding the table's notes on the first row. Published columns (`published.beside_table1`)
@@ -383,11 +385,13 @@ def format_table1(table: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
             cells = {}
             for s, m in values:
                 v = r[(s, m)]
-                mark = "*" if row == SDA_ROW and (s, f"{m} p") in r and r[(s, f"{m} p")] < alpha else ""
+                better = row == SDA_ROW and (s, f"{m} p") in r and r[(s, f"{m} gain")] > 0
+                mark = "*" if better and r[(s, f"{m} p")] < alpha else ""
                 cells[(s, m)] = "—" if pd.isna(v) else f"{v:.{digits}f}{mark}"
             for s, name in beside:
                 v = r[(s, name)]
-                cells[(s, name)] = "" if pd.isna(v) else f"{v:+.1%}" if name.endswith("vs paper") else f"{v:.{digits}f}"
+                shown_value = f"{v:+.1%}" if name.endswith("vs paper") else f"{v:.{digits}f}"
+                cells[(s, name)] = "" if pd.isna(v) else shown_value
             out_rows.append(cells)
             shown = labels.get(row, row) if row in (*BASELINE_ROWS, SDA_ROW) else _extra_label(row)
             index.append((dataset, model, shown))
