@@ -166,3 +166,15 @@ def table2(results: pd.DataFrame, protocol: str = "sampled", reference: str = FU
         *table.attrs.get("notes", []),
     ]
     return out.sort_index(axis=1, level=0, sort_remaining=False)
+
+
+def name_rows(table: pd.DataFrame, tag: str | None = None) -> pd.DataFrame:
+    """`table2`'s table with its rows named after what ran: the ID-only row and the zero-shot row
+    say so, and with a backbone other than the paper's (`tag`, e.g. "tiny": recsys.report.lvlm_tag)
+    every adapted row names it, e.g. "SDA (tiny)"."""
+    names = {ID_ONLY: f"{ID_ONLY} (ID only)", ZERO_SHOT: f"{ZERO_SHOT} (zero-shot{' ' + tag if tag else ''})"}
+    if tag:
+        names |= {v: f"{v} ({tag})" for v in VARIANTS if v not in names}
+    out = table.rename(index=names)
+    out.attrs = dict(table.attrs)
+    return out

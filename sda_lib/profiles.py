@@ -2,8 +2,10 @@
 
 - `paper`: the authors' experiment, the default on the Amazon datasets: their data recipe,
   Qwen2.5-VL-7B, their adaptation steps per dataset, gradient checkpointing as they trained, their
-  recommender budget (docs/FIDELITY.md gives the source of each value). On S3-Rec's preprocessed
-  files, which the authors' recipe cannot read, add `-p data.recipe=5core`.
+  recommenders' settings and budgets, Table 1's CLIP row (ViT-L/14, downloaded like the 7B), and
+  the gradient study in the main run's regime (docs/FIDELITY.md gives the source of each value).
+  On S3-Rec's preprocessed files, which the authors' recipe cannot read, add `-p data.recipe=5core`;
+  offline, `-p backbone=tiny -p clip_model=tiny` swaps both downloads for random presets.
 - `quick`: the notebooks' own defaults, sized for 2 CPU cores (the random `tiny` preset); the
   default on toy-tiny and a user's own datasets.
 - `teaching`: the quick settings on the `mini` backbone (real pretrained weights, so the demo shows
@@ -28,6 +30,7 @@ CELL_TIMEOUT = {"paper": 24 * 3600, "quick": 1800, "teaching": 1800}
 AMAZON = ("beauty", "sports", "toys")
 # MAX_STEPS of the authors' final scripts (RaoZhongtao/SDA:experiments/<dataset>/scft/CAMEL_qwen.bash).
 PAPER_STEPS = {"beauty": 4000, "sports": 2000, "toys": 4000}
+PAPER_CLIP = "openai/clip-vit-large-patch14"  # recsys.published.CLIP, spelled out: the runner loads no model code
 
 
 _MINI = {"backbone": "mini"}
@@ -60,10 +63,14 @@ def profile_parameters(profile: str, dataset: str) -> dict[str, dict]:
     lvlm = {"backbone": "7b"}
     return {
         "data": {"recipe": "sda"},  # their filters on the full reviews (data_process.ipynb); tail rule: the default
-        "zero_shot": lvlm,
+        # Table 1's CLIP row: the authors' MMRec runs read 768-wide CLIP features (clip_768), ViT-L/14's width
+        "zero_shot": {**lvlm, "baselines": ["pretrained", "clip"], "clip_model": PAPER_CLIP},
         "adapt": {**lvlm, "steps": steps, "gradient_checkpointing": True, "checkpoint_every": 500},
         "export": lvlm,
-        "recommend": {"recsys_preset": "authors"},  # sda_lib.recsys.presets: their sizes, budget, features alone
+        "recommend": {
+            "recsys_preset": "authors",  # sda_lib.recsys.presets: their sizes, budgets, features alone
+            "features": ["id", "clip", "zero-shot", "sda", "pretrained"],  # Table 1's rows (+ Base of VBPR, SLMRec)
+        },
         "ablations": {
             **lvlm,
             "ablation_steps": steps,
@@ -71,5 +78,15 @@ def profile_parameters(profile: str, dataset: str) -> dict[str, dict]:
             "recsys_preset": "authors",
             "ablation_epochs": 200,
         },
-        "gradient_conflict": lvlm,
+        # section 3.3.3 in the main run's regime: its lr and items a step, gradients taken in training
+        # mode (their analyze_gradient ran inside the training forward), checkpointing as they trained
+        "gradient_conflict": {
+            **lvlm,
+            "conflict_lr": 2e-4,
+            "conflict_batch_size": 32,
+            "conflict_mode": "train",
+            "conflict_steps": 200,
+            "every": 20,
+            "gradient_checkpointing": True,
+        },
     }

@@ -4,7 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sda_lib.ablations import FULL, ID_ONLY, VARIANTS, run_ablations, table2, variant_features
+from sda_lib.ablations import FULL, ID_ONLY, VARIANTS, name_rows, run_ablations, table2, variant_features
+from sda_lib.recsys.published import beside_table2
+from sda_lib.recsys.report import lvlm_tag
 from sda_lib.recsys.train import TrainConfig
 
 
@@ -50,6 +52,24 @@ def test_table2_rows_and_delta_by_hand():
     assert table.loc[ID_ONLY, ("tail", "H@10")] == pytest.approx(0.20)
     assert table.loc["further variants"].isna().all()
     assert "Δ: mean relative change of H@10 and N@10 against SDA" in table.attrs["notes"][0]
+
+
+def test_table2_beside_the_paper_with_rows_named_after_what_ran():
+    results = tidy({FULL: (0.50, 0.30), "w/o CMSA": (0.48, 0.27), ID_ONLY: (0.40, 0.21), "2 experts": (0.5, 0.3)})
+    results["dataset"] = "beauty"
+    table = beside_table2(table2(results), "beauty", "sasrec")
+    assert table.loc[FULL, ("overall", "H@10 paper")] == 0.5752
+    assert table.loc["w/o CMSA", ("overall", "N@10 vs paper")] == pytest.approx(0.27 / 0.3612 - 1)
+    # the ID-only tail in Table 1's order (0.0462 / 0.0229), not as Table 2 prints it
+    assert table.loc[ID_ONLY, ("tail", "H@10 paper")] == 0.0462
+    assert np.isnan(table.loc["2 experts", ("overall", "H@10 paper")])  # not in the paper
+    assert table.loc[ID_ONLY, ("overall", "Δ paper")] == pytest.approx(-0.2908)
+    tiny = name_rows(table, lvlm_tag("tiny"))
+    assert list(tiny.index[:3]) == ["SDA (tiny)", "w/o CMSA (zero-shot tiny)", "w/o CMSA & MoDA (ID only)"]
+    assert list(tiny.index[-2:]) == ["further variants", "2 experts (tiny)"] and tiny.attrs == table.attrs
+    paper = name_rows(table, lvlm_tag("7b"))
+    assert list(paper.index[:3]) == ["SDA", "w/o CMSA (zero-shot)", "w/o CMSA & MoDA (ID only)"]
+    assert lvlm_tag("Qwen/Qwen2.5-VL-7B-Instruct") is None and lvlm_tag("mini-connector-01ab") == "mini"
 
 
 def test_table2_spread_over_seeds():

@@ -187,6 +187,25 @@ def test_infonce_matches_hand_computation(et, ev, tau):
     assert got.item() == pytest.approx((ce(s) + ce(s.T)) / 2, rel=1e-10)
 
 
+def test_infonce_projects_before_it_normalises_as_the_authors_call_it():
+    """At the 7B's width the authors' InfoNCE_Loss gets the group-mean projection (3584 -> 768) and
+    normalises that, not the raw pooled states."""
+    rng = np.random.default_rng(5)
+    smooth = np.repeat(rng.normal(size=(4, 896)), 4, axis=1)  # constant within groups of 4 features
+    wiggle = rng.normal(size=(4, 3584)) * np.where(np.arange(3584) % 2, 3.0, -3.0)  # mostly averaged away
+    et, ev = smooth + wiggle, smooth - wiggle
+    ce = lambda m: np.mean([np.log(np.exp(m[i]).sum()) - m[i, i] for i in range(len(m))])  # noqa: E731
+
+    def loss(a, b):
+        s = unit(a) @ unit(b).T / 0.1
+        return (ce(s) + ce(s.T)) / 2
+
+    projected = loss(group_mean(et, 768), group_mean(ev, 768))
+    assert infonce_loss(t64(et), t64(ev), 0.1).item() == pytest.approx(projected, rel=1e-10)
+    assert infonce_loss(t64(et), t64(ev), 0.1, project=False).item() == pytest.approx(loss(et, ev), rel=1e-10)
+    assert projected < loss(et, ev) - 1  # the matched pairs agree once the group means are taken
+
+
 def test_temperature_learnable_positive_and_receives_gradient():
     plain = Temperature()  # the authors' plain parameter
     assert plain().item() == 3.0 and plain.value.item() == 3.0

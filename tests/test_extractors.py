@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tokenizers import pre_tokenizers
-from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
+from transformers import CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
 
-from sda_lib.extractors import CLIPExtractor, MiniLMEfficientNetExtractor, efficientnet_pixels
+from sda_lib.export import export_baseline
+from sda_lib.extractors import CLIPExtractor, MiniLMEfficientNetExtractor, efficientnet_pixels, tiny_clip
+from sda_lib.recsys import row_labels
 
 TEXTS = ["a red running shoe", "blue socks", "kitchen knife set " * 40]  # the last is longer than CLIP's context
 
@@ -17,43 +18,12 @@ def noise_images(n, size=(48, 40)):
     return [Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)) for _ in range(n)]
 
 
-def tiny_clip_tokenizer():
-    """A byte-level CLIP tokenizer with no merges: every character is a token (end-of-word form too)."""
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    tokens = ["<|startoftext|>", "<|endoftext|>"] + alphabet + [c + "</w>" for c in alphabet]
-    return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=[])
-
-
 @pytest.fixture(scope="module")
 def clip_folder(tmp_path_factory):
+    """The "tiny" random CLIP saved as a model folder, as a downloaded checkpoint is laid out."""
     folder = tmp_path_factory.mktemp("tiny-clip")
-    tokenizer = tiny_clip_tokenizer()
-    config = CLIPConfig(
-        text_config=dict(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=24,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        ),
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=32,
-            patch_size=8,
-        ),
-        projection_dim=16,
-    )
-    torch.manual_seed(0)
-    CLIPModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    for part in tiny_clip(seed=0):
+        part.save_pretrained(folder)
     return folder
 
 
@@ -76,7 +46,7 @@ def test_clip_from_a_folder_gives_the_projection_head_outputs(clip_folder):
 
     # Round trip: the same numbers as the saved model run by hand.
     model = CLIPModel.from_pretrained(clip_folder).eval()
-    tokens = tiny_clip_tokenizer()(TEXTS[:2], padding=True, return_tensors="pt")
+    tokens = CLIPTokenizer.from_pretrained(clip_folder)(TEXTS[:2], padding=True, return_tensors="pt")
     processor = CLIPImageProcessorPil.from_pretrained(clip_folder)
     with torch.inference_mode():
         want_text = model.get_text_features(**tokens).pooler_output
@@ -90,6 +60,25 @@ def test_clip_from_a_folder_gives_the_projection_head_outputs(clip_folder):
     np.testing.assert_allclose(raw_text / np.linalg.norm(raw_text, axis=1, keepdims=True), text, atol=1e-5)
     np.testing.assert_allclose(raw_text[:2], want_text.numpy(), atol=1e-5)
     assert not np.allclose(np.linalg.norm(raw_text, axis=1), 1)
+
+
+def test_tiny_clip_preset_is_built_offline_seeded_and_equals_its_saved_folder(clip_folder, toy_tiny, tmp_path):
+    """`clip_model="tiny"`: the random CLIP the paper profile's smoke runs use in place of ViT-L/14,
+    the same numbers as that model saved and loaded as a folder; another seed, other weights."""
+    tiny = CLIPExtractor("tiny", batch_size=2, device="cpu")
+    folder = CLIPExtractor(str(clip_folder), batch_size=2, device="cpu")
+    assert tiny.id == "clip:tiny-random-seed0" and tiny.text_dim == tiny.image_dim == 16
+    images = noise_images(2)
+    np.testing.assert_allclose(tiny.embed_texts(TEXTS, progress=False), folder.embed_texts(TEXTS, progress=False))
+    np.testing.assert_allclose(tiny.embed_images(images, progress=False), folder.embed_images(images, progress=False))
+    other = CLIPExtractor("tiny", device="cpu", seed=1)
+    assert other.id == "clip:tiny-random-seed1"
+    assert not np.allclose(other.embed_texts(TEXTS[:1], progress=False), tiny.embed_texts(TEXTS[:1], progress=False))
+    table = export_baseline("clip", toy_tiny, tmp_path / "clip", model="tiny", progress=False)
+    assert table.manifest["model"] == "clip:tiny-random-seed0" and table.split_dims == (16, 16)
+    assert row_labels({"clip": table.manifest}) == {"CLIP": "CLIP (tiny)"}
+    with pytest.raises(ValueError, match="the paper's is openai/clip-vit-large-patch14"):
+        export_baseline("clip", toy_tiny, tmp_path / "none")
 
 
 def test_bad_sources_and_inputs_are_named(clip_folder, tmp_path):

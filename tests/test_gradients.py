@@ -162,6 +162,48 @@ def test_conflict_statement_follows_the_numbers():
     assert summary.loc[("moda", "expert 0")].tolist() == pytest.approx([0.2, 0.6, 0.4])
 
 
+def test_paper_table_per_projection_lora_b_and_moda_first_expert():
+    rows = []
+    for projection, offset in (("q_proj", 0.0), ("k_proj", 0.1), ("q_proj+k_proj", 0.2)):
+        for adapter, part, values in (("moda", "expert 0", [0.2, 0.4, 0.6]), ("lora", "B", [0.1, 0.0, -0.4])):
+            for step, cosine in zip((1, 10, 20), values):
+                rows.append(
+                    {
+                        "adapter": adapter,
+                        "part": part,
+                        "projection": projection,
+                        "step": step,
+                        "cosine": cosine + offset,
+                    }
+                )
+        rows.append({"adapter": "moda", "part": "B", "projection": projection, "step": 1, "cosine": 0.9})  # not shown
+    table = gradients.paper_conflict_table(pd.DataFrame(rows).sample(frac=1, random_state=0))  # any row order
+    assert table.index.tolist() == [(p, a) for p in ("q_proj", "k_proj", "q_proj+k_proj") for a in ("lora", "moda")]
+    assert table.loc[("k_proj", "moda"), ["first", "last", "mean"]].tolist() == pytest.approx([0.3, 0.7, 0.5])
+    assert table.loc[("q_proj", "lora"), ["first", "last", "mean", "steps"]].tolist() == pytest.approx(
+        [0.1, -0.4, -0.1, 3]
+    )
+    assert table.loc[("q_proj", "moda"), "part"] == "expert 0" and table.loc[("q_proj", "lora"), "part"] == "B"
+    per_projection = [gradients.conflict_statement(pd.DataFrame(rows), p) for p in ("q_proj", "k_proj")]
+    assert (
+        all("(q_proj, last layer)" in per_projection[0] for _ in (0,)) and "(k_proj, last layer)" in per_projection[1]
+    )
+
+
+def test_conflict_measured_in_training_mode_uses_dropout_and_restores_the_mode():
+    backbone = adapted("moda", dropout=0.5)
+    texts, pictures = TEXTS, images(len(TEXTS))
+    evaluated = [gradients.conflict(backbone, texts, pictures, 3.0)["cosine"] for _ in range(2)]
+    pd.testing.assert_series_equal(*evaluated)  # eval: no dropout, the same numbers
+    torch.manual_seed(0)
+    trained = gradients.conflict(backbone, texts, pictures, 3.0, mode="train")["cosine"]
+    assert not np.allclose(trained, evaluated[0]) and not backbone.model.training  # dropout drew; mode restored
+    torch.manual_seed(0)
+    np.testing.assert_allclose(gradients.conflict(backbone, texts, pictures, 3.0, mode="train")["cosine"], trained)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        gradients.conflict(backbone, texts, pictures, 3.0, mode="inference")
+
+
 @pytest.fixture
 def tiny_dataset(tmp_path):
     paths = []

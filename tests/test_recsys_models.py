@@ -19,7 +19,7 @@ from sda_lib.recsys import (
     build_model,
     fit,
     model_train_config,
-    part_settings,
+    replacement_settings,
     run_experiment,
     table1,
     train_grid,
@@ -457,8 +457,15 @@ def test_feature_table_part_is_a_checked_view(dataset, tmp_path):
         text.part("image")
     with pytest.raises(ValueError, match="parts must be"):
         table.part("audio")
-    settings = part_settings(table, dataset)
-    assert list(settings) == ["sda-text", "sda-image", "sda"] and settings["sda"] is table
+    # a part from another table of the same items (Figure 3's replacement), saved and checked too
+    other = make_table(dataset, d_text=3, d_image=5)
+    mixed = table.with_part("image", other)
+    np.testing.assert_array_equal(mixed.features, np.concatenate([table.features[:, :6], other.features[:, 3:]], 1))
+    assert mixed.split_dims == (6, 5) and mixed.image is other.image and mixed.text is table.text
+    FeatureTable.load(mixed.save(tmp_path / "mixed"), dataset)
+    settings = replacement_settings(table, other, dataset)
+    assert list(settings) == ["sda-text+pretrained-image", "pretrained-text+sda-image", "sda"]
+    assert settings["sda"] is table and settings["pretrained-text+sda-image"].split_dims == (3, 4)
 
 
 def test_a_presets_item_repr_is_per_model(dataset):

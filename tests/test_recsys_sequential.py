@@ -358,6 +358,34 @@ def test_presets_build_and_train_one_epoch(tiny, name, model_name):
     assert len(result.history) == 1 and np.isfinite(result.history["loss"]).all()
 
 
+def test_authors_preset_trains_each_model_as_its_source(tiny):
+    """SASRec and BERT4Rec as the SDA code trains them; VBPR and SLMRec as the first author's MMRec
+    fork does: validated on HR@10 over the stored candidates, 1000 epochs, patience 20, batches of
+    2048 interactions; SLMRec with its recorded per-dataset pick (ssl_alpha 0.5 on sports)."""
+    preset = get_preset("authors")
+    assert preset.training("sasrec") == preset.training() == preset.train
+    assert preset.training("sasrec").monitor == "NDCG@10" and preset.training("sasrec").fresh_negatives
+    for name in ("vbpr", "slmrec"):
+        config = preset.training(name)
+        assert (config.monitor, config.monitor_protocol, config.monitor_negatives, config.fresh_negatives) == (
+            "HR@10",
+            "sampled",
+            None,
+            False,
+        )
+        assert (config.epochs, config.patience, config.batch_size) == (1000, 20, 2048)
+    assert (preset.training("slmrec").lr, preset.training("slmrec").weight_decay) == (1e-4, 1e-4)
+    assert (preset.training("vbpr").lr, preset.training("vbpr").weight_decay) == (1e-3, 0.0)
+    assert preset.params("slmrec", "sports") == {"ssl_weight": 0.5}
+    assert preset.params("slmrec", "beauty") == {} and preset.params("slmrec", "toys", dim=8) == {"dim": 8}
+    assert preset.training("vbpr", epochs=1).epochs == 1 and preset.training("vbpr").epochs == 1000
+    seed_everything(0)
+    model = RECOMMENDERS["vbpr"](tiny, "id+features", features(tiny.n_items), dim=8)
+    result = fit(model, tiny, preset.training("vbpr", epochs=2, progress=False))
+    assert len(result.history) == 2 and {"valid_HR@10"} <= set(result.history.columns)
+    assert result.best_score == result.history["valid_HR@10"].iloc[result.best_epoch - 1]
+
+
 @pytest.mark.parametrize("model_name", ["sasrec", "bert4rec"])
 def test_authors_preset_with_alignment_to_a_pretrained_id_model(tiny, toy_tiny, tmp_path, model_name):
     preset = get_preset("authors")

@@ -9,13 +9,16 @@ import time
 from dataclasses import fields
 
 import nbformat
+import pandas as pd
 import pytest
 from huggingface_hub import ModelCard
 
+from sda_lib import profiles
 from sda_lib import run as runner
 from sda_lib.adapt import AdaptConfig
 from sda_lib.data import load_prepared
 from sda_lib.paths import data_dir
+from sda_lib.recsys import published
 from sda_lib.report import report_numbers
 
 NOTEBOOK_FILES = sorted(runner.NOTEBOOKS.glob("*.ipynb"))
@@ -86,10 +89,11 @@ def test_whole_runner_on_toy_tiny_builds_the_report(outputs, library_as_now, cap
     for section in (
         "Data card",
         "Table 1 sampled ranking",
-        "Headline aggregates beside the published ones",
-        "Figure 3 slmrec on feature parts",
+        "Abstract aggregates beside the published ones",
+        "Figure 3 slmrec modality replacement",
         "Table 2 ablations",
         "Gradient conflict during adaptation",
+        "Gradient conflict per projection section 3 3 3",
         "Gradient conflict",
         "Alignment",
         "Umap",
@@ -111,6 +115,54 @@ def test_whole_runner_on_toy_tiny_builds_the_report(outputs, library_as_now, cap
     capsys.readouterr()
     runner.run_stages("toy-tiny", params=SMALL, progress=False)
     assert _ran(capsys) == [], "a second run with nothing changed reran stages"
+
+
+@pytest.mark.slow
+def test_paper_profile_offline_renders_the_papers_table1_rows_figure3_and_gradient_table(outputs, library_as_now):
+    """The paper profile on toy-tiny with the random presets in place of the two downloads: Table 1
+    has Base / CLIP / zero-shot / SDA rows named after what ran, the CLIP row from the tiny random
+    CLIP; Figure 3 is the modality replacement; the gradient study is per projection. Toy data has
+    nothing published to compare with, and the report says so."""
+    params = {
+        "profile": "paper",
+        "backbone": "tiny",
+        "clip_model": "tiny",
+        "data.recipe": "5core",
+        "adapt.steps": 2,
+        "epochs": 1,
+        "models": ["sasrec", "slmrec"],
+        "conflict_steps": 2,
+        "every": 1,
+    }
+    stages = ["data", "zero_shot", "adapt", "export", "recommend", "gradient_conflict"]
+    out = runner.run_stages("toy-tiny", stages, run="paper", params=params, progress=False)
+    table1 = pd.read_csv(out / "tables" / "05-table-1-sampled-ranking.csv")
+    sasrec = table1[table1["model"] == "SASRec"]["row"].tolist()
+    assert sasrec[:5] == ["Base", "CLIP (tiny)", "zero-shot (tiny)", "SDA (tiny)", "Improv."]
+    assert sasrec[-1] == "MiniLM + EfficientNet-Lite0 (not in the paper)"
+    assert "No published column: toy-tiny" in table1["note"].iloc[0]
+    manifest = json.loads((out / "embeddings" / "clip" / "manifest.json").read_text())
+    assert manifest["model"] == "clip:tiny-random-seed0"
+    runs = json.loads((out / "recsys" / "slmrec" / "pretrained" / "seed0" / "config.json").read_text())
+    assert runs["train"]["monitor"] == "HR@10" and runs["train"]["monitor_protocol"] == "sampled"  # the fork's
+    bars = pd.read_csv(out / "tables" / "05-figure-3-slmrec-modality-replacement.csv")
+    assert bars["bar"].unique().tolist() == [
+        "Base",
+        "SDA text + Base image",
+        "Base text + SDA image",
+        "SDA text + image",
+    ]
+    assert set(bars["subset"]) == {"overall", "tail"}
+    gradients = pd.read_csv(out / "tables" / "07-gradient-conflict-per-projection-section-3-3-3.csv")
+    assert gradients[["projection", "adapter"]].values.tolist()[:4] == [
+        ["q_proj", "lora"],
+        ["q_proj", "moda"],
+        ["k_proj", "lora"],
+        ["k_proj", "moda"],
+    ]
+    assert json.loads((out / "stages.json").read_text())["gradient_conflict"]["params"]["conflict_mode"] == "train"
+    html = (out / "report.html").read_text()
+    assert "Figure 3 slmrec modality replacement" in html and report_numbers(out / "report.html")["non_finite"] == 0
 
 
 # ---------------------------------------------------------------- currency, on two tiny stages
@@ -583,6 +635,14 @@ def test_profiles_fill_only_what_the_command_line_leaves_open():
     assert given["adapt"]["steps"] == 4000 and given["adapt"]["gradient_checkpointing"] is True
     assert given["adapt"]["backbone"] == given["export"]["backbone"] == "7b"
     assert given["data"]["recipe"] == "sda" and given["recommend"]["recsys_preset"] == "authors"
+    # Table 1's CLIP row (the ViT-L/14 checkpoint the labels call "CLIP") and its features in 05
+    assert given["zero_shot"]["baselines"] == ["pretrained", "clip"]
+    assert given["zero_shot"]["clip_model"] == profiles.PAPER_CLIP == published.CLIP
+    assert given["recommend"]["features"] == ["id", "clip", "zero-shot", "sda", "pretrained"]
+    # section 3.3.3 in the main run's regime: its lr and items a step, gradients in training mode
+    conflict, adapt = given["gradient_conflict"], runner.notebook_parameters("adapt")
+    assert (conflict["conflict_lr"], conflict["conflict_batch_size"]) == (adapt["lr"], adapt["train_batch_size"])
+    assert conflict["conflict_mode"] == "train" and conflict["gradient_checkpointing"] is True
     _, sports = runner.profiled_parameters("sports", {}, stages, declared)
     assert sports["adapt"]["steps"] == 2000 == sports["ablations"]["ablation_steps"]
 

@@ -10,6 +10,12 @@ one B for both; MoDA's B is E column blocks, one per expert.
 For a MoDA expert j both gradients are (alpha/r) w_m,j times a gate-free term, so the gate weights
 rescale them but cannot turn them: the cosine of one expert moves only through what training does to
 the rest of the network.
+
+The paper (section 3.3.3) reports the cosine per projection, q_proj and k_proj, for LoRA's B and
+MoDA's first expert; `paper_conflict_table` lays the measurements out that way (q+k together as
+an extra row). The authors took the gradients inside their training forward (`analyze_gradient`
+in their `llm/qwen_vl.py`, which computes the loss only in training mode), so `mode="train"`
+measures with dropout on, as they did; "eval" (the default) is deterministic.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from ..cmsa import cmsa_loss
 
 PROJECTIONS = ("q_proj", "k_proj")  # the labels of the query and key projections, whatever their names
 BOTH = "+".join(PROJECTIONS)
+MODES = ("eval", "train")  # the model's mode while the probe measures
+PAPER_PARTS = {"lora": "B", "moda": "expert 0"}  # what section 3.3.3 reports for each adapter
 
 
 @dataclass
@@ -111,17 +119,20 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def conflict(
-    backbone, texts: list[dict], images: list, tau: float | torch.Tensor, form: str = "authors"
+    backbone, texts: list[dict], images: list, tau: float | torch.Tensor, form: str = "authors", mode: str = "eval"
 ) -> pd.DataFrame:
     """Text-path vs image-path gradient cosine on one batch, for q_proj, k_proj and both together,
-    over the whole B and each expert. Measured in eval mode (no dropout), so it is deterministic.
+    over the whole B and each expert. `mode` "eval" (no dropout) is deterministic; "train"
+    measures with dropout on, as the authors did inside their training forward.
 
     Columns: projection, part, cosine, norm_text, norm_image.
     """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     model = backbone.model
     targets = last_layer_b(model, backbone.attention)
     was_training = model.training
-    model.eval()
+    model.train(mode == "train")
     try:
         grads_t, grads_v = path_gradients(backbone, texts, images, tau, [b.weight for b in targets], form)
     finally:
@@ -150,16 +161,27 @@ class ConflictProbe:
     debug batch) after the first optimiser step, every `every` steps and after the last, so the
     measurement rides along the main adaptation run.
 
-    Measuring runs in eval mode and leaves `.grad` alone, so the adapter trains exactly as it would
-    unobserved. `frame(losses)` gives the tidy result: adapter, step, loss (of that step), tau,
-    projection, part, cosine, norm_text, norm_image.
+    Measuring leaves `.grad` alone, so the adapter trains as it would unobserved (in "train" mode
+    the probe's dropout draws advance the generator). `frame(losses)` gives the tidy result: adapter,
+    step, loss (of that step), tau, projection, part, cosine, norm_text, norm_image.
     """
 
     COLUMNS = ["adapter", "step", "loss", "tau", "projection", "part", "cosine", "norm_text", "norm_image"]
 
-    def __init__(self, backbone, dataset, config: AdaptConfig, every: int = 10, probe_size: int | None = None):
+    def __init__(
+        self,
+        backbone,
+        dataset,
+        config: AdaptConfig,
+        every: int = 10,
+        probe_size: int | None = None,
+        mode: str = "eval",
+    ):
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.mode = mode
         fields, paths = dataset.item_fields(), dataset.image_paths()
         probe = np.random.default_rng([config.seed, 7]).choice(
             dataset.n_items, size=min(probe_size or config.batch_size, dataset.n_items), replace=False
@@ -170,7 +192,7 @@ class ConflictProbe:
     def __call__(self, step: int, objective) -> None:
         if step == 1 or step % self.every == 0 or step == self.config.steps:
             tau = objective.temperature().detach()
-            frame = conflict(self.backbone, self.texts, self.images, tau, self.config.cmsa_form)
+            frame = conflict(self.backbone, self.texts, self.images, tau, self.config.cmsa_form, self.mode)
             self.frames.append(frame.assign(adapter=self.config.adapter, step=step, tau=float(tau)))
 
     def frame(self, losses: pd.DataFrame) -> pd.DataFrame:
@@ -188,10 +210,11 @@ def track_conflict(
     every: int = 10,
     probe_size: int | None = None,
     progress: bool = True,
+    mode: str = "eval",
 ) -> pd.DataFrame:
     """Train a fresh `config.adapter` with train_adapter (saved in `out`, from scratch) under a
-    `ConflictProbe`; returns its frame."""
-    probe = ConflictProbe(backbone, dataset, config, every, probe_size)
+    `ConflictProbe` measuring in `mode`; returns its frame."""
+    probe = ConflictProbe(backbone, dataset, config, every, probe_size, mode)
     out = Path(out)
     train_adapter(backbone, dataset, config, out, resume=False, progress=progress, on_step=probe)
     return probe.frame(pd.read_csv(out / "loss.csv"))
@@ -203,6 +226,35 @@ def conflict_summary(df: pd.DataFrame, projection: str = BOTH) -> pd.DataFrame:
     rows = df[df["projection"] == projection].sort_values("step")
     grouped = rows.groupby(["adapter", "part"])["cosine"]
     return pd.DataFrame({"first": grouped.first(), "last": grouped.last(), "mean": grouped.mean()})
+
+
+def paper_conflict_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Section 3.3.3's table from `track_conflict` frames: rows (projection, adapter) for q_proj
+    and k_proj (as the paper prints them) and q+k together (an extra), adapter "lora" (its B) and
+    "moda" (its first expert); columns first, last and mean cosine over the measured steps, and
+    how many steps were measured."""
+    rows = []
+    for projection in (*PROJECTIONS, BOTH):
+        for adapter, part in PAPER_PARTS.items():
+            picked = df[(df["projection"] == projection) & (df["adapter"] == adapter) & (df["part"] == part)]
+            picked = picked.sort_values("step")["cosine"]
+            rows.append(
+                {
+                    "projection": projection,
+                    "adapter": adapter,
+                    "part": part,
+                    "first": picked.iloc[0] if len(picked) else np.nan,
+                    "last": picked.iloc[-1] if len(picked) else np.nan,
+                    "mean": picked.mean() if len(picked) else np.nan,
+                    "steps": len(picked),
+                }
+            )
+    table = pd.DataFrame(rows).set_index(["projection", "adapter"])
+    table.attrs["notes"] = [
+        f"cosine of the text-path and image-path gradients of B in the last layer: LoRA's whole B, MoDA's first "
+        f"expert; the paper reports {' and '.join(PROJECTIONS)} separately ({BOTH} together is an extra)."
+    ]
+    return table
 
 
 def conflict_statement(df: pd.DataFrame, projection: str = BOTH) -> str:

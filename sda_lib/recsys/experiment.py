@@ -112,20 +112,23 @@ def features_label(features) -> str:
     return f"{label}-{'+'.join(parts)}" if parts and len(parts) < len(PARTS) else label
 
 
-def part_settings(
-    features, dataset, label: str = "sda", parts=(("text",), ("image",), ("text", "image"))
-) -> dict[str, FeatureTable]:
-    """Feature settings for `train_grid` that differ only in the parts of one table (paper
-    Figure 3: SLMRec on the text part, the image part and both): {"<label>-text": ...,
-    "<label>-image": ..., "<label>": whole table}. `features` is a FeatureTable or a folder."""
+def replacement_label(text: str, image: str) -> str:
+    """The feature label of a table with one setting's text part and another's image part."""
+    return f"{text}-text+{image}-image"
+
+
+def replacement_settings(sda, base, dataset, sda_label: str = "sda", base_label: str = "pretrained") -> dict:
+    """The feature settings of the paper's Figure 3 (modality replacement) for `train_grid`: SDA's
+    text part with Base's image part, Base's text part with SDA's image part, and SDA whole, keyed
+    by label ("sda-text+pretrained-image", "pretrained-text+sda-image", "sda"). `sda` and `base` are
+    FeatureTables or folders of the same dataset."""
     dataset = load_prepared(dataset) if isinstance(dataset, (str, Path)) else dataset
-    table = resolve_features(dataset, features)
-    out = {}
-    for chosen in parts:
-        chosen = tuple(chosen)
-        whole = set(chosen) == set(PARTS)
-        out[label if whole else f"{label}-{'+'.join(chosen)}"] = table if whole else table.part(*chosen)
-    return out
+    sda, base = resolve_features(dataset, sda), resolve_features(dataset, base)
+    return {
+        replacement_label(sda_label, base_label): sda.with_part("image", base),
+        replacement_label(base_label, sda_label): base.with_part("image", sda),
+        sda_label: sda,
+    }
 
 
 def run_experiment(
@@ -207,7 +210,7 @@ def train_grid(
     seeds=(0,),
     item_repr: str | dict[str, str] | None = None,
     model_params: dict | None = None,
-    train: TrainConfig | None = None,
+    train: TrainConfig | dict[str, TrainConfig] | None = None,
     n_negatives: int | None = None,
     out: str | Path | None = None,
     model_defaults: bool = True,
@@ -215,11 +218,13 @@ def train_grid(
 ) -> tuple[pd.DataFrame, dict]:
     """Every model x feature setting x seed.
 
-    features:       {label: None | FeatureTable | folder}; default {"id": None}. `part_settings`
-                    makes the text-only / image-only / both settings of one table.
+    features:       {label: None | FeatureTable | folder}; default {"id": None}.
+                    `replacement_settings` makes Figure 3's settings.
     item_repr:      for the settings with a table: "features" or "id+features" (default), or
                     {model: repr} (a preset's; models it leaves out take the default).
     model_params:   {model: {param: value}}.
+    train:          one TrainConfig for every model, or {model: TrainConfig} (a preset's
+                    `Preset.training(model)`; models it leaves out get TrainConfig()).
     model_defaults: as in `run_experiment`.
     out:            if given, each run goes to out/<model>/<label>/seed<k>/ (finished runs are read
                     back instead of retrained) and the grid's tidy results to
@@ -232,6 +237,7 @@ def train_grid(
     frames, per_user = [], {}
     for model in models:
         model_repr = item_repr.get(model) if isinstance(item_repr, dict) else item_repr
+        model_train = train.get(model) if isinstance(train, dict) else train
         for label, table in features.items():
             for seed in seeds:
                 run_out = Path(out) / model / label / f"seed{seed}" if out is not None else None
@@ -244,7 +250,7 @@ def train_grid(
                         table,
                         model_repr if table is not None else None,
                         seed=seed,
-                        train=train,
+                        train=model_train,
                         n_negatives=n_negatives,
                         model_params=(model_params or {}).get(model),
                         out=run_out,

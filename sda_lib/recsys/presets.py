@@ -9,7 +9,10 @@ features, and the training configuration, so a notebook or the runner picks a wh
   99-negative sampled table.
 - "authors": SASRec and BERT4Rec as the SDA authors ran them on the LVLM features (RaoZhongtao/SDA
   main.py, utils/argument.py, models/Adapter.py, models/LLMEmb.py and experiments/*/scft/CAMEL_qwen.bash;
-  the backbones and data generators they import are liuqidong07/LLMEmb's).
+  the backbones and data generators they import are liuqidong07/LLMEmb's), and VBPR and SLMRec as
+  the first author's MMRec fork ran them (RaoZhongtao/MMRec 854e5a7: src/configs/overall.yaml,
+  model/VBPR.yaml, model/SLMRec.yaml): each model its own training (`Preset.training(model)`) and
+  SLMRec its recorded picks per dataset (`Preset.params(model, dataset)`).
 
 Each value's source is given beside it. Departures from a source are named in docs/FIDELITY.md.
 
@@ -45,14 +48,18 @@ class Preset:
     item_repr: dict[str, str] = field(default_factory=dict)  # model -> repr with a feature table; else the default
     align_weights: tuple[float, ...] = ()  # alignment-loss weights the source swept, if any
     notes: str = ""
+    model_train: dict[str, TrainConfig] = field(default_factory=dict)  # models trained otherwise than `train`
+    dataset_params: dict[str, dict[str, dict]] = field(default_factory=dict)  # dataset -> model -> changes
 
-    def params(self, model: str, **changes) -> dict:
+    def params(self, model: str, dataset: str | None = None, **changes) -> dict:
         """Constructor parameters of `model` under this preset ({} for models it leaves at their
-        defaults), with `changes` applied."""
-        return {**self.models.get(model, {}), **changes}
+        defaults), with the preset's changes for `dataset` and then `changes` applied."""
+        return {**self.models.get(model, {}), **self.dataset_params.get(dataset, {}).get(model, {}), **changes}
 
-    def training(self, **changes) -> TrainConfig:
-        return replace(self.train, **changes)
+    def training(self, model: str | None = None, **changes) -> TrainConfig:
+        """How `model` trains under this preset (its own configuration, else the preset's), with
+        `changes` applied."""
+        return replace(self.model_train.get(model, self.train), **changes)
 
 
 # S3-Rec's SASRec (run_finetune.py defaults; models.py, modules.py).
@@ -106,6 +113,20 @@ _AUTHORS_TRAIN = TrainConfig(
     fresh_negatives=True,  # LLMEmb generators/data.py SeqDataset: drawn in __getitem__, every pass
 )
 
+# VBPR and SLMRec in the SDA author's MMRec fork (RaoZhongtao/MMRec 854e5a7, src/configs/overall.yaml):
+# each test user ranked against the 100 negatives stored for it (user_fixed_negative_sampling, neg_num
+# 100: the workbench's stored negatives), validated on the same stored candidates every epoch.
+_MMREC_TRAIN = TrainConfig(
+    epochs=1000,  # epochs: 1000
+    patience=20,  # stopping_step: 20
+    batch_size=2048,  # train_batch_size: 2048 (interactions)
+    lr=1e-3,  # learning_rate 0.001, Adam; learning_rate_scheduler [1.0, 50]: constant
+    monitor="HR@10",  # valid_metric: Recall@10, which one target per user makes HR@10
+    monitor_protocol="sampled",  # fixed_samples_sort_predict on the stored candidates
+    monitor_negatives=None,  # all 100 stored
+    fresh_negatives=False,  # the same stored negatives every epoch
+)
+
 PRESETS: dict[str, Preset] = {
     "quick": Preset(
         "quick",
@@ -134,8 +155,16 @@ PRESETS: dict[str, Preset] = {
         # SLMRec ran in the author's MMRec fork, on IDs and features (the default, "id+features")
         item_repr={"sasrec": "features", "bert4rec": "features"},
         align_weights=(0.01, 0.05, 0.1, 0.15, 0.2),  # --alpha swept in experiments/*/scft/CAMEL_qwen.bash
-        notes="the SDA authors' SASRec/BERT4Rec settings; the authors' causal-mask omission and "
-        "feature-row shift are not reproduced (docs/FIDELITY.md); seed 42 there, one run per alpha",
+        notes="the SDA authors' SASRec/BERT4Rec settings and their MMRec fork's VBPR/SLMRec protocol; the "
+        "authors' causal-mask omission and feature-row shift are not reproduced (docs/FIDELITY.md); seed 42 "
+        "there, one run per alpha",
+        model_train={
+            "vbpr": _MMREC_TRAIN,  # overall.yaml: Adam 1e-3, no weight decay
+            "slmrec": replace(_MMREC_TRAIN, lr=1e-4, weight_decay=1e-4),  # model/SLMRec.yaml's pick, weight_decay
+        },
+        # model/SLMRec.yaml (92d8a97, 854e5a7): the picks recorded per dataset (ssl_temp 0.5 and
+        # learning_rate 1e-4 everywhere; ssl_alpha 1.0 for beauty and toys, the model default)
+        dataset_params={"sports": {"slmrec": {"ssl_weight": 0.5}}},
     ),
 }
 ALIGNMENT_PARAMS = ("align_items", "align_weight", "align_tau")

@@ -30,13 +30,14 @@ Loss on a batch of training interactions: in-batch InfoNCE between each interact
   own FD / FM code cannot run (it reads an audio channel that is never built), so this is ours.
 
 Fixed values (the picks recorded in comments of the fork's SLMRec.yaml, 854e5a7 / 92d8a97, for
-beauty and toys; sports took ssl_alpha 0.5): dim 128 (`recdim`),
-ssl_weight 1.0 (`ssl_alpha`), ssl_temperature 0.5 (`ssl_temp`); `train_defaults` sets Adam lr
-1e-4 and weight decay 1e-4 (L2 on every parameter) and the monitor HR@20 (MMRec's valid metric
-Recall@20; one target per user makes them equal) when the caller leaves them at TrainConfig's
-defaults. MMRec searches lr, ssl_temp, ssl_alpha (and `reg`, which slmrec.py never reads) over a
-grid and keeps the best *test* score; we do not tune on test: these are the fork's recorded
-choices, fixed.
+beauty and toys; sports took ssl_alpha 0.5, which the "authors" preset applies there): dim 128
+(`recdim`), ssl_weight 1.0 (`ssl_alpha`), ssl_temperature 0.5 (`ssl_temp`); `train_defaults` sets
+Adam lr 1e-4 and weight decay 1e-4 (L2 on every parameter) and the monitor HR@20 on full ranking
+(upstream MMRec's valid metric Recall@20; one target per user makes them equal) when the caller
+leaves them at TrainConfig's defaults; the "authors" preset trains it as the fork's final
+configuration does (presets.py: HR@10 on the stored candidates, 1000 epochs, patience 20). MMRec
+searches lr, ssl_temp, ssl_alpha (and `reg`, which slmrec.py never reads) over a grid and keeps
+the best *test* score; we do not tune on test: these are the fork's recorded choices, fixed.
 
 Where it differs from MMRec, and why:
 - FAC needs the ID channel; with a single content part only that part's loss is used (MMRec
@@ -48,7 +49,7 @@ Where it differs from MMRec, and why:
 - Evaluation recomputes the tables from the current weights; MMRec ranks with the tables cached by
   the last training batch (one optimiser step stale) and a sigmoid (same ranking).
 - Training protocol (epochs, patience, negatives) is the trainer's; MMRec runs 1000 epochs with
-  patience 20.
+  patience 20 (the "authors" preset's).
 
 Option `content="adapters"`: each part through a `FeatureAdapter` (table divided by its mean row
 norm, then in -> 768 -> dim, no activation), the workbench's earlier choice.
@@ -90,7 +91,7 @@ class LinearContent(nn.Module):
 class SLMRec(Recommender):
     name = "slmrec"
     batch_size = 2048  # training interactions per batch (MMRec train_batch_size)
-    # the SDA author's fork (lr, weight decay); MMRec's valid metric Recall@20 (= HR@20), full ranking
+    # the SDA author's fork (lr, weight decay); upstream MMRec's valid metric Recall@20 (= HR@20), full ranking
     train_defaults = {"lr": 1e-4, "weight_decay": 1e-4, "monitor": "HR@20", "monitor_protocol": "full"}
 
     def __init__(

@@ -25,9 +25,11 @@ Where it differs from MMRec, and why:
   and 1.0); the fork records no chosen value. Tune it on validation over `REG_GRID`.
 - BPR is written as softplus(s_uj - s_ui), MMRec as -log(1e-10 + sigmoid(s_ui - s_uj)): equal up
   to the 1e-10 guard, and stable for large score gaps.
-- Training protocol (epochs, early stopping on validation Recall@20 = HR@20, negatives) is the
-  trainer's; `train_defaults` sets the optimiser (Adam lr 1e-3, no weight decay, as MMRec's
-  `overall.yaml`) and the monitor HR@20 when the caller leaves them at TrainConfig's defaults.
+- Training protocol (epochs, early stopping, negatives) is the trainer's; `train_defaults` sets
+  the optimiser (Adam lr 1e-3, no weight decay, as MMRec's `overall.yaml`) and upstream MMRec's
+  monitor, Recall@20 = HR@20 on full ranking, when the caller leaves them at TrainConfig's
+  defaults; the "authors" preset trains it as the fork's final configuration does (presets.py:
+  HR@10 on the stored candidates, 1000 epochs, patience 20).
 
 Options (today's earlier behaviour, kept because each is a reasonable choice):
 - `content="adapters"`: one `FeatureAdapter` per part (table divided by its mean row norm, then
@@ -59,7 +61,7 @@ REG_GRID = (0.1, 2.0, 1.0, 1e-2, 1e-3, 1e-4, 1e-5)  # RaoZhongtao/MMRec VBPR.yam
 class VBPR(Recommender):
     name = "vbpr"
     batch_size = 2048  # training interactions per batch (MMRec train_batch_size)
-    # MMRec overall.yaml: Adam, valid_metric Recall@20, full ranking
+    # upstream MMRec overall.yaml: Adam, valid_metric Recall@20, full ranking
     train_defaults = {"lr": 1e-3, "weight_decay": 0.0, "monitor": "HR@20", "monitor_protocol": "full"}
 
     def __init__(
