@@ -42,15 +42,19 @@ def test_metrics_from_ranks_by_hand():
     assert found["NDCG@20"] == pytest.approx((1 + 1 / np.log2(11) + 1 / np.log2(12)) / 4)
 
 
-def test_training_item_negatives_come_only_from_items_seen_in_training(toy_tiny):
+def test_vbpr_negatives_come_only_from_items_seen_in_training_as_mmrecs(toy_tiny):
     data = InteractionData.from_prepared(toy_tiny)
-    wrapped = mmrec._TrainItemNegatives(data)
     users = np.repeat(np.arange(data.n_users), 50)
-    drawn = wrapped.sample_unseen(users, np.random.default_rng(0))
     trained = set(data.train_pairs()[1].tolist())
-    assert set(drawn.tolist()) <= trained
-    assert not np.isin(users * data.n_items + drawn, data.seen_keys).any()
-    assert wrapped.n_items == data.n_items  # everything else is the data's
+    assert len(trained) < data.n_items  # toy-tiny has items no user trained on
+    for negatives, pool in (("train-items", trained), ("all", set(range(data.n_items)))):
+        vbpr = build_model("vbpr", data, None, "id", dim=4, negatives=negatives)
+        batch_users, _, drawn = (b.numpy() for b in next(vbpr.train_batches(10**9, np.random.default_rng(0))))
+        assert set(drawn.tolist()) <= pool
+        assert not np.isin(batch_users * data.n_items + drawn, data.seen_keys).any()
+    assert set(drawn.tolist()) - trained  # "all" reaches the untrained items
+    drawn = data.sample_unseen(users, np.random.default_rng(0), data.train_items)
+    assert set(drawn.tolist()) <= trained and not np.isin(users * data.n_items + drawn, data.seen_keys).any()
 
 
 def test_summary_verdicts_from_runs_by_hand():

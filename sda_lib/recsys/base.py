@@ -128,16 +128,26 @@ class InteractionData:
         items, offsets = self.history("train")
         return np.repeat(np.arange(self.n_users), np.diff(offsets)), items
 
-    def sample_unseen(self, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def sample_unseen(self, users: np.ndarray, rng: np.random.Generator, pool: np.ndarray | None = None) -> np.ndarray:
         """One uniformly drawn item per entry of `users` (any shape) outside that user's training
-        items; redraws only the collisions, so it stays vectorised."""
+        items, from `pool` (default: every item); redraws only the collisions, so it stays
+        vectorised."""
         seen = self.seen_keys
-        out = rng.integers(0, self.n_items, size=users.shape)
+
+        def draw(size):
+            return rng.integers(0, self.n_items, size=size) if pool is None else pool[rng.integers(0, len(pool), size)]
+
+        out = draw(users.shape)
         bad = np.isin(users * self.n_items + out, seen)
         while bad.any():
-            out[bad] = rng.integers(0, self.n_items, size=int(bad.sum()))
+            out[bad] = draw(int(bad.sum()))
             bad[bad] = np.isin(users[bad] * self.n_items + out[bad], seen)
         return out
+
+    @cached_property
+    def train_items(self) -> np.ndarray:
+        """The items that occur in the training split, sorted."""
+        return np.unique(self.train_pairs()[1])
 
     @cached_property
     def seen_keys(self) -> np.ndarray:

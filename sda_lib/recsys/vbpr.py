@@ -11,7 +11,8 @@ parts are those the feature table has (`FeatureTable.part` selects some); "featu
 the ID half, "id" alone (no content) is BPR-MF.
 
 Loss per batch of B training interactions (u, i) with one uniformly drawn item j the user never
-trained on: mean over the batch of -log sigmoid(s_ui - s_uj) + reg · (‖U‖_F + ‖I‖_F + ‖J‖_F) / B,
+trained on, among the items that occur in training (MMRec's `TrainDataLoader`; `negatives`): mean
+over the batch of -log sigmoid(s_ui - s_uj) + reg · (‖U‖_F + ‖I‖_F + ‖J‖_F) / B,
 where U, I, J are the batch's [B, width] user, positive and negative vectors (ID and content
 halves) and ‖·‖_F the Frobenius norm, not squared (MMRec's `EmbLoss`; `reg_norm="frobenius"`).
 
@@ -38,6 +39,8 @@ Options (today's earlier behaviour, kept because each is a reasonable choice):
   VBPR paper's spirit with two modalities, and the scaling guards against LVLM features whose
   norms are orders of magnitude above CLIP's (MMRec has no such guard).
 - `reg_norm="squared"`: reg · (Σ‖u‖² + Σ‖i‖² + Σ‖j‖²) / (2B), the VBPR paper's L2 penalty.
+- `negatives="all"`: negatives drawn from every item, also those no user trained on (which
+  MMRec's pool leaves at their initial scores; docs/FIDELITY.md gives the measured difference).
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from .base import RECOMMENDERS, FeatureAdapter, InteractionData, Recommender, Ta
 
 CONTENT = ("linear", "adapters")
 REG_NORMS = ("frobenius", "squared")
+NEGATIVES = ("train-items", "all")  # the pool training negatives come from
 REG_GRID = (0.1, 2.0, 1.0, 1e-2, 1e-3, 1e-4, 1e-5)  # RaoZhongtao/MMRec VBPR.yaml reg_weight, in its order
 
 
@@ -73,14 +77,18 @@ class VBPR(Recommender):
         reg: float = 0.1,
         reg_norm: str = "frobenius",
         content: str = "linear",
+        negatives: str = "train-items",
     ):
         super().__init__(data)
+        if negatives not in NEGATIVES:
+            raise ValueError(f"negatives must be one of {NEGATIVES}, got {negatives!r}")
         if content not in CONTENT:
             raise ValueError(f"content must be one of {CONTENT}, got {content!r}")
         if reg_norm not in REG_NORMS:
             raise ValueError(f"reg_norm must be one of {REG_NORMS}, got {reg_norm!r}")
         channels = check_item_repr(self.name, item_repr, features)
         self.reg, self.reg_norm, self.content = reg, reg_norm, content
+        self.negative_pool = data.train_items if negatives == "train-items" else None
         self.channels = list(channels)
         self.ids = nn.Parameter(torch.empty(data.n_items, dim)) if "id" in item_repr.split("+") else None
         self.linear = self.adapters = None
@@ -120,7 +128,7 @@ class VBPR(Recommender):
 
     def train_batches(self, batch_size: int, rng: np.random.Generator) -> Iterator[tuple[torch.Tensor, ...]]:
         users, items = self.pairs
-        negatives = self.data.sample_unseen(users, rng)
+        negatives = self.data.sample_unseen(users, rng, self.negative_pool)
         for rows in shuffled_chunks(len(users), batch_size, rng):
             yield tuple(torch.from_numpy(a[rows]) for a in (users, items, negatives))
 
