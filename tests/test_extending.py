@@ -3,6 +3,7 @@ kind, a backbone, a recommender and a dataset kind, and the runner uses all four
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,11 @@ import pytest
 import torch
 
 from sda_lib import adapters, registry
-from sda_lib.backbone import load_backbone
+from sda_lib.adapters import KINDS
+from sda_lib.backbone import BACKBONES, load_backbone
+from sda_lib.data import DATASETS
+from sda_lib.formats import FORMATS
+from sda_lib.recsys.base import RECOMMENDERS
 from sda_lib.registry import Registry
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "extending"
@@ -20,10 +25,20 @@ PLUGINS = "ia3_adapter,last_token_backbone,bpr_mf,shop_dataset"
 
 @pytest.fixture
 def plugins(monkeypatch):
-    """The examples importable here and in every notebook kernel the runner starts."""
+    """The examples importable here and in every notebook kernel the runner starts; afterwards the
+    registries hold only what they held before (a later test may use a name the examples take)."""
     monkeypatch.syspath_prepend(str(EXAMPLES))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(EXAMPLES), os.environ.get("PYTHONPATH")])))
     monkeypatch.setenv(registry.PLUGINS_ENV, PLUGINS)
+    registries = [BACKBONES, KINDS, FORMATS, DATASETS, RECOMMENDERS]
+    before = [dict(r._entries) for r in registries]
+    loaded, seen = set(registry._loaded), registry._seen_env
+    yield
+    for r, entries in zip(registries, before):
+        r._entries = entries
+    registry._loaded, registry._seen_env = loaded, seen
+    for name in PLUGINS.split(","):
+        sys.modules.pop(name, None)
 
 
 def write_shop_events(folder: Path, users: int = 40, items: int = 30, per_user: int = 6) -> Path:
