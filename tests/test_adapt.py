@@ -1,5 +1,6 @@
 """The adaptation loop: deterministic batches, resume == uninterrupted, clear errors."""
 
+import contextlib
 import dataclasses
 
 import numpy as np
@@ -162,6 +163,40 @@ def test_gradient_checkpointing_gives_the_same_step(toy_tiny, tmp_path, kind):
     for off, on in zip(grads[False], grads[True]):
         torch.testing.assert_close(on, off, rtol=1e-5, atol=1e-8)
     assert all(g.abs().sum() > 0 for g in grads[True]), "every adapter tensor should get gradient"
+
+
+def test_lean_per_expert_dropout_trains_as_todays_path(toy_tiny, tmp_path, todays_moda_path):
+    """Through the real loop with the authors' dropout (0.1, a mask per expert): the loss and every
+    adapter gradient of the second step are those of the per-expert path as it was, with
+    activation checkpointing off and on (the recomputation replays the generator, so it redraws
+    the same masks)."""
+    grads, losses = {}, {}
+
+    def capture(optimizer, args, kwargs):
+        grads[run] = [p.grad.clone() for group in optimizer.param_groups for p in group["params"]]
+
+    handle = register_optimizer_step_pre_hook(capture)
+    try:
+        for run in [(path, checkpointing) for path in ("lean", "today") for checkpointing in (False, True)]:
+            path, checkpointing = run
+            config = AdaptConfig(**{**FAST, "steps": 2, "gradient_checkpointing": checkpointing})
+            assert config.dropout > 0 and config.dropout_masks == "per-expert"
+            with todays_moda_path() if path == "today" else contextlib.nullcontext():
+                record = train_adapter(
+                    load_backbone("tiny"), toy_tiny, config, tmp_path / f"{path}-{checkpointing}", progress=False
+                )
+            losses[run] = record["final_loss"]
+    finally:
+        handle.remove()
+    reference = ("today", False)
+    for run in grads:
+        assert losses[run] == pytest.approx(losses[reference], rel=1e-6), run
+        for got, want in zip(grads[run], grads[reference], strict=True):
+            # float32 sums in another order, through a step: equal to 1e-4 of the tensor's largest entry;
+            # the temperature's gradient, one number, is a sum with cancellation, so it gets 1e-3
+            scale = (1e-3 if want.numel() == 1 else 1e-4) * float(want.abs().max())
+            torch.testing.assert_close(got, want, rtol=0, atol=scale, msg=lambda m, run=run: f"{run}: {m}")
+    assert all(g.abs().sum() > 0 for g in grads["lean", True]), "every adapter tensor should get gradient"
 
 
 def test_nan_loss_names_the_step(toy_tiny, tmp_path, monkeypatch):
