@@ -65,7 +65,7 @@ class MoDAConfig:
     """
 
     r: int = 8
-    num_experts: int = 4
+    num_experts: int = 8  # as the authors' final scripts (CAMEL_qwen.bash) and AdaptConfig
     alpha: float = 32
     dropout: float = 0.1
     modality_dim: int = 64

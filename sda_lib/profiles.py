@@ -1,8 +1,10 @@
 """Run profiles: the settings a whole run takes, by name, so one word says which experiment ran.
 
 - `paper`: the authors' experiment, the default on the Amazon datasets: their data recipe,
-  Qwen2.5-VL-7B, their adaptation steps per dataset, gradient checkpointing as they trained, their
-  recommender budget (docs/FIDELITY.md gives the source of each value). On S3-Rec's preprocessed
+  Qwen2.5-VL-7B, their adaptation steps per dataset, their recommender budget (docs/FIDELITY.md
+  gives the source of each value); gradient checkpointing, which they always used, only where the
+  estimate of a step without it does not fit the GPU's memory (`gradient_checkpointing=None`,
+  sda_lib.adapt.plan_checkpointing; docs/FIDELITY.md). On S3-Rec's preprocessed
   files, which the authors' recipe cannot read, add `-p data.recipe=5core`.
 - `quick`: the notebooks' own defaults, sized for 2 CPU cores (the random `tiny` preset); the
   default on toy-tiny and a user's own datasets.
@@ -55,13 +57,13 @@ def profile_parameters(profile: str, dataset: str) -> dict[str, dict]:
     return {
         "data": {"recipe": "sda"},  # their filters on the full reviews (data_process.ipynb); tail rule: the default
         "zero_shot": lvlm,
-        "adapt": {**lvlm, "steps": steps, "gradient_checkpointing": True, "checkpoint_every": 500},
+        "adapt": {**lvlm, "steps": steps, "gradient_checkpointing": None, "checkpoint_every": 500},
         "export": lvlm,
         "recommend": {"recsys_preset": "authors"},  # sda_lib.recsys.presets: their sizes, budget, features alone
         "ablations": {
             **lvlm,
             "ablation_steps": steps,
-            "gradient_checkpointing": True,
+            "gradient_checkpointing": None,
             "recsys_preset": "authors",
             "ablation_epochs": 200,
         },

@@ -475,7 +475,7 @@ def test_profiles_fill_only_what_the_command_line_leaves_open():
     stages = list(runner.STAGES)
     profile, given = runner.profiled_parameters("beauty", {}, stages, declared)
     assert profile == "paper"
-    assert given["adapt"]["steps"] == 4000 and given["adapt"]["gradient_checkpointing"] is True
+    assert given["adapt"]["steps"] == 4000 and given["adapt"]["gradient_checkpointing"] is None
     assert given["adapt"]["backbone"] == given["export"]["backbone"] == "7b"
     assert given["data"]["recipe"] == "sda" and given["recommend"]["recsys_preset"] == "authors"
     _, sports = runner.profiled_parameters("sports", {}, stages, declared)
