@@ -37,8 +37,23 @@ def expert_keep_bits(experts: int, like: torch.Tensor, p: float) -> tuple[torch.
     """
     n = experts * like.numel()
     cut = round(p * 65536)
-    draws = torch.empty((n + 3) // 4, dtype=torch.int64, device=like.device).random_(-(2**63), None)
+    draws = _draw_buffer((n + 3) // 4, like.device).random_(-(2**63), None)
     return _packed(draws.view(torch.int16)[:n].view(experts, *like.shape), cut - 32768), 65536 / (65536 - cut)
+
+
+_cpu_draws = torch.empty(0, dtype=torch.int64)
+
+
+def _draw_buffer(count: int, device: torch.device) -> torch.Tensor:
+    """`count` int64 slots for the draws. On CPU one buffer is kept and grown: a fresh block over
+    glibc's 32 MiB mmap threshold is page-faulted in on every call, which at the 7B's widths cost
+    more than drawing into it (a CUDA device's caching allocator reuses its blocks by itself)."""
+    global _cpu_draws
+    if device.type != "cpu":
+        return torch.empty(count, dtype=torch.int64, device=device)
+    if _cpu_draws.numel() < count:
+        _cpu_draws = torch.empty(count, dtype=torch.int64)
+    return _cpu_draws[:count]
 
 
 def expert_keep(bits: torch.Tensor, expert: int, dtype: torch.dtype) -> torch.Tensor:
