@@ -8,7 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .adapters import MODA_VS_LORA_TARGET
+from .adapters import moda_vs_lora_target
 from .core import (
     GPU_ROUNDS,
     IMAGE_PX,
@@ -115,7 +115,7 @@ def gpu_check(options: Options) -> Measurement:
     checkpointed = ratios[False] is None
     verdict, ratio_line = _verdict(
         ratios[checkpointed],
-        MODA_VS_LORA_TARGET,
+        moda_vs_lora_target(preset),
         "MoDA / LoRA step" + (" (checkpointing)" if checkpointed else ""),
     )
     values = {
