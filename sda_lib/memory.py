@@ -57,8 +57,9 @@ def decoder_layer_saved_per_token(
 ) -> float:
     """Bytes one decoder layer of a Qwen2.5-VL text model shaped by `config` (its text_config)
     keeps for backward per token, with `adapter` attached as training attaches it: one layer of
-    random bf16 weights on CPU, its input requiring grad as a middle layer's does, `tokens` tokens
-    of text (the count per token does not depend on how many: flash attention saves per token)."""
+    random bf16 weights on CPU, its input requiring grad as a middle layer's does. Counted on
+    `tokens` and on twice as many tokens of text, per token the difference: what grows with the
+    tokens, without the layer's fixed share (the adapter weights' casts under autocast)."""
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
         Qwen2_5_VLDecoderLayer,
         Qwen2_5_VLRotaryEmbedding,
@@ -72,15 +73,18 @@ def decoder_layer_saved_per_token(
     adapters.KINDS[adapter].attach(holder, settings)
     holder.train()
     rotary = Qwen2_5_VLRotaryEmbedding(config=text)
-    x = torch.randn(1, tokens, text.hidden_size, dtype=torch.bfloat16, requires_grad=True)
-    positions = torch.arange(tokens).view(1, 1, -1).expand(3, 1, -1)  # mrope: (time, height, width) ids
-    with (
-        adapters.modality(holder, TEXT),
-        torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_autocast),
-        saved_for_backward(holder) as tally,
-    ):
-        holder.language_model.layers[0](x, position_embeddings=rotary(x, positions), position_ids=positions)
-    return tally.bytes / tokens
+    counts = []
+    for length in (tokens, 2 * tokens):
+        x = torch.randn(1, length, text.hidden_size, dtype=torch.bfloat16, requires_grad=True)
+        positions = torch.arange(length).view(1, 1, -1).expand(3, 1, -1)  # mrope: (time, height, width) ids
+        with (
+            adapters.modality(holder, TEXT),
+            torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_autocast),
+            saved_for_backward(holder) as tally,
+        ):
+            holder.language_model.layers[0](x, position_embeddings=rotary(x, positions), position_ids=positions)
+        counts.append(tally.bytes)
+    return (counts[1] - counts[0]) / tokens
 
 
 def step_bytes(

@@ -270,13 +270,19 @@ def moda_memory(options: Options) -> Measurement:
     """Saved-for-backward bytes per token per decoder layer at the 7B's widths: MoDA vs LoRA (target <= 1.25).
 
     Counted exactly with saved-tensor hooks on one decoder layer, then the README's estimate of the
-    7B at 32 items a step, with and without gradient checkpointing, against 80 GB and 141 GB GPUs."""
+    7B at 32 items a step, with and without gradient checkpointing, against 80 GB and 141 GB GPUs
+    (--preset tiny or small counts one of their layers instead, without the estimate)."""
     from ..adapt import AdaptConfig
-    from ..backbone import shaped_config
+    from ..backbone import PRESETS, SHAPED, preset_config, shaped_config
     from ..memory import GiB, decoder_layer_saved_per_token, language_adapter_settings, step_bytes
 
     options = options.defaults(batch_size=64)  # tokens of the counted forward
-    config, text = AdaptConfig(), shaped_config().text_config
+    preset = options.preset or SHAPED
+    if preset not in PRESETS and preset.partition(":")[0] != SHAPED:
+        raise ValueError(f"moda-memory counts a layer of {SHAPED} (the default) or of {', '.join(PRESETS)}")
+    seven_b = preset not in PRESETS
+    shape = shaped_config(1) if seven_b else preset_config(preset)
+    config, text = AdaptConfig(), shape.text_config
     units = {
         "moda, per-expert masks": ("moda", "per-expert"),
         "moda, shared mask": ("moda", "shared"),
@@ -284,64 +290,66 @@ def moda_memory(options: Options) -> Measurement:
     }
     counted = {
         (label, autocast): decoder_layer_saved_per_token(
-            shaped_config(1),
-            kind,
-            language_adapter_settings(config.r, config.experts, masks),
-            autocast,
-            options.batch_size,
+            shape, kind, language_adapter_settings(config.r, config.experts, masks), autocast, options.batch_size
         )
         for label, (kind, masks) in units.items()
         for autocast in (True, False)
     }
 
     def estimate_gib(label: str, checkpointing: bool) -> float:
-        saved = counted[label, True]
-        layers, hidden = text.num_hidden_layers, text.hidden_size
-        return round(
-            step_bytes(saved, PAPER_TOKENS, layers, hidden, PAPER_WEIGHTS, PAPER_TRAINABLE, checkpointing) / GiB, 1
+        layers, hidden = shaped_config().text_config.num_hidden_layers, text.hidden_size
+        saved = step_bytes(
+            counted[label, True], PAPER_TOKENS, layers, hidden, PAPER_WEIGHTS, PAPER_TRAINABLE, checkpointing
         )
+        return round(saved / GiB, 1)
 
     rows = [
         {
             "unit": label,
             "MiB/token/layer bf16 autocast": round(counted[label, True] / 2**20, 4),
             "fp32 adapter": round(counted[label, False] / 2**20, 4),
-            "7B step GiB": estimate_gib(label, False),
-            "with checkpointing": estimate_gib(label, True),
+            **(
+                {"7B step GiB": estimate_gib(label, False), "with checkpointing": estimate_gib(label, True)}
+                if seven_b
+                else {}
+            ),
         }
         for label in units
     ]
     moda, lora = (counted[label, True] for label in ("moda, per-expert masks", "lora (peft), same rank"))
     ratio = moda / lora
     status = "PASS" if ratio <= MODA_MEMORY_TARGET else "ABOVE"
-    plain_gib = estimate_gib("moda, per-expert masks", False)
-    fits = {gpu: plain_gib <= gib for gpu, gib in GPUS_GIB.items()}
     values = {
         "ratio": round(ratio, 4),
         "target": MODA_MEMORY_TARGET,
         "status": status,
+        "preset": preset,
         "moda_mib_per_token_layer": round(moda / 2**20, 4),
         "lora_mib_per_token_layer": round(lora / 2**20, 4),
         "rows": rows,
         "tokens_counted": options.batch_size,
         "r": config.r,
         "experts": config.experts,
-        "estimate_tokens": PAPER_TOKENS,
-        "moda_fits_without_checkpointing": fits,
     }
-    headline = (
-        f"ratio MoDA / LoRA saved per token = {ratio:.3f} (target <= {MODA_MEMORY_TARGET:.2f}): {status}; "
-        f"7B at 32 items without checkpointing: {plain_gib} GiB, "
-        + "; ".join(f"{gpu}: {'fits' if ok else 'does not fit'}" for gpu, ok in fits.items())
-    )
+    headline = f"ratio MoDA / LoRA saved per token = {ratio:.3f} (target <= {MODA_MEMORY_TARGET:.2f}): {status}"
     notes = [
-        f"one decoder layer at the 7B's widths (hidden {text.hidden_size}, MLP {text.intermediate_size}), random bf16 "
+        f"one decoder layer of {preset} (hidden {text.hidden_size}, MLP {text.intermediate_size}), random bf16 "
         f"weights, {options.batch_size} text tokens, its input requiring grad; r {config.r}, {config.experts} experts, "
         f"dropout {config.dropout}; distinct storages saved for backward, parameters left out; counted on CPU, whose "
         "dropout keeps its noise in the input's dtype where CUDA's keeps a one-byte mask (LoRA and the shared mask)",
-        f"7B estimate (memory.step_bytes, bf16 autocast column): weights {PAPER_WEIGHTS / GiB:.1f} GiB + the adapter "
-        f"with gradients and AdamW states {16 * PAPER_TRAINABLE / GiB:.1f} GiB + saved per token x {PAPER_TOKENS} "
-        f"tokens (32 synthetic items) x {text.num_hidden_layers} layers; with checkpointing each layer's bf16 input "
-        "+ one layer's saved activations; transients (one layer's working tensors, the allocator's slack) come on top",
     ]
+    if seven_b:
+        plain_gib = estimate_gib("moda, per-expert masks", False)
+        fits = {gpu: plain_gib <= gib for gpu, gib in GPUS_GIB.items()}
+        values |= {"estimate_tokens": PAPER_TOKENS, "moda_fits_without_checkpointing": fits}
+        headline += f"; 7B at 32 items without checkpointing: {plain_gib} GiB, " + "; ".join(
+            f"{gpu}: {'fits' if ok else 'does not fit'}" for gpu, ok in fits.items()
+        )
+        notes.append(
+            f"7B estimate (memory.step_bytes, bf16 autocast column): weights {PAPER_WEIGHTS / GiB:.1f} GiB + the "
+            f"adapter with gradients and AdamW states {16 * PAPER_TRAINABLE / GiB:.1f} GiB + saved per token x "
+            f"{PAPER_TOKENS} tokens (32 synthetic items) x 28 layers; with checkpointing each layer's bf16 input "
+            "+ one layer's saved activations; transients (one layer's working tensors, the allocator's slack) "
+            "come on top"
+        )
     return Measurement(rows, values, headline, notes)
