@@ -18,12 +18,19 @@ import pytest
 import torch
 from PIL import Image
 
-from sda_lib import bench
+from sda_lib import bench, expert_dropout
 from sda_lib.adapt import AdaptConfig, train_adapter
 from sda_lib.backbone import load_backbone, shaped_config
 from sda_lib.export import export_embeddings
 
 pytestmark = pytest.mark.slow  # about 1.5 minutes on 2 cores, 4 GiB of weights per backbone
+
+
+@pytest.fixture(autouse=True)
+def _eager_moda_kernels(monkeypatch):
+    """MoDA's per-expert kernels run eagerly: compiling them (minutes cold on 2 cores) costs more
+    than the one step here would save; tests/test_expert_dropout.py checks the compiled ones."""
+    monkeypatch.setattr(expert_dropout, "COMPILE_FROM", float("inf"))
 
 
 def native_bf16() -> tuple[bool, str]:
