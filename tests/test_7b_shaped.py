@@ -5,8 +5,9 @@ bounds, never times.
 
 The precision follows the CPU: bf16 with 2 decoder layers where it multiplies bf16 natively
 (AVX512-BF16 or AMX), else float32 with 1 decoder layer. Emulated bf16 made one adaptation step
-take over 30 minutes on such a CPU; in float32 the two backbones the test holds keep within 10 GiB
-with one layer. The widths are the 7B's either way; the choice and its evidence are printed."""
+take over 30 minutes on such a CPU; in float32, with one layer, the two backbones the test holds
+peak at about 12 GiB (measured: 1.5 minutes on 2 shared cores). The widths are the 7B's either
+way; the choice and its evidence are printed."""
 
 import dataclasses
 import gc
