@@ -43,6 +43,7 @@ from .features import item_order_checksum
 from .frontend import tqdm
 from .io import atomic_path, ensure_writable, file_sha256, read_json, write_json
 from .locks import folder_lock, reading
+from .memory import GiB, saved_for_backward
 from .moda import DROPOUT_MASKS, EXPERTS, IMAGE, TEXT
 from .preempt import Preempted, on_sigterm
 
@@ -55,9 +56,11 @@ CHECKPOINT_STATE = "state.json"  # written last: a checkpoint folder without it 
 
 @dataclass
 class AdaptConfig:
-    """Defaults follow the authors' released configuration (rank, experts, alpha, dropout, tau
-    learnable from 3, AdamW lr 2e-4, 32 items a step: the values below); steps are sized for the toy
-    data."""
+    """Defaults follow the authors' released configuration (rank, experts, alpha, dropout with a mask
+    per expert, tau learnable from 3, AdamW lr 2e-4, 32 items a step: the values below); steps are
+    sized for the toy data. gradient_checkpointing: True, False, or None to decide from memory: on a
+    GPU, on only where the estimate of a step without it does not fit the GPU (plan_checkpointing);
+    off on CPU."""
 
     adapter: str = "moda"  # moda | lora (shared, "w/o MoDA") | independent (per-modality LoRAs)
     loss: str = "cmsa"  # cmsa | infonce ("w/o soft target") | text-views ("w/o CMSA")
@@ -80,7 +83,7 @@ class AdaptConfig:
     warmup_steps: int = 0
     max_grad_norm: float = 1.0
     checkpoint_every: int = 50
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | None = None
     precision: str = "auto"  # "auto": bf16 autocast on a GPU, fp32 on CPU; "bf16" or "no" to force
     view_drop: float = 0.4  # text-views: share of attributes dropped per view (LLMEmb recipe)
     seed: int = 0
@@ -94,6 +97,11 @@ class AdaptConfig:
             raise ValueError(f"unknown dropout_masks {self.dropout_masks!r}; choose one of {', '.join(DROPOUT_MASKS)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if self.gradient_checkpointing not in (True, False, None):
+            raise ValueError(
+                f"gradient_checkpointing must be True, False or None (decide from memory), "
+                f"got {self.gradient_checkpointing!r}"
+            )
         adapters.KINDS[self.adapter]  # an unknown name is refused here, naming the registered kinds
         if min(self.steps, self.batch_size, self.grad_accum, self.checkpoint_every) < 1:
             raise ValueError("steps, batch_size, grad_accum and checkpoint_every must be >= 1")
@@ -228,14 +236,19 @@ def _train(backbone, dataset, config: AdaptConfig, out: Path, resume, progress, 
         targets=backbone.targets,
         dropout_masks=config.dropout_masks,
     )
-    if config.gradient_checkpointing:
-        adapters.enable_gradient_checkpointing(model)
     objective = AlignmentObjective(backbone, config, gather)
     params = [p for p in objective.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
     accelerator = _accelerator(config, out)
     _fill_deepspeed_config(accelerator, config)
+    checkpointing, why = config.gradient_checkpointing, None
+    if checkpointing is None:
+        checkpointing, why = _auto_checkpointing(backbone, dataset, config, accelerator)
+        if accelerator.is_main_process:
+            log.info(why)
+    if checkpointing:
+        adapters.enable_gradient_checkpointing(model)
     objective, optimizer, scheduler = accelerator.prepare(objective, optimizer, scheduler)
     plain = accelerator.unwrap_model(objective)
 
@@ -310,6 +323,8 @@ def _train(backbone, dataset, config: AdaptConfig, out: Path, resume, progress, 
         "processes": accelerator.num_processes,
         "trainable_parameters": report.trainable,
         "total_parameters": report.total,
+        "gradient_checkpointing": bool(checkpointing),
+        **({"checkpointing_estimate": why} if why else {}),
         "final_loss": history[-1]["loss"] if history else None,
         "final_tau": float(plain.temperature().item()),
         "seconds": round(seconds, 2),
@@ -325,6 +340,74 @@ def _train(backbone, dataset, config: AdaptConfig, out: Path, resume, progress, 
         write_json(out / "adapt.json", record)
     accelerator.wait_for_everyone()
     return record
+
+
+@dataclass(frozen=True)
+class StepEstimate:
+    """The README's estimate of an adaptation step's memory without gradient checkpointing, bytes:
+    `held`, the frozen weights and the float32 trainable parameters with their gradients and
+    AdamW's two moments; `saved`, the activations saved for backward by rows of `lengths` tokens
+    (text half, image half)."""
+
+    items: int
+    held: int
+    saved: float
+    lengths: tuple[int, int]
+
+    @property
+    def total(self) -> float:
+        return self.held + self.saved
+
+
+def estimate_step(backbone, dataset, config: AdaptConfig, items: int) -> StepEstimate:
+    """StepEstimate for a step of `items` items (this process's share) of `dataset`: what a forward
+    saves per token is counted with saved-tensor hooks on two items of each half, as training runs
+    them (call it under training's autocast), and every row is taken as long as the run's longest
+    can be: every text as long as the longest prompt, every image at the largest size the
+    processor keeps. The probe leaves the random generators where it found them."""
+    model = backbone.model.train()
+    fields, paths = dataset.item_fields(), dataset.image_paths()
+    probe = pair_batch(backbone, fields, paths, np.arange(min(2, dataset.n_items)), config, 0)
+    device = next(model.parameters()).device
+    per_token = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for inputs, m in probe:
+            with saved_for_backward(model) as tally, adapters.modality(model, m):
+                backbone.encoder(**inputs)
+            per_token.append(tally.bytes / inputs["input_ids"].numel())
+    longest_text = int(backbone.prompt_lengths(texts=fields).max())
+    largest_image = int(backbone.prompt_lengths(images=[Image.new("RGB", (8192, 8192))])[0])
+    lengths = (longest_text, longest_text if config.loss == "text-views" else largest_image)
+    held = sum(p.numel() * (16 if p.requires_grad else p.element_size()) for p in model.parameters())
+    return StepEstimate(items, held, items * sum(per * n for per, n in zip(per_token, lengths)), lengths)
+
+
+# Share of a GPU's memory a step may be estimated to fill without checkpointing: the rest is for
+# one layer's working tensors (at 32 items on the 7B the MLP's activations and their gradients, and
+# the per-expert masks' uniforms, about 2 GiB) and the allocator's slack.
+CHECKPOINTING_HEADROOM = 0.85
+
+
+def plan_checkpointing(estimate: StepEstimate, memory_bytes: int) -> tuple[bool, str]:
+    """Whether the step needs gradient checkpointing: its estimate without it exceeds
+    CHECKPOINTING_HEADROOM of `memory_bytes`; and the reason in words."""
+    needed = estimate.total > CHECKPOINTING_HEADROOM * memory_bytes
+    return needed, (
+        f"gradient checkpointing {'on' if needed else 'off'}: a step of {estimate.items} items without it is "
+        f"estimated at {estimate.total / GiB:.1f} GiB (weights and optimizer {estimate.held / GiB:.1f}, saved "
+        f"activations {estimate.saved / GiB:.1f} for rows of up to {estimate.lengths[0]} and {estimate.lengths[1]} "
+        f"tokens), {'over' if needed else 'within'} {CHECKPOINTING_HEADROOM:.0%} of {memory_bytes / GiB:.1f} GiB"
+    )
+
+
+def _auto_checkpointing(backbone, dataset, config: AdaptConfig, accelerator) -> tuple[bool, str]:
+    """gradient_checkpointing=None: off on CPU; on a GPU, plan_checkpointing of this process's share."""
+    if accelerator.device.type != "cuda":
+        return False, "gradient checkpointing off: on CPU (the memory estimate is a GPU's)"
+    items = -(-min(config.batch_size, dataset.n_items) // accelerator.num_processes)
+    with accelerator.autocast():
+        estimate = estimate_step(backbone, dataset, config, items)
+    return plan_checkpointing(estimate, torch.cuda.get_device_properties(accelerator.device).total_memory)
 
 
 def _stop_agreed(stop, accelerator) -> bool:

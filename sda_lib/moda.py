@@ -32,6 +32,7 @@ from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from sda_lib.expert_dropout import ExpertDropoutDown, expert_keep_bits
 from sda_lib.io import atomic_dir, file_sha256, write_json
 
 TEXT, IMAGE = 0, 1
@@ -130,18 +131,6 @@ class MoDAState:
         self.ids: torch.Tensor | None = None
 
 
-def expert_keep_masks(experts: int, like: torch.Tensor, p: float) -> tuple[torch.Tensor, float]:
-    """Independent dropout masks for `experts` experts, [experts, *like.shape] booleans (True =
-    kept), and the inverted-dropout scale. Torch's CPU generator spends one draw per element, which
-    made mask drawing half of a MoDA training step on CPU; each 64-bit draw here gives four 16-bit
-    uniforms, so p is rounded to a multiple of 1/65536 (0.1 -> 0.10001) and the scale uses the
-    rounded p."""
-    n = experts * like.numel()
-    cut = round(p * 65536)
-    draws = torch.empty((n + 3) // 4, dtype=torch.int64, device=like.device).random_(-(2**63), None)
-    return draws.view(torch.int16)[:n].view(experts, *like.shape) >= cut - 32768, 65536 / (65536 - cut)
-
-
 class MoDALinear(nn.Module):
     """A frozen nn.Linear plus a fused mixture of low-rank experts gated by modality.
 
@@ -227,18 +216,16 @@ class MoDALinear(nn.Module):
         scale = self._rank_scale()[self._row_modalities(x)]  # [r] or [rows, r]
         if scale.dim() == 2:
             scale = scale.view(scale.shape[0], *([1] * (x.dim() - 2)), scale.shape[1])
-        hidden = self._project_down(x.to(self.lora_A.dtype)) * scale
+        hidden = self._project_down(x) * scale
         return F.linear(hidden, self.lora_B)
 
     def _project_down(self, x: torch.Tensor) -> torch.Tensor:
         """A dropout(x) for all experts: one matmul with a shared mask, or, when training with
-        per-expert masks, one matmul per expert on x under that expert's own mask."""
+        per-expert masks, each expert's product under its own mask (ExpertDropoutDown)."""
         if not (self.per_expert_masks and self.training):
-            return F.linear(self.dropout(x), self.lora_A)
-        keep, scale = expert_keep_masks(self.num_experts, x, self.dropout.p)
-        kept = x * scale
-        experts = self.lora_A.split(self.expert_rank)
-        return torch.cat([F.linear(torch.where(keep[i], kept, 0.0), a) for i, a in enumerate(experts)], dim=-1)
+            return F.linear(self.dropout(x.to(self.lora_A.dtype)), self.lora_A)
+        bits, scale = expert_keep_bits(self.num_experts, x, self.dropout.p)
+        return ExpertDropoutDown.apply(x, self.lora_A, bits, scale, self.num_experts)
 
     def delta_weight(self, modality: int) -> torch.Tensor:
         """(alpha/r) * B diag(repeat(w_m)) A: the weight update this layer applies to `modality`."""

@@ -1,11 +1,13 @@
 """Run profiles: the settings a whole run takes, by name, so one word says which experiment ran.
 
 - `paper`: the authors' experiment, the default on the Amazon datasets: their data recipe,
-  Qwen2.5-VL-7B, their adaptation steps per dataset, gradient checkpointing as they trained, their
-  recommenders' settings and budgets, Table 1's CLIP row (ViT-L/14, downloaded like the 7B), and
-  the gradient study in the main run's regime (docs/FIDELITY.md gives the source of each value).
-  On S3-Rec's preprocessed files, which the authors' recipe cannot read, add `-p data.recipe=5core`;
-  offline, `-p backbone=tiny -p clip_model=tiny` swaps both downloads for random presets.
+  Qwen2.5-VL-7B, their adaptation steps per dataset, their recommenders' settings and budgets,
+  Table 1's CLIP row (ViT-L/14, downloaded like the 7B), and the gradient study in the main run's
+  regime (docs/FIDELITY.md gives the source of each value); gradient checkpointing, which they
+  always used, only where the estimate of a step without it does not fit the GPU's memory
+  (`gradient_checkpointing=None`, sda_lib.adapt.plan_checkpointing; docs/FIDELITY.md). On S3-Rec's
+  preprocessed files, which the authors' recipe cannot read, add `-p data.recipe=5core`; offline,
+  `-p backbone=tiny -p clip_model=tiny` swaps both downloads for random presets.
 - `quick`: the notebooks' own defaults, sized for 2 CPU cores (the random `tiny` preset); the
   default on toy-tiny and a user's own datasets.
 - `teaching`: the quick settings on the `mini` backbone (real pretrained weights, so the demo shows
@@ -65,7 +67,7 @@ def profile_parameters(profile: str, dataset: str) -> dict[str, dict]:
         "data": {"recipe": "sda"},  # their filters on the full reviews (data_process.ipynb); tail rule: the default
         # Table 1's CLIP row: the authors' MMRec runs read 768-wide CLIP features (clip_768), ViT-L/14's width
         "zero_shot": {**lvlm, "baselines": ["pretrained", "clip"], "clip_model": PAPER_CLIP},
-        "adapt": {**lvlm, "steps": steps, "gradient_checkpointing": True, "checkpoint_every": 500},
+        "adapt": {**lvlm, "steps": steps, "gradient_checkpointing": None, "checkpoint_every": 500},
         "export": lvlm,
         "recommend": {
             "recsys_preset": "authors",  # sda_lib.recsys.presets: their sizes, budgets, features alone
@@ -74,7 +76,7 @@ def profile_parameters(profile: str, dataset: str) -> dict[str, dict]:
         "ablations": {
             **lvlm,
             "ablation_steps": steps,
-            "gradient_checkpointing": True,
+            "gradient_checkpointing": None,
             "recsys_preset": "authors",
             "ablation_epochs": 200,
         },

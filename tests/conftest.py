@@ -1,3 +1,4 @@
+import contextlib
 import os
 from pathlib import Path
 
@@ -49,3 +50,36 @@ def _fresh_accelerate_state():
 
     AcceleratorState._reset_state(True)
     PartialState._reset_state()
+
+
+def todays_project_down(layer, x):
+    """MoDALinear._project_down as it was before ExpertDropoutDown, the reference the lean path must
+    equal: the masks drawn from the generator as expert_keep_bits draws them, unpacked, and a loop
+    over experts that keeps each expert's masked float32 copy of x for backward."""
+    import torch
+    import torch.nn.functional as F
+
+    if not (layer.per_expert_masks and layer.training):
+        return F.linear(layer.dropout(x.to(layer.lora_A.dtype)), layer.lora_A)
+    x = x.to(layer.lora_A.dtype)
+    n, cut = layer.num_experts * x.numel(), round(layer.dropout.p * 65536)
+    draws = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None)
+    keep = draws.view(torch.int16)[:n].view(layer.num_experts, *x.shape) >= cut - 32768
+    kept = x * (65536 / (65536 - cut))
+    experts = layer.lora_A.split(layer.expert_rank)
+    return torch.cat([F.linear(torch.where(keep[i], kept, 0.0), a) for i, a in enumerate(experts)], dim=-1)
+
+
+@pytest.fixture
+def todays_moda_path():
+    """A context manager inside which every MoDA layer runs the per-expert path as it was
+    (todays_project_down); processes forked inside it inherit that."""
+    from sda_lib.moda import MoDALinear
+
+    @contextlib.contextmanager
+    def patched():
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(MoDALinear, "_project_down", todays_project_down)
+            yield
+
+    return patched

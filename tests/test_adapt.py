@@ -1,5 +1,6 @@
 """The adaptation loop: deterministic batches, resume == uninterrupted, clear errors."""
 
+import contextlib
 import dataclasses
 
 import numpy as np
@@ -39,6 +40,8 @@ def test_config_errors(toy_tiny, tmp_path):
         AdaptConfig(loss="mse")
     with pytest.raises(ValueError, match="unknown dropout_masks 'each'"):
         AdaptConfig(dropout_masks="each")
+    with pytest.raises(ValueError, match=r"gradient_checkpointing must be True, False or None .*got 'auto'"):
+        AdaptConfig(gradient_checkpointing="auto")
     with pytest.raises(ValueError, match="not divisible"):
         train_adapter(load_backbone("tiny"), toy_tiny, AdaptConfig(r=6, experts=4), tmp_path)
 
@@ -162,6 +165,70 @@ def test_gradient_checkpointing_gives_the_same_step(toy_tiny, tmp_path, kind):
     for off, on in zip(grads[False], grads[True]):
         torch.testing.assert_close(on, off, rtol=1e-5, atol=1e-8)
     assert all(g.abs().sum() > 0 for g in grads[True]), "every adapter tensor should get gradient"
+
+
+def test_lean_per_expert_dropout_trains_as_todays_path(toy_tiny, tmp_path, todays_moda_path):
+    """Through the real loop with the authors' dropout (0.1, a mask per expert): the loss and every
+    adapter gradient of the second step are those of the per-expert path as it was, with
+    activation checkpointing off and on (the recomputation replays the generator, so it redraws
+    the same masks)."""
+    grads, losses = {}, {}
+
+    def capture(optimizer, args, kwargs):
+        grads[run] = [p.grad.clone() for group in optimizer.param_groups for p in group["params"]]
+
+    handle = register_optimizer_step_pre_hook(capture)
+    try:
+        for run in [(path, checkpointing) for path in ("lean", "today") for checkpointing in (False, True)]:
+            path, checkpointing = run
+            config = AdaptConfig(**{**FAST, "steps": 2, "gradient_checkpointing": checkpointing})
+            assert config.dropout > 0 and config.dropout_masks == "per-expert"
+            with todays_moda_path() if path == "today" else contextlib.nullcontext():
+                record = train_adapter(
+                    load_backbone("tiny"), toy_tiny, config, tmp_path / f"{path}-{checkpointing}", progress=False
+                )
+            losses[run] = record["final_loss"]
+    finally:
+        handle.remove()
+    reference = ("today", False)
+    for run in grads:
+        assert losses[run] == pytest.approx(losses[reference], rel=1e-6), run
+        for got, want in zip(grads[run], grads[reference], strict=True):
+            # float32 sums in another order, through a step: equal to 1e-4 of the tensor's largest entry;
+            # the temperature's gradient, one number, is a sum with cancellation, so it gets 1e-3
+            scale = (1e-3 if want.numel() == 1 else 1e-4) * float(want.abs().max())
+            torch.testing.assert_close(got, want, rtol=0, atol=scale, msg=lambda m, run=run: f"{run}: {m}")
+    assert all(g.abs().sum() > 0 for g in grads["lean", True]), "every adapter tensor should get gradient"
+
+
+def test_checkpointing_is_planned_from_the_step_estimate(toy_tiny):
+    """gradient_checkpointing=None: the estimate holds the weights as they are and 16 bytes per
+    trainable parameter, and saved activations that grow with the items at the run's longest rows,
+    counted on a probe that leaves the generator where it was; checkpointing goes on just past
+    CHECKPOINTING_HEADROOM of the memory."""
+    backbone = load_backbone("tiny")
+    adapters.attach(backbone.model, "moda")
+    params = list(backbone.model.parameters())
+    state = torch.random.get_rng_state()
+    estimates = {n: adapt.estimate_step(backbone, toy_tiny, AdaptConfig(), items=n) for n in (4, 8)}
+    assert torch.equal(torch.random.get_rng_state(), state)
+    four, eight = estimates[4], estimates[8]
+    assert four.held == eight.held == sum(p.numel() * (16 if p.requires_grad else 4) for p in params)
+    assert eight.saved == pytest.approx(2 * four.saved) and eight.saved > 0
+    texts = backbone.prompt_lengths(texts=toy_tiny.item_fields())
+    assert eight.lengths[0] == texts.max() and eight.lengths[1] > 0
+    limit = eight.total / adapt.CHECKPOINTING_HEADROOM
+    needed, why = adapt.plan_checkpointing(eight, int(limit * 0.99))
+    assert needed and why.startswith("gradient checkpointing on: a step of 8 items")
+    assert adapt.plan_checkpointing(eight, int(limit * 1.01))[0] is False
+
+
+def test_checkpointing_left_to_memory_is_off_on_cpu(toy_tiny, tmp_path):
+    record = train_adapter(
+        load_backbone("tiny"), toy_tiny, AdaptConfig(**{**FAST, "steps": 1}), tmp_path, progress=False
+    )
+    assert record["config"]["gradient_checkpointing"] is None and record["gradient_checkpointing"] is False
+    assert record["checkpointing_estimate"] == "gradient checkpointing off: on CPU (the memory estimate is a GPU's)"
 
 
 def test_nan_loss_names_the_step(toy_tiny, tmp_path, monkeypatch):

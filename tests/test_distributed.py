@@ -26,10 +26,10 @@ def _fresh_accelerate_state():
     PartialState._reset_state()
 
 
-def _adapted_backbone(kind="moda"):
+def _adapted_backbone(kind="moda", dropout=0.0):
     lvlm = load_backbone("tiny")
     torch.manual_seed(3)
-    adapters.attach(lvlm.model, kind, dropout=0.0)
+    adapters.attach(lvlm.model, kind, dropout=dropout)
     with torch.no_grad():
         for p in lvlm.model.parameters():
             if p.requires_grad:
@@ -37,13 +37,13 @@ def _adapted_backbone(kind="moda"):
     return lvlm
 
 
-def one_step(data_folder, out_file, gather=True, loss="cmsa"):
+def one_step(data_folder, out_file, gather=True, loss="cmsa", dropout=0.0):
     """The loss and the adapter gradients of the first training step, saved by the main process."""
     _fresh_accelerate_state()
     torch.set_num_threads(1)
     data = load_prepared(data_folder)
-    lvlm = _adapted_backbone()
-    config = AdaptConfig(batch_size=N_ITEMS, dropout=0.0, loss=loss)
+    lvlm = _adapted_backbone(dropout=dropout)
+    config = AdaptConfig(batch_size=N_ITEMS, dropout=dropout, loss=loss)
     accelerator = Accelerator(cpu=True)
     objective = accelerator.prepare(AlignmentObjective(lvlm, config, gather=gather))
     items = local_share(batch_items(0, data.n_items, N_ITEMS, config.seed), accelerator)
@@ -78,6 +78,21 @@ def test_two_processes_give_the_one_process_step(toy_tiny, tmp_path, loss):
         torch.testing.assert_close(two["grads"][name], g, rtol=1e-4, atol=1e-7, msg=name)
         moved += bool(g.abs().sum() > 0)
     assert moved > len(one["grads"]) // 2, "most adapter tensors should receive gradient"
+
+
+def test_two_processes_with_lean_per_expert_dropout_step_as_todays_path(toy_tiny, tmp_path, todays_moda_path):
+    """With the authors' dropout (0.1, a mask per expert) under DDP: each process draws its masks
+    from its own generator, and the lean path gives the step the per-expert path as it was gives."""
+    debug_launcher(one_step, args=(toy_tiny.folder, tmp_path / "lean.pt", True, "cmsa", 0.1), num_processes=2)
+    with todays_moda_path():
+        debug_launcher(one_step, args=(toy_tiny.folder, tmp_path / "today.pt", True, "cmsa", 0.1), num_processes=2)
+    lean, today = torch.load(tmp_path / "lean.pt"), torch.load(tmp_path / "today.pt")
+    assert lean["processes"] == today["processes"] == 2
+    torch.testing.assert_close(lean["loss"], today["loss"], rtol=1e-6, atol=1e-7)
+    assert lean["grads"].keys() == today["grads"].keys()
+    for name, g in today["grads"].items():
+        torch.testing.assert_close(lean["grads"][name], g, rtol=1e-5, atol=1e-5 * float(g.abs().max()), msg=name)
+    assert sum(bool(g.abs().sum() > 0) for g in lean["grads"].values()) > len(lean["grads"]) // 2
 
 
 def test_per_process_loss_differs(toy_tiny, tmp_path):

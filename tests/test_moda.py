@@ -8,14 +8,12 @@ import torch
 from torch import nn
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-import sda_lib.moda as moda_module
 from sda_lib.moda import (
     IMAGE,
     TEXT,
     MoDAConfig,
     MoDALinear,
     MoDAState,
-    expert_keep_masks,
     gate_weights,
     inject_lora,
     inject_moda,
@@ -368,34 +366,6 @@ def test_peft_lora_trains_only_lora_on_the_same_layers():
     assert report.total == frozen_total + report.trainable
     moda_report = inject_moda(tiny_qwen(), MoDAConfig(r=8))
     assert set(report.layers) == set(moda_report.layers)
-
-
-def test_expert_keep_masks_are_independent_inverted_dropout():
-    """Each expert's mask keeps a share 1 - p of entries (p rounded to 1/65536) with the scale that
-    keeps the mean, and the masks of different experts are not the same draw."""
-    torch.manual_seed(0)
-    keep, scale = expert_keep_masks(3, torch.zeros(500, 401), 0.25)  # odd size: the last draw is cut
-    assert keep.shape == (3, 500, 401) and keep.dtype == torch.bool
-    assert scale == 4 / 3  # 0.25 is exact in 1/65536 steps
-    for m in keep:
-        assert m.float().mean().item() == pytest.approx(0.75, abs=0.005)
-    agree = (keep[0] == keep[1]).float().mean().item()
-    assert agree == pytest.approx(0.75**2 + 0.25**2, abs=0.005)  # independent, not shared
-    _, scale = expert_keep_masks(1, torch.zeros(4), 0.1)
-    assert scale == 65536 / (65536 - 6554)  # p rounded to 6554 / 65536
-
-
-def test_per_expert_projection_equals_the_loop_over_experts_with_the_same_masks(monkeypatch):
-    """The per-expert projection is the authors' loop: expert i sees dropout(x) under mask i."""
-    config = MoDAConfig(r=8, num_experts=4, dropout=0.3)
-    layer = MoDALinear(nn.Linear(16, 8), config, MoDAState(config), "x").train()
-    x = torch.randn(2, 5, 16)
-    keep = torch.rand(4, 2, 5, 16) > 0.3
-    monkeypatch.setattr(moda_module, "expert_keep_masks", lambda *a: (keep, 1 / 0.7))
-    got = layer._project_down(x)
-    a = layer.lora_A.detach().split(layer.expert_rank)
-    loop = torch.cat([(x * keep[i] / 0.7) @ a[i].T for i in range(4)], dim=-1)
-    assert torch.allclose(got, loop, atol=1e-6)
 
 
 def test_fused_update_equals_the_authors_loop_over_experts_with_gradients():

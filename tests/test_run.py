@@ -632,7 +632,7 @@ def test_profiles_fill_only_what_the_command_line_leaves_open():
     stages = list(runner.STAGES)
     profile, given = runner.profiled_parameters("beauty", {}, stages, declared)
     assert profile == "paper"
-    assert given["adapt"]["steps"] == 4000 and given["adapt"]["gradient_checkpointing"] is True
+    assert given["adapt"]["steps"] == 4000 and given["adapt"]["gradient_checkpointing"] is None
     assert given["adapt"]["backbone"] == given["export"]["backbone"] == "7b"
     assert given["data"]["recipe"] == "sda" and given["recommend"]["recsys_preset"] == "authors"
     # Table 1's CLIP row (the ViT-L/14 checkpoint the labels call "CLIP") and its features in 05

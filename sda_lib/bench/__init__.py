@@ -39,7 +39,7 @@ from pathlib import Path
 from .. import __version__
 from ..io import write_json
 from ..paths import outputs_root
-from .adapters import MODA_VS_LORA_TARGET, moda_vs_loop, moda_vs_lora
+from .adapters import MODA_VS_LORA_TARGET, moda_memory, moda_vs_loop, moda_vs_lora
 from .core import (
     CPU_ROUNDS,
     GPU_ROUNDS,
@@ -78,6 +78,7 @@ __all__ = [
 BENCHMARKS: dict[str, Callable[[Options], Measurement]] = {
     "moda-vs-lora": moda_vs_lora,
     "moda-vs-loop": moda_vs_loop,
+    "moda-memory": moda_memory,
     "export-overhead": export_overhead,
     "export-memory": export_memory,
     "export-padding": export_padding,

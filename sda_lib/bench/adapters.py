@@ -19,10 +19,15 @@ from .core import (
 )
 
 MODA_VS_LORA_TARGET = 1.10
+MODA_VS_LORA_TARGET_7B = 1.15  # at the 7B's widths (the 7b-shaped presets and the 7B)
+
+
+def moda_vs_lora_target(preset: str) -> float:
+    return MODA_VS_LORA_TARGET_7B if preset.startswith("7b") else MODA_VS_LORA_TARGET
 
 
 def moda_vs_lora(options: Options) -> Measurement:
-    """MoDA training step vs a peft LoRA of the same total rank on the same layers (target <= 1.10)."""
+    """MoDA training step vs a peft LoRA of the same total rank on the same layers (target <= 1.10; 7b-shaped 1.15)."""
     from .. import adapters
     from ..adapt import AdaptConfig
     from ..backbone import load_backbone
@@ -61,11 +66,23 @@ def moda_vs_lora(options: Options) -> Measurement:
 
         return step
 
-    samples = interleaved({kind: training_step(b) for kind, b in backbones.items()}, options.repeats, options.warmup)
+    cpu = {}
+    samples = interleaved(
+        {kind: training_step(b) for kind, b in backbones.items()}, options.repeats, options.warmup, cpu
+    )
     moda_s, lora_s = (statistics.median(samples[k]) for k in ("moda", "lora"))
-    verdict, headline = _verdict(moda_s / lora_s, MODA_VS_LORA_TARGET, "MoDA / LoRA")
+    cpu_ratio = statistics.median(cpu["moda"]) / statistics.median(cpu["lora"])
+    paired = statistics.median(m / lo for m, lo in zip(cpu["moda"], cpu["lora"]))
+    verdict, headline = _verdict(moda_s / lora_s, moda_vs_lora_target(preset), "MoDA / LoRA")
+    headline += f"; in CPU time {cpu_ratio:.3f}, paired by repetition {paired:.3f}"
     rows = [
-        _timing_row(f"{kind} step", samples[kind], layers=len(reports[kind].layers), trainable=reports[kind].trainable)
+        _timing_row(
+            f"{kind} step",
+            samples[kind],
+            layers=len(reports[kind].layers),
+            trainable=reports[kind].trainable,
+            **{"median CPU ms": _ms(statistics.median(cpu[kind]))},
+        )
         for kind in ("moda", "lora")
     ]
     values = {
@@ -81,12 +98,19 @@ def moda_vs_lora(options: Options) -> Measurement:
         "warmup": options.warmup,
         "moda_samples_ms": [_ms(s) for s in samples["moda"]],
         "lora_samples_ms": [_ms(s) for s in samples["lora"]],
+        "cpu_ratio": round(cpu_ratio, 4),
+        "cpu_ratio_paired": round(paired, 4),
+        "moda_cpu_samples_ms": [_ms(s) for s in cpu["moda"]],
+        "lora_cpu_samples_ms": [_ms(s) for s in cpu["lora"]],
     }
     notes = [
         _hygiene_note(options, preset),
         _input_note(text, image, options.batch_size),
         f"both adapters: r={config.r} on the same {len(reports['moda'].layers)} language-model "
         f"projections, MoDA with {config.experts} experts; step = text + image forward, CMSA, backward",
+        "the ratio is of wall-clock medians; the CPU-time ratio (the process's CPU seconds, one torch thread) "
+        "leaves out waiting for a core, and its median of the two steps' ratio in each repetition leaves out "
+        "the load drifting between repetitions: the steadier ones on a shared machine",
     ]
     return Measurement(rows, values, headline, notes)
 
@@ -233,3 +257,99 @@ def _base_seconds(base, x, grad_out) -> float:
     weight = base.weight.detach()
     seconds = interleaved({"base": lambda: F.linear(part, weight).backward(grad_out[:, :rows])}, repeats=1, warmup=1)
     return seconds["base"][0] * x.shape[1] / rows
+
+
+MODA_MEMORY_TARGET = 1.25  # MoDA with per-expert masks against the LoRA of the same total rank
+PAPER_TOKENS = 6080  # padded tokens of a 32-item step on the synthetic items (the gpu check's count)
+PAPER_WEIGHTS = 8_292_166_656 * 2  # Qwen2.5-VL-7B in bf16
+PAPER_TRAINABLE = 20_300_000  # MoDA's float32 parameters on the 7B (r 8, 8 experts, 196 projections)
+GPUS_GIB = {"80 GB": 80e9 / 2**30, "141 GB": 141e9 / 2**30}
+
+
+def moda_memory(options: Options) -> Measurement:
+    """Saved-for-backward bytes per token per decoder layer at the 7B's widths: MoDA vs LoRA (target <= 1.25).
+
+    Counted exactly with saved-tensor hooks on one decoder layer, then the README's estimate of the
+    7B at 32 items a step, with and without gradient checkpointing, against 80 GB and 141 GB GPUs
+    (--preset tiny or small counts one of their layers instead, without the estimate)."""
+    from ..adapt import AdaptConfig
+    from ..backbone import PRESETS, SHAPED, preset_config, shaped_config
+    from ..memory import GiB, decoder_layer_saved_per_token, language_adapter_settings, step_bytes
+
+    options = options.defaults(batch_size=64)  # tokens of the counted forward
+    preset = options.preset or SHAPED
+    if preset not in PRESETS and preset.partition(":")[0] != SHAPED:
+        raise ValueError(f"moda-memory counts a layer of {SHAPED} (the default) or of {', '.join(PRESETS)}")
+    seven_b = preset not in PRESETS
+    shape = shaped_config(1) if seven_b else preset_config(preset)
+    config, text = AdaptConfig(), shape.text_config
+    units = {
+        "moda, per-expert masks": ("moda", "per-expert"),
+        "moda, shared mask": ("moda", "shared"),
+        "lora (peft), same rank": ("lora", "per-expert"),
+    }
+    counted = {
+        (label, autocast): decoder_layer_saved_per_token(
+            shape, kind, language_adapter_settings(config.r, config.experts, masks), autocast, options.batch_size
+        )
+        for label, (kind, masks) in units.items()
+        for autocast in (True, False)
+    }
+
+    def estimate_gib(label: str, checkpointing: bool) -> float:
+        layers, hidden = shaped_config().text_config.num_hidden_layers, text.hidden_size
+        saved = step_bytes(
+            counted[label, True], PAPER_TOKENS, layers, hidden, PAPER_WEIGHTS, PAPER_TRAINABLE, checkpointing
+        )
+        return round(saved / GiB, 1)
+
+    rows = [
+        {
+            "unit": label,
+            "MiB/token/layer bf16 autocast": round(counted[label, True] / 2**20, 4),
+            "fp32 adapter": round(counted[label, False] / 2**20, 4),
+            **(
+                {"7B step GiB": estimate_gib(label, False), "with checkpointing": estimate_gib(label, True)}
+                if seven_b
+                else {}
+            ),
+        }
+        for label in units
+    ]
+    moda, lora = (counted[label, True] for label in ("moda, per-expert masks", "lora (peft), same rank"))
+    ratio = moda / lora
+    status = "PASS" if ratio <= MODA_MEMORY_TARGET else "ABOVE"
+    values = {
+        "ratio": round(ratio, 4),
+        "target": MODA_MEMORY_TARGET,
+        "status": status,
+        "preset": preset,
+        "moda_mib_per_token_layer": round(moda / 2**20, 4),
+        "lora_mib_per_token_layer": round(lora / 2**20, 4),
+        "rows": rows,
+        "tokens_counted": options.batch_size,
+        "r": config.r,
+        "experts": config.experts,
+    }
+    headline = f"ratio MoDA / LoRA saved per token = {ratio:.3f} (target <= {MODA_MEMORY_TARGET:.2f}): {status}"
+    notes = [
+        f"one decoder layer of {preset} (hidden {text.hidden_size}, MLP {text.intermediate_size}), random bf16 "
+        f"weights, {options.batch_size} text tokens, its input requiring grad; r {config.r}, {config.experts} experts, "
+        f"dropout {config.dropout}; distinct storages saved for backward, parameters left out; counted on CPU, whose "
+        "dropout keeps its noise in the input's dtype where CUDA's keeps a one-byte mask (LoRA and the shared mask)",
+    ]
+    if seven_b:
+        plain_gib = estimate_gib("moda, per-expert masks", False)
+        fits = {gpu: plain_gib <= gib for gpu, gib in GPUS_GIB.items()}
+        values |= {"estimate_tokens": PAPER_TOKENS, "moda_fits_without_checkpointing": fits}
+        headline += f"; 7B at 32 items without checkpointing: {plain_gib} GiB, " + "; ".join(
+            f"{gpu}: {'fits' if ok else 'does not fit'}" for gpu, ok in fits.items()
+        )
+        notes.append(
+            f"7B estimate (memory.step_bytes, bf16 autocast column): weights {PAPER_WEIGHTS / GiB:.1f} GiB + the "
+            f"adapter with gradients and AdamW states {16 * PAPER_TRAINABLE / GiB:.1f} GiB + saved per token x "
+            f"{PAPER_TOKENS} tokens (32 synthetic items) x 28 layers; with checkpointing each layer's bf16 input "
+            "+ one layer's saved activations; transients (one layer's working tensors, the allocator's slack) "
+            "come on top"
+        )
+    return Measurement(rows, values, headline, notes)

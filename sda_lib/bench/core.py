@@ -18,7 +18,9 @@ from ..paths import REPO_ROOT
 BEAUTY_SOURCE = REPO_ROOT.parent / "shared" / "data" / "amazon2014-5core" / "beauty"
 IMAGE_PX = 224  # synthetic item images: (224 / 28)^2 = 64 image tokens, inside the default pixel bounds
 CPU_ROUNDS = dict(repeats=15, warmup=2, batch_size=8)  # the CPU micro-benchmarks' defaults
-GPU_ROUNDS = dict(repeats=3, warmup=1, batch_size=32)  # steps of each gpu-check run; 32 items a step, as trained
+# Steps of each gpu-check run, 32 items a step as trained: two warm-up steps, as MoDA's kernels compile
+# for the first step's shapes and once more, for any shape, when the next step's differ.
+GPU_ROUNDS = dict(repeats=3, warmup=2, batch_size=32)
 
 
 @dataclass
@@ -59,21 +61,28 @@ class Measurement:
     notes: list[str] = field(default_factory=list)
 
 
-def interleaved(units: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, list[float]]:
+def interleaved(
+    units: dict[str, Callable[[], object]], repeats: int, warmup: int, cpu: dict | None = None
+) -> dict[str, list[float]]:
     """Seconds of each unit in each repetition. Units run in turn, in reverse order every other
-    repetition, so drift in machine load and cache state hits them alike; warm-up runs are dropped."""
+    repetition, so drift in machine load and cache state hits them alike; warm-up runs are dropped.
+    With `cpu` (a dict), the process's CPU seconds of the same runs go into it: with one torch
+    thread on a machine shared with other work they leave out the time spent waiting for a core."""
     import torch
 
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     samples = {name: [] for name in units}
+    cpu = {} if cpu is None else cpu
+    cpu.update({name: [] for name in units})
     order = list(units)
     for rep in range(warmup + repeats):
         for name in order if rep % 2 == 0 else order[::-1]:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             units[name]()
             sync()
             if rep >= warmup:
                 samples[name].append(time.perf_counter() - start)
+                cpu[name].append(time.process_time() - start_cpu)
     return samples
 
 
