@@ -205,7 +205,8 @@ def test_study_notebook_runs_headless_on_toy_tiny(outputs, tmp_path):
         progress_bar=False,
     )
     folder = outputs / "toy-tiny" / "when-sda-pays"
-    table = pd.read_csv(folder / "tables" / "09-sda-s-gain-over-zero-shot-features-per-condition.csv")
+    table = pd.read_csv(folder / "tables" / "09-sda-s-gain-over-zero-shot-features-per-condition-sampled-ranking.csv")
+    assert (folder / "tables" / "09-sda-s-gain-over-zero-shot-features-per-condition-full-ranking.csv").is_file()
     assert len(table) == 4  # sasrec x overall, tail x HR@10, NDCG@10
     assert set(table["seeds above"]) <= {"0/2", "1/2", "2/2"} and table["p"].between(0, 1).all()
     overall = table[(table["subset"] == "overall") & (table["metric"] == "HR@10")].iloc[0]
