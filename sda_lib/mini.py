@@ -94,6 +94,7 @@ from .paths import outputs_root
 from .prompts import describe
 
 NAME = "mini"
+UNTRAINED = "untrained"  # the variant "mini:untrained": the connector never pre-trained (see load_mini)
 HIDDEN = 384  # all-MiniLM-L6-v2's width
 TAPS = (5, 10, 15)  # EfficientNet-Lite0 blocks read: 80, 112 and 320 channels
 VISION_CHANNELS = 80 + 112 + 320
@@ -327,21 +328,32 @@ def trunk_store() -> Path:
 def load_mini(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
-    connector: str | Path = CONNECTOR,
+    connector: str | Path | None = CONNECTOR,
     store: Path | None = None,
 ) -> MiniBackbone:
     """The mini backbone, offline, float32 unless `dtype` says otherwise. Its id names the
     connector's checksum, so adapters trained with another connector are refused on loading.
-    `store`: the trunk's feature folder (default `trunk_store()`)."""
+    `store`: the trunk's feature folder (default `trunk_store()`).
+
+    `connector=None` gives the `mini:untrained` variant (also its id): the connector as initialised
+    from seed 0 whatever the run's seed (one model, so zero-shot and adapted runs of any seed share
+    it), never pre-trained, as an LLaVA-style model is before its alignment stage. Its image states are
+    those of a language model reading tokens it was never taught to read: image embeddings that
+    carry the pixels' information without a caption's geometry, like the mean-pooled states of a
+    generative LVLM that was never trained for similarity (the paper's zero-shot QwenVL)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or torch.float32
     model = MiniVLM(store or trunk_store())
-    sha256 = load_connector(model.connector, connector)
+    if connector is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model.connector = new_connector().requires_grad_(False)
+        backbone_id = f"{NAME}:{UNTRAINED}"
+    else:
+        backbone_id = f"{NAME}-connector-{load_connector(model.connector, connector)[:12]}"
     model = model.to(device=device, dtype=dtype).eval()
     processor = MiniProcessor(AutoTokenizer.from_pretrained(minilm_folder(), local_files_only=True))
-    return MiniBackbone(
-        model, processor, f"{NAME}-connector-{sha256[:12]}", HIDDEN, dtype, device, targets=TARGETS, attention=ATTENTION
-    )
+    return MiniBackbone(model, processor, backbone_id, HIDDEN, dtype, device, targets=TARGETS, attention=ATTENTION)
 
 
 def load_connector(connector: nn.Module, weights: str | Path = CONNECTOR) -> str:

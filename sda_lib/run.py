@@ -522,7 +522,7 @@ def _run_stage(
     notebook = NOTEBOOKS / spec.notebook
     stage_params = {"dataset": full[stage]["dataset"], "out_dir": str(out), **given[stage]}
     inputs = _digest(file_sha256(notebook), library, {s: _fingerprints(out, s, full[s]) for s in spec.reads})
-    key = _digest(inputs, stage_params)
+    key = stage_key(inputs, stage_params)
     executed = out / notebook.name
     before = record.get(stage)
     outputs = _fingerprints(out, stage, full[stage])
@@ -570,6 +570,14 @@ def _run_stage(
         },
     )
     log.info(f"{label}: done in {seconds:.1f} s")
+
+
+def stage_key(inputs: str, params: dict) -> str:
+    """What a stage's record must hold to be current: the digest of its inputs (notebook, library,
+    the outputs it reads) and of its parameters (`out_dir` among them). A stage copied into another
+    run folder is current there under the key of its record's `inputs` and its parameters with that
+    folder's `out_dir` (sda_lib.sweep shares stages between points that way)."""
+    return _digest(inputs, params)
 
 
 def deletable(stage: str, out: Path, full: dict[str, dict]) -> list[Path]:

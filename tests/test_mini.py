@@ -273,3 +273,31 @@ def test_missing_or_corrupt_connector_names_the_file_and_the_rebuild(tmp_path):
     mini.card_path(corrupt).write_text(mini.card_path(mini.CONNECTOR).read_text())
     with pytest.raises(ValueError, match=r"corrupt\.safetensors do not match the checksum .*`python -m sda_lib\.mini"):
         mini.load_connector(connector, corrupt)
+
+
+def test_untrained_variant_is_mini_with_a_fixed_random_connector():
+    """`mini:untrained`: the same trunks, the connector as initialised (one seed whatever the run's),
+    loadable again from its id, as adapters reload their backbone."""
+    from sda_lib.backbone import backbone_name
+
+    untrained = load_backbone("mini:untrained", device="cpu", seed=3)
+    assert untrained.id == "mini:untrained" and backbone_name(untrained.id) == ("mini:untrained", None)
+    again = load_backbone(untrained.id, device="cpu")
+    pretrained = backbone().model.connector.state_dict()
+    for name, value in untrained.model.connector.state_dict().items():
+        assert torch.equal(value, again.model.connector.state_dict()[name]), name
+        if name.endswith("1.weight"):  # the first linear (index 1, after the LayerNorm)
+            assert not torch.allclose(value, pretrained[name])
+    assert torch.equal(
+        untrained.model.text.embeddings.word_embeddings.weight, backbone().model.text.embeddings.word_embeddings.weight
+    )
+    texts = untrained.embed(ITEMS[:2], modality="text", progress=False)
+    np.testing.assert_allclose(texts, backbone().embed(ITEMS[:2], modality="text", progress=False), atol=1e-5)
+    images = pictures(2)
+    assert not np.allclose(
+        untrained.embed(ITEMS[:2], images, modality="image", progress=False),
+        backbone().embed(ITEMS[:2], images, modality="image", progress=False),
+        atol=1e-3,
+    )
+    with pytest.raises(ValueError, match="the only variant is 'mini:untrained'"):
+        load_backbone("mini:big", device="cpu")

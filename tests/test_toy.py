@@ -216,3 +216,66 @@ def test_some_items_lack_an_image_or_a_title(tiny):
     folder = Path(items["image_path"].dropna().iloc[0]).parent
     assert not any((folder / f"{i}.png").exists() for i in missing["item_id"])
     assert (items["title"] == "").sum() >= 1
+
+
+def _digest(catalogue) -> str:
+    import hashlib
+
+    h = hashlib.sha256(catalogue.items.drop(columns=["image_path"]).to_csv(index=False).encode())
+    h.update(catalogue.interactions.to_csv(index=False).encode())
+    return h.hexdigest()
+
+
+def test_default_preferences_keep_the_catalogue_as_it_was(tiny, toy):
+    """The tables of seed 0 as generated before `preferences` existed (sha256 of items and
+    interactions as CSV)."""
+    assert _digest(tiny) == "f7618329f5315bbfc8de54389168c6d229882fe532326b874571f3bfd7ba1c8d"
+    assert _digest(toy) == "c448d7f5db108c02e17381d7d6d63186a69643550f7351e611f8914cd2b87421"
+    assert tiny.source == "synthetic: sda_lib.data.toy.generate_toy(size='toy-tiny', seed=0)"
+
+
+def test_preferences_move_the_weight_between_attribute_groups(tiny, tmp_path):
+    from sda_lib.data import toy as toy_module
+
+    default = toy_module.preference_weights()
+    assert default == toy_module.PREFERENCE_WEIGHTS
+    total = sum(default.values())
+    shared = toy_module.preference_weights("shared")
+    assert shared["shape"] == shared["pattern"] == shared["brand"] == 0
+    assert shared["category"] / shared["colour"] == pytest.approx(4.8 / 3.6)
+    specific = toy_module.preference_weights("specific")
+    assert specific["category"] == specific["colour"] == 0
+    assert specific["brand"] == pytest.approx(total / 2) and specific["shape"] + specific["pattern"] == pytest.approx(
+        total / 2
+    )
+    for name in toy_module.PREFERENCES:
+        assert sum(toy_module.preference_weights(name).values()) == pytest.approx(total), name
+    with pytest.raises(DataError, match="unknown toy preferences 'colourful'"):
+        toy_module.preference_weights("colourful")
+
+    moved = generate_toy("toy-tiny", tmp_path, seed=0, preferences="shared")
+    pd.testing.assert_frame_equal(moved.items.drop(columns=["image_path"]), tiny.items.drop(columns=["image_path"]))
+    assert not moved.interactions.equals(tiny.interactions) and "preferences='shared'" in moved.source
+
+
+def test_users_follow_the_attributes_that_carry_the_weight(tmp_path):
+    """Under "shared", users' next items share their category and colour far more often than their
+    brand; under "text" the other way round."""
+    shares = {}
+    for preferences in ("shared", "text"):
+        catalogue = generate_toy("toy", tmp_path / preferences, seed=0, preferences=preferences)
+        items = catalogue.items.set_index("item_id")
+        seq = catalogue.interactions.sort_values(["user_id", "timestamp"])
+        nxt = seq.groupby("user_id")["item_id"].shift(-1)
+        pairs = pd.DataFrame({"a": seq["item_id"], "b": nxt}).dropna()
+        shares[preferences] = {
+            name: float(
+                (
+                    items.loc[pairs["a"], f"latent_{name}"].to_numpy()
+                    == items.loc[pairs["b"], f"latent_{name}"].to_numpy()
+                ).mean()
+            )
+            for name in ("category", "colour", "brand")
+        }
+    assert shares["shared"]["category"] > shares["text"]["category"] + 0.2
+    assert shares["text"]["brand"] > shares["shared"]["brand"] + 0.2

@@ -79,19 +79,21 @@ DATASETS: Registry[DatasetSource] = Registry("dataset")
 
 
 class ToySource(DatasetSource):
-    """The synthetic catalogues of sda_lib.data.toy, drawn offline."""
+    """The synthetic catalogues of sda_lib.data.toy, drawn offline; `preferences` says where the
+    users' preferences live (sda_lib.data.toy.PREFERENCES)."""
 
-    def inputs(self, name, source, recipe, **load_kw):
-        from .toy import SIZES
+    def inputs(self, name, source, recipe, preferences="default"):
+        from .toy import SIZES, preference_weights
 
-        return Inputs({}, generator={"sda_lib": __version__, **asdict(SIZES[name])})
+        preference_weights(preferences)  # an unknown setting fails before anything is prepared
+        return Inputs({}, generator={"sda_lib": __version__, **asdict(SIZES[name]), "preferences": preferences})
 
-    def load(self, name, source, image_dir, seed, recipe, **load_kw):
+    def load(self, name, source, image_dir, seed, recipe, preferences="default"):
         from .toy import generate_toy
 
         if image_dir is None:
             raise ValueError("toy datasets draw their images: pass image_dir")
-        return generate_toy(name, image_dir, seed=seed)
+        return generate_toy(name, image_dir, seed=seed, preferences=preferences)
 
 
 class AmazonSource(DatasetSource):

@@ -12,7 +12,9 @@ drop or swap their colour word, drop the material or the brand; a few items have
 few an empty title. Item popularity is Zipf-like, so a real long tail
 exists. Each user prefers one value of each attribute; their sequence is drawn without
 replacement from popularity x preference, so content predicts behaviour and tail items are
-reached mainly through content.
+reached mainly through content. `preferences` moves the weight of those preferences between the
+shared, the text-only and the image-only attributes (PREFERENCES); the default keeps the weights
+below, and the data card records the setting.
 """
 
 from __future__ import annotations
@@ -128,6 +130,17 @@ P_EMPTY_DESCRIPTION = 0.03
 ZIPF_EXPONENT = 1.5
 PREFERENCE_WEIGHTS = {"category": 4.8, "colour": 3.6, "shape": 3.0, "brand": 3.0, "pattern": 2.4}
 TASTE_SKEW = 1.0
+# Where the preferences live: each named setting gives the share of PREFERENCE_WEIGHTS' total on each
+# group of attributes (weights within a group keep their proportions). "default" is the weights as
+# they are (shared 0.50, image-only 0.32, text-only 0.18 of the total); material carries no weight.
+ATTRIBUTE_GROUPS = {"shared": ("category", "colour"), "image": ("shape", "pattern"), "text": ("brand",)}
+PREFERENCES = {
+    "default": None,
+    "shared": {"shared": 1.0},
+    "specific": {"image": 0.5, "text": 0.5},
+    "image": {"image": 1.0},
+    "text": {"text": 1.0},
+}
 MIN_SEQUENCE_LENGTH = 3
 LENGTH_SIGMA = 0.8  # of the lognormal extra length: a long right tail
 START_TIME = 1_600_000_000  # seconds; only the order within a user matters
@@ -137,13 +150,16 @@ MEAN_GAP_SECONDS = 2 * 86_400
 Latent = dict[str, np.ndarray]  # attribute name -> one value per item
 
 
-def generate_toy(size: str, image_dir: Path, seed: int = 0) -> Catalogue:
+def generate_toy(size: str, image_dir: Path, seed: int = 0, preferences: str = "default") -> Catalogue:
     """Build the `size` toy catalogue and write its PNG images into `image_dir`.
 
-    The same (size, seed) gives identical tables and pixels; another seed another catalogue.
+    The same (size, seed, preferences) gives identical tables and pixels; another seed another
+    catalogue. `preferences` (a name in PREFERENCES) only changes who buys what: items, texts and
+    images stay those of the seed.
     """
     if size not in SIZES:
         raise DataError(f"unknown toy size {size!r}: choose one of {sorted(SIZES)}")
+    weights = preference_weights(preferences)
     spec = SIZES[size]
     rng = np.random.Generator(np.random.PCG64(seed))
     image_dir = Path(image_dir)
@@ -151,7 +167,7 @@ def generate_toy(size: str, image_dir: Path, seed: int = 0) -> Catalogue:
     latent = _draw_latent_attributes(spec.n_items, rng)
     texts, counts = _write_texts(latent, rng)
     image_paths = _render_images(latent, spec.image_px, image_dir, rng)
-    sequences, counts["interactions_added_for_coverage"] = _draw_sequences(latent, spec, rng)
+    sequences, counts["interactions_added_for_coverage"] = _draw_sequences(latent, spec, weights, rng)
 
     item_ids = [f"i{i:04d}" for i in range(spec.n_items)]
     items = pd.DataFrame({"item_id": item_ids, **texts})
@@ -160,14 +176,31 @@ def generate_toy(size: str, image_dir: Path, seed: int = 0) -> Catalogue:
         items[f"latent_{name}"] = latent[name]
     items["latent_popularity"] = latent["popularity"]
     interactions = _timed_interactions(sequences, item_ids, rng)
+    setting = "" if preferences == "default" else f", preferences={preferences!r}"
     return Catalogue(
         name=size,
         items=items,
         interactions=interactions,
         text_fields=list(TEXT_FIELDS),
         counts=counts,
-        source=f"synthetic: sda_lib.data.toy.generate_toy(size={size!r}, seed={seed})",
+        source=f"synthetic: sda_lib.data.toy.generate_toy(size={size!r}, seed={seed}{setting})",
     )
+
+
+def preference_weights(preferences: str = "default") -> dict[str, float]:
+    """The weight of each attribute in a user's choice under the named setting of PREFERENCES."""
+    if preferences not in PREFERENCES:
+        raise DataError(f"unknown toy preferences {preferences!r}: choose one of {', '.join(PREFERENCES)}")
+    shares = PREFERENCES[preferences]
+    if shares is None:
+        return dict(PREFERENCE_WEIGHTS)
+    total = sum(PREFERENCE_WEIGHTS.values())
+    weights = {}
+    for group, names in ATTRIBUTE_GROUPS.items():
+        in_group = sum(PREFERENCE_WEIGHTS[n] for n in names)
+        for name in names:
+            weights[name] = shares.get(group, 0.0) * total * PREFERENCE_WEIGHTS[name] / in_group
+    return {name: weights[name] for name in PREFERENCE_WEIGHTS}
 
 
 def _draw_latent_attributes(n_items: int, rng: np.random.Generator) -> Latent:
@@ -324,14 +357,17 @@ def _draw_pattern(draw: ImageDraw.ImageDraw, pattern: str, px: int, rng: np.rand
                 draw.ellipse((x - r, y - r, x + r, y + r), fill=255)
 
 
-def _draw_sequences(latent: Latent, spec: ToySize, rng: np.random.Generator) -> tuple[list[list[int]], int]:
+def _draw_sequences(
+    latent: Latent, spec: ToySize, weights: dict[str, float], rng: np.random.Generator
+) -> tuple[list[list[int]], int]:
     """Per user, item indices in time order; returns them and how many were added so every item is used.
+    Every attribute's tastes are drawn, weighted or not, so the draws do not depend on `weights`.
 
     A user's sequence is a draw without replacement from softmax(logit) (Gumbel top-k: the k largest
     of logit + Gumbel noise, in decreasing order, are exactly such a draw).
     """
     affinity = np.zeros((spec.n_users, spec.n_items))
-    for name, weight in PREFERENCE_WEIGHTS.items():
+    for name, weight in weights.items():
         values, item_codes = np.unique(latent[name], return_inverse=True)
         share = (rng.permutation(len(values)) + 1.0) ** -TASTE_SKEW
         preferred = rng.choice(len(values), size=spec.n_users, p=share / share.sum())
