@@ -74,7 +74,7 @@ def todays_project_down(layer, x):
 def todays_moda_path():
     """A context manager inside which every MoDA layer runs the per-expert path as it was
     (todays_project_down); processes forked inside it inherit that."""
-    from sda_lib.moda import MoDALinear
+    from sda_lib.method.moda import MoDALinear
 
     @contextlib.contextmanager
     def patched():

@@ -19,10 +19,12 @@ import pytest
 import torch
 from PIL import Image
 
-from sda_lib import bench, expert_dropout
-from sda_lib.adapt import AdaptConfig, train_adapter
-from sda_lib.backbone import load_backbone, shaped_config
-from sda_lib.export import export_embeddings
+import benchmarks as bench
+from sda_lib.method import expert_dropout
+from sda_lib.method.adapt import AdaptConfig, train_adapter
+from sda_lib.method.backbones import load_backbone
+from sda_lib.method.backbones.qwen import shaped_config
+from sda_lib.method.export import export_embeddings
 
 pytestmark = pytest.mark.slow  # about 1.5 minutes on 2 cores, 4 GiB of weights per backbone
 

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sda_lib.ablations import FULL, ID_ONLY, VARIANTS, name_rows, run_ablations, table2, variant_features
+from sda_lib.analysis.ablations import FULL, ID_ONLY, VARIANTS, name_rows, run_ablations, table2, variant_features
 from sda_lib.recsys.published import beside_table2
 from sda_lib.recsys.report import lvlm_tag
 from sda_lib.recsys.train import TrainConfig

@@ -9,11 +9,12 @@ import torch
 from safetensors.torch import load_file
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from sda_lib import adapt, adapters, moda
-from sda_lib.adapt import AdaptConfig, batch_items, text_view, train_adapter
-from sda_lib.backbone import load_backbone
-from sda_lib.cmsa import cmsa_loss
 from sda_lib.data import DataError, load_prepared
+from sda_lib.method import adapt, adapters, moda
+from sda_lib.method.adapt import AdaptConfig, batch_items, text_view, train_adapter
+from sda_lib.method.backbones import load_backbone
+from sda_lib.method.cmsa import cmsa_loss
+from sda_lib.workbench import stage_scripts
 
 FAST = dict(steps=4, batch_size=8, checkpoint_every=2, lr=1e-3)
 
@@ -135,7 +136,7 @@ def test_unwritable_output_fails_before_training(toy_tiny, tmp_path, monkeypatch
         train_adapter(load_backbone("tiny"), toy_tiny, AdaptConfig(**FAST), blocker / "run", progress=False)
     assert not calls, "training started before the output folder was checked"
     with pytest.raises(OSError, match="cannot write in"):
-        adapt.main(["--dataset", str(toy_tiny.folder), "--out-dir", str(blocker / "run")])
+        stage_scripts.adapt(["--dataset", str(toy_tiny.folder), "--out-dir", str(blocker / "run")])
 
 
 @pytest.mark.parametrize("kind", ["moda", "lora", "independent"])

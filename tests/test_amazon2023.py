@@ -188,7 +188,7 @@ def test_bad_folders_are_named(tmp_path, files, message):
 
 @pytest.mark.slow
 def test_amazon2023_fixture_prepared_through_the_runner(tmp_path, outputs):
-    from sda_lib import run as runner
+    from sda_lib.workbench import run as runner
 
     source = tmp_path / "source"
     source.mkdir()

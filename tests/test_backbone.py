@@ -5,8 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-from sda_lib.backbone import load_backbone, mean_pool, text_prompt
-from sda_lib.prompts import IMAGE_INSTRUCTION, TEXT_INSTRUCTION, authors_attributes, describe, item_prompts
+from sda_lib.method.backbones import load_backbone, mean_pool
+from sda_lib.method.backbones.qwen import text_prompt
+from sda_lib.method.prompts import IMAGE_INSTRUCTION, TEXT_INSTRUCTION, authors_attributes, describe, item_prompts
 
 IMAGE_PAD, VISION_START = 151655, 151652
 ITEMS = [
@@ -234,7 +235,7 @@ def test_7b_shaped_at_28_layers_is_the_released_7b():
     """Qwen2.5-VL-7B-Instruct's config.json values, and its parameter count built on the meta device."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from sda_lib.backbone import shaped_config
+    from sda_lib.method.backbones.qwen import shaped_config
 
     config = shaped_config(28)
     text, vision = config.text_config, config.vision_config
@@ -279,7 +280,7 @@ def test_7b_shaped_at_28_layers_is_the_released_7b():
     [(1, 1, [0]), (2, 2, [1]), (3, 3, [2]), (7, 8, [7]), (14, 16, [7, 15]), (20, 23, [6, 14, 22])],
 )
 def test_7b_shaped_vision_tower_scales_with_the_layers(layers, depth, full):
-    from sda_lib.backbone import shaped_config
+    from sda_lib.method.backbones.qwen import shaped_config
 
     config = shaped_config(layers)
     assert config.text_config.num_hidden_layers == layers

@@ -7,7 +7,7 @@ import statistics
 import numpy as np
 import pytest
 
-from sda_lib import bench
+import benchmarks as bench
 
 
 def test_benchmark_prints_table_then_its_json_record_last(capsys):
@@ -86,7 +86,7 @@ def test_peak_rss_restarts_from_the_current_rss():
 
     check = """
 import numpy as np
-from sda_lib import bench
+import benchmarks as bench
 
 def rss_mb():
     line = next(x for x in open("/proc/self/status") if x.startswith("VmRSS:"))
@@ -138,7 +138,7 @@ def test_gpu_check_dry_run_on_cpu(monkeypatch, capsys):
     to the ratio with checkpointing, and the export to that run's adapter."""
     import torch
 
-    from sda_lib import adapt
+    from sda_lib.method import adapt
 
     train_adapter = adapt.train_adapter
 
@@ -183,7 +183,7 @@ def test_gpu_check_dry_run_on_cpu(monkeypatch, capsys):
 def test_padded_slots_by_hand():
     """Prompts of 1, 3, 1, 3 tokens in batches of 2: item order pads both batches to 3 (12 slots),
     sorting pairs like with like (1+1 and 3+3: 8 slots); sorting stays inside each chunk."""
-    from sda_lib.bench.export import padded_slots
+    from benchmarks.export import padded_slots
 
     lengths = np.array([1, 3, 1, 3])
     assert padded_slots(lengths, batch=2, chunk=4, bucketed=False) == 12
@@ -192,7 +192,7 @@ def test_padded_slots_by_hand():
 
 
 def test_synthetic_catalogue_keeps_beauty_proportions():
-    from sda_lib.bench.scaling import MEAN_LENGTH, USERS_PER_ITEM, synthetic_catalogue
+    from benchmarks.scaling import MEAN_LENGTH, USERS_PER_ITEM, synthetic_catalogue
 
     catalogue = synthetic_catalogue(2000)
     lengths = catalogue.interactions.groupby("user_id").size()
@@ -204,8 +204,8 @@ def test_synthetic_catalogue_keeps_beauty_proportions():
 def test_scaling_figure_reaches_every_run_report(outputs):
     """The scaling benchmark's figure is written as HTML and as JSON beside it; a run's report then
     shows it in its own section, and a report without it has no such section."""
-    from sda_lib.bench.scaling import FIGURE, write_figure
-    from sda_lib.report import build_report
+    from benchmarks.scaling import FIGURE, write_figure
+    from sda_lib.workbench.report import build_report
 
     run = outputs / "toy" / "default"
     run.mkdir(parents=True)
@@ -225,7 +225,7 @@ def test_scaling_figure_reaches_every_run_report(outputs):
 def test_time_to_quality_curves_figure(tmp_path):
     """The time-to-quality figure plots each library's validation curve against wall minutes, with
     RecBole's best as a line, and lands whole at its path."""
-    from sda_lib.bench.recsys import write_curves
+    from benchmarks.recsys import write_curves
 
     history = {
         "ours": {"valid": [0.01, 0.05], "wall": [30.0, 60.0]},

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from sda_lib.cmsa import Temperature, cmsa_loss, infonce_loss
-from sda_lib.cmsa import group_mean as group_mean_torch
+from sda_lib.method.cmsa import Temperature, cmsa_loss, infonce_loss
+from sda_lib.method.cmsa import group_mean as group_mean_torch
 
 
 def softmax(a, axis):

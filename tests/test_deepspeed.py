@@ -28,7 +28,7 @@ from accelerate.utils import DeepSpeedPlugin
 from accelerate.utils.launch import prepare_deepspeed_cmd_env
 from safetensors.torch import load_file
 
-from sda_lib.adapt import AdaptConfig, _fill_deepspeed_config
+from sda_lib.method.adapt import AdaptConfig, _fill_deepspeed_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "env" / "accelerate").glob("*.yaml"))
@@ -42,7 +42,7 @@ def launched(config: Path) -> tuple[str, object]:
     """Which launcher `accelerate launch --config_file config` picks, and the arguments it gets
     (the launcher itself is not run)."""
     args = launch.launch_command_parser().parse_args(
-        ["--config_file", str(config), "--main_process_port", "0", "-m", "sda_lib.adapt"]
+        ["--config_file", str(config), "--main_process_port", "0", "-m", "sda_lib", "adapt"]
     )
     calls = {}
     with mock.patch.multiple(launch, **{name: functools.partial(calls.__setitem__, name) for name in LAUNCHERS}):
@@ -110,12 +110,12 @@ def deepspeed_installed():
 
 
 def adapt(data, out: Path, *launch_options: str, log: Path | None = None) -> subprocess.Popen:
-    """Start `[accelerate launch OPTIONS] python -m sda_lib.adapt` on toy-tiny, writing `out`; the
+    """Start `[accelerate launch OPTIONS] python -m sda_lib adapt` on toy-tiny, writing `out`; the
     output goes to `log` (default: beside `out`)."""
     runner = (
         [sys.executable, "-m", "accelerate.commands.launch", *launch_options] if launch_options else [sys.executable]
     )
-    command = [*runner, "-m", "sda_lib.adapt", "--dataset", str(data.folder), *RUN, "--out-dir", str(out)]
+    command = [*runner, "-m", "sda_lib", "adapt", "--dataset", str(data.folder), *RUN, "--out-dir", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     log = log or out.with_suffix(".log")
     with open(log, "w") as sink:

@@ -9,12 +9,12 @@ from accelerate import Accelerator, debug_launcher
 from accelerate.state import AcceleratorState, PartialState
 from safetensors.torch import load_file
 
-from sda_lib import adapt, adapters
-from sda_lib.adapt import AdaptConfig, AlignmentObjective, batch_items, local_share, pair_batch, train_adapter
-from sda_lib.backbone import load_backbone
 from sda_lib.data import load_prepared
-from sda_lib.export import export_embeddings
-from sda_lib.features import FeatureTable
+from sda_lib.method import adapt, adapters
+from sda_lib.method.adapt import AdaptConfig, AlignmentObjective, batch_items, local_share, pair_batch, train_adapter
+from sda_lib.method.backbones import load_backbone
+from sda_lib.method.export import export_embeddings
+from sda_lib.method.features import FeatureTable
 
 pytestmark = pytest.mark.slow
 N_ITEMS = 8

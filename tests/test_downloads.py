@@ -222,7 +222,7 @@ def test_retry_wait_doubles_and_honours_retry_after():
 _JOB = """
 import sys
 from sda_lib.data.images import DownloadPolicy, download_images
-from sda_lib.preempt import Preempted
+from sda_lib.utils.preempt import Preempted
 urls = {f"item{i}": f"%s/slow/{i}" for i in range(40)}
 try:
     download_images(urls, sys.argv[1], workers=2, policy=DownloadPolicy(timeout=5, per_host=2), progress=False)

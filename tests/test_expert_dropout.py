@@ -1,4 +1,4 @@
-"""MoDA's per-expert dropout kept lean (sda_lib.expert_dropout): the masks, outputs and gradients of
+"""MoDA's per-expert dropout kept lean (sda_lib.method.expert_dropout): the masks, outputs and gradients of
 the loop over experts it replaced (conftest.todays_project_down), under the same seed, in float32
 and bf16, compiled and eager, for a fraction of what that loop keeps for backward."""
 
@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from sda_lib import expert_dropout
-from sda_lib.expert_dropout import ExpertDropoutDown, expert_keep, expert_keep_bits
-from sda_lib.memory import saved_for_backward
-from sda_lib.moda import IMAGE, TEXT, MoDAConfig, MoDALinear, MoDAState
+from sda_lib.method import expert_dropout
+from sda_lib.method.expert_dropout import ExpertDropoutDown, expert_keep, expert_keep_bits
+from sda_lib.method.memory import saved_for_backward
+from sda_lib.method.moda import IMAGE, TEXT, MoDAConfig, MoDALinear, MoDAState
 
 
 def drawn_masks(experts, shape, p):
@@ -52,7 +52,7 @@ def test_projection_is_each_expert_on_its_own_masked_input(monkeypatch):
     x = torch.randn(2, 5, 16)
     keep = torch.rand(4, 2, 5, 16) > 0.3
     bits = sum(keep[i].to(torch.uint8) << i for i in range(4))[None]
-    monkeypatch.setattr("sda_lib.moda.expert_keep_bits", lambda *a: (bits, 1 / 0.7))
+    monkeypatch.setattr("sda_lib.method.moda.expert_keep_bits", lambda *a: (bits, 1 / 0.7))
     a = layer.lora_A.detach().split(layer.expert_rank)
     want = torch.cat([(x * keep[i] / 0.7) @ a[i].T for i in range(4)], dim=-1)
     torch.testing.assert_close(layer._project_down(x), want, rtol=1e-6, atol=1e-6)

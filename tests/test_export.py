@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from sda_lib import adapters, export
-from sda_lib.adapt import embed_rows, load_image
-from sda_lib.backbone import load_backbone
-from sda_lib.features import FeatureError, FeatureTable
-from sda_lib.moda import IMAGE, TEXT
+from sda_lib.method import adapters, export
+from sda_lib.method.adapt import embed_rows, load_image
+from sda_lib.method.backbones import load_backbone
+from sda_lib.method.features import FeatureError, FeatureTable
+from sda_lib.method.moda import IMAGE, TEXT
 
 
 def _trained(kind, folder):
@@ -137,7 +137,7 @@ def test_interrupted_export_resumes_without_recomputing(toy_tiny, tmp_path, monk
 def test_bf16_path_adapts_merges_and_exports(toy_tiny, tmp_path, monkeypatch):
     """The GPU host's precision on CPU: bf16 weights, bf16 autocast, a few steps, then the export
     with the adapter merged per modality; an interrupted bf16 export resumes to the same bytes."""
-    from sda_lib.adapt import AdaptConfig, train_adapter
+    from sda_lib.method.adapt import AdaptConfig, train_adapter
 
     config = AdaptConfig(steps=3, batch_size=8, lr=1e-2, precision="bf16", checkpoint_every=10)
     record = train_adapter(

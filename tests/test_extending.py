@@ -11,13 +11,14 @@ import pandas as pd
 import pytest
 import torch
 
-from sda_lib import adapters, registry
-from sda_lib.adapters import KINDS
-from sda_lib.backbone import BACKBONES, load_backbone
 from sda_lib.data import DATASETS
 from sda_lib.formats import FORMATS
+from sda_lib.method import adapters
+from sda_lib.method.adapters import KINDS
+from sda_lib.method.backbones import BACKBONES, load_backbone
 from sda_lib.recsys.base import RECOMMENDERS
-from sda_lib.registry import Registry
+from sda_lib.utils import registry
+from sda_lib.utils.registry import Registry
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "extending"
 PLUGINS = "ia3_adapter,last_token_backbone,bpr_mf,shop_dataset"
@@ -102,8 +103,8 @@ def test_example_adapter_and_backbone_round_trip(plugins, tmp_path):
 
 @pytest.mark.slow
 def test_runner_uses_each_registered_extension(plugins, outputs, tmp_path):
-    from sda_lib import run as runner
     from sda_lib.data import load_prepared
+    from sda_lib.workbench import run as runner
 
     source = write_shop_events(tmp_path / "shop-files")
     params = {

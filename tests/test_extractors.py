@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 from transformers import CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
 
-from sda_lib.export import export_baseline
-from sda_lib.extractors import CLIPExtractor, MiniLMEfficientNetExtractor, efficientnet_pixels, tiny_clip
+from sda_lib.method.export import export_baseline
+from sda_lib.method.extractors import CLIPExtractor, MiniLMEfficientNetExtractor, efficientnet_pixels, tiny_clip
 from sda_lib.recsys import row_labels
 
 TEXTS = ["a red running shoe", "blue socks", "kitchen knife set " * 40]  # the last is longer than CLIP's context

@@ -18,17 +18,17 @@ import pytest
 import torch
 from PIL import Image
 
-from sda_lib import exits
-from sda_lib.adapt import main as adapt_main
-from sda_lib.backbone import load_backbone
 from sda_lib.data import DataError, PrepareParams, load_prepared, prepare_dataset
 from sda_lib.data.__main__ import main as data_main
-from sda_lib.export import export_embeddings
-from sda_lib.export import main as export_main
-from sda_lib.features import FeatureTable
-from sda_lib.io import save_with_digest
+from sda_lib.method.backbones import load_backbone
+from sda_lib.method.export import export_embeddings
+from sda_lib.method.features import FeatureTable
 from sda_lib.recsys import InteractionData, TrainConfig, build_model, fit
 from sda_lib.recsys.train import seed_everything
+from sda_lib.utils import exits
+from sda_lib.utils.io import save_with_digest
+from sda_lib.workbench.stage_scripts import adapt as adapt_main
+from sda_lib.workbench.stage_scripts import export as export_main
 
 REPO = Path(__file__).resolve().parents[1]
 SHORT = TrainConfig(epochs=2, batch_size=64, progress=False, patience=5)
@@ -105,7 +105,7 @@ def test_no_pickle_is_read_anywhere_in_the_package():
     ],
 )
 def test_names_that_become_folders_are_checked_before_anything_runs(given, message, outputs, monkeypatch, capsys):
-    from sda_lib import run
+    from sda_lib.workbench import run
 
     monkeypatch.setattr(run, "_run", lambda *a, **kw: pytest.fail("the stages started"))
     assert run.main(["--dataset", "toy-tiny", *given]) == 2
@@ -114,7 +114,7 @@ def test_names_that_become_folders_are_checked_before_anything_runs(given, messa
 
 
 def test_the_runner_deletes_only_a_stage_s_own_folders(tmp_path):
-    from sda_lib.run import STAGES, StageFailed, deletable, notebook_parameters
+    from sda_lib.workbench.run import STAGES, StageFailed, deletable, notebook_parameters
 
     out = tmp_path / "run"
 
@@ -161,7 +161,7 @@ def _start(code: str, outputs: Path) -> subprocess.Popen:
 
 
 def _holding(context: str, seconds: float, outputs: Path) -> subprocess.Popen:
-    code = f"import time\nfrom sda_lib import locks\nwith locks.{context}:\n    print('held', flush=True)\n"
+    code = f"import time\nfrom sda_lib.utils import locks\nwith locks.{context}:\n    print('held', flush=True)\n"
     return _start(code + f"    time.sleep({seconds})\n", outputs)
 
 
@@ -192,7 +192,7 @@ def test_a_dataset_prepared_again_after_it_was_loaded_is_not_exported(prepared):
 
 
 def test_export_chunks_of_other_data_are_not_resumed(prepared, monkeypatch, caplog):
-    from sda_lib import export
+    from sda_lib.method import export
 
     real, calls = export.embed_items, []
 
@@ -240,7 +240,7 @@ def test_adaptation_checkpoints_of_other_data_are_not_resumed(prepared, caplog):
     ],
 )
 def test_a_held_folder_is_refused_before_the_backbone_loads(main, folder, prepared, monkeypatch, capsys):
-    from sda_lib import backbone
+    from sda_lib.method import backbones as backbone
 
     loaded = []
     monkeypatch.setattr(backbone, "load_backbone", lambda *a, **kw: loaded.append(1))
@@ -337,7 +337,7 @@ def test_a_deleted_source_is_named_with_a_fix_that_works(outputs, tmp_path, caps
 def plugin_dir(tmp_path, monkeypatch):
     """A folder on sys.path (and on the PYTHONPATH of child processes) for plugin modules, and a
     registry that imports plugins afresh."""
-    from sda_lib import registry
+    from sda_lib.utils import registry
 
     folder = tmp_path / "plugins"
     folder.mkdir()
@@ -380,7 +380,7 @@ def test_a_broken_installed_plugin_names_its_package_and_can_be_skipped(plugin_d
 def test_a_notebook_stopped_by_system_exit_is_not_done(tmp_path):
     import nbformat
 
-    from sda_lib.run import unfinished
+    from sda_lib.workbench.run import unfinished
 
     nb = nbformat.v4.new_notebook()
     nb.cells = [
@@ -417,7 +417,7 @@ DATASETS.register("halting", Halting())
 
 @pytest.mark.slow
 def test_the_runner_does_not_record_a_stage_stopped_by_system_exit(plugin_dir, outputs, monkeypatch, capsys):
-    from sda_lib.run import main as run_main
+    from sda_lib.workbench.run import main as run_main
 
     (plugin_dir / "halting_dataset.py").write_text(HALTING)
     monkeypatch.setenv("SDA_WORKBENCH_PLUGINS", "halting_dataset")
@@ -433,7 +433,7 @@ def test_the_runner_does_not_record_a_stage_stopped_by_system_exit(plugin_dir, o
 
 
 def test_a_planted_lock_link_is_refused_and_its_target_left_alone(tmp_path):
-    from sda_lib.locks import lock_file
+    from sda_lib.utils.locks import lock_file
 
     victim = tmp_path / "victim.txt"
     victim.write_text("precious\n")
@@ -449,7 +449,7 @@ def test_a_planted_lock_link_is_refused_and_its_target_left_alone(tmp_path):
 
 
 def test_a_lock_path_that_is_a_folder_is_named_as_such(tmp_path):
-    from sda_lib.locks import lock_file
+    from sda_lib.utils.locks import lock_file
 
     out = tmp_path / "data"
     lock_file(out).mkdir()
@@ -470,7 +470,7 @@ def test_a_lock_path_that_is_a_folder_is_named_as_such(tmp_path):
     ],
 )
 def test_the_runner_refuses_a_bad_dataset_name_creating_nothing(dataset, message, tmp_path, monkeypatch, capsys):
-    from sda_lib import run
+    from sda_lib.workbench import run
 
     monkeypatch.setenv("SDA_OUTPUTS", str(tmp_path / "a" / "b" / "outputs"))
     monkeypatch.setattr(run, "_run", lambda *a, **kw: pytest.fail("the stages started"))
@@ -517,7 +517,7 @@ def test_a_name_that_differs_in_case_from_a_prepared_one_is_refused(outputs, tmp
     ],
 )
 def test_values_papermill_cannot_pass_are_refused(given, what, outputs, monkeypatch, capsys):
-    from sda_lib import run
+    from sda_lib.workbench import run
 
     monkeypatch.setattr(run, "_run", lambda *a, **kw: pytest.fail("the stages started"))
     assert run.main(["--dataset", "toy-tiny", "-p", given]) == 2
@@ -536,7 +536,7 @@ def tiny():
 
 
 def _saved_adapter(tiny, kind: str, folder: Path) -> Path:
-    from sda_lib import adapters
+    from sda_lib.method import adapters
 
     model = tiny.fresh()
     adapters.attach(model, kind, r=4, experts=2)
@@ -552,8 +552,8 @@ def _rewrite(path: Path, change) -> None:
 
 
 def test_a_damaged_moda_card_is_named(tiny, tmp_path):
-    from sda_lib import adapters
-    from sda_lib.moda import CONFIG_FILE
+    from sda_lib.method import adapters
+    from sda_lib.method.moda import CONFIG_FILE
 
     folder = _saved_adapter(tiny, "moda", tmp_path / "a")
     card = json.loads((folder / CONFIG_FILE).read_text())
@@ -564,7 +564,7 @@ def test_a_damaged_moda_card_is_named(tiny, tmp_path):
 
 
 def test_peft_adapters_carry_a_checksum_and_damaged_ones_are_named(tiny, tmp_path):
-    from sda_lib import adapters
+    from sda_lib.method import adapters
 
     folder = _saved_adapter(tiny, "lora", tmp_path / "a")
     weights = folder / "adapter_model.safetensors"
@@ -585,7 +585,7 @@ def test_peft_adapters_carry_a_checksum_and_damaged_ones_are_named(tiny, tmp_pat
 
 
 def test_non_finite_peft_weights_are_refused(tiny, tmp_path):
-    from sda_lib import adapters
+    from sda_lib.method import adapters
 
     folder = _saved_adapter(tiny, "lora", tmp_path / "a")
     weights = folder / "adapter_model.safetensors"
@@ -603,7 +603,7 @@ def test_non_finite_peft_weights_are_refused(tiny, tmp_path):
 def test_a_peft_config_that_does_not_fit_is_refused_before_allocating(tiny, tmp_path):
     from peft.tuners.lora import LoraLayer
 
-    from sda_lib import adapters
+    from sda_lib.method import adapters
 
     folder = _saved_adapter(tiny, "lora", tmp_path / "a")
     config = json.loads((folder / "adapter_config.json").read_text())

@@ -18,15 +18,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sda_lib import exits, locks
-from sda_lib.adapt import main as adapt_main
 from sda_lib.data import DataError, load_prepared, prepare_dataset
 from sda_lib.data.__main__ import main as data_main
-from sda_lib.export import main as export_main
-from sda_lib.features import FeatureError, FeatureTable
+from sda_lib.method.features import FeatureError, FeatureTable
 from sda_lib.recsys.experiment import run_experiment
 from sda_lib.recsys.train import TrainConfig
-from sda_lib.run import main as run_main
+from sda_lib.utils import exits, locks
+from sda_lib.workbench.run import main as run_main
+from sda_lib.workbench.stage_scripts import adapt as adapt_main
+from sda_lib.workbench.stage_scripts import export as export_main
 
 REPO = Path(__file__).resolve().parents[1]
 ADAPT = ["--dataset", "toy-tiny", "-p", "steps=10", "-p", "batch_size=4", "-p", "checkpoint_every=100"]
@@ -34,7 +34,7 @@ EXPORT = ["--dataset", "toy-tiny", "--adapter-name", "zero-shot", "--chunk", "4"
 TRAIN = TrainConfig(epochs=30, patience=100, batch_size=64, progress=False)
 RECSYS = f"""
 import sys
-from sda_lib.exits import command
+from sda_lib.utils.exits import command
 from sda_lib.recsys.experiment import run_experiment
 from sda_lib.recsys.train import TrainConfig
 train = TrainConfig(epochs={TRAIN.epochs}, patience={TRAIN.patience}, batch_size={TRAIN.batch_size}, progress=False)
@@ -73,7 +73,7 @@ def _terminate_when(proc: subprocess.Popen, path: Path, settle: float = 0.0) -> 
 def test_sigterm_during_adaptation_checkpoints_and_resumes_identically(prepared):
     run = prepared / "toy-tiny" / "default"
     settings = [*ADAPT, "-p", "checkpoint_every=3"]  # the first checkpoint tells that training is under way
-    proc = _start(["-m", "sda_lib.adapt", *settings], prepared)
+    proc = _start(["-m", "sda_lib", "adapt", *settings], prepared)
     code, err = _terminate_when(proc, run / "adapters" / "sda" / "checkpoints" / "checkpoint_0" / "state.json")
     assert code == exits.PREEMPTED, err
     assert "adaptation stopped on SIGTERM after step" in err and "run the same command again" in err
@@ -91,7 +91,7 @@ def test_sigterm_during_adaptation_checkpoints_and_resumes_identically(prepared)
 
 def test_sigterm_during_export_keeps_finished_chunks_and_resumes(prepared):
     parts = prepared / "toy-tiny" / "default" / "embeddings" / "zero-shot.parts"
-    proc = _start(["-m", "sda_lib.export", *EXPORT], prepared)
+    proc = _start(["-m", "sda_lib", "export", *EXPORT], prepared)
     code, err = _terminate_when(proc, parts / "00000000.npz")
     assert code == exits.PREEMPTED, err
     assert "export stopped on SIGTERM" in err and str(parts) in err
@@ -122,7 +122,7 @@ def test_sigterm_during_recommender_training_checkpoints_and_resumes_identically
 
 def test_sigterm_to_the_runner_reaches_the_stage(prepared):
     run = prepared / "toy-tiny" / "default"
-    command = ["-m", "sda_lib.run", "--dataset", "toy-tiny", "--stages", "adapt", "-p", "adapt.steps=40"]
+    command = ["-m", "sda_lib.workbench.run", "--dataset", "toy-tiny", "--stages", "adapt", "-p", "adapt.steps=40"]
     command += ["-p", "train_batch_size=4", "-p", "checkpoint_every=1000"]
     proc = _start(command, prepared)
     code, err = _terminate_when(proc, run / "adapters" / ".sda.lock", settle=1.0)
@@ -137,7 +137,7 @@ def test_sigterm_to_the_runner_reaches_the_stage(prepared):
 
 def _hold(folder: Path, outputs: Path) -> subprocess.Popen:
     """Another live process holding `folder`'s lock."""
-    code = f"from sda_lib.locks import folder_lock\nwith folder_lock({str(folder)!r}, 'a test holder'):\n"
+    code = f"from sda_lib.utils.locks import folder_lock\nwith folder_lock({str(folder)!r}, 'a test holder'):\n"
     code += "    print('held', flush=True)\n    import time; time.sleep(120)\n"
     proc = _start(["-c", code], outputs)
     assert proc.stdout.readline().strip() == "held"
@@ -263,7 +263,7 @@ def test_damaged_feature_table_and_edited_manifest_are_named(prepared):
 
 
 def test_damaged_export_chunk_is_computed_again(prepared, caplog, monkeypatch):
-    from sda_lib import export
+    from sda_lib.method import export
 
     parts = prepared / "toy-tiny" / "default" / "embeddings" / "zero-shot.parts"
 

@@ -5,10 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sda_lib.export import feature_table
 from sda_lib.formats import export_format
 from sda_lib.formats.__main__ import main
 from sda_lib.formats.mmrec import read_mmrec
+from sda_lib.method.export import feature_table
 
 
 @pytest.fixture(scope="module")

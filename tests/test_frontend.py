@@ -3,7 +3,7 @@
 import pytest
 from tqdm.std import tqdm as text_bar
 
-from sda_lib import frontend
+from sda_lib.utils import frontend
 
 
 @pytest.mark.parametrize(

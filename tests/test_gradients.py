@@ -9,12 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from sda_lib import adapters, moda
-from sda_lib.adapt import AdaptConfig, embed_rows, train_adapter
 from sda_lib.analysis import gradients
-from sda_lib.backbone import load_backbone
-from sda_lib.cmsa import cmsa_loss
-from sda_lib.moda import IMAGE, TEXT
+from sda_lib.method import adapters, moda
+from sda_lib.method.adapt import AdaptConfig, embed_rows, train_adapter
+from sda_lib.method.backbones import load_backbone
+from sda_lib.method.cmsa import cmsa_loss
+from sda_lib.method.moda import IMAGE, TEXT
 
 TEXTS = [
     {"title": f"{colour} {noun}", "brand": brand}

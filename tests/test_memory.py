@@ -1,4 +1,4 @@
-"""What a step keeps for backward (sda_lib.memory), counted by hand, and the moda-memory benchmark."""
+"""What a step keeps for backward (sda_lib.method.memory), counted by hand, and the moda-memory benchmark."""
 
 import json
 
@@ -6,9 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from sda_lib import bench
-from sda_lib.backbone import preset_config
-from sda_lib.memory import decoder_layer_saved_per_token, language_adapter_settings, saved_for_backward, step_bytes
+import benchmarks as bench
+from sda_lib.method.backbones.qwen import preset_config
+from sda_lib.method.memory import (
+    decoder_layer_saved_per_token,
+    language_adapter_settings,
+    saved_for_backward,
+    step_bytes,
+)
 
 
 def test_saved_bytes_by_hand():

@@ -1,4 +1,4 @@
-"""The mini backbone (sda_lib.mini): real pretrained weights, offline, through the whole pipeline."""
+"""The mini backbone (sda_lib.method.backbones.mini): real pretrained weights, offline, through the whole pipeline."""
 
 import copy
 import functools
@@ -13,13 +13,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sda_lib import adapters, mini, moda
-from sda_lib.adapt import AdaptConfig, train_adapter
 from sda_lib.analysis import gradients
-from sda_lib.backbone import load_backbone
-from sda_lib.export import export_embeddings
-from sda_lib.extractors import minilm_folder
-from sda_lib.prompts import describe
+from sda_lib.method import adapters, moda
+from sda_lib.method.adapt import AdaptConfig, train_adapter
+from sda_lib.method.backbones import load_backbone, mini, pretrain_mini
+from sda_lib.method.export import export_embeddings
+from sda_lib.method.extractors import minilm_folder
+from sda_lib.method.prompts import describe
 
 ITEMS = [
     {"title": "Red ceramic mug", "brand": "Acme"},
@@ -41,12 +41,15 @@ def fresh():
 
 def pictures(n, seed=0):
     rng = np.random.default_rng(seed)
-    return [mini.render(*mini.COMBINATIONS[int(c)], 112, rng) for c in rng.integers(len(mini.COMBINATIONS), size=n)]
+    return [
+        pretrain_mini.render(*pretrain_mini.COMBINATIONS[int(c)], 112, rng)
+        for c in rng.integers(len(pretrain_mini.COMBINATIONS), size=n)
+    ]
 
 
 def test_loads_offline_from_the_committed_connector():
     code = (
-        "from sda_lib.backbone import load_backbone; b = load_backbone('mini', device='cpu'); "
+        "from sda_lib.method.backbones import load_backbone; b = load_backbone('mini', device='cpu'); "
         "print(b.id, b.hidden_size, b.embed([{'title': 'mug'}], progress=False).shape)"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -157,7 +160,7 @@ def base_rate(labels: np.ndarray) -> float:
 
 @pytest.mark.slow
 def test_zero_shot_neighbourhoods_beat_chance(toy_tiny):
-    from sda_lib.export import embed_items
+    from sda_lib.method.export import embed_items
 
     text, image = embed_items(backbone(), toy_tiny, progress=False)
     items = toy_tiny.items
@@ -238,15 +241,15 @@ def test_gradient_conflict_probe_reads_the_last_layers_query_and_key(kind):
         gradients.last_layer_b(b.model)  # Qwen's names are not mini's
 
 
-TINY_RECIPE = mini.Recipe(px=64, train_images=16, test_images=8, steps=2, batch_size=4)
+TINY_RECIPE = pretrain_mini.Recipe(px=64, train_images=16, test_images=8, steps=2, batch_size=4)
 
 
 def test_pretraining_is_reproducible(tmp_path):
-    cards = [mini.pretrain_connector(TINY_RECIPE, tmp_path / f"{run}.safetensors") for run in "ab"]
+    cards = [pretrain_mini.pretrain_connector(TINY_RECIPE, tmp_path / f"{run}.safetensors") for run in "ab"]
     assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
     assert cards[0]["sha256"] == cards[1]["sha256"] and cards[0]["recipe"]["px"] == 64
     assert cards[0]["command"] == (
-        "python -m sda_lib.mini pretrain --px 64 --train-images 16 --test-images 8 --steps 2 --batch-size 4"
+        "sda pretrain-mini --px 64 --train-images 16 --test-images 8 --steps 2 --batch-size 4"
     )
     loaded = load_backbone("mini", device="cpu").model.connector  # the committed weights
     assert mini.load_connector(loaded, tmp_path / "a.safetensors") == cards[0]["sha256"]
@@ -254,7 +257,7 @@ def test_pretraining_is_reproducible(tmp_path):
 
 def test_committed_connector_card():
     card = json.loads(mini.card_path(mini.CONNECTOR).read_text())
-    assert card["recipe"] == json.loads(json.dumps(vars(mini.Recipe())))
+    assert card["recipe"] == json.loads(json.dumps(vars(pretrain_mini.Recipe())))
     held_out, chance = card["held_out"]["pretrained"], card["held_out"]["chance"]
     assert held_out["caption_top1"] > 20 * chance["caption_top1"]
     assert min(held_out[a] / chance[a] for a in ("shape", "colour", "pattern")) > 2.5
@@ -265,20 +268,20 @@ def test_missing_or_corrupt_connector_names_the_file_and_the_rebuild(tmp_path):
     with pytest.raises(
         FileNotFoundError,
         match=r"missing\.safetensors is missing: rebuild it with "
-        r"`python -m sda_lib\.mini pretrain --out",
+        r"`sda pretrain-mini --out",
     ):
         mini.load_connector(connector, tmp_path / "missing.safetensors")
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(mini.CONNECTOR.read_bytes()[:-10])
     mini.card_path(corrupt).write_text(mini.card_path(mini.CONNECTOR).read_text())
-    with pytest.raises(ValueError, match=r"corrupt\.safetensors do not match the checksum .*`python -m sda_lib\.mini"):
+    with pytest.raises(ValueError, match=r"corrupt\.safetensors do not match the checksum .*`sda pretrain-mini"):
         mini.load_connector(connector, corrupt)
 
 
 def test_untrained_variant_is_mini_with_a_fixed_random_connector():
     """`mini:untrained`: the same trunks, the connector as initialised (one seed whatever the run's),
     loadable again from its id, as adapters reload their backbone."""
-    from sda_lib.backbone import backbone_name
+    from sda_lib.method.backbones import backbone_name
 
     untrained = load_backbone("mini:untrained", device="cpu", seed=3)
     assert untrained.id == "mini:untrained" and backbone_name(untrained.id) == ("mini:untrained", None)

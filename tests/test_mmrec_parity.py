@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from sda_lib.bench import mmrec
+from benchmarks import mmrec
 from sda_lib.recsys import InteractionData, evaluate
 from sda_lib.recsys.experiment import build_model
 from sda_lib.recsys.train import seed_everything
@@ -15,7 +15,7 @@ def test_skipped_with_the_set_up_steps_when_mmrec_is_absent(monkeypatch):
     monkeypatch.setattr(mmrec, "MMREC_PATH", "")
     found = mmrec.mmrec_parity(mmrec.Options(dataset="toy-tiny"))
     assert found.headline == "skipped: MMRec absent"
-    assert "set it up with the commands in sda_lib/bench/mmrec.py" in found.values["skipped"]
+    assert "set it up with the commands in benchmarks/mmrec.py" in found.values["skipped"]
 
 
 def test_mmrec_rule_ranks_the_validation_item_too(toy_tiny):

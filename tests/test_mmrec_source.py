@@ -7,9 +7,9 @@ import pytest
 
 from sda_lib.data import DataError, load_prepared, prepare_dataset
 from sda_lib.data.mmrec import import_features
-from sda_lib.export import feature_table
-from sda_lib.features import FeatureTable
 from sda_lib.formats import export_format
+from sda_lib.method.export import feature_table
+from sda_lib.method.features import FeatureTable
 
 
 def mmrec_folder(root, name="babyx", n_users=6, n_items=9):

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-from sda_lib.moda import (
+from sda_lib.method.moda import (
     IMAGE,
     TEXT,
     MoDAConfig,
@@ -258,7 +258,7 @@ def test_mixed_batch_rows_get_their_own_modality():
 def test_forward_without_or_with_wrong_modality_is_refused():
     model = tiny_qwen()
     inject_moda(model, MoDAConfig())
-    with pytest.raises(RuntimeError, match="no modality.*with sda_lib.moda.modality"):
+    with pytest.raises(RuntimeError, match="no modality.*with sda_lib.method.moda.modality"):
         embed(model, text_inputs())
     with pytest.raises(ValueError, match="3 modality ids for a batch of 2 rows"):
         embed(model, text_inputs(rows=2), [TEXT, IMAGE, TEXT])
@@ -371,7 +371,7 @@ def test_peft_lora_trains_only_lora_on_the_same_layers():
 def test_fused_update_equals_the_authors_loop_over_experts_with_gradients():
     """moda-vs-loop's reference (one A, B pair per expert, outputs summed in a loop) computes the
     fused layer's update, and its per-expert gradients are the slices of the fused gradients."""
-    from sda_lib.bench.adapters import expert_loop
+    from benchmarks.adapters import expert_loop
 
     layer = wrapped_linear(MoDAConfig(r=8, num_experts=4, alpha=16, dropout=0.1))  # eval mode: dropout off
     layer.state.ids = torch.tensor([TEXT, IMAGE])

@@ -10,10 +10,10 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 
-from sda_lib import adapters
-from sda_lib.backbone import load_backbone
-from sda_lib.moda import TEXT
-from sda_lib.model_card import refresh_model_cards
+from sda_lib.method import adapters
+from sda_lib.method.backbones import load_backbone
+from sda_lib.method.moda import TEXT
+from sda_lib.method.model_card import refresh_model_cards
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_refresh_adds_the_runs_alignment_and_recommendation_figures(saved, tmp_p
         for seed in (0, 1)
     ]
     pd.DataFrame(rows).to_parquet(run / "recsys" / "results.parquet")
-    (written,) = refresh_model_cards(run)
+    (written,) = refresh_model_cards(run, adapters.saved_kind)
     card = ModelCard.load(written)
     found = {r.metric_type: r.metric_value for r in card.data.eval_results}
     assert found["t2i_recall@10"] == 0.12 and found["cosine_gap"] == 0.2

@@ -80,14 +80,14 @@ def missing(needed: dict[str, set[str]], have: set[str]) -> str:
 def test_pyproject_declares_what_sda_lib_and_the_notebooks_import():
     sources = {str(p.relative_to(ROOT)): p.read_text() for p in (ROOT / "sda_lib").rglob("*.py")}
     sources |= {str(p.relative_to(ROOT)): notebook_source(p) for p in (ROOT / "notebooks").glob("*.ipynb")}
-    gaps = missing(third_party(sources, local={"sda_lib"}), declared(RUNTIME_EXTRAS))
+    gaps = missing(third_party(sources, local={"sda_lib", "benchmarks"}), declared(RUNTIME_EXTRAS))
     assert not gaps, f"add to pyproject.toml's dependencies (and pin in env/requirements.txt): {gaps}"
 
 
-def test_pyproject_declares_what_the_tests_import():
+def test_pyproject_declares_what_the_tests_and_benchmarks_import():
     tests = {p.stem: p for p in (ROOT / "tests").glob("*.py")}
-    sources = {str(p.relative_to(ROOT)): p.read_text() for p in tests.values()}
-    gaps = missing(third_party(sources, local={"sda_lib", *tests}), declared())
+    sources = {str(p.relative_to(ROOT)): p.read_text() for p in [*tests.values(), *(ROOT / "benchmarks").glob("*.py")]}
+    gaps = missing(third_party(sources, local={"sda_lib", "benchmarks", *tests}), declared())
     assert not gaps, f"add to pyproject.toml's [test] extra (and pin in env/requirements.txt): {gaps}"
 
 
@@ -109,15 +109,15 @@ def test_licence_file_matches_the_declared_licence():
 
 
 def module_imports(package: Path) -> dict[str, set[str]]:
-    """{module: the sda_lib modules it imports at module level} (imports inside functions, which
-    defer on purpose, are left out)."""
+    """{module: the sda_lib modules it imports}, at module level and inside functions alike (a
+    deferred import still ties the two modules together)."""
     graph = {}
     for path in package.rglob("*.py"):
         parts = path.relative_to(package.parent).with_suffix("").parts
         name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
         here = name if parts[-1] == "__init__" else name.rpartition(".")[0]
         found = set()
-        for node in ast.parse(path.read_text()).body:
+        for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.level:
                 base = here
                 for _ in range(node.level - 1):
@@ -130,12 +130,13 @@ def module_imports(package: Path) -> dict[str, set[str]]:
             elif isinstance(node, ast.Import):
                 found |= {a.name for a in node.names}
         graph[name] = found
-    return {m: {t for t in targets if t in graph and t != m} for m, targets in graph.items()}
+    # A module's own ancestor packages are initialised before it, whatever it imports from them.
+    return {m: {t for t in targets if t in graph and not f"{m}.".startswith(f"{t}.")} for m, targets in graph.items()}
 
 
 def test_package_imports_form_no_cycle():
     graph = module_imports(ROOT / "sda_lib")
-    assert graph["sda_lib.adapters"] >= {"sda_lib.moda", "sda_lib.registry"}  # the graph is read at all
+    assert graph["sda_lib.method.adapters"] >= {"sda_lib.method.moda", "sda_lib.utils.registry"}  # read at all
     done = set()
 
     def visit(module, stack):
@@ -147,6 +148,43 @@ def test_package_imports_form_no_cycle():
 
     for module in sorted(graph):
         visit(module, [module])
+
+
+# The layers, lowest first: each imports only from its own layer and those below it, so the method
+# can be reused without the workbench, and data, recommenders and analyses without the runner.
+LAYERS = {
+    "utils": 0,
+    "method": 1,
+    "data": 2,
+    "formats": 2,
+    "recsys": 2,
+    "analysis": 2,
+    "workbench": 3,
+}
+
+
+def _layer(module: str) -> int:
+    parts = module.split(".")
+    return LAYERS.get(parts[1], max(LAYERS.values()) + 1) if len(parts) > 1 else max(LAYERS.values()) + 1
+
+
+def test_imports_point_down_the_layers():
+    graph = module_imports(ROOT / "sda_lib")
+    assert {m.split(".")[1] for m in graph if m.count(".") >= 1} >= set(LAYERS)
+    upward = sorted(f"{m} imports {t}" for m, targets in graph.items() for t in targets if _layer(t) > _layer(m))
+    assert not upward, "imports against the layers utils <- method <- data/recsys/analysis <- workbench:\n" + "\n".join(
+        upward
+    )
+    assert _layer("sda_lib.method.adapt") < _layer("sda_lib.workbench.run")
+
+
+def test_every_package_folder_is_listed_for_the_wheel():
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "sda_lib").rglob("__init__.py")} | {
+        "sda_lib.notebooks"
+    }
+    assert set(setuptools["packages"]) == folders
+    assert setuptools["package-dir"] == {"sda_lib.notebooks": "notebooks"}
 
 
 def test_a_stuck_test_ends_the_suite_with_its_stack(tmp_path):

@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
+from benchmarks.peers import write_atomic_file
 from sda_lib.data import DataError, PreparedDataset, prepare_dataset
-from sda_lib.features import FeatureError, FeatureTable, item_order_checksum
+from sda_lib.method.features import FeatureError, FeatureTable, item_order_checksum
 from sda_lib.recsys import (
     RECOMMENDERS,
     InteractionData,
@@ -25,7 +26,6 @@ from sda_lib.recsys import (
     train_grid,
 )
 from sda_lib.recsys.base import PAD, FeatureAdapter, ItemEncoder, resolve_features
-from sda_lib.recsys.peers import write_atomic_file
 from sda_lib.recsys.presets import get_preset
 from sda_lib.recsys.slmrec import _normalised_graph, _SymmetricProduct
 from sda_lib.recsys.train import seed_everything

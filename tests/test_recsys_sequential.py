@@ -11,17 +11,17 @@ import pytest
 import torch
 from torch import nn
 
+from benchmarks.reference import summarize_seeds
 from sda_lib.data import PreparedDataset, PrepareParams
 from sda_lib.data.catalogue import Catalogue
 from sda_lib.data.prepare import prepare_catalogue
-from sda_lib.features import FeatureTable
+from sda_lib.method.features import FeatureTable
 from sda_lib.recsys import RECOMMENDERS, InteractionData, Recommender, TrainConfig, build_model, fit
 from sda_lib.recsys import train as train_module
 from sda_lib.recsys.base import PAD
 from sda_lib.recsys.bert4rec import BERT4Rec
 from sda_lib.recsys.evaluate import METRICS
 from sda_lib.recsys.presets import PRESETS, get_preset, pretrain_id_items
-from sda_lib.recsys.reference import summarize_seeds
 from sda_lib.recsys.sasrec import SASRec
 from sda_lib.recsys.train import fit_rules, seed_everything
 

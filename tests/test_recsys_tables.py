@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from sda_lib.features import FeatureTable, item_order_checksum
+from sda_lib.method.features import FeatureTable, item_order_checksum
 from sda_lib.recsys import (
     RunKey,
     TrainConfig,

@@ -13,13 +13,13 @@ import pandas as pd
 import pytest
 from huggingface_hub import ModelCard
 
-from sda_lib import profiles
-from sda_lib import run as runner
-from sda_lib.adapt import AdaptConfig
 from sda_lib.data import load_prepared
-from sda_lib.paths import data_dir
+from sda_lib.method.adapt import AdaptConfig
 from sda_lib.recsys import published
-from sda_lib.report import report_numbers
+from sda_lib.utils.paths import REPO_ROOT, data_dir
+from sda_lib.workbench import profiles
+from sda_lib.workbench import run as runner
+from sda_lib.workbench.report import report_numbers
 
 NOTEBOOK_FILES = sorted(runner.NOTEBOOKS.glob("*.ipynb"))
 
@@ -169,7 +169,7 @@ def test_paper_profile_offline_renders_the_papers_table1_rows_figure3_and_gradie
 
 MAKE = """\
 import json
-from sda_lib.paths import data_dir
+from sda_lib.utils.paths import data_dir
 card = data_dir(dataset) / "made.json"
 card.parent.mkdir(parents=True, exist_ok=True)
 card.write_text(json.dumps({"value": value}))
@@ -178,7 +178,7 @@ card.write_text(json.dumps({"value": value}))
 USE = """\
 import json, os
 from pathlib import Path
-from sda_lib.paths import data_dir
+from sda_lib.utils.paths import data_dir
 out = Path(out_dir)
 cache = out / "use" / "cache" / f"{label}.json"  # read back when present, like a finished recommender run
 if not cache.exists():
@@ -205,7 +205,6 @@ def two_stages(outputs, tmp_path, monkeypatch):
     library.mkdir()
     (library / "code.py").write_text("x = 1\n")
     monkeypatch.setattr(runner, "NOTEBOOKS", folder)
-    monkeypatch.setattr(runner, "REPO_ROOT", tmp_path)
     monkeypatch.setattr(runner, "LIBRARY", library)
     monkeypatch.setattr(
         runner,
@@ -318,7 +317,6 @@ def diamond(outputs, tmp_path, monkeypatch):
             SLEEP,
         )
     monkeypatch.setattr(runner, "NOTEBOOKS", folder)
-    monkeypatch.setattr(runner, "REPO_ROOT", tmp_path)
     stages = {n: runner.Stage(f"9{n}.ipynb", outputs=lambda p, n=n: [f"{n}.json"]) for n in "ab"}
     stages["c"] = runner.Stage("9c.ipynb", reads=("a", "b"), outputs=lambda p: ["c.json"])
     monkeypatch.setattr(runner, "STAGES", stages)
@@ -379,7 +377,6 @@ def test_failure_names_notebook_and_cell(outputs, tmp_path, monkeypatch):
     broken.mkdir()
     _write_notebook(broken, "99_broken.ipynb", "dataset = 'x'\nout_dir = None", "1 / 0")
     monkeypatch.setattr(runner, "NOTEBOOKS", broken)
-    monkeypatch.setattr(runner, "REPO_ROOT", tmp_path)
     monkeypatch.setattr(runner, "STAGES", {"broken": runner.Stage("99_broken.ipynb")})
     with pytest.raises(
         runner.StageFailed,
@@ -457,7 +454,6 @@ def one_stage(outputs, tmp_path, monkeypatch):
         folder.mkdir(exist_ok=True)
         _write_notebook(folder, "97_slow.ipynb", "dataset = 'x'\nout_dir = None", code)
         monkeypatch.setattr(runner, "NOTEBOOKS", folder)
-        monkeypatch.setattr(runner, "REPO_ROOT", tmp_path)
         monkeypatch.setattr(runner, "STAGES", {"slow": runner.Stage("97_slow.ipynb")})
 
     return make
@@ -571,7 +567,7 @@ def _parameters(path) -> dict:
 
 
 def test_notebooks_are_committed_without_outputs_with_one_parameters_cell():
-    studies = ["09_when_sda_pays.ipynb"]  # drives a sweep of the stages (sda_lib.sweep); no stage itself
+    studies = ["09_when_sda_pays.ipynb"]  # drives a sweep of the stages (sda_lib.workbench.sweep); no stage itself
     assert [p.name for p in NOTEBOOK_FILES] == [s.notebook for s in runner.STAGES.values()] + studies
     for path in NOTEBOOK_FILES:
         nb = nbformat.read(path, as_version=4)
@@ -674,8 +670,8 @@ def test_the_command_line_shows_each_stage(outputs):
     import sys
 
     env = {**os.environ, "SDA_OUTPUTS": str(outputs)}
-    command = [sys.executable, "-m", "sda_lib.run", "--dataset", "toy-tiny", "--stages", "data"]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=runner.REPO_ROOT)
+    command = [sys.executable, "-m", "sda_lib.workbench.run", "--dataset", "toy-tiny", "--stages", "data"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "[1/1] data: running notebooks/01_data.ipynb" in result.stderr
     assert re.search(r"\[1/1\] data: done in [\d.]+ s", result.stderr)

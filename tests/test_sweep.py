@@ -1,4 +1,4 @@
-"""Sweeps (sda_lib.sweep): points, the stages they share, resuming, failures, results."""
+"""Sweeps (sda_lib.workbench.sweep): points, the stages they share, resuming, failures, results."""
 
 import json
 import re
@@ -7,9 +7,9 @@ import nbformat
 import pandas as pd
 import pytest
 
-from sda_lib import run as runner
-from sda_lib import sweep
-from sda_lib.paths import data_dir
+from sda_lib.utils.paths import data_dir
+from sda_lib.workbench import run as runner
+from sda_lib.workbench import sweep
 
 ALIKE = {"data.seed": 0, "zero_shot.seed": 0, "adapt.seed": 0, "export.seed": 0}  # the seed reaches 05 alone
 
@@ -79,7 +79,7 @@ def _notebook(folder, filename, parameters, code):
 
 MAKE = """\
 from pathlib import Path
-from sda_lib.paths import data_dir
+from sda_lib.utils.paths import data_dir
 Path(data_dir(dataset)).mkdir(parents=True, exist_ok=True)
 (data_dir(dataset) / "made.txt").write_text(str(value))
 """
@@ -104,7 +104,6 @@ def test_a_copied_stage_is_current_for_the_runner_in_its_new_folder(outputs, tmp
     _notebook(folder, "91_make.ipynb", 'dataset = "x"\nout_dir = None\nvalue = 1', MAKE)
     _notebook(folder, "92_use.ipynb", 'dataset = "x"\nout_dir = None\nlabel = "a"', USE)
     monkeypatch.setattr(runner, "NOTEBOOKS", folder)
-    monkeypatch.setattr(runner, "REPO_ROOT", tmp_path)
     monkeypatch.setattr(
         runner,
         "STAGES",

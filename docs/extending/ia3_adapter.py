@@ -7,7 +7,7 @@ peft injects and saves it; the kind only tells the workbench how to find, save a
 from peft import IA3Config, inject_adapter_in_model
 from peft.tuners.ia3 import IA3Layer
 
-from sda_lib import adapters, moda
+from sda_lib.method import adapters, moda
 
 
 class IA3(adapters.AdapterKind):

@@ -10,7 +10,7 @@ import dataclasses
 
 import torch
 
-from sda_lib.backbone import BACKBONES, LoadOptions
+from sda_lib.method.backbones import BACKBONES, LoadOptions
 
 ATTENTION_ONLY = r"(?:.*\.)?language_model\.layers\.\d+\.self_attn\.(?:q|k|v|o)_proj"
 

@@ -18,8 +18,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 from scipy.special import rel_entr, softmax
 
-from ..display import item_card_html
-from ..frontend import live_widgets
+from ..utils.display import item_card_html
+from ..utils.frontend import live_widgets
 from .alignment import knn, l2_normalise
 
 SPACES = ("text", "image", "cross-modal")
@@ -166,7 +166,7 @@ def rows_figure(data: ExplorerData, i: int, tau: float, top: int = 10) -> go.Fig
 
 def explorer_widget(data: ExplorerData, item: int = 0, k: int = 5, tau: float = 1.0):
     """Sliders for item, k and tau over the panel and the T_i/P_i figure where a frontend can show
-    them (sda_lib.frontend); in a headless run a note instead, the notebook's static views standing
+    them (sda_lib.utils.frontend); in a headless run a note instead, the notebook's static views standing
     in (a widget there can hang the notebook client)."""
     from IPython.display import HTML, clear_output, display
 

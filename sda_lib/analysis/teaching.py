@@ -27,12 +27,12 @@ import numpy as np
 import pandas as pd
 
 from ..data import load_prepared
-from ..io import atomic_path
-from ..paths import run_dir
+from ..utils.io import atomic_path
+from ..utils.paths import run_dir
 from .alignment import alignment_report, knn, neighbourhood_overlap
 
 ATTRIBUTES = ("brand", "category", "material", "colour", "shape", "pattern")
-SURVIVAL = {"CMSA": "sda", "InfoNCE": "w-o-soft-target"}  # 06's folders (sda_lib.io.slug of the rows)
+SURVIVAL = {"CMSA": "sda", "InfoNCE": "w-o-soft-target"}  # 06's folders (sda_lib.utils.io.slug of the rows)
 
 
 def attribute_sharing(x: np.ndarray, labels: np.ndarray, k: int = 5) -> float:

@@ -20,12 +20,12 @@ from pathlib import Path
 import pandas as pd
 
 from .. import __version__
-from ..io import atomic_dir, write_json
-from ..locks import folder_lock, reading
-from ..names import BadName, check_dataset_name, looks_like_path
-from ..paths import data_dir
-from ..registry import Registry
+from ..utils.io import atomic_dir, write_json
+from ..utils.locks import folder_lock, reading
+from ..utils.paths import data_dir
+from ..utils.registry import Registry
 from .catalogue import Catalogue, DataError
+from .names import BadName, check_dataset_name, looks_like_path
 from .prepare import RECIPES, PrepareParams, default_tail_count_on, prepare_catalogue
 from .prepared import IMAGES_DIR, PreparedDataset, damage, foreign_entries, read_card
 
@@ -275,7 +275,7 @@ def prepare_dataset(
 
     The folder appears only once complete. It is reused, unless `force`, when it was prepared with
     the same parameters from inputs unchanged since and is whole (checked under a reader's lock, so
-    runs reading it go on); it is never replaced while another process reads it (sda_lib.locks),
+    runs reading it go on); it is never replaced while another process reads it (sda_lib.utils.locks),
     when it holds anything a preparation does not write, or when it is (or is above) an input
     folder.
     """
@@ -424,7 +424,7 @@ def _fingerprint(inputs: Inputs, folder: Path | None = None) -> dict:
 def _listing(folder: Path) -> list[int] | None:
     """[files, bytes, newest modification] of the files in `folder`; None when it does not exist.
     Hidden files are left out: they are no item's image, and the lock of an --out prepared inside
-    an image folder is one (sda_lib.locks)."""
+    an image folder is one (sda_lib.utils.locks)."""
     try:
         stats = [entry.stat() for entry in os.scandir(folder) if entry.is_file() and not entry.name.startswith(".")]
     except FileNotFoundError:

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..exits import USAGE, command
+from ..utils.exits import USAGE, command
 from . import DATASETS, RECIPES, DataError, PrepareParams, prepare_dataset
 from .card import format_card
 from .images import PLACEHOLDERS

@@ -41,7 +41,7 @@ import pandas as pd
 
 from sda_lib.data import images as item_images
 from sda_lib.data.catalogue import Catalogue, DataError
-from sda_lib.frontend import tqdm
+from sda_lib.utils.frontend import tqdm
 
 CATEGORIES = {"beauty": "Beauty", "sports": "Sports_and_Outdoors", "toys": "Toys_and_Games"}
 RAW_TEXT_FIELDS = ["title", "categories", "brand", "description", "price"]

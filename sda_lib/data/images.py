@@ -32,9 +32,9 @@ from PIL import Image
 
 from sda_lib import __version__
 from sda_lib.data.catalogue import DataError
-from sda_lib.frontend import tqdm
-from sda_lib.io import atomic_path
-from sda_lib.preempt import Preempted, on_sigterm
+from sda_lib.utils.frontend import tqdm
+from sda_lib.utils.io import atomic_path
+from sda_lib.utils.preempt import Preempted, on_sigterm
 
 log = logging.getLogger(__name__)
 

@@ -92,7 +92,7 @@ def import_features(dataset, source: str | os.PathLike, out: str | Path):
     prepared `dataset` (a PreparedDataset prepared from that folder), rows in the dataset's item
     order, saved to `out`: raw and recommender-ready parts are the features as MMRec feeds them."""
     from .. import __version__
-    from ..features import FeatureTable, item_order_checksum
+    from ..method.features import FeatureTable, item_order_checksum
 
     folder = _read(source)
     if folder.text is None and folder.image is None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..io import write_json
+from ..utils.io import write_json
 from .card import data_card
 from .catalogue import Catalogue, DataError
 from .images import PLACEHOLDERS, placeholder_image

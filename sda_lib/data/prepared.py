@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..io import file_sha256, read_json
-from ..locks import reading
+from ..utils.io import file_sha256, read_json
+from ..utils.locks import reading
 from .catalogue import DataError
 
 DATA_FILES = ("items.parquet", "interactions.parquet", "users.parquet", "negatives.npy")
@@ -91,7 +91,7 @@ class PreparedDataset:
     @classmethod
     def load(cls, folder: str | Path, how_to_prepare: str = "") -> PreparedDataset:
         """The dataset in `folder`; a folder that lost or changed a file is refused, naming the file.
-        Reads under the folder's shared lock (sda_lib.locks), waiting for a preparation under way.
+        Reads under the folder's shared lock (sda_lib.utils.locks), waiting for a preparation under way.
         `how_to_prepare` is the command the message suggests when there is no dataset there."""
         folder = Path(folder)
         with reading(folder, "loading a prepared dataset"):

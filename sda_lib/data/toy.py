@@ -28,7 +28,7 @@ import pandas as pd
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
 from sda_lib.data.catalogue import Catalogue, DataError
-from sda_lib.io import atomic_path
+from sda_lib.utils.io import atomic_path
 
 
 @dataclass(frozen=True)

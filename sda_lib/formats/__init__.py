@@ -19,8 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from ..features import FeatureTable
-from ..registry import Registry
+from ..method.features import FeatureTable
+from ..utils.registry import Registry
 from . import mmrec, recbole
 
 Writer = Callable[..., Path]
@@ -33,7 +33,7 @@ __all__ = ["FORMATS", "export_format", "feature_folder"]
 
 def feature_folder(dataset: str, features: str, run: str = "default") -> Path:
     """Where the runner keeps feature table `features` of `dataset` (outputs/<dataset>/<run>/embeddings/<name>)."""
-    from ..paths import run_dir
+    from ..utils.paths import run_dir
 
     return run_dir(dataset, run) / "embeddings" / features
 

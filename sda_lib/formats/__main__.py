@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 from ..data import DataError
-from ..exits import USAGE, command
-from ..features import FeatureError
-from ..paths import run_dir
+from ..method.features import FeatureError
+from ..utils.exits import USAGE, command
+from ..utils.paths import run_dir
 from . import FORMATS, export_format, feature_folder
 
 

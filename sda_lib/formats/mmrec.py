@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..features import item_order_checksum
-from ..io import atomic_dir, write_json
+from ..method.features import item_order_checksum
+from ..utils.io import atomic_dir, write_json
 
 SPLIT_LABELS = {"train": 0, "valid": 1, "test": 2}  # MMRec's x_label values
 USER_MAP, ITEM_MAP = "u_id_mapping.csv", "i_id_mapping.csv"

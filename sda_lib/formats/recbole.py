@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..io import atomic_dir, write_json
+from ..utils.io import atomic_dir, write_json
 from .mmrec import PROVENANCE, provenance
 
 INTER_HEADER = ("user_id:token", "item_id:token", "timestamp:float")

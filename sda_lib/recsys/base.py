@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from ..data.catalogue import DataError
-from ..features import FeatureError, FeatureTable
-from ..registry import Registry
+from ..method.features import FeatureError, FeatureTable
+from ..utils.registry import Registry
 
 PAD = 0
 ITEM_REPRS = ("id", "features", "id+features")

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..features import FeatureTable
+from ..method.features import FeatureTable
 from .base import PAD, RECOMMENDERS, InteractionData, Tables, shuffled_chunks
 from .sequential import LN_EPS, SequentialRecommender, _init_weights, sampled_bce
 

@@ -18,8 +18,8 @@ import pandas as pd
 import torch
 
 from ..data import load_prepared
-from ..features import PARTS, FeatureTable
-from ..io import atomic_path, write_json
+from ..method.features import PARTS, FeatureTable
+from ..utils.io import atomic_path, write_json
 from . import bert4rec, sasrec, slmrec, vbpr  # noqa: F401  (they register the built-in models)
 from .base import RECOMMENDERS, InteractionData, Recommender, content_channels, resolve_features, resolve_item_repr
 from .evaluate import PROTOCOLS, evaluate, rank_targets, sampled_candidates, summarize

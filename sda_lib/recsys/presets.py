@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data import load_prepared
-from ..io import atomic_path
+from ..utils.io import atomic_path
 from . import bert4rec, sasrec  # noqa: F401  (they register the sequential models)
 from .base import RECOMMENDERS, InteractionData
 from .sequential import SequentialRecommender

@@ -177,7 +177,7 @@ def results_table(
     return out
 
 
-table1 = results_table  # the former name, kept for callers (sda_lib/ablations.py)
+table1 = results_table  # the former name, kept for callers (sda_lib/analysis/ablations.py)
 
 
 def tail_definition(card: dict) -> str:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..features import FeatureTable
+from ..method.features import FeatureTable
 from .base import PAD, RECOMMENDERS, InteractionData, Tables, shuffled_chunks
 from .sequential import SequentialRecommender, sampled_bce
 

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cmsa import PROJECTED_DIM, cmsa_loss
-from ..features import FeatureTable
+from ..method.cmsa import PROJECTED_DIM, cmsa_loss
+from ..method.features import FeatureTable
 from .base import PAD, InteractionData, ItemEncoder, Recommender, Tables, features_for
 from .sampling import sample_outside, sequence_keys
 

@@ -10,7 +10,7 @@ back with `weights_only=True`: a checkpoint never runs code. Starting again with
 and configuration resumes after the last finished epoch, or, when `last.pt` is damaged (its
 checksum differs or is missing, or it does not load), after the one before, with a warning naming
 it. On SIGTERM training stops after the current epoch's checkpoint and raises `Preempted`
-(sda_lib.preempt).
+(sda_lib.utils.preempt).
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..frontend import tqdm
-from ..io import digest_problem, jsonable, save_with_digest
-from ..preempt import Preempted, on_sigterm
+from ..utils.frontend import tqdm
+from ..utils.io import digest_problem, jsonable, save_with_digest
+from ..utils.preempt import Preempted, on_sigterm
 from .base import InteractionData, Recommender
 from .evaluate import METRICS, PROTOCOLS, draw_negatives, evaluate, summarize
 

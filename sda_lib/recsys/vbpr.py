@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..features import FeatureTable
+from ..method.features import FeatureTable
 from .base import RECOMMENDERS, FeatureAdapter, InteractionData, Recommender, Tables, check_item_repr, shuffled_chunks
 
 CONTENT = ("linear", "adapters")

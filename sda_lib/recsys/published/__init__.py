@@ -46,7 +46,7 @@ AGGREGATES = {  # JSON key -> (subset, metric), the abstract's order
     "tail_h10": ("tail", "H@10"),
     "tail_n10": ("tail", "N@10"),
 }
-# The workbench's Table 2 rows (sda_lib.ablations) as the paper names them.
+# The workbench's Table 2 rows (sda_lib.analysis.ablations) as the paper names them.
 TABLE2_ROWS = {
     "SDA": "SDA",
     "w/o CMSA": "w/o CMSA",

@@ -11,8 +11,12 @@ import pandas as pd
 from . import ABSTRACT, GRADIENT_COSINES, REFERENCE, SOURCE, aggregate_cells, aggregates, table1, table2
 
 
-def main() -> int:
-    """Print the shipped tables and, as the last line, the four aggregates recomputed from Table 1."""
+def main(argv: list[str] | None = None) -> int:
+    """Print the shipped tables and, as the last line, the four aggregates recomputed from Table 1
+    (takes no arguments)."""
+    if argv:
+        print(f"sda published takes no arguments, got {argv}", file=sys.stderr)
+        return 2
     with pd.option_context("display.max_rows", None, "display.width", 200):
         print(f"{SOURCE}\n\nTable 1\n{table1().to_string(float_format='{:.4f}'.format)}\n")
         shown = table2(consistent=True)

@@ -1,0 +1,1 @@
+"""Analyses of embeddings and adapters: alignment metrics, gradient conflict, the explorer."""

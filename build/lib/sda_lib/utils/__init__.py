@@ -1,0 +1,1 @@
+"""sda_lib/utils"""
