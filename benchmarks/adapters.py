@@ -269,7 +269,7 @@ GPUS_GIB = {"80 GB": 80e9 / 2**30, "141 GB": 141e9 / 2**30}
 def moda_memory(options: Options) -> Measurement:
     """Saved-for-backward bytes per token per decoder layer at the 7B's widths: MoDA vs LoRA (target <= 1.25).
 
-    Counted exactly with saved-tensor hooks on one decoder layer, then the README's estimate of the
+    Counted exactly with saved-tensor hooks on one decoder layer, then the estimate (docs/gpu.md) of the
     7B at 32 items a step, with and without gradient checkpointing, against 80 GB and 141 GB GPUs
     (--preset tiny or small counts one of their layers instead, without the estimate)."""
     from sda_lib.method.adapt import AdaptConfig

@@ -31,7 +31,7 @@ def gpu_check(options: Options) -> Measurement:
     Each of MoDA (the authors' per-expert dropout, kept lean) and a shared LoRA without and with
     gradient checkpointing on a fresh model, each run without it beside the memory estimate that
     decides checkpointing (sda_lib.method.adapt.estimate_step), then the export of every synthetic item
-    with the MoDA adapter (see the README's GPU host section)."""
+    with the MoDA adapter (see docs/gpu.md)."""
     from sda_lib.method.adapt import AdaptConfig
     from sda_lib.method.backbones import SHAPED
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sda_lib.analysis.teaching import attribute_sharing, chance, measure, structure_kept, summarise
+from sda_lib.analysis.teaching import attribute_sharing, chance, measure, structure_kept, summarize
 
 # Two tight pairs: rows 0, 1 point one way, rows 2, 3 another.
 PAIRS = np.array([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [0.1, 1.0]])
@@ -65,10 +65,10 @@ def _run(tmp_path, name, hr_sda):
     return run
 
 
-def test_measure_reads_every_stage_and_summarise_gives_mean_and_spread(tmp_path):
+def test_measure_reads_every_stage_and_summarize_gives_mean_and_spread(tmp_path):
     dataset = SimpleNamespace(items=pd.DataFrame({"latent_brand": BRANDS, "title": ["t"] * 40}))
     frames = [measure(_run(tmp_path, "one", 0.5), dataset), measure(_run(tmp_path, "two", 0.7), dataset)]
-    summary = summarise(frames)["mean"]
+    summary = summarize(frames)["mean"]
     # a circle's 5 nearest are the 2-3 items on either side: all of one brand but near the 2 borders
     assert summary[("neighbourhoods", "text space, brand")] == attribute_sharing(CIRCLE, BRANDS)
     assert 0.85 < summary[("neighbourhoods", "image space, brand")] < 1.0
@@ -80,10 +80,20 @@ def test_measure_reads_every_stage_and_summarise_gives_mean_and_spread(tmp_path)
     assert summary[("structure kept", "InfoNCE, text")] == structure_kept(CIRCLE, SHUFFLED)
     assert summary[("gradient conflict", "MoDA first expert, mean cosine")] == 0.3
     assert summary[("gradient conflict", "shared LoRA, mean cosine")] == 0.1
-    recommendation = summarise(frames).loc["recommendation"]
+    recommendation = summarize(frames).loc["recommendation"]
     assert set(recommendation.index) == {
         f"sasrec, {f}, overall {m}" for f in ("id", "sda") for m in ("HR@10", "NDCG@10")
     }
     row = recommendation.loc["sasrec, sda, overall HR@10"]
     assert row["mean"] == pytest.approx(0.6) and row["std"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
     assert row["runs"] == 2
+
+
+def test_runs_are_names_under_outputs_even_beside_a_folder_of_that_name(outputs, tmp_path, monkeypatch, capsys):
+    from sda_lib.analysis.teaching import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "seed1").mkdir()  # a folder in the working directory with the run's name
+    assert main(["--dataset", "toy", "--runs", "seed1", "./seed1"]) == 2
+    err = capsys.readouterr().err
+    assert str(outputs / "toy" / "seed1") in err and "seed1, seed1" in err.replace(str(outputs / "toy") + "/", "")

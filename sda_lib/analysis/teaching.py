@@ -1,7 +1,7 @@
 """The teaching demo's five measurements, read back from finished runs (one run per seed) and
-summarised as mean and spread, so what a class is told about SDA comes with its noise.
+summarized as mean and spread, so what a class is told about SDA comes with its noise.
 
-    python -m sda_lib.analysis.teaching --dataset toy --runs mini-seed0 mini-seed1 mini-seed2
+    sda teaching --dataset toy --runs mini-seed0 mini-seed1 mini-seed2
 
 1. `neighbourhoods`: the share of each item's 5 nearest zero-shot neighbours (text space, image
    space) that share a latent attribute, beside chance (the share of all item pairs that do): the
@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ..data import load_prepared
+from ..data.names import looks_like_path
 from ..utils.io import atomic_path
 from ..utils.paths import run_dir
 from .alignment import alignment_report, knn, neighbourhood_overlap
@@ -112,7 +113,7 @@ def measure(run: str | Path, dataset, adapter_name: str = "sda") -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
-def summarise(frames: list[pd.DataFrame]) -> pd.DataFrame:
+def summarize(frames: list[pd.DataFrame]) -> pd.DataFrame:
     """Mean, sample standard deviation and number of runs of every (measurement, setting), in the
     order the measurements were taken."""
     tidy = pd.concat(frames, ignore_index=True)
@@ -121,13 +122,14 @@ def summarise(frames: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sda_lib.analysis.teaching", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="sda teaching", description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", default="toy")
     parser.add_argument("--runs", nargs="+", required=True, help="run names under outputs/<dataset>/, or folders")
     parser.add_argument("--adapter-name", default="sda")
     parser.add_argument("--out", help="CSV to write the summary to")
     args = parser.parse_args(argv)
-    folders = [Path(r) if Path(r).is_dir() else run_dir(args.dataset, r) for r in args.runs]
+    # A name is a run under outputs/<dataset>/ even beside a folder of that name; a path (./x, a/b) is a folder.
+    folders = [Path(r).expanduser() if looks_like_path(r) else run_dir(args.dataset, r) for r in args.runs]
     missing = [str(f) for f in folders if not (f / "embeddings" / "zero-shot" / "manifest.json").exists()]
     if missing:
         print(
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     dataset = load_prepared(args.dataset)
-    summary = summarise([measure(f, dataset, args.adapter_name) for f in folders])
+    summary = summarize([measure(f, dataset, args.adapter_name) for f in folders])
     with pd.option_context("display.max_rows", None, "display.width", 200):
         print(summary.round(4).to_string())
     if args.out:

@@ -7,7 +7,7 @@ items tables in `source`), amazon2023 (a category of Amazon Reviews 2023), mmrec
 published dataset folders). A user's own dataset gets its own name and folder
 (`prepare_dataset("custom", source, name="mystore")`, `prepare custom --name mystore`); once
 prepared, that name works everywhere a dataset name does. A new kind of source is a
-`DatasetSource` registered in DATASETS (see the README's Extending section).
+`DatasetSource` registered in DATASETS (see docs/extending.md).
 """
 
 from __future__ import annotations
@@ -449,4 +449,4 @@ def _one_of(folder: Path, stem: str) -> Path:
     for ext in (".parquet", ".csv"):
         if (folder / f"{stem}{ext}").exists():
             return folder / f"{stem}{ext}"
-    raise DataError(f"{folder} holds no {stem}.csv or {stem}.parquet (see the README, 'custom data')")
+    raise DataError(f"{folder} holds no {stem}.csv or {stem}.parquet (see docs/data.md, 'Your own data')")

@@ -342,7 +342,7 @@ def _train(backbone, dataset, config: AdaptConfig, out: Path, resume, progress, 
 
 @dataclass(frozen=True)
 class StepEstimate:
-    """The README's estimate of an adaptation step's memory without gradient checkpointing, bytes:
+    """The estimate (docs/gpu.md) of an adaptation step's memory without gradient checkpointing, bytes:
     `held`, the frozen weights and the float32 trainable parameters with their gradients and
     AdamW's two moments; `saved`, the activations saved for backward by rows of `lengths` tokens
     (text half, image half)."""

@@ -6,7 +6,7 @@ an injector), so training, export and the analyses never branch on the kind:
     lora         one shared LoRA of the same rank through peft: "w/o MoDA"
 
 A new kind subclasses `AdapterKind` and registers an instance: `KINDS.register("name", MyKind())`
-(see the README's Extending section). The kind of an adapted model is read from its layers, so
+(see docs/extending.md). The kind of an adapted model is read from its layers, so
 nothing is stashed on the model.
 """
 

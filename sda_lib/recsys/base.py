@@ -318,7 +318,9 @@ class Recommender(nn.Module):
         raise NotImplementedError
 
 
-RECOMMENDERS: Registry[type[Recommender]] = Registry("recommender")
+RECOMMENDERS: Registry[type[Recommender]] = Registry(
+    "recommender", builtins=tuple(f"sda_lib.recsys.{m}" for m in ("sasrec", "bert4rec", "vbpr", "slmrec"))
+)
 
 
 def shuffled_chunks(n: int, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:

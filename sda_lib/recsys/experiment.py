@@ -20,7 +20,6 @@ import torch
 from ..data import load_prepared
 from ..method.features import PARTS, FeatureTable
 from ..utils.io import atomic_path, write_json
-from . import bert4rec, sasrec, slmrec, vbpr  # noqa: F401  (they register the built-in models)
 from .base import RECOMMENDERS, InteractionData, Recommender, content_channels, resolve_features, resolve_item_repr
 from .evaluate import PROTOCOLS, evaluate, rank_targets, sampled_candidates, summarize
 from .train import FitResult, TrainConfig, fit, seed_everything, train_epoch

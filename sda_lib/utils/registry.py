@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -29,12 +29,29 @@ class PluginError(ImportError):
     """A plugin failed to import, or exited while it was imported."""
 
 
-class Registry(Generic[T]):
-    """Names to objects of one kind, in registration order."""
+class UnknownName(KeyError, ValueError):
+    """A name no registry entry has; the message lists the registered names. A KeyError, as a
+    Mapping's lookup raises, and a ValueError, as a bad argument."""
 
-    def __init__(self, what: str):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class Registry(Mapping[str, T], Generic[T]):
+    """Names to objects of one kind, in registration order: a read-only Mapping plus `register`.
+    `builtins` names the modules whose import registers the built-in entries, imported on the first
+    lookup (so a registry is complete whichever module asked first)."""
+
+    def __init__(self, what: str, builtins: tuple[str, ...] = ()):
         self.what = what
         self._entries: dict[str, T] = {}
+        self._builtins = builtins
+
+    def _complete(self) -> None:
+        modules, self._builtins = self._builtins, ()
+        for module in modules:
+            importlib.import_module(module)
+        load_plugins()
 
     def register(self, name: str, obj: T | None = None) -> Callable[[T], T] | T:
         """`registry.register("name", obj)`, or `@registry.register("name")` above a class or function.
@@ -53,21 +70,25 @@ class Registry(Generic[T]):
         return add if obj is None else add(obj)
 
     def __getitem__(self, name: str) -> T:
-        load_plugins()
+        self._complete()
         if name not in self._entries:
-            raise ValueError(
+            raise UnknownName(
                 f"unknown {self.what} {name!r}; registered: {', '.join(self._entries)} "
-                f"(add one with sda_lib's registries, see the README's Extending section)"
+                f"(add one with sda_lib's registries, see docs/extending.md)"
             )
         return self._entries[name]
 
     def __contains__(self, name: object) -> bool:
-        load_plugins()
+        self._complete()
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
-        load_plugins()
+        self._complete()
         return iter(list(self._entries))
+
+    def __len__(self) -> int:
+        self._complete()
+        return len(self._entries)
 
     def __repr__(self) -> str:
         return f"Registry({self.what!r}: {', '.join(self._entries)})"

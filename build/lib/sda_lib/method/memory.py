@@ -5,7 +5,7 @@ The count: torch's saved-tensor hooks see every tensor autograd saves; `saved_fo
 the distinct storages among them (a saved view keeps its whole storage alive; a storage saved
 twice is kept once), leaving out the model's parameters and buffers, which are held anyway.
 
-The estimate (the README's GPU host section): without checkpointing a step keeps the weights, the
+The estimate (docs/gpu.md, what to expect): without checkpointing a step keeps the weights, the
 trainable parameters with their gradients and AdamW's two moments, and what every decoder layer
 saves per token times the step's tokens; with checkpointing each layer's input instead, plus one
 layer's activations while it is recomputed.
@@ -97,7 +97,7 @@ def step_bytes(
     trainable: int,
     checkpointing: bool,
 ) -> float:
-    """The README's estimate of a step's memory: the weights (bytes), the float32 trainable
+    """The estimate (docs/gpu.md) of a step's memory: the weights (bytes), the float32 trainable
     parameters with their gradients and AdamW's two moments, and the saved activations of every
     layer, or with checkpointing every layer's bf16 input plus one layer's saved activations."""
     held = weights + 16 * trainable

@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from . import __version__
-from .io import atomic_path, read_json
+from .. import __version__
+from ..utils.io import atomic_path, read_json
 
 CARD = "README.md"
 ALIGNMENT_TABLE = "tables/08-alignment-zero-shot-vs-adapted.csv"  # under the run folder
@@ -36,7 +36,7 @@ arXiv 2512.06883), on dataset `{dataset}`.
 ## Use
 
 ```python
-from sda_lib.adapters import from_pretrained
+from sda_lib.method.adapters import from_pretrained
 backbone = from_pretrained("{where}")  # a hub id or this folder
 ```
 {peft}

@@ -57,7 +57,7 @@ class Registry(Generic[T]):
         if name not in self._entries:
             raise ValueError(
                 f"unknown {self.what} {name!r}; registered: {', '.join(self._entries)} "
-                f"(add one with sda_lib's registries, see the README's Extending section)"
+                f"(add one with sda_lib's registries, see docs/extending.md)"
             )
         return self._entries[name]
 

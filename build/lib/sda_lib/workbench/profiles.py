@@ -13,9 +13,8 @@
 - `teaching`: the quick settings on the `mini` backbone (real pretrained weights, so the demo shows
   what SDA keeps and separates; sda_lib.method.backbones.mini), the default on toy. Shorter adaptation runs: 100
   steps (03), 40 per ablation variant (06), 20 for each adapter of the gradient-conflict study
-  (07); and one dropout mask shared by MoDA's experts (a mini step on 2 CPU threads 1.22 s instead
-  of 2.18 s; docs/FIDELITY.md). With the runner's two jobs on 2 cores the toy job takes about 9
-  minutes (README).
+  (07); and one dropout mask shared by MoDA's experts (a faster step on CPU; docs/FIDELITY.md).
+  The toy job's time on 2 cores: docs/results.md.
 
 A profile only fills what the command line leaves open: `-p adapt.steps=5` wins over the profile.
 """
