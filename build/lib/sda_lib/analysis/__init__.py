@@ -1,1 +1,0 @@
-"""Analyses of embeddings and adapters: alignment metrics, gradient conflict, the explorer."""

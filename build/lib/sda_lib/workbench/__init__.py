@@ -1,1 +1,0 @@
-"""sda_lib/workbench"""
