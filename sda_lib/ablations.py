@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from .adapt import AdaptConfig, train_adapter
-from .display import gain
 from .backbone import load_backbone
+from .display import gain
 from .export import export_embeddings
 from .io import slug
 from .prompts import Prompts
@@ -198,7 +198,8 @@ def soft_target_finding(table: pd.DataFrame, dataset: str, model: str) -> dict |
     if not published.comparable([dataset]):
         row = published.table2(consistent=True).loc[published.TABLE2_ROWS[SOFT_TARGET]]
         spec = published.paper()["table2"]
-        paper = f"Δ {gain(row[('overall', 'Δ')])} overall, {gain(row[('tail', 'Δ')])} tail ({spec['model']} on {spec['dataset']})"
+        overall_paper, tail_paper = gain(row[("overall", "Δ")]), gain(row[("tail", "Δ")])
+        paper = f"Δ {overall_paper} overall, {tail_paper} tail ({spec['model']} on {spec['dataset']})"
     return {
         "mechanism": "CMSA vs InfoNCE",
         "verdict": verdict,

@@ -7,9 +7,8 @@ from __future__ import annotations
 import base64
 import html
 import io
-from pathlib import Path
-
 import math
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -18,13 +17,14 @@ SIGNIFICANT = 4  # digits of every number shown
 
 
 def number(x, digits: int = SIGNIFICANT) -> str:
-    """A value to `digits` significant digits ("0.1235", "23.37", "1.2e-05"); "" when missing."""
+    """A value to `digits` significant digits, trailing zeros kept so columns line up ("0.1235",
+    "0.6000", "23.37", "1.200e-05"); integers as they are; "" when missing."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return ""
     if isinstance(x, (int, np.integer)) and not isinstance(x, bool):
         return f"{x:,}" if abs(x) >= 10_000 else str(x)
-    text = f"{float(x):.{digits}g}"
-    return "0" if text == "-0" else text
+    text = f"{float(x):#.{digits}g}".rstrip(".")
+    return text.removeprefix("-") if float(text) == 0 else text
 
 
 def gain(x) -> str:
@@ -43,7 +43,7 @@ def p_value(p) -> str:
 
 
 def change(before: float, after: float, shown=number, higher_is_better: bool = True) -> str:
-    """"improved", "worse" or "unchanged" for a move from `before` to `after`, as a reader sees it:
+    """ "improved", "worse" or "unchanged" for a move from `before` to `after`, as a reader sees it:
     a move that does not show in the numbers as `shown` prints them is "unchanged"."""
     if shown(before) == shown(after):
         return "unchanged"

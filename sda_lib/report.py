@@ -103,25 +103,53 @@ PARTS = {
 # matches goes to "Further results" under its title as saved.
 HEADINGS = (
     (r"01-item-popularity-long-tail", "data", "How often each item is bought: the long tail"),
-    (r"05-table-1-(?P<protocol>\w+)-ranking", "table-1", "Hit@10 and NDCG@10 per model and features ({protocol} ranking)"),
-    (r"05-abstract-aggregates-beside-the-published-ones", "table-1", "SDA's mean gain over CLIP, as the abstract reports it"),
-    (r"06-table-2-ablations-(?P<model>\w+)-(?P<protocol>\w+)-ranking", "table-2", "SDA without each component ({model}, {protocol} ranking)"),
+    (
+        r"05-table-1-(?P<protocol>\w+)-ranking",
+        "table-1",
+        "Hit@10 and NDCG@10 per model and features ({protocol} ranking)",
+    ),
+    (
+        r"05-abstract-aggregates-beside-the-published-ones",
+        "table-1",
+        "SDA's mean gain over CLIP, as the abstract reports it",
+    ),
+    (
+        r"06-table-2-ablations-(?P<model>\w+)-(?P<protocol>\w+)-ranking",
+        "table-2",
+        "SDA without each component ({model}, {protocol} ranking)",
+    ),
     (r"06-ablations-ndcg-10", "table-2", "NDCG@10 of each ablation variant"),
     (r"05-figure-3-slmrec-modality-replacement", "figure-3", "SLMRec on Base, SDA text, SDA image and both"),
-    (r"07-gradient-conflict-per-projection-section-3-3-3", "gradients", "Gradient cosine per projection, beside section 3.3.3"),
+    (
+        r"07-gradient-conflict-per-projection-section-3-3-3",
+        "gradients",
+        "Gradient cosine per projection, beside section 3.3.3",
+    ),
     (r"07-gradient-conflict-finding", "gradients", "What the gradient study finds"),
     (r"07-gradient-conflict-over-training", "gradients", "Gradient cosine over training: shared LoRA and MoDA"),
     (r"07-gradient-conflict-summary", "gradients", "Gradient cosine at the first and last step, per part"),
-    (r"03-gradient-conflict-during-adaptation-(?P<adapter>.+)", "gradients", "Gradient cosine while the {adapter} adapter trained"),
+    (
+        r"03-gradient-conflict-during-adaptation-(?P<adapter>.+)",
+        "gradients",
+        "Gradient cosine while the {adapter} adapter trained",
+    ),
     (r"07-moda-gate-weights", "gradients", "How MoDA's gates weigh the experts for text and image"),
-    (r"04-alignment-of-all-items-zero-shot-vs-adapted", "alignment", "Every item's text and image, before and after adaptation"),
+    (
+        r"04-alignment-of-all-items-zero-shot-vs-adapted",
+        "alignment",
+        "Every item's text and image, before and after adaptation",
+    ),
     # notebook 08 saves the same measures of the same embeddings; shown only where 04's is missing
     (r"08-alignment-zero-shot-vs-adapted", "alignment", "Every item's text and image, before and after adaptation"),
     (r"02-zero-shot-pair-cosines", "alignment", "Cosine of matched and random text-image pairs before adaptation"),
     (r"08-umap-by-(?P<colour>.+)", "alignment", "Map of the items (UMAP), coloured by {colour}"),
     (r"00-points-of-the-sweep", "sweep", "Points of the sweep"),
     (r"00-metrics-against-the-swept-parameter", "sweep", "Metrics against the swept parameter"),
-    (r"09-sda-s-gain-over-zero-shot-features-per-condition-(?P<protocol>\w+)-ranking", "sweep", "SDA's gain over zero-shot features per condition ({protocol} ranking)"),
+    (
+        r"09-sda-s-gain-over-zero-shot-features-per-condition-(?P<protocol>\w+)-ranking",
+        "sweep",
+        "SDA's gain over zero-shot features per condition ({protocol} ranking)",
+    ),
     (r"05-recommendation-full-ranking", "more", "Every feature setting against ID only (full ranking)"),
     (r"05-gains-by-item-popularity", "more", "SDA's gain by how popular the target item is"),
     (r"03-training-loss-(?P<adapter>.+)", "more", "Training loss of the {adapter} adapter"),
@@ -229,8 +257,11 @@ def _table_html(path: Path) -> str:
     shown = df.astype(object).where(df.notna(), "")
     has_gain = any("gain" in str(c) for c in df.columns)
     for column in df.columns:
-        if pd.api.types.is_numeric_dtype(df[column]) and not pd.api.types.is_bool_dtype(df[column]):
-            shown[column] = df[column].map(_formatter(str(column), has_gain))
+        values = df[column]
+        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            if not pd.api.types.is_integer_dtype(values) and values.dropna().map(float.is_integer).all():
+                values = values.astype("Int64")  # counts read back as floats because of an empty cell
+            shown[column] = values.map(_formatter(str(column), has_gain), na_action="ignore").fillna("")
     body = shown.to_html(border=0, classes="t", index=False)
     notes = path.with_suffix(".notes.txt")
     if notes.exists():
@@ -250,7 +281,7 @@ def _formatter(column: str, has_gain: bool):
         return display.p_value
     if "gain" in words or last == "Δ" or column.endswith("vs paper") or (has_gain and column in ("low", "high")):
         return display.gain
-    return lambda x: display.number(int(x) if float(x).is_integer() and abs(x) < 2**53 else x)
+    return display.number
 
 
 def _summary_html(run_dir: Path, stages: dict, card: dict | None, dataset: str) -> str:

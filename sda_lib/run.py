@@ -63,7 +63,11 @@ log = logging.getLogger(__spec__.name)  # not __name__, which is "__main__" unde
 NOTEBOOKS = REPO_ROOT / "notebooks"
 LIBRARY = Path(__file__).resolve().parent  # its *.py files are part of every stage's key
 RESERVED = {"dataset": "--dataset", "out_dir": "--out"}  # set by the runner itself
-REPORT_FILES = ("tables/{prefix}-*.csv", "figures/{prefix}-*.json", "findings/{prefix}-*.json")  # a stage's, for the report
+REPORT_FILES = (
+    "tables/{prefix}-*.csv",
+    "figures/{prefix}-*.json",
+    "findings/{prefix}-*.json",
+)  # a stage's, for the report
 
 
 def _nothing(params: dict) -> list:

@@ -157,7 +157,7 @@ def test_table1_gains_over_the_best_other_row_and_marks(grid):
         "MiniLM + EfficientNet-Lite0 (not in the paper)",
     ]
     assert list(shown.loc[("beauty", "SLMRec")].index)[-1] == "ID only (not in the paper)"
-    assert shown.loc[("beauty", "SASRec", "Improv."), ("tail", "H@10")] == "+50.00% vs QwenVL"
+    assert shown.loc[("beauty", "SASRec", "Improv."), ("tail", "H@10")] == "+50.0% vs QwenVL"
     assert shown.loc[("beauty", "SLMRec", "Improv."), ("tail", "H@10")] == "—"
     assert "best of the paper's other rows" in shown[("", "note")].iloc[0]
 
@@ -180,7 +180,7 @@ def test_table1_rows_are_named_after_what_ran(grid):
     shown = format_table1(paper_table1(*grid, labels=labels))
     rows = list(shown.loc[("beauty", "SASRec")].index)
     assert rows[:4] == ["Base", "CLIP (tiny)", "zero-shot (tiny)", "SDA (tiny)"]
-    assert shown.loc[("beauty", "SASRec", "Improv."), ("tail", "H@10")] == "+50.00% vs zero-shot (tiny)"
+    assert shown.loc[("beauty", "SASRec", "Improv."), ("tail", "H@10")] == "+50.0% vs zero-shot (tiny)"
 
 
 def test_table1_fixed_reference_and_adapter_name(grid):

@@ -16,13 +16,14 @@ from sda_lib.report import HEADINGS, MECHANISMS, PARTS, build_report, heading_of
 
 
 def test_number_formats():
-    assert [display.number(x) for x in (0.123456, 23.3712, 8.5149, 1.923e-240, 0.0, -0.0, 120, 12345)] == [
+    assert [display.number(x) for x in (0.123456, 0.6, 23.3712, 8.5149, 1.923e-240, -0.0, 1234.56, 120, 12345)] == [
         "0.1235",
+        "0.6000",
         "23.37",
         "8.515",
         "1.923e-240",
-        "0",
-        "0",
+        "0.000",
+        "1235",
         "120",
         "12,345",
     ]
@@ -78,12 +79,21 @@ def _toy_run(outputs):
     (run / "stages.json").write_text(
         json.dumps(
             {
-                "adapt": {"params": {"dataset": "toy", "backbone": "mini", "adapter": "moda", "loss": "cmsa", "steps": 40}},
+                "adapt": {
+                    "params": {"dataset": "toy", "backbone": "mini", "adapter": "moda", "loss": "cmsa", "steps": 40}
+                },
                 "recommend": {"params": {"dataset": "toy", "models": ["sasrec", "slmrec"]}},
             }
         )
     )
-    bars = pd.DataFrame({"bar": ["Base", "SDA text + image"], "value": [0.31234, 0.3391], "gain": [None, 0.0857], "p": [None, 1.923e-240]})
+    bars = pd.DataFrame(
+        {
+            "bar": ["Base", "SDA text + image"],
+            "value": [0.31234, 0.3391],
+            "gain": [None, 0.0857],
+            "p": [None, 1.923e-240],
+        }
+    )
     save_table(bars, run, "05", "Figure 3 SLMRec modality replacement")
     save_figure(go.Figure(go.Bar(x=bars["bar"], y=bars["value"])), run, "05", "Figure 3 SLMRec modality replacement")
     full = pd.DataFrame({"features": ["id", "sda"], "overall HR@10": [0.1, 0.9515], "overall HR@10 gain": [0.0, 8.515]})
@@ -92,10 +102,17 @@ def _toy_run(outputs):
     save_table(alignment, run, "04", "Alignment of all items: zero-shot vs adapted")
     save_table(alignment, run, "08", "Alignment zero-shot vs adapted")
     save_table(pd.DataFrame({"x": [1]}), run, "02", "Something of my own")
-    for finding in findings({"t2i_recall@10": 0.1, "cosine_gap": 0.01, "overlap_text_cross@10": 0.3},
-                            {"t2i_recall@10": 0.25, "cosine_gap": 0.02, "overlap_text_cross@10": 0.2}):
+    for finding in findings(
+        {"t2i_recall@10": 0.1, "cosine_gap": 0.01, "overlap_text_cross@10": 0.3},
+        {"t2i_recall@10": 0.25, "cosine_gap": 0.02, "overlap_text_cross@10": 0.2},
+    ):
         save_finding(finding, run, "04")
-    gradients = {"mechanism": "gradient conflict", "verdict": "no clear difference", "measured": "0.1 vs 0.1", "paper": None}
+    gradients = {
+        "mechanism": "gradient conflict",
+        "verdict": "no clear difference",
+        "measured": "0.1 vs 0.1",
+        "paper": None,
+    }
     save_finding(gradients, run, "07")
     return run
 
@@ -125,11 +142,11 @@ def test_report_opens_with_the_verdicts_then_the_papers_order_without_duplicates
     assert "none for toy" in page  # no published value for a dataset the paper did not use
     # one number format: 4 significant digits, gains as signed percentages, p-values bounded
     cells = [html.unescape(c) for c in re.findall(r"<td>(.*?)</td>", page)]
-    assert "0.3123" in cells and "+8.6%" in cells and "< 1e-4" in cells and "+851.5%" in cells
+    assert "0.3123" in cells and "0.1000" in cells and "+8.6%" in cells and "< 1e-4" in cells and "+851.5%" in cells
     assert not [c for c in cells if re.fullmatch(r"-?\d+\.\d{5,}", c)]
     assert "1.923e-240" not in page and "8.515<" not in page
     # every menu entry points at a section that exists
-    targets = re.findall(r'<nav>(.*?)</nav>', page, flags=re.S)[0]
+    targets = re.findall(r"<nav>(.*?)</nav>", page, flags=re.S)[0]
     for anchor in re.findall(r'href="#([^"]+)"', targets):
         assert f'<section id="{anchor}">' in page
 

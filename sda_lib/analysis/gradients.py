@@ -311,8 +311,12 @@ def conflict_finding(df: pd.DataFrame, dataset: str, projection: str = BOTH) -> 
     else:
         verdict = "no clear difference, unlike the paper"
     published = GRADIENT_COSINES
-    paper = None if comparable([dataset]) else "; ".join(
-        f"{p}: MoDA {number(published['moda'][p])}, LoRA {number(published['lora'][p])}" for p in PROJECTIONS
+    paper = (
+        None
+        if comparable([dataset])
+        else "; ".join(
+            f"{p}: MoDA {number(published['moda'][p])}, LoRA {number(published['lora'][p])}" for p in PROJECTIONS
+        )
     )
     return {
         "mechanism": "gradient conflict",

@@ -86,8 +86,10 @@ def umap_figure(
     )
     fig.update_traces(marker_size=5)
     all_items = np.unique(layout["item"])
-    linked = all_items if links is None or links >= len(all_items) else np.sort(
-        np.random.default_rng(seed).choice(all_items, size=links, replace=False)
+    linked = (
+        all_items
+        if links is None or links >= len(all_items)
+        else np.sort(np.random.default_rng(seed).choice(all_items, size=links, replace=False))
     )
     if len(linked):
         for col, version in enumerate(versions, 1):
