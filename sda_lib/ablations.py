@@ -21,6 +21,7 @@ from .io import slug
 from .prompts import Prompts
 from .recsys import published, results_table, train_grid
 from .recsys.experiment import write_results
+from .recsys.report import PAPER_MODELS
 from .recsys.train import TrainConfig
 
 FULL = "SDA"
@@ -204,6 +205,6 @@ def soft_target_finding(table: pd.DataFrame, dataset: str, model: str) -> dict |
         "mechanism": "CMSA vs InfoNCE",
         "verdict": verdict,
         "measured": f"InfoNCE in place of CMSA's soft target: Δ {shown} overall, {gain(tail) or 'no tail users'} tail "
-        f"(mean change of H@10 and N@10 against SDA; {model})",
+        f"(mean change of H@10 and N@10 against SDA; {PAPER_MODELS.get(model, model)})",
         "paper": paper,
     }

@@ -259,9 +259,9 @@ def _table_html(path: Path) -> str:
     for column in df.columns:
         values = df[column]
         if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
-            if not pd.api.types.is_integer_dtype(values) and values.dropna().map(float.is_integer).all():
-                values = values.astype("Int64")  # counts read back as floats because of an empty cell
-            shown[column] = values.map(_formatter(str(column), has_gain), na_action="ignore").fillna("")
+            shown_as = _formatter(str(column), has_gain)
+            counts = values.dropna().map(float).map(float.is_integer).all()  # counts read back as floats
+            shown[column] = ["" if pd.isna(v) else shown_as(int(v) if counts else v) for v in values]
     body = shown.to_html(border=0, classes="t", index=False)
     notes = path.with_suffix(".notes.txt")
     if notes.exists():
@@ -308,30 +308,36 @@ def _summary_html(run_dir: Path, stages: dict, card: dict | None, dataset: str) 
         for label, verdict, measured, paper in rows
     )
     return (
-        f'<div class="summary"><p class="lede">{html.escape(_what_ran(stages, card, dataset))}</p>'
+        f'<div class="summary"><p class="lede">{html.escape(_what_ran(run_dir, stages, card, dataset))}</p>'
         '<table class="findings"><thead><tr><th>mechanism</th><th>verdict</th><th>this run</th>'
         f"<th>paper</th></tr></thead><tbody>{cells}</tbody></table></div>"
     )
 
 
-def _what_ran(stages: dict, card: dict | None, dataset: str) -> str:
-    """One sentence on what SDA did in this run, from the stages' parameters."""
-    data = f"{dataset}" + (f" ({card['items']:,} items, {card['users']:,} users)" if card else "")
-    adapt = stages.get("adapt", {}).get("params")
-    if not adapt:
-        return f"No adaptation ran in this run on {data}; the sections below show what the stages that ran saved."
-    sentence = (
-        f"SDA adapted the {adapt.get('backbone', '?')} backbone to {data} with a "
-        f"{str(adapt.get('adapter', 'moda')).replace('moda', 'MoDA').replace('lora', 'LoRA')} adapter "
-        f"trained on the {str(adapt.get('loss', 'cmsa')).replace('cmsa', 'CMSA').replace('infonce', 'InfoNCE')} "
-        f"loss for {adapt.get('steps', '?')} steps"
-    )
-    recommend = stages.get("recommend", {}).get("params")
-    if recommend:
-        from .recsys.report import PAPER_MODELS
+def _what_ran(run_dir: Path, stages: dict, card: dict | None, dataset: str) -> str:
+    """One sentence on what SDA did in this run, from the adapter's training record and the
+    recommenders' results."""
+    from .recsys.report import PAPER_MODELS, short_name  # imported here: the recommenders import torch
 
-        models = ", ".join(PAPER_MODELS.get(m, m) for m in recommend.get("models", []))
-        sentence += f", then trained {models} on the item embeddings it exported"
+    data = f"{dataset}" + (f" ({card['items']:,} items, {card['users']:,} users)" if card else "")
+    name = stages.get("adapt", {}).get("params", {}).get("adapter_name", "sda")
+    record = read_json(run_dir / "adapters" / name / "adapt.json")
+    if not record:
+        return f"No adaptation ran in this run on {data}; the sections below show what the stages that ran saved."
+    config = record["config"]
+    words = {"moda": "MoDA", "lora": "LoRA", "cmsa": "CMSA", "infonce": "InfoNCE"}
+    sentence = (
+        f"SDA adapted the {short_name(record['backbone'])} backbone to {data} with a "
+        f"{words.get(config['adapter'], config['adapter'])} adapter trained on the "
+        f"{words.get(config['loss'], config['loss'])} loss for {config['steps']} steps"
+    )
+    results = run_dir / "recsys" / "results.parquet"
+    if results.is_file():
+        models = pd.read_parquet(results, columns=["model"])["model"].unique()
+        order = [m for m in PAPER_MODELS if m in models] + sorted(set(models) - set(PAPER_MODELS))
+        sentence += (
+            f", then trained {', '.join(PAPER_MODELS.get(m, m) for m in order)} on the item embeddings it exported"
+        )
     return sentence + "."
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from sda_lib import display
 from sda_lib.analysis.alignment import findings, verdict
+from sda_lib.io import write_json
 from sda_lib.report import HEADINGS, MECHANISMS, PARTS, build_report, heading_of, save_figure, save_finding, save_table
 
 
@@ -76,16 +77,12 @@ def _toy_run(outputs):
     figure), the alignment table twice (04 and 08), gains, p-values and findings."""
     run = outputs / "toy" / "default"
     run.mkdir(parents=True)
-    (run / "stages.json").write_text(
-        json.dumps(
-            {
-                "adapt": {
-                    "params": {"dataset": "toy", "backbone": "mini", "adapter": "moda", "loss": "cmsa", "steps": 40}
-                },
-                "recommend": {"params": {"dataset": "toy", "models": ["sasrec", "slmrec"]}},
-            }
-        )
-    )
+    (run / "stages.json").write_text(json.dumps({"adapt": {"params": {"dataset": "toy", "steps": 40}}}))
+    config = {"adapter": "moda", "loss": "cmsa", "steps": 40}
+    write_json(run / "adapters" / "sda" / "adapt.json", {"config": config, "backbone": "mini-connector-abc123"})
+    results = pd.DataFrame({"model": ["slmrec", "sasrec", "sasrec"], "value": [0.1, 0.2, 0.3]})
+    (run / "recsys").mkdir()
+    results.to_parquet(run / "recsys" / "results.parquet")
     bars = pd.DataFrame(
         {
             "bar": ["Base", "SDA text + image"],
@@ -132,7 +129,7 @@ def test_report_opens_with_the_verdicts_then_the_papers_order_without_duplicates
     lede = re.search(r'<p class="lede">(.*?)</p>', page).group(1)
     assert lede == (
         "SDA adapted the mini backbone to toy with a MoDA adapter trained on the CMSA loss for 40 steps, "
-        "then trained SASRec, SLMRec on the item embeddings it exported."
+        "then trained SLMRec, SASRec on the item embeddings it exported."
     )
     rows = re.findall(r'<tr data-mechanism="([^"]+)"><th>[^<]*</th><td class="verdict">([^<]*)</td>', page)
     verdicts = {html.unescape(label): verdict for label, verdict in rows}
