@@ -1,10 +1,22 @@
 import contextlib
 import os
+import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"  # Debian's, driven by Playwright
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture
@@ -23,6 +35,35 @@ def shared_data():
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture
+def sync_api():
+    """Playwright's sync API for the browser checks; they skip, saying what to install, without
+    chromium or playwright."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip("chromium not found (apt-get install -y chromium): browser check skipped")
+    return pytest.importorskip(
+        "playwright.sync_api", reason="playwright not installed (pip install playwright==1.65.2): browser check skipped"
+    )
+
+
+@pytest.fixture(scope="session")
+def toy_tiny_run(tmp_path_factory):
+    """Every stage on toy-tiny with small budgets, run once per session for the tests that read a
+    whole run (the runner's and the report's): the outputs root, the run folder and its parameters.
+    The library version is fixed at the start, so an edit to sda_lib made meanwhile (a colleague's,
+    in a shared checkout) does not rerun stages."""
+    from sda_lib.workbench import run as runner
+
+    params = {"steps": 20, "ablation_steps": 20, "epochs": 3, "ablation_epochs": 3, "conflict_steps": 10}
+    root = tmp_path_factory.mktemp("toy-tiny-run") / "outputs"
+    version = runner.library_version()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SDA_OUTPUTS", str(root))
+        patch.setattr(runner, "library_version", lambda: version)
+        out = runner.run_stages("toy-tiny", params=params, progress=False)
+    return SimpleNamespace(outputs=root, folder=out, params=params, library_version=version)
 
 
 @pytest.fixture(scope="session")

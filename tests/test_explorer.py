@@ -157,9 +157,50 @@ def test_umap_figure_links_each_pair():
         "False, text",
         "False, image",
     }
+    assert lines[0].name == "text-image pair (2 of 2 items)"
+    assert fig.layout.legend.x < 0.05 and fig.layout.legend.y > 0.95  # inside the first panel, not below it
     capped = umap_figure(layout, items, "popularity").layout.coloraxis
     assert (capped.cmin, capped.cmax) == pytest.approx((3, items["popularity"].quantile(0.95)))
     with pytest.raises(ValueError, match="cannot colour by 'colour'"):
         umap_figure(layout, items, "colour")
     with pytest.raises(ValueError, match="'v': 3 text rows but 2 image rows"):
         umap_layout({"v": (np.zeros((3, 2)), np.zeros((2, 2)))})
+
+
+def test_umap_figure_links_a_sample_of_pairs_the_same_in_every_panel():
+    """On a catalogue of 200 items only 30 pairs are joined (a line per item hides the points), the
+    same 30 items in both panels, each line from that item's text to its image."""
+    n = 200
+    rng = np.random.default_rng(1)
+    layout = pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "version": version,
+                    "modality": np.repeat(["text", "image"], n),
+                    "item": np.tile(np.arange(n), 2),
+                    "x": rng.normal(size=2 * n),
+                    "y": rng.normal(size=2 * n),
+                }
+            )
+            for version in ("zero-shot", "adapted")
+        ],
+        ignore_index=True,
+    )
+    items = pd.DataFrame({"popularity": np.arange(n)})
+    lines = [t for t in umap_figure(layout, items, "popularity").data if t.mode == "lines"]
+    assert len(lines) == 2 and lines[0].name == "text-image pair (30 of 200 items)"
+    linked = []
+    for trace, version in zip(lines, ("zero-shot", "adapted")):
+        starts = np.asarray(trace.x, dtype=float)[0::3]
+        ends = np.asarray(trace.x, dtype=float)[1::3]
+        assert len(starts) == 30
+        part = layout[layout["version"] == version]
+        text = part[part["modality"] == "text"].set_index("x")["item"]
+        image = part[part["modality"] == "image"].set_index("x")["item"]
+        assert text.loc[starts].tolist() == image.loc[ends].tolist()  # each line joins one item's pair
+        linked.append(text.loc[starts].tolist())
+    assert linked[0] == linked[1]
+    every = [t for t in umap_figure(layout, items, "popularity", links=None).data if t.mode == "lines"]
+    assert len(np.asarray(every[0].x)[0::3]) == n
+    assert not [t for t in umap_figure(layout, items, "popularity", links=0).data if t.mode == "lines"]

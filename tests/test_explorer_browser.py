@@ -5,7 +5,6 @@ keyboard and checks that the neighbour panel follows. Skips when chromium or pla
 """
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -16,17 +15,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import CHROMIUM, CHROMIUM_FLAGS
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOT = Path("/tmp/sda-explorer-browser.png")
 TOKEN = "sda-explorer-test"
 
@@ -65,16 +55,6 @@ def wait_for_server(url: str, server: subprocess.Popen, log: Path, timeout: floa
         except OSError:
             time.sleep(0.5)
     raise TimeoutError(f"jupyter lab did not answer {url} within {timeout} s:\n{log.read_text()[-2000:]}")
-
-
-@pytest.fixture
-def sync_api():
-    if not Path(CHROMIUM).exists():
-        pytest.skip("chromium not found (apt-get install -y chromium): browser check of the explorer skipped")
-    return pytest.importorskip(
-        "playwright.sync_api",
-        reason="playwright not installed (pip install playwright==1.65.2): browser check of the explorer skipped",
-    )
 
 
 @pytest.fixture

@@ -163,6 +163,6 @@ def test_gradient_cosines_beside_the_paper():
     table = pd.DataFrame({"mean": [-0.1, 0.5, 0.0, 0.3]}, index=index)
     out = published.beside_gradients(table, "toys")
     assert out["paper"].tolist()[:3] == [-0.0955, 0.4422, -0.0705] and np.isnan(out["paper"].iloc[3])
-    assert out["vs paper"].tolist()[:3] == pytest.approx([-0.1 + 0.0955, 0.5 - 0.4422, 0.0705])
+    assert out["minus paper"].tolist()[:3] == pytest.approx([-0.1 + 0.0955, 0.5 - 0.4422, 0.0705])
     toy = published.beside_gradients(table, "toy")
     assert "paper" not in toy.columns and "No published column" in toy.attrs["notes"][-1]

@@ -17,9 +17,11 @@ from ..method.adapt import AdaptConfig, train_adapter
 from ..method.backbones import load_backbone
 from ..method.export import export_embeddings
 from ..method.prompts import Prompts
-from ..recsys import results_table, train_grid
+from ..recsys import published, results_table, train_grid
 from ..recsys.experiment import write_results
+from ..recsys.report import PAPER_MODELS
 from ..recsys.train import TrainConfig
+from ..utils.display import gain
 from ..utils.io import slug
 
 FULL = "SDA"
@@ -178,3 +180,31 @@ def name_rows(table: pd.DataFrame, tag: str | None = None) -> pd.DataFrame:
     out = table.rename(index=names)
     out.attrs = dict(table.attrs)
     return out
+
+
+SOFT_TARGET = "w/o soft target"  # CMSA's soft teacher replaced by InfoNCE's one-hot target
+
+
+def soft_target_finding(table: pd.DataFrame, dataset: str, model: str) -> dict | None:
+    """The report's one-line verdict on CMSA against InfoNCE (`report.save_finding`) from
+    `table2`'s table: the Δ of the w/o soft target row (negative: InfoNCE drops against SDA's CMSA),
+    with Table 2's on the paper's datasets (the paper's ablation is SASRec on Beauty only). None
+    when that row did not run."""
+    if SOFT_TARGET not in table.index or FULL not in table.index:
+        return None
+    overall, tail = (table.loc[SOFT_TARGET, (subset, "Δ")] for subset in ("overall", "tail"))
+    shown = gain(overall)
+    verdict = "CMSA ahead" if shown.startswith("-") else "InfoNCE ahead" if shown.startswith("+") else "tied"
+    paper = None
+    if not published.comparable([dataset]):
+        row = published.table2(consistent=True).loc[published.TABLE2_ROWS[SOFT_TARGET]]
+        spec = published.paper()["table2"]
+        overall_paper, tail_paper = gain(row[("overall", "Δ")]), gain(row[("tail", "Δ")])
+        paper = f"Δ {overall_paper} overall, {tail_paper} tail ({spec['model']} on {spec['dataset']})"
+    return {
+        "mechanism": "CMSA vs InfoNCE",
+        "verdict": verdict,
+        "measured": f"InfoNCE in place of CMSA's soft target: Δ {shown} overall, {gain(tail) or 'no tail users'} tail "
+        f"(mean change of H@10 and N@10 against SDA; {PAPER_MODELS.get(model, model)})",
+        "paper": paper,
+    }

@@ -33,6 +33,8 @@ from ..method import adapters, moda
 from ..method.adapt import AdaptConfig, embed_rows, load_image, train_adapter
 from ..method.backbones.targets import QWEN_ATTENTION
 from ..method.cmsa import cmsa_loss
+from ..recsys.published import GRADIENT_COSINES, comparable
+from ..utils.display import number
 
 PROJECTIONS = ("q_proj", "k_proj")  # the labels of the query and key projections, whatever their names
 BOTH = "+".join(PROJECTIONS)
@@ -56,7 +58,7 @@ def last_layer_b(model: torch.nn.Module, attention: tuple[str, str] = QWEN_ATTEN
     patterns = dict(zip(PROJECTIONS, map(re.compile, attention)))
     name = adapters.kind_of(model)
     if name is None:
-        raise ValueError("the model has no adapter: attach one first (sda_lib.method.adapters.attach)")
+        raise ValueError("the model has no adapter: attach one first (sda_lib.adapters.attach)")
     kind, found = adapters.KINDS[name], {}
     for name, module in model.named_modules():
         for projection, pattern in patterns.items():
@@ -72,7 +74,7 @@ def last_layer_b(model: torch.nn.Module, attention: tuple[str, str] = QWEN_ATTEN
     if not found:
         raise ValueError(
             f"no adapter on the attention's query or key projections ({attention}): "
-            "attach one first (sda_lib.method.adapters.attach)"
+            "attach one first (sda_lib.adapters.attach)"
         )
     last = max(layer for layer, _ in found)
     missing = [p for p in PROJECTIONS if (last, p) not in found]
@@ -257,10 +259,9 @@ def paper_conflict_table(df: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def conflict_statement(df: pd.DataFrame, projection: str = BOTH) -> str:
-    """One plain sentence comparing MoDA's first expert with the shared LoRA over the measured
-    steps, computed from the numbers: MoDA counts as higher or lower only when the mean paired
-    difference exceeds twice its standard error."""
+def _moda_vs_lora(df: pd.DataFrame, projection: str) -> tuple[pd.Series, pd.Series, pd.Series, float]:
+    """MoDA's first-expert and the shared LoRA's cosine per measured step, their paired difference
+    and two standard errors of its mean (the margin a difference must exceed to count)."""
     rows = df[df["projection"] == projection]
     series = {}
     for adapter, part in (("moda", "expert 0"), ("lora", "B")):
@@ -273,9 +274,17 @@ def conflict_statement(df: pd.DataFrame, projection: str = BOTH) -> str:
         series[adapter] = picked.set_index("step")["cosine"]
     diff = (series["moda"] - series["lora"]).dropna()
     margin = 2 * diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("inf")
+    return series["moda"], series["lora"], diff, margin
+
+
+def conflict_statement(df: pd.DataFrame, projection: str = BOTH) -> str:
+    """One plain sentence comparing MoDA's first expert with the shared LoRA over the measured
+    steps, computed from the numbers: MoDA counts as higher or lower only when the mean paired
+    difference exceeds twice its standard error."""
+    moda_cos, lora_cos, diff, margin = _moda_vs_lora(df, projection)
     numbers = (
         f"mean text/image gradient cosine over training ({projection}, last layer): MoDA first expert "
-        f"{series['moda'].mean():.3f}, shared LoRA {series['lora'].mean():.3f}; MoDA higher at "
+        f"{moda_cos.mean():.3f}, shared LoRA {lora_cos.mean():.3f}; MoDA higher at "
         f"{int((diff > 0).sum())} of {len(diff)} measured steps, mean difference {diff.mean():+.3f} "
         f"(± {margin:.3f}, two standard errors)"
     )
@@ -288,6 +297,34 @@ def conflict_statement(df: pd.DataFrame, projection: str = BOTH) -> str:
     else:
         verdict = "MoDA's first expert is NOT clearly higher than the shared LoRA (no difference beyond the noise)"
     return f"On this backbone {verdict}; the paper's finding does not reproduce here: {numbers}."
+
+
+def conflict_finding(df: pd.DataFrame, dataset: str, projection: str = BOTH) -> dict:
+    """The report's one-line verdict on gradient conflict (`report.save_finding`): MoDA's first
+    expert against the shared LoRA as `conflict_statement` decides it, with section 3.3.3's
+    cosines on the paper's datasets."""
+    moda_cos, lora_cos, diff, margin = _moda_vs_lora(df, projection)
+    if diff.mean() > margin:
+        verdict = "less conflict with MoDA, as the paper"
+    elif diff.mean() < -margin:
+        verdict = "MORE conflict with MoDA, unlike the paper"
+    else:
+        verdict = "no clear difference, unlike the paper"
+    published = GRADIENT_COSINES
+    paper = (
+        None
+        if comparable([dataset])
+        else "; ".join(
+            f"{p}: MoDA {number(published['moda'][p])}, LoRA {number(published['lora'][p])}" for p in PROJECTIONS
+        )
+    )
+    return {
+        "mechanism": "gradient conflict",
+        "verdict": verdict,
+        "measured": f"mean text/image gradient cosine ({projection}, last layer): MoDA first expert "
+        f"{number(moda_cos.mean())}, shared LoRA {number(lora_cos.mean())} over {len(diff)} steps",
+        "paper": paper,
+    }
 
 
 def conflict_figure(df: pd.DataFrame):

@@ -45,10 +45,14 @@ def umap_layout(
     return pd.concat(frames, ignore_index=True)
 
 
-def umap_figure(layout: pd.DataFrame, items: pd.DataFrame, colour: str, links: bool = True) -> go.Figure:
+def umap_figure(
+    layout: pd.DataFrame, items: pd.DataFrame, colour: str, links: int | None = 30, seed: int = 0
+) -> go.Figure:
     """Scatter of `umap_layout`, one panel per version, circles for text and diamonds for image,
     coloured by the items column `colour` (categorical, or numeric on a scale capped at its 95th
-    percentile so a long tail stays visible), each item's text and image joined by a line."""
+    percentile so a long tail stays visible), with the text and image of `links` items (the same
+    random sample in every panel; None: every item, 0: none) joined by a line: a line per item
+    hides the points on any real catalogue. The legend sits inside the first panel."""
     if colour not in items:
         raise ValueError(f"cannot colour by {colour!r}: not an items column ({', '.join(items.columns)})")
     values = items[colour].reset_index(drop=True)
@@ -81,9 +85,15 @@ def umap_figure(layout: pd.DataFrame, items: pd.DataFrame, colour: str, links: b
         **extra,
     )
     fig.update_traces(marker_size=5)
-    if links:
+    all_items = np.unique(layout["item"])
+    linked = (
+        all_items
+        if links is None or links >= len(all_items)
+        else np.sort(np.random.default_rng(seed).choice(all_items, size=links, replace=False))
+    )
+    if len(linked):
         for col, version in enumerate(versions, 1):
-            part = data[data["version"] == version]
+            part = data[(data["version"] == version) & data["item"].isin(linked)]
             text = part[part["modality"] == "text"].set_index("item")
             image = part[part["modality"] == "image"].set_index("item").loc[text.index]
             xs = np.column_stack([text["x"], image["x"], np.full(len(text), np.nan)]).ravel()
@@ -93,10 +103,10 @@ def umap_figure(layout: pd.DataFrame, items: pd.DataFrame, colour: str, links: b
                     x=xs,
                     y=ys,
                     mode="lines",
-                    line=dict(color="rgba(120,120,120,0.18)", width=0.7),
+                    line=dict(color="rgba(90,90,90,0.45)", width=0.8),
                     hoverinfo="skip",
                     showlegend=col == 1,
-                    name="text-image pair",
+                    name=f"text-image pair ({len(linked)} of {len(all_items)} items)",
                 ),
                 row=1,
                 col=col,
@@ -105,5 +115,9 @@ def umap_figure(layout: pd.DataFrame, items: pd.DataFrame, colour: str, links: b
     fig.update_xaxes(matches=None, showticklabels=False, title=None)
     fig.update_yaxes(matches=None, showticklabels=False, title=None)
     fig.for_each_annotation(lambda a: a.update(text=a.text.removeprefix("version=")))
-    fig.update_layout(height=560, legend=dict(orientation="h", yanchor="top", y=-0.02))  # clear of a colour bar
+    fig.update_layout(  # the legend inside the first panel's top left corner, where nothing clips it
+        height=560,
+        legend=dict(x=0.005, y=0.995, xanchor="left", yanchor="top", bgcolor="rgba(255,255,255,0.8)", font_size=11),
+        margin=dict(t=70),
+    )
     return fig

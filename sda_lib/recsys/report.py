@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..utils.display import gain, number, p_value
 from . import published
 from .experiment import RunKey, replacement_label
 
@@ -362,7 +363,8 @@ def _ordered(index: pd.MultiIndex) -> pd.MultiIndex:
 
 
 def format_table1(table: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
-    """`paper_table1` as the paper prints it: values as strings with a "*" on SDA values above the
+    """`paper_table1` as the paper prints it: values as strings (`digits` significant digits, gains as
+    signed percentages: `display`) with a "*" on SDA values above the
     reference row by a paired test with p < alpha, an "Improv." row after each model's SDA
     row (relative gains, with the reference row when it is not the same for every column), the
     rows not in the paper below a rule row, rows named by attrs["labels"], and a `note` column
@@ -387,10 +389,10 @@ def format_table1(table: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
                 v = r[(s, m)]
                 better = row == SDA_ROW and (s, f"{m} p") in r and r[(s, f"{m} gain")] > 0
                 mark = "*" if better and r[(s, f"{m} p")] < alpha else ""
-                cells[(s, m)] = "—" if pd.isna(v) else f"{v:.{digits}f}{mark}"
+                cells[(s, m)] = "—" if pd.isna(v) else f"{number(v, digits)}{mark}"
             for s, name in beside:
                 v = r[(s, name)]
-                shown_value = f"{v:+.1%}" if name.endswith("vs paper") else f"{v:.{digits}f}"
+                shown_value = gain(v) if name.endswith("vs paper") else number(v, digits)
                 cells[(s, name)] = "" if pd.isna(v) else shown_value
             out_rows.append(cells)
             shown = labels.get(row, row) if row in (*BASELINE_ROWS, SDA_ROW) else _extra_label(row)
@@ -400,7 +402,7 @@ def format_table1(table: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
                 improv = dict.fromkeys(columns, "")
                 for s, m in values:
                     g, ref = r[(s, f"{m} gain")], r[(s, f"{m} vs")]
-                    text = "—" if pd.isna(g) else f"{g:+.2%}"
+                    text = "—" if pd.isna(g) else gain(g)
                     improv[(s, m)] = text + (f" vs {labels.get(ref, ref)}" if len(refs) > 1 and pd.notna(g) else "")
                 out_rows.append(improv)
                 only = f" vs {labels.get(next(iter(refs)), next(iter(refs)))}" if len(refs) == 1 else ""
@@ -414,6 +416,43 @@ def format_table1(table: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
     return out
 
 
+def recommendation_finding(table: pd.DataFrame, subset: str = "overall", metric: str = "N@10") -> dict | None:
+    """The report's one-line verdict on recommendation (`report.save_finding`) from `paper_table1`:
+    per dataset and model, SDA's `subset` `metric` gain over the table's reference row (by default
+    the best of Base, CLIP and QwenVL) with its paired-test p, and on the paper's datasets the same
+    gain in the paper's Table 1. None when the table has no SDA row with a gain."""
+    column, p_column = (subset, f"{metric} gain"), (subset, f"{metric} p")
+    if column not in table.columns or SDA_ROW not in table.index.get_level_values("row"):
+        return None
+    sda = table.xs(SDA_ROW, level="row")
+    reference = table.attrs.get("reference", "best")
+    paper_table = published.table1()
+    measured, paper, ahead = [], [], 0
+    for (dataset, model), row in sda.iterrows():
+        g = row[column]
+        if pd.isna(g):
+            continue
+        ahead += gain(g).startswith("+")
+        p = f", p {p_value(row[p_column])}" if p_column in row and pd.notna(row[p_column]) else ""
+        measured.append(f"{model} {gain(g)}{p}")
+        if (dataset, model, SDA_ROW) in paper_table.index:
+            cell = paper_table.loc[(dataset, model)][(subset, metric)]
+            base = cell[list(BASELINE_ROWS)].max() if reference == "best" else cell.get(reference)
+            if base is not None and pd.notna(base):
+                paper.append(f"{model} {gain(cell[SDA_ROW] / base - 1)}")
+    if not measured:
+        return None
+    against = "the best other row" if reference == "best" else reference
+    datasets = ", ".join(dict.fromkeys(sda.index.get_level_values("dataset")))
+    return {
+        "mechanism": "recommendation",
+        "verdict": f"SDA ahead on {ahead} of {len(measured)} models",
+        "measured": f"{subset} {metric} of SDA over {against} ({datasets}, {table.attrs.get('protocol', '')} "
+        f"ranking): {'; '.join(measured)}",
+        "paper": "; ".join(paper) or None,
+    }
+
+
 def _extra_label(row: str) -> str:
     return f"{EXTRA_LABELS.get(row, row)} ({NOT_IN_PAPER})"
 
@@ -421,19 +460,21 @@ def _extra_label(row: str) -> str:
 def headline(table: pd.DataFrame) -> pd.DataFrame:
     """The abstract's four aggregates computed from `paper_table1` as they reproduce from the
     paper's own Table 1 (`published.aggregates`: per subset and metric, the mean over dataset x
-    model cells of SDA's relative gain over the CLIP row), in percent, beside the abstract's.
+    model cells of SDA's relative gain over the CLIP row), as fractions (0.0615 is the abstract's
+    6.15%), beside the abstract's.
 
     Rows: overall H@10, overall N@10, tail H@10, tail N@10 (the abstract's order). Columns:
-    workbench, published and difference (workbench - published, percentage points) unless no
-    dataset of the table is the paper's (then a note says why), cells (how many dataset x model
-    cells entered), definition."""
+    gain, published gain and gain minus published (in the same unit) unless no dataset of the table
+    is the paper's (then a note says why), cells (how many dataset x model cells entered),
+    definition."""
     measured, cells = published.aggregates(table), published.aggregate_cells(table)
     reason = published.comparable(table.index.get_level_values("dataset"))
     rows = []
     for key, (subset, metric) in published.AGGREGATES.items():
-        row = {"aggregate": f"{subset} {metric} gain (%)", "workbench": measured[key]}
+        row = {"aggregate": f"{subset} {metric}", "gain": measured[key] / 100}
         if not reason:
-            row |= {"published": published.ABSTRACT[key], "difference": measured[key] - published.ABSTRACT[key]}
+            paper = published.ABSTRACT[key] / 100
+            row |= {"published gain": paper, "gain minus published": measured[key] / 100 - paper}
         rows.append(
             row
             | {

@@ -27,8 +27,8 @@ it runs, and the stages reading it then see changed inputs and run too. When wha
 its notebook, the library or its parameters changed, the runner first deletes the folders the
 stage resumes from (its `resumes_from`), so nothing computed from the old inputs is read back; a
 change only to parameters that add settings (its `grows`, e.g. more ablation variants) keeps
-them. A rerun deletes the stage's earlier report tables and figures (`tables/NN-*`,
-`figures/NN-*`), so the report shows those of its last run only.
+them. A rerun deletes the stage's earlier report tables, figures and findings (`tables/NN-*`,
+`figures/NN-*`, `findings/NN-*`), so the report shows those of its last run only.
 """
 
 from __future__ import annotations
@@ -63,6 +63,11 @@ from .report import build_report
 log = logging.getLogger(__spec__.name)  # not __name__, which is "__main__" under python -m
 LIBRARY = Path(__file__).resolve().parents[1]  # sda_lib: its *.py files are part of every stage's key
 RESERVED = {"dataset": "--dataset", "out_dir": "--out"}  # set by the runner itself
+REPORT_FILES = (
+    "tables/{prefix}-*.csv",
+    "figures/{prefix}-*.json",
+    "findings/{prefix}-*.json",
+)  # a stage's, for the report
 
 
 def _nothing(params: dict) -> list:
@@ -238,11 +243,11 @@ def _digest(*parts) -> str:
 
 
 def _fingerprints(out: Path, stage: str, params: dict) -> dict[str, str | None]:
-    """sha256 of each output file of `stage` (None when it is missing), plus its report tables and
-    figures."""
+    """sha256 of each output file of `stage` (None when it is missing), plus its report tables,
+    figures and findings."""
     prefix = STAGES[stage].notebook.split("_")[0]
     paths = [out / p for p in STAGES[stage].outputs(params)]
-    paths += sorted(out.glob(f"tables/{prefix}-*.csv")) + sorted(out.glob(f"figures/{prefix}-*.json"))
+    paths += [path for pattern in REPORT_FILES for path in sorted(out.glob(pattern.format(prefix=prefix)))]
     prints = {}
     for path in paths:
         label = str(path.relative_to(out)) if path.is_relative_to(out) else str(path)
@@ -492,7 +497,7 @@ def _run_stage(
             shutil.rmtree(folder, ignore_errors=True)
         record.set(stage, None)  # what it computed is gone; an interrupted rerun resumes from here
     prefix = spec.notebook.split("_")[0]
-    for old in [*out.glob(f"tables/{prefix}-*.csv"), *out.glob(f"figures/{prefix}-*.json")]:
+    for old in [path for pattern in REPORT_FILES for path in out.glob(pattern.format(prefix=prefix))]:
         old.unlink()
     log.info(f"{label}: running {notebook.relative_to(NOTEBOOKS.parent)}")
     start = time.perf_counter()

@@ -266,12 +266,12 @@ def beside_gradients(table: pd.DataFrame, dataset: str, measured: str = "mean") 
         GRADIENT_COSINES.get(adapter, {}).get(projection, np.nan) for projection, adapter in table.index.to_list()
     ]
     out["paper"] = published
-    out["vs paper"] = out[measured] - out["paper"]
+    out["minus paper"] = out[measured] - out["paper"]
     out.attrs = {
         **table.attrs,
         "notes": notes
         + [
-            f"paper: section 3.3.3 of {SOURCE} (Qwen2.5-VL-7B; MoDA: the first expert); vs paper: the "
+            f"paper: section 3.3.3 of {SOURCE} (Qwen2.5-VL-7B; MoDA: the first expert); minus paper: the "
             f"{measured} measured cosine minus the published one (a cosine changes sign, so the difference "
             "is not relative)."
         ],
