@@ -288,7 +288,7 @@ def _formatter(column: str, has_gain: bool):
 def _summary_html(run_dir: Path, stages: dict, card: dict | None, dataset: str) -> str:
     """What SDA did in this run, in one sentence, and each mechanism's verdict with its number and
     the paper's."""
-    from .recsys import published  # imported here: the recommenders import torch
+    from ..recsys import published  # imported here: the recommenders import torch
 
     found = {}
     for path in sorted(run_dir.glob("findings/*.json")):
@@ -318,7 +318,7 @@ def _summary_html(run_dir: Path, stages: dict, card: dict | None, dataset: str) 
 def _what_ran(run_dir: Path, stages: dict, card: dict | None, dataset: str) -> str:
     """One sentence on what SDA did in this run, from the adapter's training record and the
     recommenders' results."""
-    from .recsys.report import PAPER_MODELS, short_name  # imported here: the recommenders import torch
+    from ..recsys.report import PAPER_MODELS, short_name  # imported here: the recommenders import torch
 
     data = f"{dataset}" + (f" ({card['items']:,} items, {card['users']:,} users)" if card else "")
     name = stages.get("adapt", {}).get("params", {}).get("adapter_name", "sda")
