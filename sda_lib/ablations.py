@@ -14,9 +14,10 @@ import numpy as np
 import pandas as pd
 
 from .adapt import AdaptConfig, train_adapter
-from .backbone import load_backbone
+from .backbone import load_backbone, trained_on
 from .export import export_embeddings
-from .io import slug
+from .features import FeatureError
+from .io import read_json, slug
 from .prompts import Prompts
 from .recsys import results_table, train_grid
 from .recsys.experiment import write_results
@@ -69,6 +70,12 @@ def variant_features(
     folder = folder / slug(name) / f"seed{seed}"
     features = folder / "embeddings"
     if (features / "manifest.json").exists():
+        made_by = read_json(features / "manifest.json").get("backbone", "")
+        if not trained_on(made_by, backbone, seed):
+            raise FeatureError(
+                f"the finished {name!r} variant in {features} was embedded by backbone {made_by!r}, not by "
+                f"{backbone!r}: run the ablations in another run folder, or delete {folder.parent.parent} first"
+            )
         return features
     changes = VARIANTS[name]
     adapter = None

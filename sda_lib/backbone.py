@@ -397,6 +397,20 @@ def backbone_name(backbone_id: str) -> tuple[str, int | None]:
     return backbone_id, None
 
 
+def trained_on(backbone_id: str, name: str, seed: int = 0) -> bool:
+    """Whether a Backbone id (as manifests and adapter cards record it) is what load_backbone(name,
+    seed=seed) gives, told without loading it."""
+    recorded, recorded_seed = backbone_name(backbone_id)
+    name = str(name)
+    if name.lower() == "7b":
+        name = HUB_7B
+    elif name.lower() == SHAPED:
+        name = f"{SHAPED}:{_shaped_layers(None)}"
+    elif Path(name).expanduser().is_dir():
+        name = str(Path(name).expanduser().resolve())
+    return recorded.lower() == name.lower() and recorded_seed in (None, seed)
+
+
 def _no_variant(name: str, options: LoadOptions) -> None:
     if options.variant is not None:
         raise ValueError(f"backbone {name!r} takes no ':{options.variant}' suffix")

@@ -18,8 +18,8 @@ import pandas as pd
 import torch
 
 from ..data import load_prepared
-from ..features import PARTS, FeatureTable
-from ..io import atomic_path, write_json
+from ..features import PARTS, FeatureTable, check_comparable
+from ..io import atomic_path, read_json, write_json
 from . import bert4rec, sasrec, slmrec, vbpr  # noqa: F401  (they register the built-in models)
 from .base import RECOMMENDERS, InteractionData, Recommender, content_channels, resolve_features, resolve_item_repr
 from .evaluate import PROTOCOLS, evaluate, rank_targets, sampled_candidates, summarize
@@ -230,10 +230,17 @@ def train_grid(
                     back instead of retrained) and the grid's tidy results to
                     out/<results_name>.parquet and .csv (None: not written; a second grid sharing
                     the runs, like 05's Figure 3, names its own so it does not replace the first).
-    Returns (tidy results, {RunKey: {protocol: per-user frame}}).
+    Returns (tidy results, {RunKey: {protocol: per-user frame}}). Tables of other datasets, item
+    orders or backbones are refused before anything trains (features.check_comparable).
     """
     features = features or {"id": None}
     dataset = load_prepared(dataset) if isinstance(dataset, (str, Path)) else dataset
+    manifests = {
+        label: table.manifest if isinstance(table, FeatureTable) else read_json(Path(table) / "manifest.json")
+        for label, table in features.items()
+        if table is not None
+    }
+    check_comparable({label: manifest for label, manifest in manifests.items() if manifest})
     frames, per_user = [], {}
     for model in models:
         model_repr = item_repr.get(model) if isinstance(item_repr, dict) else item_repr
