@@ -152,13 +152,19 @@ class FeatureTable:
             write_json(tmp / "manifest.json", {**self.manifest, "sha256": digests})
         return folder
 
+    @staticmethod
+    def read_manifest(folder: str | Path) -> dict:
+        """The manifest of the table in `folder`, without its arrays (to check tables before use)."""
+        folder = Path(folder)
+        if not (folder / "manifest.json").exists():
+            raise FeatureError(f"{folder} holds no feature table (manifest.json missing); export one first")
+        return json.loads((folder / "manifest.json").read_text())
+
     @classmethod
     def load(cls, folder: str | Path, dataset=None) -> FeatureTable:
         """Load and, given a PreparedDataset, check rows, item order and finiteness against it."""
         folder = Path(folder)
-        if not (folder / "manifest.json").exists():
-            raise FeatureError(f"{folder} holds no feature table (manifest.json missing); export one first")
-        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest = cls.read_manifest(folder)
         for file, digest in manifest.pop("sha256", {}).items():  # tables from before digests: unchecked
             if file_sha256(folder / file) != digest:
                 raise FeatureError(

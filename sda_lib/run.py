@@ -358,6 +358,7 @@ def execute(notebook: Path, executed: Path, parameters: dict, kernels, timeout: 
             kernel_manager_class=kernels,
             execution_timeout=timeout,
             on_cell_execute=on_cell_execute,
+            coalesce_streams=True,  # a cell's text in one output, each progress bar at its last state
         )
     except pm.PapermillExecutionError as err:
         return {

@@ -183,6 +183,9 @@ def test_tables_of_two_backbones_are_refused_naming_both(toy_tiny, tmp_path):
     with pytest.raises(FeatureError, match="backbone"):  # 05 and 06 train through train_grid
         train_grid(toy_tiny, ["sasrec"], {"zero-shot": zero_shot, "sda": tmp_path / "sda"}, out=tmp_path / "r")
     assert not (tmp_path / "r").exists(), "a recommender trained before the refusal"
+    with pytest.raises(FeatureError, match="holds no feature table"):  # a missing table: before the ID runs
+        train_grid(toy_tiny, ["sasrec"], {"id": None, "pretrained": tmp_path / "none"}, out=tmp_path / "r")
+    assert not (tmp_path / "r").exists(), "a recommender trained before the refusal"
 
 
 def test_an_adapter_or_finished_variant_of_another_backbone_is_refused():
@@ -263,3 +266,23 @@ def test_lab_copies_the_notebooks_with_the_run_filled_in_and_keeps_edited_ones(o
     assert calls and f"--notebook-dir={folder}" in calls[0] and "--no-browser" in calls[0] and "--port=8899" in calls[0]
     assert ("--allow-root" in calls[0]) == (os.geteuid() == 0)
     assert lab.main(["--dataset", "../x"]) == 2
+
+
+@pytest.mark.slow
+def test_an_executed_notebook_keeps_each_progress_bar_at_its_last_state(tmp_path):
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell("steps = 3", metadata={"tags": ["parameters"]}),
+            nbformat.v4.new_code_cell(
+                "from sda_lib.frontend import tqdm\nprint('before')\nfor _ in tqdm(range(steps), mininterval=0): pass"
+            ),
+        ]
+    )
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "bar.ipynb")
+    kernels = runner._kernel_manager({"SDA_WIDGETS": "static"})
+    assert runner.execute(tmp_path / "bar.ipynb", tmp_path / "out.ipynb", {"steps": 4}, kernels, 120, False) is None
+    outputs = nbformat.read(tmp_path / "out.ipynb", as_version=4).cells[-1].outputs
+    streams = {o["name"]: o["text"] for o in outputs if o["output_type"] == "stream"}
+    assert len(outputs) == 2 and streams["stdout"] == "before\n"
+    assert "4/4" in streams["stderr"] and "0/4" not in streams["stderr"], streams["stderr"]

@@ -19,7 +19,8 @@ import torch
 
 from ..data import load_prepared
 from ..features import PARTS, FeatureTable, check_comparable
-from ..io import atomic_path, read_json, write_json
+from ..frontend import tqdm
+from ..io import atomic_path, write_json
 from . import bert4rec, sasrec, slmrec, vbpr  # noqa: F401  (they register the built-in models)
 from .base import RECOMMENDERS, InteractionData, Recommender, content_channels, resolve_features, resolve_item_repr
 from .evaluate import PROTOCOLS, evaluate, rank_targets, sampled_candidates, summarize
@@ -235,18 +236,21 @@ def train_grid(
     """
     features = features or {"id": None}
     dataset = load_prepared(dataset) if isinstance(dataset, (str, Path)) else dataset
-    manifests = {
-        label: table.manifest if isinstance(table, FeatureTable) else read_json(Path(table) / "manifest.json")
-        for label, table in features.items()
-        if table is not None
-    }
-    check_comparable({label: manifest for label, manifest in manifests.items() if manifest})
+    check_comparable(
+        {
+            label: table.manifest if isinstance(table, FeatureTable) else FeatureTable.read_manifest(table)
+            for label, table in features.items()
+            if table is not None
+        }
+    )
     frames, per_user = [], {}
+    bar = tqdm(total=len(models) * len(features) * len(seeds), desc="recommender runs")
     for model in models:
         model_repr = item_repr.get(model) if isinstance(item_repr, dict) else item_repr
         model_train = train.get(model) if isinstance(train, dict) else train
         for label, table in features.items():
             for seed in seeds:
+                bar.set_postfix_str(f"{model} on {label}, seed {seed}")
                 run_out = Path(out) / model / label / f"seed{seed}" if out is not None else None
                 if run_out is not None and (run_out / "metrics.csv").exists():
                     metrics, users = read_run(run_out)
@@ -267,6 +271,8 @@ def train_grid(
                     metrics, users = run.metrics, run.per_user
                 frames.append(metrics)
                 per_user[RunKey.of(metrics.iloc[0])] = users
+                bar.update()
+    bar.close()
     results = pd.concat(frames, ignore_index=True)
     if out is not None and results_name is not None:
         write_results(results, out, results_name)
