@@ -619,17 +619,24 @@ def test_a_parameter_name_means_one_thing_with_one_default():
 
 def test_adapt_notebook_exposes_every_adapt_config_setting_with_its_default():
     """One default per setting: 03's parameters are AdaptConfig's fields with AdaptConfig's
-    defaults, each passed to AdaptConfig; other notebooks' settings of the same name agree."""
+    defaults (those a profile decides through the quick profile, sda_lib.workbench.profiles.QUICK), each
+    passed to AdaptConfig; other notebooks' settings of the same name agree."""
     nb_name = {"batch_size": "train_batch_size"}  # the notebooks' name for AdaptConfig.batch_size
     config = {nb_name.get(f.name, f.name): f.default for f in fields(AdaptConfig)}
-    adapt = _parameters(runner.NOTEBOOKS / "03_adapt.ipynb")
+    adapt = {**_parameters(runner.NOTEBOOKS / "03_adapt.ipynb"), **profiles.QUICK["adapt"]}
     assert {k: adapt.get(k, "<missing>") for k in config} == config
     source = "".join(c.source for c in nbformat.read(runner.NOTEBOOKS / "03_adapt.ipynb", as_version=4).cells)
     for f in fields(AdaptConfig):
         assert re.search(rf"\b{f.name}={nb_name.get(f.name, f.name)}\b", source), f"03 does not pass {f.name}"
     for path in NOTEBOOK_FILES:
         params = _parameters(path)
+        for key in profiles.QUICK.get(_stage(path), {}):  # the profile's, checked for 03 above
+            params.pop(key, None)
         assert {k: params[k] for k in config if k in params} == {k: config[k] for k in config if k in params}, path.name
+
+
+def _stage(path) -> str | None:
+    return next((s for s, spec in runner.STAGES.items() if spec.notebook == path.name), None)
 
 
 def test_profiles_fill_only_what_the_command_line_leaves_open():
@@ -656,13 +663,15 @@ def test_profiles_fill_only_what_the_command_line_leaves_open():
     assert smoke["ablations"]["ablation_steps"] == 4000  # the command line left this one open
 
     profile, toy_tiny = runner.profiled_parameters("toy-tiny", {}, stages, declared)
-    assert profile == "quick" and toy_tiny == {s: {} for s in runner.STAGES}
+    assert profile == "quick"  # the library's defaults (profiles.QUICK), the profile named to every stage
+    assert toy_tiny == {s: {**profiles.QUICK.get(s, {}), "profile": "quick"} for s in runner.STAGES}
     profile, teaching = runner.profiled_parameters("toy", {}, stages, declared)
     assert profile == "teaching"  # the demo's default
     backbones = {s: p["backbone"] for s, p in teaching.items() if "backbone" in declared[s]}
     assert set(backbones.values()) == {"mini"} and len(backbones) == 5  # every stage that embeds
     sizes = teaching["adapt"]["steps"], teaching["ablations"]["ablation_steps"], teaching["gradient_conflict"]
-    assert sizes[:2] == (100, 40) and sizes[2]["conflict_steps"] == 20 and teaching["recommend"] == {}
+    assert sizes[:2] == (100, 40) and sizes[2]["conflict_steps"] == 20
+    assert teaching["recommend"] == {**profiles.QUICK["recommend"], "profile": "teaching"}
     trained = {s for s, p in teaching.items() if p.get("dropout_masks") == "shared"}
     assert trained == {"adapt", "ablations", "gradient_conflict"}
     profile, toy_paper = runner.profiled_parameters("toy", {"profile": "paper"}, stages, declared)

@@ -14,15 +14,16 @@ import numpy as np
 import pandas as pd
 
 from ..method.adapt import AdaptConfig, train_adapter
-from ..method.backbones import load_backbone
+from ..method.backbones import load_backbone, trained_on
 from ..method.export import export_embeddings
+from ..method.features import FeatureError
 from ..method.prompts import Prompts
 from ..recsys import published, results_table, train_grid
 from ..recsys.experiment import write_results
 from ..recsys.report import PAPER_MODELS
 from ..recsys.train import TrainConfig
 from ..utils.display import gain
-from ..utils.io import slug
+from ..utils.io import read_json, slug
 
 FULL = "SDA"
 ZERO_SHOT = "w/o CMSA"
@@ -71,6 +72,12 @@ def variant_features(
     folder = folder / slug(name) / f"seed{seed}"
     features = folder / "embeddings"
     if (features / "manifest.json").exists():
+        made_by = read_json(features / "manifest.json").get("backbone", "")
+        if not trained_on(made_by, backbone, seed):
+            raise FeatureError(
+                f"the finished {name!r} variant in {features} was embedded by backbone {made_by!r}, not by "
+                f"{backbone!r}: run the ablations in another run folder, or delete {folder.parent.parent} first"
+            )
         return features
     changes = VARIANTS[name]
     adapter = None

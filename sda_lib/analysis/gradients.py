@@ -58,7 +58,7 @@ def last_layer_b(model: torch.nn.Module, attention: tuple[str, str] = QWEN_ATTEN
     patterns = dict(zip(PROJECTIONS, map(re.compile, attention)))
     name = adapters.kind_of(model)
     if name is None:
-        raise ValueError("the model has no adapter: attach one first (sda_lib.adapters.attach)")
+        raise ValueError("the model has no adapter: attach one first (sda_lib.method.adapters.attach)")
     kind, found = adapters.KINDS[name], {}
     for name, module in model.named_modules():
         for projection, pattern in patterns.items():
@@ -74,7 +74,7 @@ def last_layer_b(model: torch.nn.Module, attention: tuple[str, str] = QWEN_ATTEN
     if not found:
         raise ValueError(
             f"no adapter on the attention's query or key projections ({attention}): "
-            "attach one first (sda_lib.adapters.attach)"
+            "attach one first (sda_lib.method.adapters.attach)"
         )
     last = max(layer for layer, _ in found)
     missing = [p for p in PROJECTIONS if (last, p) not in found]

@@ -8,6 +8,7 @@ import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 
+from ..utils.frontend import tqdm
 from .alignment import l2_normalise
 
 
@@ -22,10 +23,12 @@ def umap_layout(
     for version, (t, v) in spaces.items():
         if t.shape[0] != v.shape[0]:
             raise ValueError(f"embeddings {version!r}: {t.shape[0]} text rows but {v.shape[0]} image rows")
+    sizes = ", ".join(f"{version} {2 * t.shape[0]:,} points" for version, (t, _) in spaces.items())
+    print(f"UMAP: one map per version ({sizes}); on 2 CPU cores about 10 s to start (numba) and 10-30 s a map")
     import umap  # imported here: its import takes seconds (numba)
 
     frames = []
-    for version, (t, v) in spaces.items():
+    for version, (t, v) in tqdm(spaces.items(), desc="UMAP maps", total=len(spaces)):
         n = t.shape[0]
         points = np.vstack([l2_normalise(t), l2_normalise(v)])
         xy = umap.UMAP(

@@ -36,6 +36,7 @@ def data_card(
         "tail_test_share": tail_test_share,
         "tail_note": _tail_note(items, params, tail_test_share),
         "missing_images": int((~items["has_image"]).sum()),
+        "placeholder_share": float((~items["has_image"]).mean()),
         "missing_titles": int(empty_title.sum()),
         "text_fields": list(text_fields),
         "counts": {k: int(v) for k, v in sorted(counts.items())},
@@ -69,10 +70,30 @@ def _tail_note(items: pd.DataFrame, params, tail_test_share: float) -> str | Non
     return None
 
 
+def placeholder_note(card: dict) -> str | None:
+    """The share of items shown the placeholder image, in words (None when every item has its own
+    image): said at preparation and by every notebook that embeds, since image embeddings of
+    placeholder items carry nothing about the item."""
+    share = card.get("placeholder_share", card["missing_images"] / max(card["items"], 1))
+    if card["missing_images"] == 0:
+        return None
+    note = (
+        f"{card['missing_images']:,} of {card['items']:,} items ({share:.1%}) have no usable image and are shown "
+        f"the {card['params']['placeholder']} placeholder"
+    )
+    if share >= 0.5:
+        note = (
+            f"WARNING: {note}; their image embeddings say nothing about the item. Prepare with --images DIR "
+            "or --download-images for real images."
+        )
+    return note
+
+
 def format_card(card: dict) -> str:
     """Human-readable card, ending with the card as one JSON line (for scripts that parse output)."""
     seq, pop, params = card["sequence_length"], card["item_popularity"], card["params"]
     tail_note = [f"              {card['tail_note']}"] if card["tail_note"] else []
+    placeholder = placeholder_note(card)
     files_read = [Path(path).name for path in card.get("inputs", {}).get("files", {})]
     lines = [
         f"dataset       {card['dataset']}",
@@ -89,6 +110,7 @@ def format_card(card: dict) -> str:
         *tail_note,
         f"missing       images {card['missing_images']:,} (shown as the {params['placeholder']} placeholder)  "
         f"titles {card['missing_titles']:,}",
+        *([f"images        {placeholder}"] if placeholder else []),
         f"negatives     {params['n_negatives_used']} per user (seed {params['seed']})",
         "counts        " + ", ".join(f"{k} {v:,}" for k, v in card["counts"].items()),
     ]

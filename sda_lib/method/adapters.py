@@ -290,6 +290,19 @@ def base_model(folder: str | Path) -> str:
     return _peft_config(folder).base_model_name_or_path
 
 
+def check_trained_on(folder: str | Path, backbone: str, seed: int = 0) -> None:
+    """Refuse (ValueError), before any model is loaded, the adapter in `folder` when it was trained
+    on another backbone than load_backbone(backbone, seed=seed), naming both."""
+    from .backbones import backbone_name, trained_on  # heavy, and needed only here
+
+    recorded = base_model(folder)
+    if not trained_on(recorded, backbone, seed):
+        raise ValueError(
+            f"the adapter in {folder} was trained on backbone {recorded!r}, not on {backbone!r} (seed {seed}): "
+            f"give backbone={backbone_name(recorded)[0]!r}, or adapt again on {backbone!r} (03_adapt)"
+        )
+
+
 def from_pretrained(name_or_folder: str | Path, revision: str | None = None, **load_kw):
     """The backbone the adapter in `name_or_folder` was trained on, loaded (load_backbone's keyword
     arguments in `load_kw`) with the adapter attached: a saved adapter alone is enough to embed.

@@ -33,6 +33,36 @@ def item_order_checksum(item_ids) -> str:
     return hashlib.sha256("\n".join(map(str, item_ids)).encode()).hexdigest()[:16]
 
 
+def check_comparable(manifests: dict[str, dict]) -> None:
+    """Refuse (FeatureError) feature tables that cannot be compared or mixed, from their manifests
+    ({label: manifest}): tables of other datasets or item orders, or LVLM tables (zero-shot and
+    adapted: the manifests naming a `backbone`) embedded by different backbones. The message names
+    both tables and what they differ in."""
+    for key, what in (("dataset", "dataset"), ("item_order", "item order"), ("backbone", "backbone")):
+        seen = {label: m[key] for label, m in manifests.items() if m.get(key)}
+        first = next(iter(seen.items()), None)
+        other = next(((label, value) for label, value in seen.items() if value != first[1]), None)
+        if other is not None:
+            hint = (
+                "embed both with one backbone: rerun 02_zero_shot, 03_adapt and 04_export with the same backbone "
+                "(the runner's -p backbone=NAME sets it for every stage)"
+                if key == "backbone"
+                else "export both for the dataset as it is prepared now"
+            )
+            raise FeatureError(
+                f"the {first[0]!r} features come from {what} {first[1]!r} but the {other[0]!r} features from "
+                f"{what} {other[1]!r}: they cannot be compared; {hint}"
+            )
+
+
+def load_tables(folders: dict[str, str | Path], dataset=None) -> dict[str, FeatureTable]:
+    """{label: table} from {label: folder}, each checked against `dataset` (FeatureTable.load) and
+    all against each other (check_comparable): e.g. zero-shot and adapted tables of one backbone."""
+    tables = {label: FeatureTable.load(folder, dataset) for label, folder in folders.items()}
+    check_comparable({label: table.manifest for label, table in tables.items()})
+    return tables
+
+
 @dataclass
 class FeatureTable:
     text: np.ndarray  # [items, d_t] raw text-modality embeddings
@@ -122,13 +152,19 @@ class FeatureTable:
             write_json(tmp / "manifest.json", {**self.manifest, "sha256": digests})
         return folder
 
+    @staticmethod
+    def read_manifest(folder: str | Path) -> dict:
+        """The manifest of the table in `folder`, without its arrays (to check tables before use)."""
+        folder = Path(folder)
+        if not (folder / "manifest.json").exists():
+            raise FeatureError(f"{folder} holds no feature table (manifest.json missing); export one first")
+        return json.loads((folder / "manifest.json").read_text())
+
     @classmethod
     def load(cls, folder: str | Path, dataset=None) -> FeatureTable:
         """Load and, given a PreparedDataset, check rows, item order and finiteness against it."""
         folder = Path(folder)
-        if not (folder / "manifest.json").exists():
-            raise FeatureError(f"{folder} holds no feature table (manifest.json missing); export one first")
-        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest = cls.read_manifest(folder)
         for file, digest in manifest.pop("sha256", {}).items():  # tables from before digests: unchecked
             if file_sha256(folder / file) != digest:
                 raise FeatureError(

@@ -18,7 +18,8 @@ import pandas as pd
 import torch
 
 from ..data import load_prepared
-from ..method.features import PARTS, FeatureTable
+from ..method.features import PARTS, FeatureTable, check_comparable
+from ..utils.frontend import tqdm
 from ..utils.io import atomic_path, write_json
 from .base import RECOMMENDERS, InteractionData, Recommender, content_channels, resolve_features, resolve_item_repr
 from .evaluate import PROTOCOLS, evaluate, rank_targets, sampled_candidates, summarize
@@ -229,16 +230,26 @@ def train_grid(
                     back instead of retrained) and the grid's tidy results to
                     out/<results_name>.parquet and .csv (None: not written; a second grid sharing
                     the runs, like 05's Figure 3, names its own so it does not replace the first).
-    Returns (tidy results, {RunKey: {protocol: per-user frame}}).
+    Returns (tidy results, {RunKey: {protocol: per-user frame}}). Tables of other datasets, item
+    orders or backbones are refused before anything trains (features.check_comparable).
     """
     features = features or {"id": None}
     dataset = load_prepared(dataset) if isinstance(dataset, (str, Path)) else dataset
+    check_comparable(
+        {
+            label: table.manifest if isinstance(table, FeatureTable) else FeatureTable.read_manifest(table)
+            for label, table in features.items()
+            if table is not None
+        }
+    )
     frames, per_user = [], {}
+    bar = tqdm(total=len(models) * len(features) * len(seeds), desc="recommender runs")
     for model in models:
         model_repr = item_repr.get(model) if isinstance(item_repr, dict) else item_repr
         model_train = train.get(model) if isinstance(train, dict) else train
         for label, table in features.items():
             for seed in seeds:
+                bar.set_postfix_str(f"{model} on {label}, seed {seed}")
                 run_out = Path(out) / model / label / f"seed{seed}" if out is not None else None
                 if run_out is not None and (run_out / "metrics.csv").exists():
                     metrics, users = read_run(run_out)
@@ -259,6 +270,8 @@ def train_grid(
                     metrics, users = run.metrics, run.per_user
                 frames.append(metrics)
                 per_user[RunKey.of(metrics.iloc[0])] = users
+                bar.update()
+    bar.close()
     results = pd.concat(frames, ignore_index=True)
     if out is not None and results_name is not None:
         write_results(results, out, results_name)

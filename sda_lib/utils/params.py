@@ -18,12 +18,21 @@ class ParameterError(UsageError):
 ANY = object()  # a default that is not a literal: any value goes
 
 
-def parse_param(text: str) -> tuple[str, object]:
-    """`key=value` or `stage.key=value`, the value read as a Python literal when it is one
-    (3, 0.1, True, None, [0, 1]), else a string."""
-    key, sep, value = text.partition("=")
+def parse_param(text: str | list[str]) -> tuple[str, object]:
+    """`key=value` or `stage.key=value`, or papermill's two words `key value`; the value read as a
+    Python literal when it is one (3, 0.1, True, None, [0, 1]), else a string. (A notebook run by
+    papermill reads a list given as text the same way: sda_lib.workbench.profiles.resolve.)"""
+    words = [text] if isinstance(text, str) else list(text)
+    if len(words) == 1:
+        key, sep, value = words[0].partition("=")
+    elif len(words) == 2 and "=" not in words[0]:
+        (key, value), sep = words, " "
+    else:
+        key, sep = "", ""
     if not sep or not all(part.isidentifier() for part in key.split(".")) or key.count(".") > 1:
-        raise argparse.ArgumentTypeError(f"-p expects key=value or stage.key=value, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"-p expects key=value, stage.key=value or key value (as papermill), got {' '.join(words)!r}"
+        )
     try:
         return key, ast.literal_eval(value)
     except (ValueError, SyntaxError):

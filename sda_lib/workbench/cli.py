@@ -14,6 +14,7 @@ COMMANDS = {
     "prepare": ("sda_lib.data.__main__:main", "prepare a dataset into outputs/<name>/data"),
     "adapt": ("sda_lib.workbench.stage_scripts:adapt", "train an adapter (under `accelerate launch` on several GPUs)"),
     "export": ("sda_lib.workbench.stage_scripts:export", "export item embeddings with an adapter or zero-shot"),
+    "lab": ("sda_lib.workbench.lab:main", "JupyterLab on copies of the notebooks in a run's folder"),
     "sweep": ("sda_lib.workbench.sweep:main", "run a grid of runner parameters and seeds"),
     "formats": ("sda_lib.formats.__main__:main", "write a dataset and its features as MMRec or RecBole files"),
     "published": ("sda_lib.recsys.published.__main__:main", "print the paper's published tables and aggregates"),

@@ -17,9 +17,14 @@
   The toy job's time on 2 cores: docs/results.md.
 
 A profile only fills what the command line leaves open: `-p adapt.steps=5` wins over the profile.
+The notebooks resolve their profile here too (`resolve`, in each one's first code cell), so
+`papermill notebooks/03_adapt.ipynb out.ipynb -p dataset beauty` trains what the runner trains.
 """
 
 from __future__ import annotations
+
+import ast
+from pathlib import Path
 
 PROFILES = ("paper", "quick", "teaching")
 # The runner's bound on one notebook cell, in seconds (its --cell-timeout overrides it): a cell that
@@ -34,6 +39,40 @@ PAPER_STEPS = {"beauty": 4000, "sports": 2000, "toys": 4000}
 PAPER_CLIP = "openai/clip-vit-large-patch14"  # recsys.published.CLIP, spelled out: the runner loads no model code
 
 
+# The settings each profile decides, per stage, with the quick profile's values: the notebooks' CPU-sized
+# defaults on the random tiny preset. A notebook's parameters cell leaves each of them None ("the
+# profile's"), so a notebook run by hand (JupyterLab, papermill) and the runner resolve them here, alike.
+QUICK = {
+    "data": {"recipe": "5core"},
+    "zero_shot": {"backbone": "tiny", "baselines": ["pretrained"], "clip_model": None},
+    "adapt": {
+        "backbone": "tiny",
+        "steps": 200,
+        "dropout_masks": "per-expert",
+        "gradient_checkpointing": None,
+        "checkpoint_every": 50,
+    },
+    "export": {"backbone": "tiny"},
+    "recommend": {"recsys_preset": "quick", "features": ["id", "zero-shot", "sda", "pretrained"]},
+    "ablations": {
+        "backbone": "tiny",
+        "ablation_steps": 50,
+        "dropout_masks": "per-expert",
+        "gradient_checkpointing": None,
+        "recsys_preset": "quick",
+        "ablation_epochs": 30,
+    },
+    "gradient_conflict": {
+        "backbone": "tiny",
+        "conflict_steps": 20,
+        "conflict_batch_size": 16,
+        "conflict_lr": 1e-3,
+        "every": 4,
+        "dropout_masks": "per-expert",
+        "gradient_checkpointing": False,
+        "conflict_mode": "eval",
+    },
+}
 _MINI = {"backbone": "mini"}
 _TRAIN_MINI = {**_MINI, "dropout_masks": "shared"}
 TEACHING = {
@@ -43,6 +82,9 @@ TEACHING = {
     "ablations": {**_TRAIN_MINI, "ablation_steps": 40},
     "gradient_conflict": {**_TRAIN_MINI, "conflict_steps": 20},
 }
+HUB_7B = (
+    "Qwen/Qwen2.5-VL-7B-Instruct"  # sda_lib.method.backbones.qwen.HUB_7B, spelled out: the runner loads no model code
+)
 
 
 def default_profile(dataset: str) -> str:
@@ -53,13 +95,15 @@ def default_profile(dataset: str) -> str:
 
 
 def profile_parameters(profile: str, dataset: str) -> dict[str, dict]:
-    """{stage: {notebook parameter: value}} that `profile` sets for `dataset`."""
+    """{stage: {notebook parameter: value}} that `profile` sets for `dataset`: every setting of
+    QUICK, with the profile's own values in place of the quick ones."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
-    if profile == "quick":
-        return {}
-    if profile == "teaching":
-        return TEACHING
+    changes = {"quick": {}, "teaching": TEACHING, "paper": _paper(dataset)}[profile]
+    return {stage: {**values, **changes.get(stage, {})} for stage, values in QUICK.items()}
+
+
+def _paper(dataset: str) -> dict[str, dict]:
     steps = PAPER_STEPS.get(dataset, max(PAPER_STEPS.values()))
     lvlm = {"backbone": "7b"}
     return {
@@ -91,3 +135,75 @@ def profile_parameters(profile: str, dataset: str) -> dict[str, dict]:
             "gradient_checkpointing": True,
         },
     }
+
+
+class MissingWeights(RuntimeError):
+    """A setting names hub weights this machine has not downloaded (nothing downloads at run time)."""
+
+
+OFFLINE = {"backbone": "mini", "clip_model": "tiny"}  # what runs without downloads, per setting
+
+
+def resolve(stage: str, namespace: dict) -> None:
+    """Complete a notebook's parameters, in place, the way the runner does (`profile` among them).
+
+    `namespace` is the notebook's globals() after its parameters cell (and papermill's). The profile
+    is its `profile`, else the dataset's default; each setting the profile decides for `stage`
+    (QUICK's keys) that is still None takes the profile's value. A string holding a list or dict
+    literal (papermill's `-p baselines "[]"`) becomes that list or dict, as the runner reads every
+    `-p` value as a literal. Prints what it decided, then raises MissingWeights before anything is
+    loaded when a setting names hub weights that are not on this machine."""
+    literal_parameters(namespace)
+    dataset = namespace["dataset"]
+    profile = namespace.get("profile") or default_profile(dataset)
+    chosen = "" if namespace.get("profile") else f" (the default on {dataset})"
+    values = profile_parameters(profile, dataset).get(stage, {})
+    for key, value in values.items():
+        if namespace.get(key) is None:
+            namespace[key] = value
+    namespace["profile"] = profile
+    decided = ", ".join(f"{k}={namespace[k]!r}" for k in values) or "it decides nothing in this notebook"
+    print(f"profile {profile}{chosen}: {decided}")
+    check_weights({k: namespace[k] for k in values}, f"the {profile} profile{chosen}")
+
+
+def literal_parameters(namespace: dict) -> None:
+    """Read, in place, each parameter given as the text of a list or dict (papermill's
+    `-p seeds "[0, 1]"` passes the text) as that list or dict, as the runner reads `-p seeds=[0,1]`."""
+    for key, value in list(namespace.items()):
+        if not key.startswith("_") and isinstance(value, str) and value.strip()[:1] in ("[", "{"):
+            try:
+                parsed = ast.literal_eval(value.strip())
+            except (ValueError, SyntaxError):
+                continue
+            if isinstance(parsed, (list, dict)):
+                namespace[key] = parsed
+
+
+def hub_repository(name) -> str | None:
+    """The hub repository a backbone or CLIP setting loads from, None for a preset or a folder."""
+    if name is None:
+        return None
+    name = str(name)
+    if name.lower() == "7b":
+        return HUB_7B
+    local = name.startswith(("/", ".", "~")) or "\\" in name or Path(name).expanduser().exists()
+    return name if name.count("/") == 1 and not local else None
+
+
+def check_weights(settings: dict, where: str = "") -> None:
+    """Raise MissingWeights, naming the download command and the offline alternative, when a
+    `backbone` or `clip_model` in `settings` is a hub model absent from the local hub cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for key, offline in OFFLINE.items():
+        repository = hub_repository(settings.get(key))
+        if repository is None or isinstance(try_to_load_from_cache(repository, "config.json"), str):
+            continue
+        raise MissingWeights(
+            f"{key}={settings[key]!r}{f' ({where})' if where else ''} needs the weights of {repository}, which "
+            f"are not on this machine, and nothing here downloads weights while it runs. Fetch them once with "
+            f"`hf download {repository}` (or `hf download {repository} --local-dir FOLDER` and give FOLDER as "
+            f"{key}), or run offline on {offline!r}: `-p {key} {offline}` with papermill, "
+            f"`-p {key}={offline}` with the runner."
+        )

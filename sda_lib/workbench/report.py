@@ -387,6 +387,9 @@ def _card_table(card: dict) -> str:
         "tail item share": round(card["tail_item_share"], 4),
         "tail share of test targets": round(card["tail_test_share"], 4),
         "items without image": card["missing_images"],
+        "share of items on the placeholder image": round(
+            card.get("placeholder_share", card["missing_images"] / max(card["items"], 1)), 4
+        ),
         "items without title": card["missing_titles"],
         "negatives per user": card["params"]["n_negatives_used"],
     }

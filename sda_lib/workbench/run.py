@@ -57,12 +57,20 @@ from ..utils.locks import folder_lock
 from ..utils.params import ANY, ParameterError, UsageError, check_type, parse_param
 from ..utils.paths import NOTEBOOKS, data_dir, run_dir
 from ..utils.preempt import Preempted, on_sigterm
-from .profiles import CELL_TIMEOUT, PROFILES, default_profile, profile_parameters
+from .profiles import (
+    CELL_TIMEOUT,
+    PROFILES,
+    QUICK,
+    MissingWeights,
+    check_weights,
+    default_profile,
+    profile_parameters,
+)
 from .report import build_report
 
 log = logging.getLogger(__spec__.name)  # not __name__, which is "__main__" under python -m
 LIBRARY = Path(__file__).resolve().parents[1]  # sda_lib: its *.py files are part of every stage's key
-RESERVED = {"dataset": "--dataset", "out_dir": "--out"}  # set by the runner itself
+RESERVED = {"dataset": "--dataset", "run": "--run", "out_dir": "--out"}  # set by the runner itself
 REPORT_FILES = (
     "tables/{prefix}-*.csv",
     "figures/{prefix}-*.json",
@@ -151,7 +159,9 @@ class StageFailed(RuntimeError):
 
 
 def notebook_parameters(stage: str) -> dict[str, object]:
-    """The parameters a stage's notebook declares, with their default values."""
+    """The parameters a stage's notebook declares, with their default values: the notebook's own,
+    and for the settings a profile decides (None in the notebook: "the profile's") the quick
+    profile's, which the library holds (sda_lib.workbench.profiles.QUICK)."""
     import papermill as pm
 
     declared = pm.inspect_notebook(str(NOTEBOOKS / STAGES[stage].notebook))
@@ -161,7 +171,7 @@ def notebook_parameters(stage: str) -> dict[str, object]:
             defaults[name] = ast.literal_eval(info["default"])
         except (ValueError, SyntaxError):
             defaults[name] = ANY
-    return defaults
+    return {**defaults, **{k: v for k, v in QUICK.get(stage, {}).items() if k in defaults}}
 
 
 def stage_parameters(
@@ -210,18 +220,24 @@ def profiled_parameters(
     dataset: str, params: dict, stages: list[str], declared: dict[str, dict]
 ) -> tuple[str, dict[str, dict]]:
     """(profile, {stage: parameters}): the command line's `-p` values (see stage_parameters), then
-    the profile's values for whatever they leave open. `-p profile=...` names the profile; the
-    default depends on the dataset (sda_lib.workbench.profiles)."""
+    the profile's values for whatever they leave open. `-p profile=...` names the profile, one for
+    the whole run, passed to every stage; the default depends on the dataset (sda_lib.workbench.profiles)."""
     params = dict(params)
     profile = params.pop("profile", None) or default_profile(dataset)
     if profile not in PROFILES:
         raise ParameterError(f"-p profile={profile!r}: choose one of {', '.join(PROFILES)}")
+    scoped = [k for k in params if k.rpartition(".")[2] == "profile"]
+    if scoped:
+        raise ParameterError(f"-p {scoped[0]}: a run has one profile, for every stage: -p profile={profile}")
     given = stage_parameters(params, stages, declared)
     for stage, values in profile_parameters(profile, dataset).items():
         for key, value in values.items():
             if key in declared[stage] and key not in given[stage]:
                 check_type(f"{stage}.{key}", value, stage, declared[stage][key])
                 given[stage][key] = value
+    for stage in STAGES:
+        if "profile" in declared[stage]:
+            given[stage]["profile"] = profile
     return profile, given
 
 
@@ -306,6 +322,7 @@ def execute(notebook: Path, executed: Path, parameters: dict, kernels, timeout: 
             kernel_manager_class=kernels,
             execution_timeout=timeout,
             on_cell_execute=on_cell_execute,
+            coalesce_streams=True,  # a cell's text in one output, each progress bar at its last state
         )
     except pm.PapermillExecutionError as err:
         return {
@@ -382,6 +399,11 @@ def run_stages(
     check_names(dataset, run if out is None else None, params or {})
     defaults = {s: notebook_parameters(s) for s in STAGES}
     profile, given = profiled_parameters(dataset, dict(params or {}), stages, defaults)
+    try:
+        for stage in stages:
+            check_weights(given[stage], f"stage {stage}, profile {profile}")
+    except MissingWeights as err:
+        raise UsageError(str(err)) from None
     out = Path(out) if out is not None else run_dir(dataset, run)
     if cell_timeout is not None and cell_timeout < 0:
         raise UsageError(f"cell_timeout must be >= 0 seconds (0: no bound), got {cell_timeout}")
@@ -628,10 +650,11 @@ def main(argv: list[str] | None = None) -> int:
         "-p",
         dest="params",
         action="append",
-        type=parse_param,
+        nargs="+",
         default=[],
         metavar="[STAGE.]KEY=VALUE",
-        help="notebook parameter, passed to every stage declaring it (or to STAGE only)",
+        help="notebook parameter, passed to every stage declaring it (or to STAGE only); "
+        "papermill's form `-p KEY VALUE` works too",
     )
     parser.add_argument("--force", action="store_true", help="rerun stages even if up to date")
     parser.add_argument(
@@ -655,6 +678,10 @@ def main(argv: list[str] | None = None) -> int:
         "a day under paper, 30 minutes under the CPU profiles)",
     )
     args = parser.parse_args(argv)
+    try:
+        args.params = [parse_param(words) for words in args.params]
+    except argparse.ArgumentTypeError as err:
+        parser.error(str(err))
     jobs = args.jobs if args.jobs is not None else default_jobs(args.threads)
     try:
         out = run_stages(

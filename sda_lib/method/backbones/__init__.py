@@ -16,7 +16,7 @@ from ...utils.registry import Registry
 from ..prompts import Prompts
 from . import mini, qwen
 from .base import Backbone, LoadOptions, PooledEncoder, mean_pool
-from .qwen import HUB_7B, PRESETS, SHAPED, _pretrained
+from .qwen import HUB_7B, PRESETS, SHAPED, _pretrained, _shaped_layers
 
 MINI = mini.NAME
 
@@ -89,10 +89,33 @@ def backbone_name(backbone_id: str) -> tuple[str, int | None]:
     return backbone_id, None
 
 
+def trained_on(backbone_id: str, name: str, seed: int = 0) -> bool:
+    """Whether a Backbone id (as manifests and adapter cards record it) is what load_backbone(name,
+    seed=seed) gives, told without loading it."""
+    recorded, recorded_seed = backbone_name(backbone_id)
+    name = str(name)
+    if name.lower() == "7b":
+        name = HUB_7B
+    elif name.lower() == SHAPED:
+        name = f"{SHAPED}:{_shaped_layers(None)}"
+    elif Path(name).expanduser().is_dir():
+        name = str(Path(name).expanduser().resolve())
+    return recorded.lower() == name.lower() and recorded_seed in (None, seed)
+
+
 BACKBONES.register(SHAPED, qwen.load_shaped)
 for _preset in PRESETS:
     BACKBONES.register(_preset, qwen.preset_loader(_preset))
 BACKBONES.register("7b", qwen.load_7b)
 BACKBONES.register(MINI, mini.load)
 
-__all__ = ["BACKBONES", "Backbone", "LoadOptions", "PooledEncoder", "backbone_name", "load_backbone", "mean_pool"]
+__all__ = [
+    "BACKBONES",
+    "Backbone",
+    "LoadOptions",
+    "PooledEncoder",
+    "backbone_name",
+    "load_backbone",
+    "mean_pool",
+    "trained_on",
+]
