@@ -14,12 +14,11 @@ import nbformat
 import numpy as np
 import pytest
 
-from sda_lib import lab
 from sda_lib.data import PrepareParams
 from sda_lib.data.card import placeholder_note
 from sda_lib.method.export import export_embeddings, feature_table
 from sda_lib.method.features import FeatureError, check_comparable
-from sda_lib.workbench import profiles
+from sda_lib.workbench import lab, profiles
 from sda_lib.workbench import run as runner
 
 NOTEBOOK_FILES = sorted(runner.NOTEBOOKS.glob("*.ipynb"))

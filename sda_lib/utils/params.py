@@ -39,6 +39,31 @@ def parse_param(text: str | list[str]) -> tuple[str, object]:
         return key, value
 
 
+class _ParamAction(argparse.Action):
+    """Each `-p` parsed as it is read (parse_param), so a malformed one is a usage error at once."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            parsed = parse_param(values)
+        except argparse.ArgumentTypeError as err:
+            parser.error(str(err))
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest) or []), parsed])
+
+
+def add_param_option(parser: argparse.ArgumentParser, help: str, metavar: str = "[STAGE.]KEY=VALUE") -> None:
+    """The `-p` option of every command (runner, sweep, stage scripts): `args.params` is a list of
+    (key, value); papermill's two-word form `-p KEY VALUE` is read alike."""
+    parser.add_argument(
+        "-p",
+        dest="params",
+        action=_ParamAction,
+        nargs="+",
+        default=[],
+        metavar=metavar,
+        help=f"{help}; papermill's form `-p KEY VALUE` works too",
+    )
+
+
 def check_type(name: str, value, stage: str, default) -> None:
     """Refuse (ParameterError) a value papermill cannot pass to a notebook as it is, or one of
     another type than the notebook's default (any passable value goes where the default is None)."""

@@ -54,7 +54,7 @@ from ..data.names import BadName, check_dataset_name, check_name, check_path_par
 from ..utils.exits import USAGE, command
 from ..utils.io import file_sha256, write_json
 from ..utils.locks import folder_lock
-from ..utils.params import ANY, ParameterError, UsageError, check_type, parse_param
+from ..utils.params import ANY, ParameterError, UsageError, add_param_option, check_type
 from ..utils.paths import NOTEBOOKS, data_dir, run_dir
 from ..utils.preempt import Preempted, on_sigterm
 from .profiles import (
@@ -646,16 +646,7 @@ def main(argv: list[str] | None = None) -> int:
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--run", default="default", help="run name: outputs/<dataset>/<run>")
     where.add_argument("--out", type=Path, help="run folder (instead of outputs/<dataset>/<run>)")
-    parser.add_argument(
-        "-p",
-        dest="params",
-        action="append",
-        nargs="+",
-        default=[],
-        metavar="[STAGE.]KEY=VALUE",
-        help="notebook parameter, passed to every stage declaring it (or to STAGE only); "
-        "papermill's form `-p KEY VALUE` works too",
-    )
+    add_param_option(parser, "notebook parameter, passed to every stage declaring it (or to STAGE only)")
     parser.add_argument("--force", action="store_true", help="rerun stages even if up to date")
     parser.add_argument(
         "--threads",
@@ -678,10 +669,6 @@ def main(argv: list[str] | None = None) -> int:
         "a day under paper, 30 minutes under the CPU profiles)",
     )
     args = parser.parse_args(argv)
-    try:
-        args.params = [parse_param(words) for words in args.params]
-    except argparse.ArgumentTypeError as err:
-        parser.error(str(err))
     jobs = args.jobs if args.jobs is not None else default_jobs(args.threads)
     try:
         out = run_stages(

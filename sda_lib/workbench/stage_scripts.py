@@ -20,7 +20,7 @@ from ..method.export import export_embeddings
 from ..utils.exits import command
 from ..utils.io import ensure_writable
 from ..utils.locks import folder_lock
-from ..utils.params import UsageError, check_type, parse_param
+from ..utils.params import UsageError, add_param_option, check_type
 from ..utils.paths import run_dir
 
 
@@ -35,24 +35,9 @@ def adapt(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="sda", help="adapters/<name>/ in the run folder")
     parser.add_argument("--out-dir", type=Path, help="run folder (default outputs/<dataset>/default)")
     parser.add_argument("--per-process-loss", action="store_true", help="do not gather the batch across processes")
-    parser.add_argument(
-        "-p",
-        dest="params",
-        action="append",
-        type=parse_param,
-        default=[],
-        metavar="KEY=VALUE",
-        help=f"AdaptConfig field: {', '.join(f.name for f in fields(AdaptConfig))}",
-    )
+    add_param_option(parser, f"AdaptConfig field: {', '.join(f.name for f in fields(AdaptConfig))}", "KEY=VALUE")
     args = parser.parse_args(argv)
-    try:
-        if looks_like_path(args.dataset) and args.out_dir is None:
-            parser.error(f"--dataset {args.dataset} is a prepared folder: give the run folder with --out-dir")
-        if not looks_like_path(args.dataset):
-            check_dataset_name(args.dataset, "--dataset")
-        check_name(args.name, "--name")
-    except BadName as err:
-        parser.error(str(err))
+    _check_names(parser, args.dataset, args.out_dir, args.name, "--name")
     known = {f.name: f.default for f in fields(AdaptConfig)}
     unknown = [k for k, _ in args.params if k not in known]
     if unknown:
@@ -97,14 +82,7 @@ def export(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--chunk", type=int, default=512)
     args = parser.parse_args(argv)
-    try:
-        if looks_like_path(args.dataset) and args.out_dir is None:
-            parser.error(f"--dataset {args.dataset} is a prepared folder: give the run folder with --out-dir")
-        if not looks_like_path(args.dataset):
-            check_dataset_name(args.dataset, "--dataset")
-        check_name(args.adapter_name, "--adapter-name")
-    except BadName as err:
-        parser.error(str(err))
+    _check_names(parser, args.dataset, args.out_dir, args.adapter_name, "--adapter-name")
     if min(args.d, args.batch_size, args.chunk) < 1:
         parser.error(f"--d, --batch-size and --chunk must be 1 or more, got {args.d}, {args.batch_size}, {args.chunk}")
     out = args.out_dir or run_dir(args.dataset)
@@ -123,3 +101,16 @@ def export(argv: list[str] | None = None) -> int:
     if PartialState(cpu=not torch.cuda.is_available()).is_main_process:
         print(json.dumps(table.manifest["dims"]))
     return 0
+
+
+def _check_names(parser: argparse.ArgumentParser, dataset: str, out_dir: Path | None, name: str, flag: str) -> None:
+    """A usage error, before anything loads, for a bad dataset or adapter name; a prepared folder as
+    --dataset needs the run folder too."""
+    try:
+        if looks_like_path(dataset) and out_dir is None:
+            parser.error(f"--dataset {dataset} is a prepared folder: give the run folder with --out-dir")
+        if not looks_like_path(dataset):
+            check_dataset_name(dataset, "--dataset")
+        check_name(name, flag)
+    except BadName as err:
+        parser.error(str(err))

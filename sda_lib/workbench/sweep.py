@@ -67,6 +67,7 @@ from ..utils.exits import USAGE, command
 from ..utils.frontend import live_widgets
 from ..utils.io import atomic_path, read_json, slug, write_json
 from ..utils.locks import folder_lock
+from ..utils.params import add_param_option, parse_param
 from ..utils.paths import outputs_root, run_dir
 from . import run as runner
 from .report import build_report, save_figure, save_table
@@ -122,7 +123,7 @@ def parse_grid(items: list[str]) -> dict[str, list]:
     """{key: values} from `key=[v1, v2]` items (values as the runner's -p reads them)."""
     grid = {}
     for item in items:
-        key, values = runner.parse_param(item)
+        key, values = parse_param(item)
         if not isinstance(values, list) or not values:
             raise SweepError(f"--grid {item}: give the values as a non-empty list, e.g. --grid {key}=[1,2]")
         if key in grid:
@@ -595,15 +596,7 @@ def main(argv: list[str] | None = None) -> int:
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--name", default="sweep", help="sweep name: outputs/<dataset>/<name>")
     where.add_argument("--out", type=Path, help="sweep folder (instead of outputs/<dataset>/<name>)")
-    parser.add_argument(
-        "-p",
-        dest="params",
-        action="append",
-        type=runner.parse_param,
-        default=[],
-        metavar="[STAGE.]KEY=VALUE",
-        help="a parameter every point gets, as the runner's -p",
-    )
+    add_param_option(parser, "a parameter every point gets, as the runner's -p")
     parser.add_argument("--jobs", type=int, help="points at once (default: the runner's default jobs)")
     parser.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads per notebook kernel")
     parser.add_argument("--cell-timeout", type=int, metavar="SECONDS", help="the runner's --cell-timeout")
