@@ -17,6 +17,7 @@ from sda_lib.analysis import gradients
 from sda_lib.method import adapters, moda
 from sda_lib.method.adapt import AdaptConfig, train_adapter
 from sda_lib.method.backbones import load_backbone, mini, pretrain_mini
+from sda_lib.method.backbones.targets import MINI as MINI_TARGETS
 from sda_lib.method.export import export_embeddings
 from sda_lib.method.extractors import minilm_folder
 from sda_lib.method.prompts import describe
@@ -178,7 +179,7 @@ def test_zero_shot_neighbourhoods_beat_chance(toy_tiny):
 
 def test_moda_goes_into_the_36_encoder_linears_and_refuses_the_vision_tower():
     model = fresh().model
-    report = adapters.attach(model, "moda", targets=mini.TARGETS)
+    report = adapters.attach(model, "moda", targets=MINI_TARGETS.language)
     assert len(report.layers) == 36 and all(".text.encoder.layer." in f".{n}" for n in report.layers)
     assert {n.rsplit("layer.", 1)[1].split(".", 1)[1] for n in report.layers} == {
         "attention.self.query",
@@ -189,7 +190,7 @@ def test_moda_goes_into_the_36_encoder_linears_and_refuses_the_vision_tower():
         "output.dense",
     }
     with pytest.raises(ValueError, match="vision encoder has nothing to adapt"):
-        adapters.attach(fresh().model, "moda", targets=mini.TARGETS, adapt_vision=True)
+        adapters.attach(fresh().model, "moda", targets=MINI_TARGETS.language, adapt_vision=True)
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from sda_lib.data import PrepareParams
 from sda_lib.data.card import placeholder_note
 from sda_lib.method.export import export_embeddings, feature_table
 from sda_lib.method.features import FeatureError, check_comparable
+from sda_lib.utils.params import parse_param
 from sda_lib.workbench import lab, profiles
 from sda_lib.workbench import run as runner
 
@@ -103,9 +104,9 @@ def test_resolve_fills_what_is_left_open_as_the_runner_does(capsys):
 
 
 def test_the_runner_reads_papermills_form_of_p_alike(monkeypatch):
-    assert runner.parse_param(["steps", "5"]) == ("steps", 5)
-    assert runner.parse_param(["baselines", "[]"]) == runner.parse_param("baselines=[]") == ("baselines", [])
-    assert runner.parse_param(["adapt.loss", "infonce"]) == ("adapt.loss", "infonce")
+    assert parse_param(["steps", "5"]) == ("steps", 5)
+    assert parse_param(["baselines", "[]"]) == parse_param("baselines=[]") == ("baselines", [])
+    assert parse_param(["adapt.loss", "infonce"]) == ("adapt.loss", "infonce")
     seen = {}
     monkeypatch.setattr(runner, "run_stages", lambda dataset, stages, out, run, params, *a, **k: seen.update(params))
     command = ["--dataset", "toy-tiny", "--jobs", "1", "-p", "baselines", "[]", "-p", "steps=5", "-p", "r", "4"]

@@ -17,6 +17,7 @@ from huggingface_hub import ModelCard
 from sda_lib.data import load_prepared
 from sda_lib.method.adapt import AdaptConfig
 from sda_lib.recsys import published
+from sda_lib.utils.params import parse_param
 from sda_lib.utils.paths import REPO_ROOT, data_dir
 from sda_lib.workbench import profiles, report
 from sda_lib.workbench import run as runner
@@ -557,11 +558,11 @@ def test_unknown_stage_is_a_usage_error_not_an_exit():
 
 
 def test_parse_param():
-    assert runner.parse_param("r=8") == ("r", 8)
-    assert runner.parse_param("tau=0.5") == ("tau", 0.5)
-    assert runner.parse_param("source=/data/beauty") == ("source", "/data/beauty")
-    assert runner.parse_param("force=True") == ("force", True)
-    assert runner.parse_param("adapt.steps=800") == ("adapt.steps", 800)
+    assert parse_param("r=8") == ("r", 8)
+    assert parse_param("tau=0.5") == ("tau", 0.5)
+    assert parse_param("source=/data/beauty") == ("source", "/data/beauty")
+    assert parse_param("force=True") == ("force", True)
+    assert parse_param("adapt.steps=800") == ("adapt.steps", 800)
 
 
 # ---------------------------------------------------------------- the notebooks' parameters

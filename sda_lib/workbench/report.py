@@ -420,5 +420,5 @@ def _versions_table() -> str:
 def _template():
     import jinja2
 
-    env = jinja2.Environment(loader=jinja2.PackageLoader("sda_lib", "templates"), autoescape=True)
+    env = jinja2.Environment(loader=jinja2.PackageLoader("sda_lib.workbench", "templates"), autoescape=True)
     return env.get_template("report.html.j2")
