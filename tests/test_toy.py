@@ -250,7 +250,7 @@ def test_preferences_move_the_weight_between_attribute_groups(tiny, tmp_path):
     )
     for name in toy_module.PREFERENCES:
         assert sum(toy_module.preference_weights(name).values()) == pytest.approx(total), name
-    with pytest.raises(DataError, match="unknown toy preferences 'colourful'"):
+    with pytest.raises(DataError, match="toy preferences must be one of .*, got 'colourful'"):
         toy_module.preference_weights("colourful")
 
     moved = generate_toy("toy-tiny", tmp_path, seed=0, preferences="shared")

@@ -21,7 +21,11 @@ A profile only fills what the command line leaves open: `-p adapt.steps=5` wins 
 
 from __future__ import annotations
 
-PROFILES = ("paper", "quick", "teaching")
+from typing import Literal
+
+from ..utils.choices import check_choice
+
+Profile = Literal["paper", "quick", "teaching"]
 # The runner's bound on one notebook cell, in seconds (its --cell-timeout overrides it): a cell that
 # hangs fails its stage instead of holding the run for ever. The paper profile's longest cell, the
 # ablation grid (four variants of 4,000 adaptation steps, their exports and recommenders), is
@@ -52,10 +56,9 @@ def default_profile(dataset: str) -> str:
     return "teaching" if dataset == "toy" else "quick"
 
 
-def profile_parameters(profile: str, dataset: str) -> dict[str, dict]:
+def profile_parameters(profile: Profile, dataset: str) -> dict[str, dict]:
     """{stage: {notebook parameter: value}} that `profile` sets for `dataset`."""
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    check_choice(profile, Profile, "profile")
     if profile == "quick":
         return {}
     if profile == "teaching":

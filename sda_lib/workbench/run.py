@@ -51,13 +51,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..data.names import BadName, check_dataset_name, check_name, check_path_parameters
+from ..utils.choices import check_choice
 from ..utils.exits import USAGE, command
 from ..utils.io import file_sha256, write_json
 from ..utils.locks import folder_lock
 from ..utils.params import ANY, ParameterError, UsageError, check_type, parse_param
 from ..utils.paths import NOTEBOOKS, data_dir, run_dir
 from ..utils.preempt import Preempted, on_sigterm
-from .profiles import CELL_TIMEOUT, PROFILES, default_profile, profile_parameters
+from .profiles import CELL_TIMEOUT, Profile, default_profile, profile_parameters
 from .report import build_report
 
 log = logging.getLogger(__spec__.name)  # not __name__, which is "__main__" under python -m
@@ -214,8 +215,7 @@ def profiled_parameters(
     default depends on the dataset (sda_lib.workbench.profiles)."""
     params = dict(params)
     profile = params.pop("profile", None) or default_profile(dataset)
-    if profile not in PROFILES:
-        raise ParameterError(f"-p profile={profile!r}: choose one of {', '.join(PROFILES)}")
+    check_choice(profile, Profile, "-p profile", ParameterError)
     given = stage_parameters(params, stages, declared)
     for stage, values in profile_parameters(profile, dataset).items():
         for key, value in values.items():
