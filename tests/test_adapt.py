@@ -37,9 +37,9 @@ def test_text_view_drops_and_shuffles():
 
 
 def test_config_errors(toy_tiny, tmp_path):
-    with pytest.raises(ValueError, match="unknown loss 'mse'"):
+    with pytest.raises(ValueError, match="loss must be one of cmsa, infonce, text-views, got 'mse'"):
         AdaptConfig(loss="mse")
-    with pytest.raises(ValueError, match="unknown dropout_masks 'each'"):
+    with pytest.raises(ValueError, match="dropout_masks must be one of per-expert, shared, got 'each'"):
         AdaptConfig(dropout_masks="each")
     with pytest.raises(ValueError, match=r"gradient_checkpointing must be True, False or None .*got 'auto'"):
         AdaptConfig(gradient_checkpointing="auto")

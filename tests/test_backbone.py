@@ -92,7 +92,7 @@ def test_authors_prompts_as_released():
     assert beauty.image_sentence == "The beauty product has the image: "
     assert item_prompts("authors", "toys").head == "The beauty product has the following attributes: "  # as released
     assert item_prompts("authors", "toy").text({"title": "X"}) == "The item has the following attributes: \n title is X"
-    with pytest.raises(ValueError, match="unknown prompt style 'short'"):
+    with pytest.raises(ValueError, match="prompt style must be one of authors, workbench, got 'short'"):
         item_prompts("short")
 
 

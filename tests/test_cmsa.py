@@ -234,5 +234,5 @@ def test_non_finite_loss_raises_with_value_and_tau():
 def test_shape_mismatch_is_refused():
     with pytest.raises(ValueError, match=r"\(3, 2\) and \(4, 2\)"):
         cmsa_loss(torch.randn(3, 2), torch.randn(4, 2), 1.0)
-    with pytest.raises(ValueError, match="unknown CMSA form 'kl'"):
+    with pytest.raises(ValueError, match="CMSA form must be one of authors, paper, stable, got 'kl'"):
         cmsa_loss(torch.randn(3, 2), torch.randn(3, 2), 1.0, "kl")

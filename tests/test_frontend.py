@@ -25,7 +25,7 @@ def test_live_widgets_only_in_a_jupyter_servers_kernel_unless_told(monkeypatch, 
 
 def test_a_bad_widget_mode_names_the_variable(monkeypatch):
     monkeypatch.setenv("SDA_WIDGETS", "sliders")
-    with pytest.raises(ValueError, match="SDA_WIDGETS='sliders': choose one of auto, live, static"):
+    with pytest.raises(ValueError, match="SDA_WIDGETS must be one of auto, live, static, got 'sliders'"):
         frontend.live_widgets()
 
 

@@ -219,7 +219,7 @@ def test_unknown_dataset(tmp_path):
         ("n_negatives", 0, "n_negatives must be an integer >= 1, got 0"),
         ("tail_threshold", 2.5, "tail_threshold must be an integer >= 1, got 2.5"),
         ("seed", -1, "seed must be an integer >= 0, got -1"),
-        ("tail_count_on", "test", "tail_count_on must be 'train', 'all' or None, got 'test'"),
+        ("tail_count_on", "test", "tail_count_on must be one of train, all, None, got 'test'"),
         ("recipe", "10core", "recipe must be one of 5core, sda, got '10core'"),
         ("placeholder", "black", "placeholder must be one of noise, grey, got 'black'"),
     ],

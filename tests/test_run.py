@@ -677,7 +677,7 @@ def test_profiles_fill_only_what_the_command_line_leaves_open():
     assert trained == {"adapt", "ablations", "gradient_conflict"}
     profile, toy_paper = runner.profiled_parameters("toy", {"profile": "paper"}, stages, declared)
     assert profile == "paper" and toy_paper["adapt"]["steps"] == 4000
-    with pytest.raises(runner.ParameterError, match="profile='fast': choose one of paper, quick, teaching"):
+    with pytest.raises(runner.ParameterError, match="-p profile must be one of paper, quick, teaching, got 'fast'"):
         runner.profiled_parameters("toy", {"profile": "fast"}, stages, declared)
 
 

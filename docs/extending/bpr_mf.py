@@ -15,7 +15,6 @@ from sda_lib.recsys.base import RECOMMENDERS, ItemEncoder, Recommender, Tables, 
 
 @RECOMMENDERS.register("bpr-mf")
 class BPRMF(Recommender):
-    name = "bpr-mf"
     batch_size = 1024  # training interactions per batch
 
     def __init__(self, data, item_repr="id", features=None, dim=64, reg=1e-4):

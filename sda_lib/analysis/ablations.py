@@ -19,6 +19,7 @@ from ..method.export import export_embeddings
 from ..method.features import FeatureError
 from ..method.prompts import Prompts
 from ..recsys import published, results_table, train_grid
+from ..recsys.base import ItemReprName
 from ..recsys.experiment import write_results
 from ..recsys.report import PAPER_MODELS
 from ..recsys.train import TrainConfig
@@ -113,7 +114,7 @@ def run_ablations(
     progress: bool = True,
     prompts: Prompts = Prompts(),
     model_params: dict | None = None,
-    item_repr: str | dict[str, str] | None = None,
+    item_repr: ItemReprName | dict[str, ItemReprName] | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     """Tidy recommender results (features column = variant) and per-user frames, for every
     variant and seed. Each seed seeds both the adaptation and the recommender; `model_params` and

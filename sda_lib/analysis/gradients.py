@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -32,13 +33,14 @@ import torch
 from ..method import adapters, moda
 from ..method.adapt import AdaptConfig, embed_rows, load_image, train_adapter
 from ..method.backbones.targets import QWEN_ATTENTION
-from ..method.cmsa import cmsa_loss
+from ..method.cmsa import CMSAForm, cmsa_loss
 from ..recsys.published import GRADIENT_COSINES, comparable
+from ..utils.choices import check_choice
 from ..utils.display import number
 
 PROJECTIONS = ("q_proj", "k_proj")  # the labels of the query and key projections, whatever their names
 BOTH = "+".join(PROJECTIONS)
-MODES = ("eval", "train")  # the model's mode while the probe measures
+ProbeMode = Literal["eval", "train"]  # the model's mode while the probe measures
 PAPER_PARTS = {"lora": "B", "moda": "expert 0"}  # what section 3.3.3 reports for each adapter
 
 
@@ -89,7 +91,7 @@ def path_gradients(
     images: list,
     tau: float | torch.Tensor,
     weights: list[torch.Tensor],
-    form: str = "authors",
+    form: CMSAForm = "authors",
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Gradients of the CMSA loss on one batch w.r.t. `weights`, through the text path only (image
     embeddings detached) and through the image path only (text embeddings detached).
@@ -121,7 +123,12 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def conflict(
-    backbone, texts: list[dict], images: list, tau: float | torch.Tensor, form: str = "authors", mode: str = "eval"
+    backbone,
+    texts: list[dict],
+    images: list,
+    tau: float | torch.Tensor,
+    form: CMSAForm = "authors",
+    mode: ProbeMode = "eval",
 ) -> pd.DataFrame:
     """Text-path vs image-path gradient cosine on one batch, for q_proj, k_proj and both together,
     over the whole B and each expert. `mode` "eval" (no dropout) is deterministic; "train"
@@ -129,8 +136,7 @@ def conflict(
 
     Columns: projection, part, cosine, norm_text, norm_image.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    check_choice(mode, ProbeMode, "mode")
     model = backbone.model
     targets = last_layer_b(model, backbone.attention)
     was_training = model.training
@@ -177,13 +183,11 @@ class ConflictProbe:
         config: AdaptConfig,
         every: int = 10,
         probe_size: int | None = None,
-        mode: str = "eval",
+        mode: ProbeMode = "eval",
     ):
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        self.mode = mode
+        self.mode = check_choice(mode, ProbeMode, "mode")
         fields, paths = dataset.item_fields(), dataset.image_paths()
         probe = np.random.default_rng([config.seed, 7]).choice(
             dataset.n_items, size=min(probe_size or config.batch_size, dataset.n_items), replace=False

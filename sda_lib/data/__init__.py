@@ -20,13 +20,14 @@ from pathlib import Path
 import pandas as pd
 
 from .. import __version__
+from ..utils.choices import check_choice
 from ..utils.io import atomic_dir, write_json
 from ..utils.locks import folder_lock, reading
 from ..utils.paths import data_dir
 from ..utils.registry import Registry
 from .catalogue import Catalogue, DataError
 from .names import BadName, check_dataset_name, looks_like_path
-from .prepare import RECIPES, PrepareParams, default_tail_count_on, prepare_catalogue
+from .prepare import RECIPES, PrepareParams, Recipe, default_tail_count_on, prepare_catalogue
 from .prepared import IMAGES_DIR, PreparedDataset, damage, foreign_entries, read_card
 
 __all__ = [
@@ -61,17 +62,17 @@ class DatasetSource:
     noticed and never overwritten), `load` turns it into a Catalogue. `source_help` says what
     `source` must hold; a source that reads no folder leaves it empty."""
 
-    recipes: tuple[str, ...] = ("5core",)
+    recipes: tuple[Recipe, ...] = ("5core",)
     source_help = ""
 
     def help_for(self, name: str) -> str:
         """What `source` must hold for dataset `name` (empty: no source folder is read)."""
         return f"{name} {self.source_help}" if self.source_help else ""
 
-    def inputs(self, name: str, source: Path | None, recipe: str, **load_kw) -> Inputs:
+    def inputs(self, name: str, source: Path | None, recipe: Recipe, **load_kw) -> Inputs:
         raise NotImplementedError
 
-    def load(self, name: str, source: Path | None, image_dir: Path, seed: int, recipe: str, **load_kw) -> Catalogue:
+    def load(self, name: str, source: Path | None, image_dir: Path, seed: int, recipe: Recipe, **load_kw) -> Catalogue:
         raise NotImplementedError
 
 
@@ -207,7 +208,7 @@ class _Resolved:
     source: Path | None
 
 
-def _resolve(name: str, kind: str | None, source: str | Path | None, out: Path | None, recipe: str) -> _Resolved:
+def _resolve(name: str, kind: str | None, source: str | Path | None, out: Path | None, recipe: Recipe) -> _Resolved:
     """`name` is a registered dataset, or (with `kind`) a user's dataset of a registered kind, or a
     user's dataset prepared before (its card in `out`, default outputs/<name>/data, gives the kind
     and, unless given, the source). The recipe is checked against the kind before the source is
@@ -247,7 +248,7 @@ def load_catalogue(
     source: str | Path | None = None,
     image_dir: Path | None = None,
     seed: int = 0,
-    recipe: str = "5core",
+    recipe: Recipe = "5core",
     kind: str | None = None,
     **load_kw,
 ) -> Catalogue:
@@ -432,10 +433,9 @@ def _listing(folder: Path) -> list[int] | None:
     return [len(stats), sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0)]
 
 
-def _check_recipe(name: str, kind: str, recipe: str) -> None:
+def _check_recipe(name: str, kind: str, recipe: Recipe) -> None:
     """The recipe "sda" filters raw Amazon reviews; other sources come as they are."""
-    if recipe not in RECIPES:
-        raise DataError(f"unknown recipe {recipe!r}: choose one of {', '.join(RECIPES)}")
+    check_choice(recipe, Recipe, "recipe", DataError)
     allowed = DATASETS[kind].recipes
     if recipe not in allowed:
         amazon = [n for n in DATASETS if recipe in DATASETS[n].recipes]

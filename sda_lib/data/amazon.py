@@ -41,6 +41,8 @@ import pandas as pd
 
 from sda_lib.data import images as item_images
 from sda_lib.data.catalogue import Catalogue, DataError
+from sda_lib.data.prepare import Recipe
+from sda_lib.utils.choices import check_choice
 from sda_lib.utils.frontend import tqdm
 
 CATEGORIES = {"beauty": "Beauty", "sports": "Sports_and_Outdoors", "toys": "Toys_and_Games"}
@@ -66,7 +68,7 @@ def load_amazon(
     download_images: bool = False,
     image_cache: str | os.PathLike | None = None,
     workers: int = 16,
-    recipe: str = "5core",
+    recipe: Recipe = "5core",
 ) -> Catalogue:
     """Load Amazon 2014 `name` ("beauty", "sports", "toys") from the folder `source`, either form,
     filtered by `recipe` ("5core" or "sda", see the module docstring).
@@ -113,13 +115,12 @@ def load_amazon(
     )
 
 
-def source_files(name: str, source: str | os.PathLike, recipe: str = "5core") -> tuple[str, tuple[Path, Path]]:
+def source_files(name: str, source: str | os.PathLike, recipe: Recipe = "5core") -> tuple[str, tuple[Path, Path]]:
     """The form found in `source` and the two files `recipe` reads: for "5core" the raw 5-core
     reviews (preferred) or the preprocessed form; for "sda" the full reviews, else the 5-core ones."""
     if name not in CATEGORIES:
         raise ValueError(f"unknown Amazon dataset name {name!r}: expected one of {sorted(CATEGORIES)}")
-    if recipe not in ("5core", "sda"):
-        raise ValueError(f"unknown recipe {recipe!r}: expected '5core' or 'sda'")
+    check_choice(recipe, Recipe, "recipe")
     category = CATEGORIES[name]
     folder = Path(source).expanduser()
     meta = folder / f"meta_{category}.json.gz"
@@ -416,7 +417,7 @@ _FORMATTERS: dict[str, Callable[[object], str]] = {
 def _not_found(
     folder: Path,
     category: str,
-    recipe: str,
+    recipe: Recipe,
     full: tuple[Path, Path],
     five: tuple[Path, Path],
     preprocessed: tuple[Path, Path],

@@ -58,6 +58,7 @@ from sda_lib.data.amazon import (
     sda_filter,
 )
 from sda_lib.data.catalogue import Catalogue, DataError
+from sda_lib.data.prepare import Recipe
 
 K_CORE = 5  # kcore_filtering.py -k 5
 VALID_TIMESTAMP, TEST_TIMESTAMP = 1628643414042, 1658002729837  # timestamp_split.py, milliseconds
@@ -94,7 +95,7 @@ def source_files(source: str | os.PathLike, category: str | None = None) -> tupl
 def load_amazon2023(
     name: str,
     source: str | os.PathLike,
-    recipe: str = "5core",
+    recipe: Recipe = "5core",
     category: str | None = None,
     images: str | os.PathLike | None = None,
     download_images: bool = False,

@@ -26,12 +26,14 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 from PIL import Image
 
 from sda_lib import __version__
 from sda_lib.data.catalogue import DataError
+from sda_lib.utils.choices import check_choice
 from sda_lib.utils.frontend import tqdm
 from sda_lib.utils.io import atomic_path
 from sda_lib.utils.preempt import Preempted, on_sigterm
@@ -48,7 +50,8 @@ MAX_ASPECT_RATIO = 200
 # (qwen_vl_mask.py generate_gaussian_noise_image: 224x224 RGB, Normal(0, 50) per channel, clipped
 # to [0, 255], uint8: a dark noise image), drawn from a fixed seed so it is the same everywhere and
 # saved losslessly; "grey" is the workbench's earlier 64x64 mid-grey square.
-PLACEHOLDERS = ("noise", "grey")
+Placeholder = Literal["noise", "grey"]
+PLACEHOLDERS = get_args(Placeholder)
 NOISE_SIZE, NOISE_STD, NOISE_SEED = 224, 50.0, 0
 
 
@@ -69,14 +72,12 @@ def _decode(source: str | os.PathLike | io.BytesIO) -> tuple[str, tuple[int, int
     return fmt, size
 
 
-def placeholder_image(kind: str = "noise") -> Image.Image:
+def placeholder_image(kind: Placeholder = "noise") -> Image.Image:
     """The placeholder image `kind` ("noise" or "grey"); identical on every call and machine."""
-    if kind == "noise":
-        noise = np.random.default_rng(NOISE_SEED).normal(0.0, NOISE_STD, (NOISE_SIZE, NOISE_SIZE, 3))
-        return Image.fromarray(np.clip(noise, 0, 255).astype(np.uint8), "RGB")
-    if kind == "grey":
+    if check_choice(kind, Placeholder, "placeholder") == "grey":
         return Image.new("RGB", (64, 64), (128, 128, 128))
-    raise ValueError(f"placeholder must be one of {', '.join(PLACEHOLDERS)}, got {kind!r}")
+    noise = np.random.default_rng(NOISE_SEED).normal(0.0, NOISE_STD, (NOISE_SIZE, NOISE_SIZE, 3))
+    return Image.fromarray(np.clip(noise, 0, 255).astype(np.uint8), "RGB")
 
 
 def image_format(source: str | os.PathLike | io.BytesIO) -> str | None:

@@ -10,21 +10,24 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
+from ..utils.choices import check_fields
 from ..utils.io import write_json
 from .card import data_card
 from .catalogue import Catalogue, DataError
-from .images import PLACEHOLDERS, placeholder_image
+from .images import Placeholder, placeholder_image
 from .prepared import PLACEHOLDER_NAME, file_digests, file_sizes
 
 MIN_INTERACTIONS = 3  # one train, one validation and one test item at least
 
 # How the interactions are filtered before the split, in the words the card records. The "sda"
 # filter itself runs in the loader that reads the raw reviews (`amazon.sda_filter`).
-RECIPES = {
+Recipe = Literal["5core", "sda"]
+RECIPES: dict[Recipe, str] = {
     "5core": "the source as given (Amazon 5-core or S3-Rec files, toy or custom data); users numbered in id order",
     "sda": "the SDA authors' data_process on the raw reviews: one pass keeping reviews whose user and item "
     "each have >= 5, first review of each item per user, time order, users with < 5 items and items "
@@ -35,10 +38,11 @@ RECIPES = {
 # authors' rule ("all": the number of users whose whole sequence holds the item) unless named here:
 # on the toy data it leaves 2.7% (toy-tiny: 4 users) and 3.2% (toy: 48) of test targets in the tail,
 # too few to measure; training counts give 10% and 7.6%, which the generator was tuned for.
-TAIL_COUNT_ON = {"toy": "train", "toy-tiny": "train"}
+TailCountOn = Literal["train", "all"]
+TAIL_COUNT_ON: dict[str, TailCountOn] = {"toy": "train", "toy-tiny": "train"}
 
 
-def default_tail_count_on(dataset: str) -> str:
+def default_tail_count_on(dataset: str) -> TailCountOn:
     """The tail rule a dataset is prepared with unless told otherwise (see TAIL_COUNT_ON)."""
     return TAIL_COUNT_ON.get(dataset, "all")
 
@@ -48,19 +52,14 @@ class PrepareParams:
     """How a dataset is prepared; recorded in the card, and a change prepares the folder again."""
 
     tail_threshold: int = 4  # tail: fewer than this many interactions ...
-    tail_count_on: str | None = None  # ... on "all" data or on "train"; None: the dataset's default
+    tail_count_on: TailCountOn | None = None  # ... on "all" data or on "train"; None: the dataset's default
     n_negatives: int = 100
     seed: int = 0
-    recipe: str = "5core"  # see RECIPES; "sda" reads the raw Amazon review file
-    placeholder: str = "noise"  # image of items without one: the authors' noise, or "grey"
+    recipe: Recipe = "5core"  # see RECIPES; "sda" reads the raw Amazon review file
+    placeholder: Placeholder = "noise"  # image of items without one: the authors' noise, or "grey"
 
     def __post_init__(self):
-        if self.tail_count_on not in (None, "train", "all"):
-            raise ValueError(f"tail_count_on must be 'train', 'all' or None, got {self.tail_count_on!r}")
-        if self.recipe not in RECIPES:
-            raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
-        if self.placeholder not in PLACEHOLDERS:
-            raise ValueError(f"placeholder must be one of {', '.join(PLACEHOLDERS)}, got {self.placeholder!r}")
+        check_fields(self)
         for name, least in (("tail_threshold", 1), ("n_negatives", 1), ("seed", 0)):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < least:

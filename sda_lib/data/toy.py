@@ -22,12 +22,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
 from sda_lib.data.catalogue import Catalogue, DataError
+from sda_lib.utils.choices import check_choice
 from sda_lib.utils.io import atomic_path
 
 
@@ -42,7 +44,8 @@ class ToySize:
     max_sequence_length: int
 
 
-SIZES = {
+ToySizeName = Literal["toy-tiny", "toy"]
+SIZES: dict[ToySizeName, ToySize] = {
     "toy-tiny": ToySize(n_items=80, n_users=150, image_px=112, median_extra_length=3.0, max_sequence_length=30),
     "toy": ToySize(n_items=700, n_users=1500, image_px=112, median_extra_length=5.0, max_sequence_length=60),
 }
@@ -134,7 +137,8 @@ TASTE_SKEW = 1.0
 # group of attributes (weights within a group keep their proportions). "default" is the weights as
 # they are (shared 0.50, image-only 0.32, text-only 0.18 of the total); material carries no weight.
 ATTRIBUTE_GROUPS = {"shared": ("category", "colour"), "image": ("shape", "pattern"), "text": ("brand",)}
-PREFERENCES = {
+Preferences = Literal["default", "shared", "specific", "image", "text"]
+PREFERENCES: dict[Preferences, dict[str, float] | None] = {
     "default": None,
     "shared": {"shared": 1.0},
     "specific": {"image": 0.5, "text": 0.5},
@@ -150,15 +154,14 @@ MEAN_GAP_SECONDS = 2 * 86_400
 Latent = dict[str, np.ndarray]  # attribute name -> one value per item
 
 
-def generate_toy(size: str, image_dir: Path, seed: int = 0, preferences: str = "default") -> Catalogue:
+def generate_toy(size: ToySizeName, image_dir: Path, seed: int = 0, preferences: Preferences = "default") -> Catalogue:
     """Build the `size` toy catalogue and write its PNG images into `image_dir`.
 
     The same (size, seed, preferences) gives identical tables and pixels; another seed another
     catalogue. `preferences` (a name in PREFERENCES) only changes who buys what: items, texts and
     images stay those of the seed.
     """
-    if size not in SIZES:
-        raise DataError(f"unknown toy size {size!r}: choose one of {sorted(SIZES)}")
+    check_choice(size, ToySizeName, "toy size", DataError)
     weights = preference_weights(preferences)
     spec = SIZES[size]
     rng = np.random.Generator(np.random.PCG64(seed))
@@ -187,10 +190,9 @@ def generate_toy(size: str, image_dir: Path, seed: int = 0, preferences: str = "
     )
 
 
-def preference_weights(preferences: str = "default") -> dict[str, float]:
+def preference_weights(preferences: Preferences = "default") -> dict[str, float]:
     """The weight of each attribute in a user's choice under the named setting of PREFERENCES."""
-    if preferences not in PREFERENCES:
-        raise DataError(f"unknown toy preferences {preferences!r}: choose one of {', '.join(PREFERENCES)}")
+    check_choice(preferences, Preferences, "toy preferences", DataError)
     shares = PREFERENCES[preferences]
     if shares is None:
         return dict(PREFERENCE_WEIGHTS)

@@ -16,6 +16,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -34,20 +35,20 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
+from ..utils.choices import check_fields
 from ..utils.frontend import tqdm
 from ..utils.io import atomic_path, ensure_writable, file_sha256, read_json, write_json
 from ..utils.locks import folder_lock, reading
 from ..utils.preempt import Preempted, on_sigterm
 from . import adapters
-from .cmsa import FORMS as CMSA_FORMS
-from .cmsa import Temperature, cmsa_loss, infonce_loss
+from .cmsa import CMSAForm, Temperature, cmsa_loss, infonce_loss
 from .features import item_order_checksum
 from .memory import GiB, saved_for_backward
-from .moda import DROPOUT_MASKS, EXPERTS, IMAGE, TEXT
+from .moda import EXPERTS, IMAGE, TEXT, DropoutMasks
 
 log = logging.getLogger(__spec__.name)  # not __name__, which is "__main__" under python -m
-LOSSES = ("cmsa", "infonce", "text-views")
-PRECISIONS = ("auto", "bf16", "no")
+Loss = Literal["cmsa", "infonce", "text-views"]
+Precision = Literal["auto", "bf16", "no"]
 KEEP_CHECKPOINTS = 2
 CHECKPOINT_STATE = "state.json"  # written last: a checkpoint folder without it is incomplete
 
@@ -61,18 +62,18 @@ class AdaptConfig:
     off on CPU."""
 
     adapter: str = "moda"  # moda | lora (shared, "w/o MoDA") | independent (per-modality LoRAs)
-    loss: str = "cmsa"  # cmsa | infonce ("w/o soft target") | text-views ("w/o CMSA")
+    loss: Loss = "cmsa"  # cmsa | infonce ("w/o soft target") | text-views ("w/o CMSA")
     r: int = 8
     experts: int = EXPERTS
     alpha: float = 32.0
     dropout: float = 0.1
     # MoDA: each expert its own dropout mask, as the authors; "shared": one mask, so the experts' A
     # run as one matmul (a mini step on CPU 1.8x faster; the teaching profile's choice)
-    dropout_masks: str = "per-expert"
+    dropout_masks: DropoutMasks = "per-expert"
     adapt_vision: bool = False
     tau: float = 3.0
     learn_tau: bool = True
-    cmsa_form: str = "authors"  # authors | paper (equation 3 as printed) | stable (see sda_lib.method.cmsa)
+    cmsa_form: CMSAForm = "authors"  # authors | paper (equation 3 as printed) | stable (see sda_lib.method.cmsa)
     steps: int = 200
     batch_size: int = 32
     grad_accum: int = 1
@@ -82,19 +83,12 @@ class AdaptConfig:
     max_grad_norm: float = 1.0
     checkpoint_every: int = 50
     gradient_checkpointing: bool | None = None
-    precision: str = "auto"  # "auto": bf16 autocast on a GPU, fp32 on CPU; "bf16" or "no" to force
+    precision: Precision = "auto"  # "auto": bf16 autocast on a GPU, fp32 on CPU; "bf16" or "no" to force
     view_drop: float = 0.4  # text-views: share of attributes dropped per view (LLMEmb recipe)
     seed: int = 0
 
     def __post_init__(self):
-        if self.loss not in LOSSES:
-            raise ValueError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
-        if self.cmsa_form not in CMSA_FORMS:
-            raise ValueError(f"unknown cmsa_form {self.cmsa_form!r}; choose one of {', '.join(CMSA_FORMS)}")
-        if self.dropout_masks not in DROPOUT_MASKS:
-            raise ValueError(f"unknown dropout_masks {self.dropout_masks!r}; choose one of {', '.join(DROPOUT_MASKS)}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        check_fields(self)
         if self.gradient_checkpointing not in (True, False, None):
             raise ValueError(
                 f"gradient_checkpointing must be True, False or None (decide from memory), "

@@ -14,12 +14,15 @@ normalised, detached form; docs/FIDELITY.md compares the three.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-FORMS = ("authors", "paper", "stable")
+from ..utils.choices import check_choice
+
+CMSAForm = Literal["authors", "paper", "stable"]
 PROJECTED_DIM = 768
 
 
@@ -57,7 +60,9 @@ def group_mean(x: torch.Tensor, d: int = PROJECTED_DIM) -> torch.Tensor:
     return torch.cat([narrow, x[..., split:].unflatten(-1, (wide, q + 1)).mean(-1)], dim=-1)
 
 
-def cmsa_loss(e_t: torch.Tensor, e_v: torch.Tensor, tau: float | torch.Tensor, form: str = "authors") -> torch.Tensor:
+def cmsa_loss(
+    e_t: torch.Tensor, e_v: torch.Tensor, tau: float | torch.Tensor, form: CMSAForm = "authors"
+) -> torch.Tensor:
     """The CMSA loss of N paired embeddings e_t, e_v [N, D], in one of three forms.
 
     With S = e_t e_vᵀ / τ and the row-softmaxed teacher T = softmax_j(τ/2 (e_t e_tᵀ + e_v e_vᵀ)):
@@ -75,8 +80,7 @@ def cmsa_loss(e_t: torch.Tensor, e_v: torch.Tensor, tau: float | torch.Tensor, f
         equation 3 with T_:,i taken as the column softmax, a distribution (equal to T_i,: here,
         since the teacher logits are symmetric).
     """
-    if form not in FORMS:
-        raise ValueError(f"unknown CMSA form {form!r}; choose one of {', '.join(FORMS)}")
+    check_choice(form, CMSAForm, "CMSA form")
     e_t, e_v = _paired(e_t, e_v, normalize=form == "stable")
     if form != "stable":
         e_t, e_v = group_mean(e_t), group_mean(e_v)

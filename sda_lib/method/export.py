@@ -9,6 +9,7 @@ import datetime as dt
 import logging
 import shutil
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -16,6 +17,7 @@ from accelerate import PartialState
 from sklearn.decomposition import PCA
 
 from .. import __version__
+from ..utils.choices import check_choice
 from ..utils.frontend import tqdm
 from ..utils.io import atomic_path, read_json, write_json
 from ..utils.locks import folder_lock, reading
@@ -226,8 +228,11 @@ def feature_table(text: np.ndarray, image: np.ndarray, dataset, d: int = 768, **
     return FeatureTable(text=text, image=image, features=np.concatenate(parts, axis=1), manifest=manifest)
 
 
+Baseline = Literal["pretrained", "clip"]
+
+
 def export_baseline(
-    kind: str,
+    kind: Baseline,
     dataset,
     out: str | Path,
     d: int = 768,
@@ -244,17 +249,15 @@ def export_baseline(
     from .extractors import CLIPExtractor, MiniLMEfficientNetExtractor
     from .prompts import describe
 
-    if kind == "pretrained":
+    if check_choice(kind, Baseline, "baseline") == "pretrained":
         extractor = MiniLMEfficientNetExtractor(batch_size=batch_size)
-    elif kind == "clip":
+    else:
         if model is None:
             raise ValueError(
                 "the clip baseline needs clip_model: a hub id (the paper's is openai/clip-vit-large-patch14), "
                 "a local CLIP folder, or 'tiny' (random weights, offline)"
             )
         extractor = CLIPExtractor(model, batch_size=batch_size)
-    else:
-        raise ValueError(f"unknown baseline {kind!r}; choose 'pretrained' or 'clip'")
     with reading(dataset.folder, f"the {kind} baseline"):
         dataset.check_current()
         text = extractor.embed_texts([describe(f) for f in dataset.item_fields()], progress=progress)

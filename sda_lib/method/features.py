@@ -15,12 +15,15 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
+from ..utils.choices import check_choice
 from ..utils.io import atomic_dir, file_sha256, write_json
 
-PARTS = ("text", "image")  # the parts of `features`, in column order
+Modality = Literal["text", "image"]
+PARTS = get_args(Modality)  # the parts of `features`, one per modality, in column order
 ARRAYS = ("text", "image", "features")  # the .npy files of a table
 
 
@@ -76,15 +79,17 @@ class FeatureTable:
         d = self.manifest["dims"]
         return d["features_text"], d["features_image"]
 
-    def part(self, *names: str) -> FeatureTable:
+    def part(self, *names: Modality) -> FeatureTable:
         """A view holding only the named parts ("text", "image") of the table: `features` keeps
         those columns, the raw modality left out becomes [items, 0], and the manifest records the
         parts (`parts`) and the new widths, so the view still checks against its dataset.
 
         E.g. `table.part("text")` is the text-only half of the SDA features (paper Figure 3)."""
         names = tuple(dict.fromkeys(names))
-        if not names or set(names) - set(PARTS):
-            raise ValueError(f"parts must be a non-empty selection of {PARTS}, got {names!r}")
+        if not names:
+            raise ValueError(f"part needs at least one of {', '.join(PARTS)}")
+        for name in names:
+            check_choice(name, Modality, "part")
         d_text, d_image = self.split_dims
         if d_text + d_image != self.features.shape[1]:
             raise FeatureError(
@@ -111,13 +116,12 @@ class FeatureTable:
         features = np.concatenate([columns[k] for k in PARTS if k in names], axis=1)
         return FeatureTable(text=raw["text"], image=raw["image"], features=features, manifest=manifest)
 
-    def with_part(self, name: str, other: FeatureTable) -> FeatureTable:
+    def with_part(self, name: Modality, other: FeatureTable) -> FeatureTable:
         """This table with its `name` part ("text" or "image"), raw and recommender-ready, taken
         from `other`, a table of the same dataset and item order: e.g. `sda.with_part("image",
         base)` is SDA's text beside the Base image features. The manifest records each part's
         source (`parts_from`: {part: extractor})."""
-        if name not in PARTS:
-            raise ValueError(f"part must be one of {PARTS}, got {name!r}")
+        check_choice(name, Modality, "part")
         for key in ("dataset", "item_order"):
             if self.manifest.get(key) != other.manifest.get(key):
                 raise FeatureError(

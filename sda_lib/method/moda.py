@@ -24,6 +24,7 @@ import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,7 @@ from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..utils.choices import check_fields
 from ..utils.io import atomic_dir, file_sha256, write_json
 from .backbones.targets import LANGUAGE_TARGETS, VISION_TARGETS, VISION_TOWER
 from .expert_dropout import ExpertDropoutDown, expert_keep_bits
@@ -43,7 +45,9 @@ WEIGHTS_FILE = "adapter.safetensors"
 CONFIG_FILE = "moda_config.json"
 
 
-DROPOUT_MASKS = ("per-expert", "shared")
+DropoutMasks = Literal["per-expert", "shared"]
+Routing = Literal["soft", "hard"]
+Init = Literal["normal", "kaiming"]
 
 
 EXPERTS = 8  # the default number of experts everywhere: the authors' final scripts (CAMEL_qwen.bash); 4 in earlier runs
@@ -66,22 +70,16 @@ class MoDAConfig:
     num_modalities: int = 2
     target_modules: str = LANGUAGE_TARGETS
     adapt_vision: bool = False
-    routing: str = "soft"
+    routing: Routing = "soft"
     # As the authors' MOELoraLinear: A ~ N(0, 0.01), a gate without bias, one dropout mask per expert.
     # "kaiming" (peft's LoRA init), gate_bias=True and "shared" masks are the workbench's options;
     # a shared mask lets the experts' A run as one matmul.
-    init: str = "normal"
+    init: Init = "normal"
     gate_bias: bool = False
-    dropout_masks: str = "per-expert"
+    dropout_masks: DropoutMasks = "per-expert"
 
     def __post_init__(self):
-        for name, allowed in (
-            ("routing", ("soft", "hard")),
-            ("init", ("normal", "kaiming")),
-            ("dropout_masks", DROPOUT_MASKS),
-        ):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"MoDAConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        check_fields(self)
         for name in ("r", "num_experts", "modality_dim", "num_modalities"):
             if getattr(self, name) < 1:
                 raise ValueError(f"MoDAConfig.{name} must be >= 1, got {getattr(self, name)}")

@@ -16,8 +16,11 @@ Both go through the model's chat template (system prompt, generation prompt) as 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
-STYLES = ("authors", "workbench")
+from ..utils.choices import check_choice, check_fields
+
+PromptStyle = Literal["authors", "workbench"]
 CAP = 100  # characters per field value, in both styles
 TEXT_INSTRUCTION = "Summarise this product in one word:"
 IMAGE_INSTRUCTION = "Summarise this product image in one word:"
@@ -53,9 +56,12 @@ def authors_attributes(fields: dict[str, str], cap: int = CAP) -> str:
 class Prompts:
     """The text of an item's two prompts in one style (see `item_prompts`)."""
 
-    style: str = "authors"
+    style: PromptStyle = "authors"
     head: str = NEUTRAL_SENTENCES[0]
     image_sentence: str = NEUTRAL_SENTENCES[1]
+
+    def __post_init__(self):
+        check_fields(self)
 
     def text(self, fields: dict[str, str]) -> str:
         if self.style == "workbench":
@@ -63,10 +69,9 @@ class Prompts:
         return self.head + authors_attributes(fields)
 
 
-def item_prompts(style: str = "authors", dataset: str = "") -> Prompts:
+def item_prompts(style: PromptStyle = "authors", dataset: str = "") -> Prompts:
     """The prompts of `style` for `dataset` (its head and image sentences, for the authors' style)."""
-    if style not in STYLES:
-        raise ValueError(f"unknown prompt style {style!r}; choose one of {', '.join(STYLES)}")
+    check_choice(style, PromptStyle, "prompt style")
     if style == "workbench":
         return Prompts("workbench", "", IMAGE_INSTRUCTION)
     return Prompts("authors", *AUTHORS_SENTENCES.get(dataset, NEUTRAL_SENTENCES))

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 import numpy as np
 import torch
@@ -20,10 +20,16 @@ from torch import nn
 
 from ..data.catalogue import DataError
 from ..method.features import FeatureError, FeatureTable
+from ..utils.choices import check_choice
 from ..utils.registry import Registry
 
 PAD = 0
-ITEM_REPRS = ("id", "features", "id+features")
+ItemReprName = Literal["id", "features", "id+features"]
+ITEM_REPRS = get_args(ItemReprName)
+Split = Literal["train", "valid", "test"]
+HeldOut = Literal["valid", "test"]  # the splits with a leave-one-out target
+# How VBPR and SLMRec map each content part: MMRec's linear map, or the authors' FeatureAdapter
+Content = Literal["linear", "adapters"]
 ADAPTER_HIDDEN = 768  # the authors' adapter: features -> 768 -> model width, no activation
 
 
@@ -94,14 +100,13 @@ class InteractionData:
         n = min(n, self.n_users)
         return replace(self, n_users=n, offsets=self.offsets[: n + 1], negatives=self.negatives[:n])
 
-    def target_index(self, split: str) -> np.ndarray:
+    def target_index(self, split: Split) -> np.ndarray:
         """Row of each user's held-out item for `split`; for "train", one past the training part."""
         back = {"train": 2, "valid": 2, "test": 1}[split]
         return self.offsets[1:] - back
 
-    def targets(self, split: str) -> np.ndarray:
-        if split not in ("valid", "test"):
-            raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+    def targets(self, split: HeldOut) -> np.ndarray:
+        check_choice(split, HeldOut, "split")
         return self.items[self.target_index(split)]
 
     def windows(self, ends: np.ndarray, length: int) -> np.ndarray:
@@ -111,11 +116,11 @@ class InteractionData:
         inside = rows >= self.offsets[:-1, None]
         return np.where(inside, self.items[np.maximum(rows, 0)] + 1, PAD)
 
-    def context(self, split: str, length: int) -> np.ndarray:
+    def context(self, split: Split, length: int) -> np.ndarray:
         """What a sequential model sees when predicting `split`'s target: the items before it."""
         return self.windows(self.target_index(split), length)
 
-    def history(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+    def history(self, split: Split) -> tuple[np.ndarray, np.ndarray]:
         """(items, offsets) of every item each user interacted with before `split`'s target; full
         ranking excludes them. `split="train"` gives the training part."""
         ends = self.target_index(split)
@@ -167,14 +172,37 @@ def resolve_features(dataset, features) -> FeatureTable | None:
     return features
 
 
-def resolve_item_repr(item_repr: str | None, features: FeatureTable | None) -> str:
+@dataclass(frozen=True)
+class ItemRepr:
+    """How a recommender represents items: learnable ID embeddings (`ids`), the frozen features
+    through a learned adapter (`features`), or both. Parsed once from its text ("id", "features",
+    "id+features"), which `str` gives back, so results and run keys keep that text."""
+
+    ids: bool
+    features: bool
+
+    def __post_init__(self):
+        if not (self.ids or self.features):
+            raise ValueError("an item representation needs ID embeddings, features or both")
+
+    @classmethod
+    def parse(cls, text: ItemReprName | ItemRepr) -> ItemRepr:
+        if isinstance(text, ItemRepr):
+            return text
+        parts = check_choice(text, ItemReprName, "item_repr").split("+")
+        return cls(ids="id" in parts, features="features" in parts)
+
+    def __str__(self) -> str:
+        return "+".join(name for name, used in (("id", self.ids), ("features", self.features)) if used)
+
+
+def resolve_item_repr(item_repr: ItemReprName | ItemRepr | None, features: FeatureTable | None) -> ItemRepr:
     """Default: ID embeddings without features, features beside ID embeddings with them."""
     if item_repr is None:
-        return "id" if features is None else "id+features"
-    if item_repr not in ITEM_REPRS:
-        raise ValueError(f"item_repr must be one of {ITEM_REPRS}, got {item_repr!r}")
-    if item_repr != "id" and features is None:
-        raise ValueError(f"item_repr={item_repr!r} needs a feature table; pass features or use item_repr='id'")
+        return ItemRepr(ids=True, features=features is not None)
+    item_repr = ItemRepr.parse(item_repr)
+    if item_repr.features and features is None:
+        raise ValueError(f"item_repr='{item_repr}' needs a feature table; pass features or use item_repr='id'")
     return item_repr
 
 
@@ -210,10 +238,11 @@ class ItemEncoder(nn.Module):
     """The [n_items, dim] item table: ID embeddings, adapted features, or their sum ("id+features";
     summed rather than concatenated so the width, and thus the model, stays the same)."""
 
-    def __init__(self, n_items: int, dim: int, item_repr: str, features: np.ndarray | None = None):
+    def __init__(self, n_items: int, dim: int, item_repr: ItemReprName | ItemRepr, features: np.ndarray | None = None):
         super().__init__()
-        self.ids = nn.Embedding(n_items, dim) if "id" in item_repr.split("+") else None
-        self.adapter = FeatureAdapter(features, dim) if "features" in item_repr else None
+        item_repr = ItemRepr.parse(item_repr)
+        self.ids = nn.Embedding(n_items, dim) if item_repr.ids else None
+        self.adapter = FeatureAdapter(features, dim) if item_repr.features else None
 
     def forward(self) -> torch.Tensor:
         parts = [m.weight if m is self.ids else m() for m in (self.ids, self.adapter) if m is not None]
@@ -237,21 +266,22 @@ def content_channels(features: FeatureTable | None) -> dict[str, np.ndarray]:
     return {name: p for name, p in parts.items() if p.shape[1] > 0}
 
 
-def features_for(model: str, item_repr: str, features: FeatureTable | None) -> FeatureTable | None:
+def features_for(model: str, item_repr: ItemReprName | ItemRepr, features: FeatureTable | None) -> FeatureTable | None:
     """The table a model uses for `item_repr`: None for "id", else `features` (ValueError when
     item_repr is unknown or needs a table that is missing)."""
-    if item_repr not in ITEM_REPRS:
-        raise ValueError(f"item_repr must be one of {ITEM_REPRS}, got {item_repr!r}")
-    if item_repr == "id":
+    item_repr = ItemRepr.parse(item_repr)
+    if not item_repr.features:
         return None
     if features is None:
         raise ValueError(
-            f"{model} with item_repr={item_repr!r} needs a feature table; pass features or use item_repr='id'"
+            f"{model} with item_repr='{item_repr}' needs a feature table; pass features or use item_repr='id'"
         )
     return features
 
 
-def check_item_repr(model: str, item_repr: str, features: FeatureTable | None) -> dict[str, np.ndarray]:
+def check_item_repr(
+    model: str, item_repr: ItemReprName | ItemRepr, features: FeatureTable | None
+) -> dict[str, np.ndarray]:
     """The content channels a collaborative-filtering model gets for `item_repr`: none for "id",
     else the table's non-empty parts (ValueError when there is no table or it has no part)."""
     features = features_for(model, item_repr, features)
@@ -260,7 +290,7 @@ def check_item_repr(model: str, item_repr: str, features: FeatureTable | None) -
     channels = content_channels(features)
     if not channels:
         raise ValueError(
-            f"{model} with item_repr={item_repr!r}: the feature table has neither a text "
+            f"{model} with item_repr='{item_repr}': the feature table has neither a text "
             "nor an image part (both widths are 0)"
         )
     return channels
@@ -280,8 +310,9 @@ class Recommender(nn.Module):
     one matrix product per batch of users.
 
     Every model is built as `Model(data, item_repr="id", features=None, **params)`: `item_repr` is
-    one of ITEM_REPRS and `features` a checked FeatureTable (or None), from which each model takes
-    what it needs (sequential models the whole table, VBPR and SLMRec its text and image parts).
+    one of ITEM_REPRS (parsed once into an ItemRepr) and `features` a checked FeatureTable (or
+    None), from which each model takes what it needs (sequential models the whole table, VBPR and
+    SLMRec its text and image parts). A model's name is its key in RECOMMENDERS.
 
     - `train_batches(batch_size, rng)`: one epoch of training batches (tuples of tensors).
     - `loss(*batch)`: the scalar training loss of one batch.
@@ -290,7 +321,6 @@ class Recommender(nn.Module):
       items before the target (shifted by one, PAD-padded), which sequential models encode.
     """
 
-    name = "recommender"
     context_length = 1  # how many preceding items `user_vectors` looks at
     batch_size = 256  # default training batch size (users for sequential models)
     # TrainConfig settings this model is trained with when the caller leaves them at TrainConfig's
@@ -300,6 +330,11 @@ class Recommender(nn.Module):
     def __init__(self, data: InteractionData):
         super().__init__()
         self.data = data
+
+    @property
+    def name(self) -> str:
+        """The model's name: its key in RECOMMENDERS (the class name for a class not registered)."""
+        return RECOMMENDERS.name_of(type(self), default=type(self).__name__)
 
     @property
     def device(self) -> torch.device:

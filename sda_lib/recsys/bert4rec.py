@@ -24,22 +24,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..method.features import FeatureTable
-from .base import PAD, RECOMMENDERS, InteractionData, Tables, shuffled_chunks
-from .sequential import LN_EPS, SequentialRecommender, _init_weights, sampled_bce
-
-LOSSES = ("ce", "bce")
+from ..utils.choices import check_choice
+from .base import PAD, RECOMMENDERS, InteractionData, ItemRepr, ItemReprName, Tables, shuffled_chunks
+from .sequential import LN_EPS, Negatives, SequenceLoss, SequentialRecommender, _init_weights, sampled_bce
 
 
 @RECOMMENDERS.register("bert4rec")
 class BERT4Rec(SequentialRecommender):
-    name = "bert4rec"
     causal = False
     n_special = 1  # the mask token
 
     def __init__(
         self,
         data: InteractionData,
-        item_repr: str = "id",
+        item_repr: ItemReprName | ItemRepr = "id",
         features: FeatureTable | None = None,
         dim: int = 64,
         n_layers: int = 2,
@@ -50,9 +48,9 @@ class BERT4Rec(SequentialRecommender):
         random_prob: float = 0.0,
         keep_prob: float = 0.0,
         last_item_copies: bool = False,
-        loss: str = "ce",
+        loss: SequenceLoss = "ce",
         head: bool = True,
-        negatives: str = "train",
+        negatives: Negatives = "train",
         **alignment,
     ):
         if not 0 < mask_prob < 1:
@@ -62,8 +60,7 @@ class BERT4Rec(SequentialRecommender):
                 f"random_prob and keep_prob must be >= 0 and leave some chosen positions masked "
                 f"(sum < 1), got {random_prob} and {keep_prob}"
             )
-        if loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        check_choice(loss, SequenceLoss, "loss")
         super().__init__(data, item_repr, features, dim, n_layers, n_heads, max_len, dropout, negatives, **alignment)
         self.mask_prob, self.random_prob, self.keep_prob = mask_prob, random_prob, keep_prob
         self.last_item_copies, self.loss_type = last_item_copies, loss

@@ -17,17 +17,20 @@ kept (`evaluate` returns one row per user) so two runs can be compared with a pa
 from __future__ import annotations
 
 import warnings
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
 import torch
 
-from .base import InteractionData, Recommender
+from ..utils.choices import check_choice
+from .base import HeldOut, InteractionData, Recommender
 from .sampling import sample_distinct_outside, sequence_keys
 
 KS = (5, 10, 20)
 METRICS = tuple(f"{m}@{k}" for k in KS for m in ("HR", "NDCG")) + ("MRR",)
-PROTOCOLS = ("full", "sampled")
+RankingProtocol = Literal["full", "sampled"]
+PROTOCOLS = get_args(RankingProtocol)
 # Scores held at once by full ranking (64 MiB of float32): bounds its memory on any catalogue, and
 # a block this size still feeds the matrix product well.
 MAX_SCORES = 2**24
@@ -58,7 +61,7 @@ def sampled_candidates(data: InteractionData, n_negatives: int | None = None) ->
     return np.ascontiguousarray(data.negatives[:, :n_negatives])
 
 
-def draw_negatives(data: InteractionData, split: str, n: int, rng: np.random.Generator) -> np.ndarray:
+def draw_negatives(data: InteractionData, split: HeldOut, n: int, rng: np.random.Generator) -> np.ndarray:
     """[n_users, n] distinct uniform candidates for the sampled protocol on `split`, outside each
     user's items up to and including that split's target. When some user has fewer than n items
     left, n is lowered to that count with a warning (as preparing the stored negatives does)."""
@@ -73,7 +76,7 @@ def draw_negatives(data: InteractionData, split: str, n: int, rng: np.random.Gen
     return sample_distinct_outside(keys, data.n_items, data.n_users, min(n, room), rng)
 
 
-def masked_history(data: InteractionData, split: str) -> tuple[np.ndarray, np.ndarray]:
+def masked_history(data: InteractionData, split: HeldOut) -> tuple[np.ndarray, np.ndarray]:
     """(users, items), sorted by user, of the distinct items each user had before `split`'s target,
     the target itself left out: the pairs full ranking excludes. Sparse, so no users x items mask
     is ever built."""
@@ -106,8 +109,8 @@ def full_ranks(
 def rank_targets(
     model: Recommender,
     data: InteractionData,
-    split: str = "test",
-    protocol: str = "full",
+    split: HeldOut = "test",
+    protocol: RankingProtocol = "full",
     n_negatives: int | None = None,
     batch_size: int = 1024,
     candidates: np.ndarray | None = None,
@@ -117,8 +120,7 @@ def rank_targets(
 
     Users go `batch_size` at a time, fewer under "full" when `batch_size` x n_items would exceed
     `max_scores`: the score block is the pass's largest array, so `max_scores` bounds its memory."""
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    check_choice(protocol, RankingProtocol, "protocol")
     if data.n_items >= 2**24 and protocol == "full":
         raise ValueError(f"full ranking counts in float32, exact below 2**24 items; {data.name!r} has {data.n_items}")
     was_training = model.training
@@ -171,8 +173,8 @@ def sampled_ranks(vectors: torch.Tensor, items: torch.Tensor, targets: torch.Ten
 def evaluate(
     model: Recommender,
     data: InteractionData,
-    split: str = "test",
-    protocol: str = "full",
+    split: HeldOut = "test",
+    protocol: RankingProtocol = "full",
     n_negatives: int | None = None,
     batch_size: int = 1024,
     candidates: np.ndarray | None = None,

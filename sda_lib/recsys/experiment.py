@@ -18,10 +18,19 @@ import pandas as pd
 import torch
 
 from ..data import load_prepared
-from ..method.features import PARTS, FeatureTable, check_comparable
+from ..method.features import PARTS, FeatureTable, Modality, check_comparable
 from ..utils.frontend import tqdm
 from ..utils.io import atomic_path, write_json
-from .base import RECOMMENDERS, InteractionData, Recommender, content_channels, resolve_features, resolve_item_repr
+from .base import (
+    RECOMMENDERS,
+    InteractionData,
+    ItemRepr,
+    ItemReprName,
+    Recommender,
+    content_channels,
+    resolve_features,
+    resolve_item_repr,
+)
 from .evaluate import PROTOCOLS, evaluate, rank_targets, sampled_candidates, summarize
 from .train import FitResult, TrainConfig, fit, seed_everything, train_epoch
 
@@ -60,8 +69,8 @@ def build_model(
     model: str,
     data: InteractionData,
     features: FeatureTable | None = None,
-    item_repr: str = "id",
-    parts: tuple[str, ...] | None = None,
+    item_repr: ItemReprName | ItemRepr = "id",
+    parts: tuple[Modality, ...] | None = None,
     **params,
 ) -> Recommender:
     """A fresh model of the recommender registered as `model` (see Recommender for the contract).
@@ -135,7 +144,7 @@ def run_experiment(
     dataset,
     model: str = "sasrec",
     features=None,
-    item_repr: str | None = None,
+    item_repr: ItemReprName | ItemRepr | None = None,
     seed: int = 0,
     model_params: dict | None = None,
     train: TrainConfig | None = None,
@@ -174,9 +183,9 @@ def run_experiment(
         "dataset": dataset.name,
         "model": model,
         "features": label or features_label(features),
-        "item_repr": item_repr,
+        "item_repr": str(item_repr),
         "seed": seed,
-        "parts": list(content_channels(table)) if table is not None and item_repr != "id" else [],
+        "parts": list(content_channels(table)) if table is not None and item_repr.features else [],
         "params": model_params or {},
         "train": asdict(config),
         "n_negatives": n_negatives or int(data.negatives.shape[1]),
@@ -208,7 +217,7 @@ def train_grid(
     models=("sasrec",),
     features: dict | None = None,
     seeds=(0,),
-    item_repr: str | dict[str, str] | None = None,
+    item_repr: ItemReprName | dict[str, ItemReprName] | None = None,
     model_params: dict | None = None,
     train: TrainConfig | dict[str, TrainConfig] | None = None,
     n_negatives: int | None = None,

@@ -27,13 +27,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from ..data import load_prepared
+from ..utils.choices import check_choice
 from ..utils.io import atomic_path
 from . import bert4rec, sasrec  # noqa: F401  (they register the sequential models)
-from .base import RECOMMENDERS, InteractionData
+from .base import RECOMMENDERS, InteractionData, ItemReprName
 from .sequential import SequentialRecommender
 from .train import TrainConfig, fit, seed_everything
 
@@ -45,7 +47,8 @@ class Preset:
     name: str
     models: dict[str, dict]  # model name -> constructor parameters
     train: TrainConfig
-    item_repr: dict[str, str] = field(default_factory=dict)  # model -> repr with a feature table; else the default
+    # model -> repr with a feature table; else the default
+    item_repr: dict[str, ItemReprName] = field(default_factory=dict)
     align_weights: tuple[float, ...] = ()  # alignment-loss weights the source swept, if any
     notes: str = ""
     model_train: dict[str, TrainConfig] = field(default_factory=dict)  # models trained otherwise than `train`
@@ -127,7 +130,8 @@ _MMREC_TRAIN = TrainConfig(
     fresh_negatives=False,  # the same stored negatives every epoch
 )
 
-PRESETS: dict[str, Preset] = {
+PresetName = Literal["quick", "s3rec", "s3rec-sampled", "authors"]
+PRESETS: dict[PresetName, Preset] = {
     "quick": Preset(
         "quick",
         models={},
@@ -175,10 +179,8 @@ def sequential_models() -> list[str]:
     return [name for name in RECOMMENDERS if issubclass(RECOMMENDERS[name], SequentialRecommender)]
 
 
-def get_preset(name: str) -> Preset:
-    if name not in PRESETS:
-        raise ValueError(f"unknown recommender preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return PRESETS[name]
+def get_preset(name: PresetName) -> Preset:
+    return PRESETS[check_choice(name, PresetName, "recommender preset")]
 
 
 def pretrain_id_items(

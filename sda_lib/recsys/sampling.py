@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import InteractionData
+from ..utils.choices import check_choice
+from .base import InteractionData, Split
 
-SPLITS = ("train", "valid", "test")
 
-
-def sequence_keys(data: InteractionData, upto: str = "test") -> np.ndarray:
+def sequence_keys(data: InteractionData, upto: Split = "test") -> np.ndarray:
     """Sorted keys of each user's items up to and including `upto`'s target: "train" the training
     items, "valid" those and the validation item, "test" the whole sequence."""
-    if upto not in SPLITS:
-        raise ValueError(f"upto must be one of {SPLITS}, got {upto!r}")
+    check_choice(upto, Split, "upto")
     starts = data.offsets[:-1]
     ends = data.target_index(upto) + (upto != "train")  # "train" already ends one past the training part
     lengths = ends - starts

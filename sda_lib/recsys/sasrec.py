@@ -15,33 +15,30 @@ import torch
 import torch.nn.functional as F
 
 from ..method.features import FeatureTable
-from .base import PAD, RECOMMENDERS, InteractionData, Tables, shuffled_chunks
-from .sequential import SequentialRecommender, sampled_bce
-
-LOSSES = ("bce", "ce")
+from ..utils.choices import check_choice
+from .base import PAD, RECOMMENDERS, InteractionData, ItemRepr, ItemReprName, Tables, shuffled_chunks
+from .sequential import Negatives, SequenceLoss, SequentialRecommender, sampled_bce
 
 
 @RECOMMENDERS.register("sasrec")
 class SASRec(SequentialRecommender):
-    name = "sasrec"
     causal = True
 
     def __init__(
         self,
         data: InteractionData,
-        item_repr: str = "id",
+        item_repr: ItemReprName | ItemRepr = "id",
         features: FeatureTable | None = None,
         dim: int = 64,
         n_layers: int = 2,
         n_heads: int = 2,
         max_len: int = 50,
         dropout: float = 0.5,
-        loss: str = "bce",
-        negatives: str = "train",
+        loss: SequenceLoss = "bce",
+        negatives: Negatives = "train",
         **alignment,
     ):
-        if loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        check_choice(loss, SequenceLoss, "loss")
         super().__init__(data, item_repr, features, dim, n_layers, n_heads, max_len, dropout, negatives, **alignment)
         self.loss_type = loss
         # Inputs are the training sequence without its last item, targets the same shifted by one.

@@ -11,7 +11,7 @@ loss with a fixed temperature (`align_items`, `align_weight`, `align_tau`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -20,7 +20,8 @@ from torch import nn
 
 from ..method.cmsa import PROJECTED_DIM, cmsa_loss
 from ..method.features import FeatureTable
-from .base import PAD, InteractionData, ItemEncoder, Recommender, Tables, features_for
+from ..utils.choices import check_choice
+from .base import PAD, InteractionData, ItemEncoder, ItemRepr, ItemReprName, Recommender, Split, Tables, features_for
 from .sampling import sample_outside, sequence_keys
 
 LN_EPS = 1e-12
@@ -28,7 +29,11 @@ INIT_STD = 0.02
 # Where sampled training negatives come from: outside the user's training items (the SDA authors,
 # BERT4Rec's and SASRec's papers) or outside the user's whole sequence, validation and test items
 # included (S3-Rec's code; a mild leak of the held-out items into training).
-NEGATIVES = {"train": "train", "sequence": "test"}
+Negatives = Literal["train", "sequence"]
+NEGATIVES: dict[Negatives, Split] = {"train": "train", "sequence": "test"}
+# The training objective of SASRec and BERT4Rec: binary cross-entropy against sampled negatives, or
+# softmax cross-entropy over all items.
+SequenceLoss = Literal["bce", "ce"]
 
 
 class AttentionGroup(NamedTuple):
@@ -103,20 +108,20 @@ class SequentialRecommender(Recommender):
     def __init__(
         self,
         data: InteractionData,
-        item_repr: str = "id",
+        item_repr: ItemReprName | ItemRepr = "id",
         features: FeatureTable | None = None,
         dim: int = 64,
         n_layers: int = 2,
         n_heads: int = 2,
         max_len: int = 50,
         dropout: float = 0.5,
-        negatives: str = "train",
+        negatives: Negatives = "train",
         align_items: np.ndarray | str | Path | None = None,
         align_weight: float = 0.0,
         align_tau: float = 2.0,
     ):
-        if negatives not in NEGATIVES:
-            raise ValueError(f"negatives must be one of {tuple(NEGATIVES)}, got {negatives!r}")
+        check_choice(negatives, Negatives, "negatives")
+        item_repr = ItemRepr.parse(item_repr)
         super().__init__(data)
         self.max_len = max_len
         self.negatives = negatives
@@ -218,11 +223,11 @@ def sampled_bce(
     return (F.softplus(-pos) + F.softplus(neg)).mean()
 
 
-def _alignment_table(table, n_items: int, dim: int, item_repr: str, weight: float, tau: float) -> torch.Tensor:
+def _alignment_table(table, n_items: int, dim: int, item_repr: ItemRepr, weight: float, tau: float) -> torch.Tensor:
     """The frozen ID item table the alignment loss pulls the adapted features towards, checked."""
     where = f"alignment (align_weight={weight})"
-    if "features" not in item_repr:
-        raise ValueError(f"{where} aligns adapted features, but item_repr={item_repr!r} has none")
+    if not item_repr.features:
+        raise ValueError(f"{where} aligns adapted features, but item_repr='{item_repr}' has none")
     if table is None:
         raise ValueError(
             f"{where} needs align_items: a pretrained ID model's item table "

@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
+from typing import Literal
 
 import numpy as np
 import torch
@@ -66,10 +67,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..method.features import FeatureTable
-from .base import RECOMMENDERS, FeatureAdapter, InteractionData, Recommender, Tables, check_item_repr, shuffled_chunks
+from ..utils.choices import check_choice
+from .base import (
+    RECOMMENDERS,
+    Content,
+    FeatureAdapter,
+    InteractionData,
+    ItemRepr,
+    ItemReprName,
+    Recommender,
+    Tables,
+    check_item_repr,
+    shuffled_chunks,
+)
 
-SSL_TASKS = ("fac", "fd+fm")
-CONTENT = ("linear", "adapters")
+SSLTask = Literal["fac", "fd+fm"]
 
 
 class LinearContent(nn.Module):
@@ -89,7 +101,6 @@ class LinearContent(nn.Module):
 
 @RECOMMENDERS.register("slmrec")
 class SLMRec(Recommender):
-    name = "slmrec"
     batch_size = 2048  # training interactions per batch (MMRec train_batch_size)
     # the SDA author's fork (lr, weight decay); upstream MMRec's valid metric Recall@20 (= HR@20), full ranking
     train_defaults = {"lr": 1e-4, "weight_decay": 1e-4, "monitor": "HR@20", "monitor_protocol": "full"}
@@ -97,38 +108,36 @@ class SLMRec(Recommender):
     def __init__(
         self,
         data: InteractionData,
-        item_repr: str = "id",
+        item_repr: ItemReprName | ItemRepr = "id",
         features: FeatureTable | None = None,
         dim: int = 128,
         n_layers: int = 3,
         temperature: float = 0.2,
-        ssl_task: str = "fac",
+        ssl_task: SSLTask = "fac",
         ssl_weight: float = 1.0,
         ssl_temperature: float = 0.5,
         ssl_dropout: float = 0.3,
-        content: str = "linear",
+        content: Content = "linear",
     ):
         super().__init__(data)
-        if ssl_task not in SSL_TASKS:
-            raise ValueError(f"ssl_task must be one of {SSL_TASKS}, got {ssl_task!r}")
-        if content not in CONTENT:
-            raise ValueError(f"content must be one of {CONTENT}, got {content!r}")
+        check_choice(ssl_task, SSLTask, "ssl_task")
+        check_choice(content, Content, "content")
+        item_repr = ItemRepr.parse(item_repr)
         channels = check_item_repr(self.name, item_repr, features)
-        has_ids = "id" in item_repr.split("+")
-        if ssl_task == "fac" and not has_ids and ssl_weight:
+        if ssl_task == "fac" and not item_repr.ids and ssl_weight:
             raise ValueError(
                 "ssl_task='fac' aligns the ID channel with the content channels; with "
-                f"item_repr={item_repr!r} there is none: use item_repr='id+features' or "
+                f"item_repr='{item_repr}' there is none: use item_repr='id+features' or "
                 "ssl_task='fd+fm'"
             )
         self.n_layers, self.temperature, self.ssl_task = n_layers, temperature, ssl_task
         self.ssl_weight, self.ssl_temperature, self.ssl_dropout = ssl_weight, ssl_temperature, ssl_dropout
         self.users = nn.Embedding(data.n_users, dim)
-        self.ids = nn.Embedding(data.n_items, dim) if has_ids else None
+        self.ids = nn.Embedding(data.n_items, dim) if item_repr.ids else None
         nn.init.xavier_uniform_(self.users.weight)
         if self.ids is not None:
             nn.init.xavier_uniform_(self.ids.weight)
-        self.channel_names = (["id"] if has_ids else []) + list(channels)
+        self.channel_names = (["id"] if item_repr.ids else []) + list(channels)
         make = LinearContent if content == "linear" else FeatureAdapter
         self.content = nn.ModuleDict({name: make(c, dim) for name, c in channels.items()})
         if content == "adapters":
@@ -141,7 +150,7 @@ class SLMRec(Recommender):
         for fuse in (self.fuse_users, self.fuse_items):
             nn.init.xavier_uniform_(fuse.weight)
         self.fac = nn.ModuleDict()  # only the heads the model's channels use
-        if ssl_task == "fac" and has_ids and channels:
+        if ssl_task == "fac" and item_repr.ids and channels:
             heads = {"g_i_iv": (dim, dim)}
             if "image" in channels:
                 heads["g_v_iv"] = (dim, dim)

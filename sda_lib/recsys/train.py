@@ -24,19 +24,21 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 import torch
 
+from ..utils.choices import check_fields
 from ..utils.frontend import tqdm
 from ..utils.io import digest_problem, jsonable, save_with_digest
 from ..utils.preempt import Preempted, on_sigterm
 from .base import InteractionData, Recommender
-from .evaluate import METRICS, PROTOCOLS, draw_negatives, evaluate, summarize
+from .evaluate import METRICS, RankingProtocol, draw_negatives, evaluate, summarize
 
 log = logging.getLogger(__name__)
-IMPROVE_RULES = ("any", "all")
+ImproveRule = Literal["any", "all"]
 CHECKPOINTS = ("last.pt", "previous.pt")  # newest first
 
 
@@ -62,8 +64,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     seed: int = 0
     monitor: str | tuple[str, ...] = "NDCG@10"  # validation metric(s) for early stopping
-    improve: str = "any"  # with several monitored metrics: "any" or "all" must beat the saved vector
-    monitor_protocol: str = "full"  # "full" or "sampled"
+    improve: ImproveRule = "any"  # with several monitored metrics: "any" or "all" must beat the saved vector
+    monitor_protocol: RankingProtocol = "full"  # "full" or "sampled"
     monitor_negatives: int | None = None  # sampled validation: candidates per user (None: all stored)
     fresh_negatives: bool = False  # sampled validation: redraw the candidates at every pass
     eval_every: int = 1  # validate every this many epochs
@@ -77,10 +79,7 @@ class TrainConfig:
         unknown = [m for m in self.monitored if m not in METRICS]
         if unknown or not self.monitored:
             raise ValueError(f"monitor must name one or more of {METRICS}; {self.monitor!r} has {unknown or 'none'}")
-        if self.improve not in IMPROVE_RULES:
-            raise ValueError(f"improve must be one of {IMPROVE_RULES}, got {self.improve!r}")
-        if self.monitor_protocol not in PROTOCOLS:
-            raise ValueError(f"monitor_protocol must be one of {PROTOCOLS}, got {self.monitor_protocol!r}")
+        check_fields(self)
         if self.monitor_protocol == "full" and (self.monitor_negatives or self.fresh_negatives):
             raise ValueError(
                 "monitor_negatives and fresh_negatives apply to monitor_protocol='sampled', "

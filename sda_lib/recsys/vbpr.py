@@ -46,6 +46,7 @@ Options (today's earlier behaviour, kept because each is a reasonable choice):
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Literal
 
 import numpy as np
 import torch
@@ -53,17 +54,27 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..method.features import FeatureTable
-from .base import RECOMMENDERS, FeatureAdapter, InteractionData, Recommender, Tables, check_item_repr, shuffled_chunks
+from ..utils.choices import check_choice
+from .base import (
+    RECOMMENDERS,
+    Content,
+    FeatureAdapter,
+    InteractionData,
+    ItemRepr,
+    ItemReprName,
+    Recommender,
+    Tables,
+    check_item_repr,
+    shuffled_chunks,
+)
 
-CONTENT = ("linear", "adapters")
-REG_NORMS = ("frobenius", "squared")
-NEGATIVES = ("train-items", "all")  # the pool training negatives come from
+RegNorm = Literal["frobenius", "squared"]
+NegativePool = Literal["train-items", "all"]  # the pool training negatives come from
 REG_GRID = (0.1, 2.0, 1.0, 1e-2, 1e-3, 1e-4, 1e-5)  # RaoZhongtao/MMRec VBPR.yaml reg_weight, in its order
 
 
 @RECOMMENDERS.register("vbpr")
 class VBPR(Recommender):
-    name = "vbpr"
     batch_size = 2048  # training interactions per batch (MMRec train_batch_size)
     # upstream MMRec overall.yaml: Adam, valid_metric Recall@20, full ranking
     train_defaults = {"lr": 1e-3, "weight_decay": 0.0, "monitor": "HR@20", "monitor_protocol": "full"}
@@ -71,26 +82,24 @@ class VBPR(Recommender):
     def __init__(
         self,
         data: InteractionData,
-        item_repr: str = "id",
+        item_repr: ItemReprName | ItemRepr = "id",
         features: FeatureTable | None = None,
         dim: int = 128,
         reg: float = 0.1,
-        reg_norm: str = "frobenius",
-        content: str = "linear",
-        negatives: str = "train-items",
+        reg_norm: RegNorm = "frobenius",
+        content: Content = "linear",
+        negatives: NegativePool = "train-items",
     ):
         super().__init__(data)
-        if negatives not in NEGATIVES:
-            raise ValueError(f"negatives must be one of {NEGATIVES}, got {negatives!r}")
-        if content not in CONTENT:
-            raise ValueError(f"content must be one of {CONTENT}, got {content!r}")
-        if reg_norm not in REG_NORMS:
-            raise ValueError(f"reg_norm must be one of {REG_NORMS}, got {reg_norm!r}")
+        check_choice(negatives, NegativePool, "negatives")
+        check_choice(content, Content, "content")
+        check_choice(reg_norm, RegNorm, "reg_norm")
+        item_repr = ItemRepr.parse(item_repr)
         channels = check_item_repr(self.name, item_repr, features)
         self.reg, self.reg_norm, self.content = reg, reg_norm, content
         self.negative_pool = data.train_items if negatives == "train-items" else None
         self.channels = list(channels)
-        self.ids = nn.Parameter(torch.empty(data.n_items, dim)) if "id" in item_repr.split("+") else None
+        self.ids = nn.Parameter(torch.empty(data.n_items, dim)) if item_repr.ids else None
         self.linear = self.adapters = None
         if channels and content == "linear":
             raw = np.concatenate(list(channels.values()), axis=1)

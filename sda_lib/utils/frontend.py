@@ -10,16 +10,17 @@ explorer's sliders and tqdm's widget bars are built only where someone can move 
 from __future__ import annotations
 
 import os
+from typing import Literal
 
-MODES = ("auto", "live", "static")
+from .choices import check_choice
+
+WidgetMode = Literal["auto", "live", "static"]
 
 
 def live_widgets() -> bool:
     """True in a kernel a Jupyter server started for a notebook (JupyterLab, Notebook, Voilà: the
     server sets JPY_SESSION_NAME in its environment), unless SDA_WIDGETS says otherwise."""
-    mode = os.environ.get("SDA_WIDGETS", "auto")
-    if mode not in MODES:
-        raise ValueError(f"SDA_WIDGETS={mode!r}: choose one of {', '.join(MODES)}")
+    mode = check_choice(os.environ.get("SDA_WIDGETS", "auto"), WidgetMode, "SDA_WIDGETS")
     if mode != "auto":
         return mode == "live"
     return "JPY_SESSION_NAME" in os.environ

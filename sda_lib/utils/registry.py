@@ -69,6 +69,11 @@ class Registry(Mapping[str, T], Generic[T]):
 
         return add if obj is None else add(obj)
 
+    def name_of(self, obj: T, default: str | None = None) -> str | None:
+        """The name `obj` is registered under (the first, if several), else `default`: the key is
+        the one spelling of an entry's name."""
+        return next((name for name, known in self._entries.items() if known is obj), default)
+
     def __getitem__(self, name: str) -> T:
         self._complete()
         if name not in self._entries:

@@ -25,8 +25,12 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from typing import Literal, get_args
 
-PROFILES = ("paper", "quick", "teaching")
+from ..utils.choices import check_choice
+
+Profile = Literal["paper", "quick", "teaching"]
+PROFILES = get_args(Profile)
 # The runner's bound on one notebook cell, in seconds (its --cell-timeout overrides it): a cell that
 # hangs fails its stage instead of holding the run for ever. The paper profile's longest cell, the
 # ablation grid (four variants of 4,000 adaptation steps, their exports and recommenders), is
@@ -94,11 +98,10 @@ def default_profile(dataset: str) -> str:
     return "teaching" if dataset == "toy" else "quick"
 
 
-def profile_parameters(profile: str, dataset: str) -> dict[str, dict]:
+def profile_parameters(profile: Profile, dataset: str) -> dict[str, dict]:
     """{stage: {notebook parameter: value}} that `profile` sets for `dataset`: every setting of
     QUICK, with the profile's own values in place of the quick ones."""
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    check_choice(profile, Profile, "profile")
     changes = {"quick": {}, "teaching": TEACHING, "paper": _paper(dataset)}[profile]
     return {stage: {**values, **changes.get(stage, {})} for stage, values in QUICK.items()}
 

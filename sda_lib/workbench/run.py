@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..data.names import BadName, check_dataset_name, check_name, check_path_parameters
+from ..utils.choices import check_choice
 from ..utils.exits import USAGE, command
 from ..utils.io import file_sha256, write_json
 from ..utils.locks import folder_lock
@@ -59,9 +60,9 @@ from ..utils.paths import NOTEBOOKS, data_dir, run_dir
 from ..utils.preempt import Preempted, on_sigterm
 from .profiles import (
     CELL_TIMEOUT,
-    PROFILES,
     QUICK,
     MissingWeights,
+    Profile,
     check_weights,
     default_profile,
     profile_parameters,
@@ -224,8 +225,7 @@ def profiled_parameters(
     the whole run, passed to every stage; the default depends on the dataset (sda_lib.workbench.profiles)."""
     params = dict(params)
     profile = params.pop("profile", None) or default_profile(dataset)
-    if profile not in PROFILES:
-        raise ParameterError(f"-p profile={profile!r}: choose one of {', '.join(PROFILES)}")
+    check_choice(profile, Profile, "-p profile", ParameterError)
     scoped = [k for k in params if k.rpartition(".")[2] == "profile"]
     if scoped:
         raise ParameterError(f"-p {scoped[0]}: a run has one profile, for every stage: -p profile={profile}")

@@ -12,7 +12,9 @@ import torch
 from torch import nn
 from transformers import BatchFeature
 
+from ...utils.choices import check_choice
 from ...utils.frontend import tqdm
+from ..features import Modality
 from ..prompts import Prompts
 
 
@@ -90,7 +92,7 @@ class Backbone:
         self,
         items: list[dict],
         images: list | None = None,
-        modality: str = "text",
+        modality: Modality = "text",
         batch_size: int = 16,
         progress: bool = True,
     ) -> np.ndarray:
@@ -102,8 +104,7 @@ class Backbone:
         substitute a placeholder for a missing image). Runs in eval mode under inference_mode and
         restores the model's mode afterwards.
         """
-        if modality not in ("text", "image"):
-            raise ValueError(f"modality must be 'text' or 'image', got {modality!r}")
+        check_choice(modality, Modality, "modality")
         if modality == "image" and (images is None or len(images) != len(items)):
             got = "none" if images is None else len(images)
             raise ValueError(f"modality='image' needs one image per item: {len(items)} items, {got} images")
