@@ -68,7 +68,7 @@ class AdaptConfig:
     alpha: float = 32.0
     dropout: float = 0.1
     # MoDA: each expert its own dropout mask, as the authors; "shared": one mask, so the experts' A
-    # run as one matmul (a mini step on CPU 1.8x faster; the teaching profile's choice)
+    # run as one matmul (faster on CPU, docs/results.md#mini-backbone-speed; the teaching profile's choice)
     dropout_masks: DropoutMasks = "per-expert"
     adapt_vision: bool = False
     tau: float = 3.0

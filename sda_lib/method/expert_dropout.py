@@ -1,8 +1,8 @@
 """MoDA's per-expert dropout without a masked copy of the input per expert.
 
 The authors' MOELoraLinear gives every expert its own dropout mask, so a loop over experts keeps,
-for backward, E masked copies of each adapted projection's input: at the 7B's widths 3.5x what a
-LoRA of the same rank keeps under bf16 autocast (`python -m benchmarks moda-memory`).
+for backward, E masked copies of each adapted projection's input: several times what a LoRA of
+the same rank keeps (`sda bench moda-memory`; measured in docs/results.md#moda-memory).
 `ExpertDropoutDown` is the same function
 (same masks from the same generator state, same outputs and gradients) keeping only the input as
 it came and the masks packed into bits, one byte per element for up to eight experts; backward

