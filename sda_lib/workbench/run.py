@@ -74,6 +74,7 @@ LIBRARY = Path(__file__).resolve().parents[1]  # sda_lib: its *.py files are par
 RESERVED = {"dataset": "--dataset", "run": "--run", "out_dir": "--out"}  # set by the runner itself
 REPORT_FILES = (
     "tables/{prefix}-*.csv",
+    "tables/{prefix}-*.notes.txt",
     "figures/{prefix}-*.json",
     "findings/{prefix}-*.json",
 )  # a stage's, for the report
@@ -232,7 +233,7 @@ def profiled_parameters(
     given = stage_parameters(params, stages, declared)
     for stage, values in profile_parameters(profile, dataset).items():
         for key, value in values.items():
-            if key in declared[stage] and key not in given[stage]:
+            if key in declared.get(stage, ()) and key not in given[stage]:
                 check_type(f"{stage}.{key}", value, stage, declared[stage][key])
                 given[stage][key] = value
     for stage in STAGES:

@@ -402,8 +402,7 @@ def copy_stage(stage: str, source: Path, out: Path) -> None:
     full = {**runner.notebook_parameters(stage), **params}
     prefix = spec.notebook.split("_")[0]
     paths = [Path(p) for p in [*spec.outputs(full), *spec.resumes_from(full)] if not Path(p).is_absolute()]
-    paths += [p.relative_to(source) for p in sorted(source.glob(f"tables/{prefix}-*"))]
-    paths += [p.relative_to(source) for p in sorted(source.glob(f"figures/{prefix}-*.json"))]
+    paths += [p.relative_to(source) for f in runner.REPORT_FILES for p in sorted(source.glob(f.format(prefix=prefix)))]
     paths.append(Path(spec.notebook))
     for relative in dict.fromkeys(paths):
         src, dst = source / relative, out / relative
